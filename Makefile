@@ -1,0 +1,120 @@
+# qshell - scriptable QEMU experiments.  See README.md.
+#
+#   make            build ./qshell
+#   make test       install what is missing, build, run every test tier (real QEMU)
+#   make test-unit  the fast tier: C unit tests and Lua tests without QEMU
+#   make bench      benchmarks, printed as ratios against references
+#   make deps       install the distribution packages qshell needs
+#   make demo       the main job on the default guest
+#
+# Switches: V=1 (full commands), WERROR=1, SAN=address,undefined, VERSION=...
+
+PKG_CONFIG ?= pkg-config
+LUA_PC     ?= lua5.4
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+
+PKGS := $(LUA_PC) json-c libedit
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+
+QS_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wstrict-prototypes \
+            -Wmissing-prototypes -Wwrite-strings -Wundef -MMD -MP -Ishell -Ibuild \
+            -DQSHELL_VERSION='"$(VERSION)"' -DQSHELL_GUEST_DIR='"$(CURDIR)/build/guest"' \
+            -DQSHELL_PLUGIN_DIR='"$(CURDIR)/build/plugins"'
+QS_LDLIBS = $(PKG_LIBS) -lm
+
+ifeq ($(WERROR),1)
+QS_CFLAGS += -Werror
+endif
+ifneq ($(SAN),)
+QS_CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer
+QS_LDFLAGS += -fsanitize=$(SAN)
+endif
+
+ifeq ($(V),1)
+Q :=
+msg = @true
+else
+Q := @
+msg = @printf '  %-6s %s\n' $(1) $(2)
+endif
+
+CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c
+SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/luaenv.c \
+        shell/repl.c shell/main.c
+OBJS := $(SRCS:shell/%.c=build/%.o) build/stdlib_gen.o
+STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)
+
+UNIT_TESTS := build/test_qmp
+
+.PHONY: all test test-unit test-int bench deps demo guest install uninstall clean format check-deps
+
+all: qshell
+
+qshell: $(OBJS)
+	$(call msg,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $(QS_CFLAGS) $(LDFLAGS) $(QS_LDFLAGS) -o $@ $(OBJS) $(QS_LDLIBS)
+
+build/%.o: shell/%.c | build/.dir
+	$(call msg,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(QS_CFLAGS) -c -o $@ $<
+
+build/stdlib_gen.o: build/stdlib_gen.c
+	$(call msg,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(QS_CFLAGS) -c -o $@ $<
+
+build/stdlib_gen.c: build/embed $(STDLIB)
+	$(call msg,EMBED,stdlib)
+	$(Q)build/embed $@ stdlib $(STDLIB)
+
+# A build-host tool: no sanitizers, no project libraries.
+build/embed: shell/embed.c | build/.dir
+	$(call msg,HOSTCC,$<)
+	$(Q)$(CC) -O1 -o $@ $<
+
+build/.dir:
+	$(Q)mkdir -p build && touch $@
+
+# ---- tests ----
+
+build/test_qmp: tests/unit/test_qmp.c build/qmp.o build/util.o
+	$(call msg,LINK,$@)
+	$(Q)$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(QS_CFLAGS) $(LDFLAGS) $(QS_LDFLAGS) -o $@ $^ $(QS_LDLIBS)
+
+build/fakeqmp: tests/unit/fakeqmp.c | build/.dir
+	$(call msg,LINK,$@)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(QS_CFLAGS) $(LDFLAGS) $(QS_LDFLAGS) -o $@ $<
+
+test-unit: qshell $(UNIT_TESTS) build/fakeqmp
+	$(Q)tests/run.sh unit
+
+test: deps all $(UNIT_TESTS) build/fakeqmp
+	$(Q)tests/run.sh all
+
+bench: deps all
+	$(Q)tests/bench/run.sh
+
+deps:
+	$(Q)tests/deps.sh
+
+demo: deps all
+	$(Q)./qshell run scripts/demo.lua
+
+install: qshell
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 qshell $(DESTDIR)$(PREFIX)/bin/qshell
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/qshell
+
+clean:
+	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp qshell
+
+format:
+	clang-format -i shell/*.c shell/*.h tests/unit/*.c
+
+-include $(wildcard build/*.d)

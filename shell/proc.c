@@ -1,0 +1,333 @@
+/*
+ * proc.c - spawning, stopping and reaping QEMU, after libqtest's
+ * qtest_spawn_qemu / qtest_wait_qemu and QEMUMachine's shutdown ladder.
+ *
+ * Owns: child pids, the parent ends of their socketpairs, their temp dirs.
+ * Does not own: the QMP conversation (qmp.c) or the stop policy (quit, then
+ * TERM, then KILL lives in stdlib/qemu/vm.lua; the pieces are here).
+ *
+ * No SIGCHLD handler: children are reaped by polling waitpid(WNOHANG), so
+ * nothing else in the process (popen, os.execute) loses its exit status.
+ */
+#define _GNU_SOURCE /* pipe2, F_DUPFD_CLOEXEC, strsignal */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include "proc.h"
+#include "util.h"
+
+/*
+ * The live list is process-wide by nature: children belong to the process,
+ * and the atexit hook that must find them has no Lua state to look in.
+ */
+static struct qs_proc *live_head;
+
+static int fail(struct qs_proc *p, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(struct qs_proc *p, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->errstr, sizeof p->errstr, fmt, ap);
+    va_end(ap);
+    p->err = err;
+    return -1;
+}
+
+struct qs_proc *proc_new(const char *prefix)
+{
+    struct qs_proc *p = xcalloc(1, sizeof *p);
+    p->pid = -1;
+    for (int i = 0; i < PROC_MAX_SOCKS; i++) {
+        p->socks[i] = -1;
+    }
+    p->tmpdir = make_tmpdir(prefix ? prefix : "qshell");
+    if (!p->tmpdir) {
+        fail(p, PROC_ERR_IO, "cannot create a temp dir in %s: %s",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
+    } else {
+        p->logpath = xasprintf("%s/qemu.log", p->tmpdir);
+    }
+    p->next = live_head;
+    if (live_head) {
+        live_head->prev = p;
+    }
+    live_head = p;
+    return p;
+}
+
+/* Move fd to a number >= 100 so that dup2 onto 0..2+n cannot clobber it. */
+static int lift(int fd)
+{
+    return fcntl(fd, F_DUPFD_CLOEXEC, 100);
+}
+
+static void child_exec(char *const argv[], int nsocks, const int *child_ends, int nullfd,
+                       int logfd, int errfd, pid_t parent)
+{
+    int e;
+    sigset_t none;
+
+    setpgid(0, 0);
+#ifdef __linux__
+    /* libqtest's safety net: QEMU dies with us, even on SIGKILL. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) {
+        _exit(127);
+    }
+#else
+    QS_UNUSED(parent);
+#endif
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    int hi[PROC_MAX_SOCKS];
+    int hnull = lift(nullfd), hlog = lift(logfd);
+    for (int i = 0; i < nsocks; i++) {
+        hi[i] = lift(child_ends[i]);
+    }
+    if (hnull < 0 || hlog < 0 || dup2(hnull, 0) < 0 || dup2(hlog, 1) < 0 || dup2(hlog, 2) < 0) {
+        goto fail;
+    }
+    for (int i = 0; i < nsocks; i++) {
+        /* dup2 clears FD_CLOEXEC on the target: only these survive exec. */
+        if (hi[i] < 0 || dup2(hi[i], PROC_FIRST_FD + i) < 0) {
+            goto fail;
+        }
+    }
+    execvp(argv[0], argv);
+fail:
+    e = errno;
+    if (write(errfd, &e, sizeof e) < 0) {
+        /* nothing left to report to */
+    }
+    _exit(127);
+}
+
+int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks)
+{
+    int child_ends[PROC_MAX_SOCKS];
+    int errpipe[2] = {-1, -1};
+    int nullfd = -1, logfd = -1;
+    int rc = -1, made = 0;
+
+    if (!p->tmpdir) {
+        return -1; /* errstr from proc_new */
+    }
+    if (p->pid > 0 || p->reaped) {
+        return fail(p, PROC_ERR_IO, "process already started");
+    }
+    if (nsocks < 0 || nsocks > PROC_MAX_SOCKS) {
+        return fail(p, PROC_ERR_IO, "too many sockets (%d)", nsocks);
+    }
+    for (; made < nsocks; made++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+            fail(p, PROC_ERR_IO, "socketpair: %s", strerror(errno));
+            goto out;
+        }
+        p->socks[made] = sv[0];
+        child_ends[made] = sv[1];
+    }
+    nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    logfd = open(p->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    if (nullfd < 0 || logfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
+        fail(p, PROC_ERR_IO, "cannot set up the child's files: %s", strerror(errno));
+        goto out;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        fail(p, PROC_ERR_IO, "fork: %s", strerror(errno));
+        goto out;
+    }
+    if (pid == 0) {
+        child_exec(argv, nsocks, child_ends, nullfd, logfd, errpipe[1], parent);
+    }
+    p->pid = pid;
+    setpgid(pid, pid); /* also here, so a signal right after fork finds the group */
+    close(errpipe[1]);
+    errpipe[1] = -1;
+    int e;
+    ssize_t n;
+    do {
+        n = read(errpipe[0], &e, sizeof e);
+    } while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof e) {
+        while (waitpid(pid, &p->status, 0) < 0 && errno == EINTR) {
+        }
+        p->pid = -1;
+        p->reaped = 1;
+        fail(p, PROC_ERR_EXEC, "cannot run %s: %s", argv[0], strerror(e));
+        goto out;
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < made; i++) {
+        close(child_ends[i]);
+        if (rc < 0) {
+            close(p->socks[i]);
+            p->socks[i] = -1;
+        }
+    }
+    p->nsocks = rc < 0 ? 0 : nsocks;
+    if (nullfd >= 0) {
+        close(nullfd);
+    }
+    if (logfd >= 0) {
+        close(logfd);
+    }
+    if (errpipe[0] >= 0) {
+        close(errpipe[0]);
+    }
+    if (errpipe[1] >= 0) {
+        close(errpipe[1]);
+    }
+    return rc;
+}
+
+int proc_take_sock(struct qs_proc *p, int i)
+{
+    if (i < 0 || i >= p->nsocks) {
+        return -1;
+    }
+    int fd = p->socks[i];
+    p->socks[i] = -1;
+    return fd;
+}
+
+int proc_poll(struct qs_proc *p)
+{
+    if (p->reaped || p->pid <= 0) {
+        return 1;
+    }
+    int st;
+    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    if (r == p->pid || (r < 0 && errno == ECHILD)) {
+        p->status = r == p->pid ? st : 0;
+        p->reaped = 1;
+        p->pid = -1;
+        return 1;
+    }
+    return 0;
+}
+
+int proc_wait(struct qs_proc *p, double timeout, const volatile sig_atomic_t *intr)
+{
+    double deadline = deadline_after(timeout);
+    useconds_t nap = 200;
+
+    for (;;) {
+        if (proc_poll(p)) {
+            return 0;
+        }
+        if (intr && *intr) {
+            return fail(p, PROC_ERR_INTERRUPTED, "interrupted");
+        }
+        if (deadline >= 0 && now_mono() >= deadline) {
+            return fail(p, PROC_ERR_TIMEOUT, "process %d still running after %g s", (int)p->pid,
+                        timeout);
+        }
+        usleep(nap);
+        if (nap < 10000) {
+            nap *= 2;
+        }
+    }
+}
+
+int proc_signal(struct qs_proc *p, int sig)
+{
+    if (p->reaped || p->pid <= 0) {
+        return 0;
+    }
+    if (kill(-p->pid, sig) < 0 && kill(p->pid, sig) < 0 && errno != ESRCH) {
+        return fail(p, PROC_ERR_IO, "kill %d: %s", (int)p->pid, strerror(errno));
+    }
+    return 0;
+}
+
+void proc_kill(struct qs_proc *p)
+{
+    if (p->reaped || p->pid <= 0) {
+        return;
+    }
+    proc_signal(p, SIGKILL);
+    int st;
+    pid_t r;
+    while ((r = waitpid(p->pid, &st, 0)) < 0 && errno == EINTR) {
+    }
+    p->status = r == p->pid ? st : 0;
+    p->reaped = 1;
+    p->pid = -1;
+}
+
+void proc_release(struct qs_proc *p)
+{
+    proc_kill(p);
+    for (int i = 0; i < PROC_MAX_SOCKS; i++) {
+        if (p->socks[i] >= 0) {
+            close(p->socks[i]);
+            p->socks[i] = -1;
+        }
+    }
+    if (p->tmpdir && !p->keep_tmp) {
+        remove_tree(p->tmpdir);
+    }
+    free(p->tmpdir);
+    p->tmpdir = NULL;
+}
+
+void proc_free(struct qs_proc *p)
+{
+    if (!p) {
+        return;
+    }
+    proc_release(p);
+    if (p->prev) {
+        p->prev->next = p->next;
+    } else if (live_head == p) {
+        live_head = p->next;
+    }
+    if (p->next) {
+        p->next->prev = p->prev;
+    }
+    free(p->logpath);
+    free(p);
+}
+
+void proc_release_all(void)
+{
+    for (struct qs_proc *p = live_head; p; p = p->next) {
+        proc_release(p);
+    }
+}
+
+void proc_describe_status(int status, char *buf, size_t n)
+{
+    if (WIFEXITED(status)) {
+        snprintf(buf, n, "exited with status %d", WEXITSTATUS(status));
+    } else if (WIFSIGNALED(status)) {
+        snprintf(buf, n, "was killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    } else {
+        snprintf(buf, n, "ended with wait status 0x%x", status);
+    }
+}

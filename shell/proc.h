@@ -1,0 +1,68 @@
+/*
+ * proc.h - QEMU child processes in plain C (no Lua).
+ *
+ * A struct qs_proc owns one child: its pid, the parent ends of the
+ * socketpairs handed to it (monitor, console, ...), its private temp dir and
+ * its log.  Every proc is on a process-wide live list so that an exit that
+ * skips lua_close (os.exit, a fatal signal) can still kill and reap it.
+ */
+#ifndef QSHELL_PROC_H
+#define QSHELL_PROC_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define PROC_MAX_SOCKS 8
+/* The child end of socketpair i is fd PROC_FIRST_FD + i in the child. */
+#define PROC_FIRST_FD 3
+
+enum {
+    PROC_OK = 0,
+    PROC_ERR_IO,
+    PROC_ERR_TIMEOUT,
+    PROC_ERR_INTERRUPTED,
+    PROC_ERR_EXEC,
+};
+
+struct qs_proc {
+    pid_t pid;           /* -1 before spawn and once reaped */
+    int status;          /* wait status, valid when reaped */
+    int reaped;
+    int socks[PROC_MAX_SOCKS];
+    int nsocks;
+    char *tmpdir;        /* private 0700 dir, removed by proc_release */
+    char *logpath;       /* <tmpdir>/qemu.log */
+    int keep_tmp;
+    int err;
+    char errstr[256];
+    struct qs_proc *prev, *next; /* live list */
+};
+
+/* Allocate and make the temp dir (check ->err). */
+struct qs_proc *proc_new(const char *prefix);
+/*
+ * fork + execvp argv with stdin /dev/null, stdout and stderr to logpath,
+ * nsocks socketpairs whose child ends are fds 3, 4, ..., its own process
+ * group and PDEATHSIG.  An exec failure is reported here, not later.
+ */
+int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks);
+/* Hand over the parent end of socketpair i (the caller closes it). */
+int proc_take_sock(struct qs_proc *p, int i);
+/* 1 if the child has exited (and is now reaped), 0 if running. */
+int proc_poll(struct qs_proc *p);
+/* Wait for exit; 0 when reaped, -1 on timeout or interrupt (err set). */
+int proc_wait(struct qs_proc *p, double timeout, const volatile sig_atomic_t *intr);
+/* Signal the child's process group. */
+int proc_signal(struct qs_proc *p, int sig);
+/* SIGKILL and reap, blocking; a no-op once reaped. */
+void proc_kill(struct qs_proc *p);
+/* Kill, reap, close sockets, remove the temp dir (unless kept). Idempotent. */
+void proc_release(struct qs_proc *p);
+void proc_free(struct qs_proc *p);
+/* Release every live proc: the atexit and fatal-signal path. */
+void proc_release_all(void);
+/* "exited with status 1", "was killed by signal 9 (Killed)". */
+void proc_describe_status(int status, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,300 @@
+-- qemu.launch: options -> argv, spawn, QMP handshake; qemu.attach.
+--
+-- The argv is built here, in full, and kept as vm.argv: what you read is
+-- exactly what QEMU got.  The monitor is an inherited socketpair (fd 3), so
+-- there is no socket path, no stale file and no accept race.
+
+local proc = require "qshell.proc.core"
+local qmpc = require "qshell.qmp.core"
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local VM = require "qemu.vm"
+
+local M = {}
+
+local MONITOR_FD = 3
+local DEFAULT_TIMEOUT = 30
+
+-- Every live VM, for qemu.vms() and the graceful shutdown at script end.
+local live = setmetatable({}, { __mode = "k" })
+local serial = 0
+
+function M.live()
+  local out = {}
+  for vm in pairs(live) do
+    if not vm._closed then out[#out + 1] = vm end
+  end
+  table.sort(out, function(a, b) return a._serial < b._serial end)
+  return out
+end
+
+function M.shutdown_all()
+  for _, vm in ipairs(M.live()) do pcall(vm.close, vm) end
+end
+
+local function readable(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+-- accel="auto": kvm only when /dev/kvm is usable AND the CPU advertises
+-- vmx/svm; a nested software KVM without them crawls and then dies.
+local auto_accel
+function M.detect_accel()
+  if auto_accel then return auto_accel end
+  auto_accel = "tcg"
+  local kvm = io.open("/dev/kvm", "r+b")
+  if kvm then
+    kvm:close()
+    local f = io.open("/proc/cpuinfo", "r")
+    if f then
+      for line in f:lines() do
+        if line:match("^flags") then
+          if line:find("%f[%w]vmx%f[%W]") or line:find("%f[%w]svm%f[%W]") then auto_accel = "kvm" end
+          break
+        end
+      end
+      f:close()
+    end
+  end
+  return auto_accel
+end
+
+-- QEMU's option parser: a comma in a value is written ",,".
+local function qesc(s)
+  return (tostring(s):gsub(",", ",,"))
+end
+M.qesc = qesc
+
+local function is_list(t)
+  if type(t) ~= "table" then return false end
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n == #t
+end
+
+local function list_of_strings(fname, what, t)
+  if type(t) == "string" then return { t } end
+  if not is_list(t) then check.bad(fname, "%s must be a string or a list of strings", what) end
+  for i, v in ipairs(t) do
+    if type(v) ~= "string" and type(v) ~= "number" then
+      check.bad(fname, "%s[%d] must be a string, got %s", what, i, type(v))
+    end
+  end
+  return t
+end
+
+local function image_format(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local magic = f:read(4)
+  f:close()
+  if magic == "QFI\xfb" then return "qcow2" end
+  return "raw"
+end
+
+local disk_opts = {
+  file = "string", interface = "string", format = "string", readonly = "boolean",
+  cache = "string", node = "string", snapshot = "boolean",
+}
+local interfaces = { ide = true, virtio = true, scsi = true, none = true, nvme = true }
+
+local function disk_args(fname, disks)
+  if not is_list(disks) then check.bad(fname, "option 'disks' must be a list") end
+  local args = {}
+  local ide_index = 0
+  for i, d in ipairs(disks) do
+    if type(d) == "string" then d = { file = d } end
+    if type(d) ~= "table" then
+      check.bad(fname, "disks[%d] must be a path or a table {file=, interface=, format=, readonly=}", i)
+    end
+    check.options(fname .. " disks[" .. i .. "]", d, disk_opts)
+    if not d.file then check.bad(fname, "disks[%d] has no file", i) end
+    if not readable(d.file) then
+      errors.raise { class = "BadArgument", command = fname,
+                     desc = string.format("disks[%d]: cannot open %s", i, d.file),
+                     hint = "create it with qemu.disk.create(path, size)" }
+    end
+    local iface = d.interface or "ide"
+    if not interfaces[iface] then
+      check.bad(fname, "disks[%d]: unknown interface '%s' (ide, virtio, scsi, nvme, none)", i, iface)
+    end
+    local fmt = d.format or image_format(d.file)
+    local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=disk" .. (i - 1) }
+    if iface == "ide" then
+      -- disks[1] is hda, disks[2] hdb, as -hda/-hdb.
+      spec[#spec + 1] = "if=ide,index=" .. ide_index .. ",media=disk"
+      ide_index = ide_index + 1
+    elseif iface == "nvme" then
+      spec[#spec + 1] = "if=none"
+    else
+      spec[#spec + 1] = "if=" .. iface
+    end
+    spec[#spec + 1] = "node-name=" .. qesc(d.node or ("disk" .. (i - 1)))
+    if d.readonly then spec[#spec + 1] = "readonly=on" end
+    if d.snapshot then spec[#spec + 1] = "snapshot=on" end
+    if d.cache then spec[#spec + 1] = "cache=" .. qesc(d.cache) end
+    args[#args + 1] = "-drive"
+    args[#args + 1] = table.concat(spec, ",")
+    if iface == "nvme" then
+      args[#args + 1] = "-device"
+      args[#args + 1] = string.format("nvme,drive=disk%d,serial=qshell%d", i - 1, i - 1)
+    end
+  end
+  return args
+end
+
+local launch_opts = {
+  binary = "string", accel = "string", machine = "string", cpu = "string",
+  smp = function(v)
+    if math.type(v) == "integer" and v >= 1 then return true end
+    if type(v) == "string" and v ~= "" then return true end
+    return false, "must be a positive integer or a -smp string"
+  end,
+  memory = "string|number", kernel = "string", initrd = "string", append = "string|table",
+  disks = "table", extra = "table", name = "string", timeout = check.positive,
+}
+
+-- Hooks later modules add to launch: option name -> {check=, argv=fn(opts, ctx)}.
+M.extensions = {}
+
+function M.add_option(name, spec, build)
+  launch_opts[name] = spec
+  M.extensions[#M.extensions + 1] = { name = name, build = build }
+end
+
+local function build_argv(opts, ctx)
+  local fname = "qemu.launch"
+  local argv = { opts.binary or os.getenv("QSHELL_QEMU") or "qemu-system-x86_64" }
+  local function add(...)
+    for _, a in ipairs { ... } do argv[#argv + 1] = tostring(a) end
+  end
+  add("-nodefaults", "-display", "none")
+  if opts.name then add("-name", qesc(opts.name)) end
+  local accel = opts.accel or "auto"
+  if accel == "auto" then accel = M.detect_accel() end
+  ctx.accel = accel
+  add("-accel", accel)
+  if opts.machine then add("-machine", opts.machine) end
+  if opts.cpu then add("-cpu", opts.cpu) end
+  if opts.smp then add("-smp", opts.smp) end
+  if opts.memory then add("-m", opts.memory) end
+  add("-chardev", "socket,id=qmp,fd=" .. MONITOR_FD, "-mon", "chardev=qmp,mode=control")
+  if opts.kernel then
+    if not readable(opts.kernel) then
+      check.bad(fname, "kernel %s: no such file (or not readable)", opts.kernel)
+    end
+    add("-kernel", opts.kernel)
+  end
+  if opts.initrd then
+    if not opts.kernel then check.bad(fname, "initrd given without a kernel") end
+    if not readable(opts.initrd) then
+      check.bad(fname, "initrd %s: no such file (or not readable)", opts.initrd)
+    end
+    add("-initrd", opts.initrd)
+  end
+  if opts.append then
+    if not opts.kernel then check.bad(fname, "append given without a kernel") end
+    local words = list_of_strings(fname, "append", opts.append)
+    ctx.append = table.concat(words, " ")
+  end
+  for _, ext in ipairs(M.extensions) do
+    ext.build(opts, ctx, add)
+  end
+  if ctx.append then add("-append", ctx.append) end
+  if opts.disks then
+    for _, a in ipairs(disk_args(fname, opts.disks)) do add(a) end
+  end
+  if opts.extra then
+    for _, a in ipairs(list_of_strings(fname, "extra", opts.extra)) do add(a) end
+  end
+  return argv
+end
+
+function M.launch(opts)
+  local fname = "qemu.launch"
+  if opts == nil then opts = {} end
+  check.options(fname, opts, launch_opts)
+  local p, msg = proc.new("qshell")
+  if not p then errors.raise { class = "IOError", command = fname, desc = msg } end
+  local ctx = { tmpdir = p:tmpdir(), sockets = 1, proc = p }
+  local ok, argv = pcall(build_argv, opts, ctx)
+  if not ok then
+    p:close()
+    error(argv, 0)
+  end
+  local spawned, err = p:spawn(argv, ctx.sockets)
+  if not spawned then
+    p:close()
+    errors.raise { class = "LaunchFailed", command = fname, desc = err,
+                   hint = "is QEMU installed? (make deps) or set binary=" }
+  end
+  local q = qmpc.open_fd(p:take_socket(1))
+  local timeout = opts.timeout or DEFAULT_TIMEOUT
+  local greeting, hmsg, hcode = q:handshake(timeout)
+  if not greeting then
+    local st = p:poll() or p:wait(1)
+    local log = p:log_tail(2000):gsub("%s+$", "")
+    q:close()
+    p:close()
+    local desc
+    if st then
+      desc = string.format("QEMU %s during start-up", st.desc)
+    elseif hcode == "timeout" then
+      desc = string.format("QEMU did not answer on QMP within %g s", timeout)
+    else
+      desc = hmsg
+    end
+    if log ~= "" then desc = desc .. ": " .. log:gsub("\n", " | ") end
+    if hcode == "interrupted" then
+      errors.raise { class = "Interrupted", command = fname, desc = "interrupted!" }
+    end
+    errors.raise { class = "LaunchFailed", command = fname, desc = desc, exit = st,
+                   hint = errors.hint_for(log), argv = argv }
+  end
+  serial = serial + 1
+  local v = greeting.QMP and greeting.QMP.version and greeting.QMP.version.qemu
+  local vm = VM.new {
+    _qmp = q, _proc = p, _clock = proc.now, _serial = serial,
+    pid = p:pid(), argv = argv, log = p:logpath(), tmpdir = p:tmpdir(),
+    name = opts.name or ("vm" .. serial), accel = ctx.accel,
+    version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
+    options = opts,
+  }
+  for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
+  live[vm] = true
+  return vm
+end
+
+local attach_opts = { timeout = check.nonneg, name = "string" }
+
+-- qemu.attach(socket_path [, {timeout=, name=}]) -> vm (not owned: no pid)
+function M.attach(path, opts)
+  local fname = "qemu.attach"
+  check.arg(fname, 1, path, "string")
+  opts = check.options(fname, opts, attach_opts, 2)
+  local q, msg, code = qmpc.connect(path, opts.timeout or 0)
+  if not q then
+    errors.raise { class = code == "closed" and "ConnectFailed" or "IOError", command = fname,
+                   desc = msg,
+                   hint = "start QEMU with -qmp unix:" .. path .. ",server=on,wait=off" }
+  end
+  local greeting, hmsg, hcode = q:handshake(opts.timeout or DEFAULT_TIMEOUT)
+  if not greeting then
+    q:close()
+    errors.raise { class = hcode == "timeout" and "Timeout" or "ConnectFailed", command = fname,
+                   desc = hmsg }
+  end
+  serial = serial + 1
+  local v = greeting.QMP and greeting.QMP.version and greeting.QMP.version.qemu
+  local vm = VM.new {
+    _qmp = q, _clock = proc.now, _serial = serial, argv = nil, socket = path,
+    name = opts.name or ("vm" .. serial),
+    version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
+  }
+  live[vm] = true
+  return vm
+end
+
+return M

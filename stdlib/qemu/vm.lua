@@ -1,0 +1,284 @@
+-- qemu.vm: the VM object returned by qemu.launch and qemu.attach.
+--
+-- Policy over the C mechanisms: QMP replies become return values or error
+-- objects, a QEMU that went away becomes an error naming its exit status
+-- and the tail of its log, and stopping is the QEMUMachine ladder (QMP quit,
+-- wait, SIGTERM, wait, SIGKILL, always reaped).
+--
+-- Fields: vm.pid, vm.argv, vm.log, vm.name, vm.tmpdir, vm.accel, vm.version.
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+
+local VM = {}
+VM.__index = VM
+VM.__name = "qemu.vm"
+
+local DEFAULT_QMP_TIMEOUT = 300
+local DEFAULT_EVENT_TIMEOUT = 60
+
+function VM.__tostring(vm)
+  local state = vm._closed and "closed" or (vm._exit and "exited") or "live"
+  return string.format("vm %s (%s%s)", vm.name, state, vm.pid and (", pid " .. vm.pid) or "")
+end
+
+-- Last non-empty lines of QEMU's log, for error messages.
+local function log_lines(vm, n)
+  if not vm._proc or vm._closed then return nil end
+  local tail = vm._proc:log_tail(4000)
+  local lines = {}
+  for line in tail:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  local first = math.max(1, #lines - (n or 3) + 1)
+  local out = table.concat(lines, " | ", first)
+  return out ~= "" and out or nil
+end
+
+function VM:_exit_status(wait)
+  if not self._proc then return nil end
+  if self._exit then return self._exit end
+  local st = wait and self._proc:wait(wait) or self._proc:poll()
+  if st then
+    self._exit = st
+    self.pid = nil
+  end
+  return st
+end
+
+-- A connection-level failure (code from the C glue) -> raise.
+function VM:_conn_error(command, msg, code)
+  if code == "interrupted" then
+    errors.raise { class = "Interrupted", command = command, desc = "interrupted!" }
+  elseif code == "timeout" then
+    errors.raise { class = "Timeout", command = command, desc = msg }
+  elseif code == "closed" then
+    -- QEMU closes the socket as it dies: give the exit status a moment.
+    local st = self:_exit_status(1)
+    local log = log_lines(self, 3)
+    local desc
+    if st then
+      desc = string.format("QEMU %s while '%s' was in flight", st.desc, command)
+    else
+      desc = msg
+    end
+    if log then desc = desc .. ": " .. log end
+    errors.raise { class = "QEMUExited", command = command, desc = desc, exit = st,
+                   hint = errors.hint_for(log) }
+  else
+    errors.raise { class = code == "protocol" and "ProtocolError" or "IOError",
+                   command = command, desc = msg }
+  end
+end
+
+function VM:_live(fname)
+  if self._closed then
+    check.bad(fname, "%s is closed", tostring(self))
+  end
+end
+
+local qmp_opts = { timeout = check.nonneg }
+
+-- vm:qmp(cmd [, args [, {timeout=}]]) -> the "return" value
+function VM:qmp(cmd, args, opts)
+  check.arg("vm:qmp", 1, cmd, "string")
+  if args ~= nil then check.arg("vm:qmp", 2, args, "table") end
+  opts = check.options("vm:qmp", opts, qmp_opts, 3)
+  self:_live("vm:qmp")
+  local r, msg, code = self._qmp:execute(cmd, args, opts.timeout or self.qmp_timeout)
+  if not r then self:_conn_error(cmd, msg, code) end
+  local e = r.error
+  if e then
+    errors.raise { class = e.class, desc = e.desc, command = cmd, hint = errors.hint_for(e.desc) }
+  end
+  return r["return"]
+end
+
+-- HMP failures arrive as successful replies: recognise them.
+local hmp_errors = {
+  "^Error",
+  "^unknown command",
+  "^Unknown command",
+  "^Parameter '.-' expects",
+  "^invalid ",
+  "^Invalid ",
+  "^Could not ",
+  "^Device '.-' not found",
+  "^Snapshot '.-' does not exist",
+}
+
+function VM.hmp_failed(text)
+  for _, p in ipairs(hmp_errors) do
+    if text:find(p) then return true end
+  end
+  return false
+end
+
+-- vm:hmp(line [, {timeout=}]) -> text; an HMP error reply raises
+function VM:hmp(line, opts)
+  check.arg("vm:hmp", 1, line, "string")
+  local text = self:qmp("human-monitor-command", { ["command-line"] = line }, opts)
+  if VM.hmp_failed(text) then
+    local desc = text:gsub("%s+$", "")
+    errors.raise { class = "HMPError", command = line, desc = desc, hint = errors.hint_for(desc) }
+  end
+  return text
+end
+
+-- vm:events() -> every event received so far, oldest first (drains)
+function VM:events()
+  self:_live("vm:events")
+  local out = self._backlog
+  self._backlog = {}
+  local new = self._qmp:events()
+  for i = 1, #new do out[#out + 1] = new[i] end
+  return out
+end
+
+-- QEMUMachine's event_match: every key of match is in event, recursively.
+local function event_match(event, match)
+  if type(match) ~= "table" then return event == match end
+  if type(event) ~= "table" then return false end
+  for k, v in pairs(match) do
+    if not event_match(event[k], v) then return false end
+  end
+  return true
+end
+VM.event_match = event_match
+
+local wait_opts = { timeout = check.nonneg, match = "table" }
+
+-- vm:wait_event([name [, {timeout=, match=}]]) -> event
+-- Events that do not match stay queued for vm:events().
+function VM:wait_event(name, opts)
+  if name ~= nil then check.arg("vm:wait_event", 1, name, "string") end
+  opts = check.options("vm:wait_event", opts, wait_opts, 2)
+  self:_live("vm:wait_event")
+  local function wanted(ev)
+    return (name == nil or ev.event == name) and (opts.match == nil or event_match(ev, opts.match))
+  end
+  for i, ev in ipairs(self._backlog) do
+    if wanted(ev) then
+      table.remove(self._backlog, i)
+      return ev
+    end
+  end
+  local timeout = opts.timeout or DEFAULT_EVENT_TIMEOUT
+  local deadline = self._clock() + timeout
+  local what = "vm:wait_event(" .. (name and string.format("%q", name) or "") .. ")"
+  while true do
+    local left = deadline - self._clock()
+    if left < 0 then left = 0 end
+    local ev, msg, code = self._qmp:next_event(left)
+    if not ev then
+      if code == "timeout" then
+        errors.raise { class = "Timeout", command = what,
+                       desc = string.format("no %s event within %g s", name or "matching", timeout) }
+      end
+      self:_conn_error(what, msg, code)
+    end
+    if wanted(ev) then return ev end
+    self._backlog[#self._backlog + 1] = ev
+  end
+end
+
+-- vm:status() -> "running", "paused", "shutdown", ... (query-status)
+function VM:status()
+  return self:qmp("query-status").status
+end
+
+function VM:pause()
+  self:qmp("stop")
+end
+
+function VM:cont()
+  self:qmp("cont")
+end
+
+local quit_opts = { timeout = check.nonneg }
+
+-- vm:quit([{timeout=}]) -> exit status {code=, signal=, desc=}
+-- QMP quit, wait; SIGTERM, wait; SIGKILL; always reaped.
+function VM:quit(opts)
+  opts = check.options("vm:quit", opts, quit_opts)
+  if self._closed then return self._exit end
+  local grace = opts.timeout or 30
+  if not self._proc then
+    -- Attached: ask politely, then wait for the monitor to close.
+    local r = self._qmp:execute("quit", nil, 5)
+    if r then self._qmp:next_event(grace) end
+    self:close()
+    return nil
+  end
+  local st = self:_exit_status()
+  if not st then
+    -- Errors are expected here: QEMU may close the socket before replying.
+    self._qmp:execute("quit", nil, math.min(grace, 5))
+    st = self._proc:wait(grace)
+    if not st then
+      self._proc:signal("TERM")
+      st = self._proc:wait(math.min(grace, 10))
+    end
+    if not st then st = self._proc:kill() end
+    self._exit = st
+    self.pid = nil
+  end
+  self._qmp:close()
+  return st
+end
+
+-- vm:kill() -> exit status: SIGKILL now, reaped
+function VM:kill()
+  if self._closed then return self._exit end
+  if not self._proc then check.bad("vm:kill", "an attached VM is not this shell's process") end
+  local st = self._exit or self._proc:kill()
+  self._exit = st
+  self.pid = nil
+  self._qmp:close()
+  return st
+end
+
+local vmwait_opts = { timeout = check.nonneg }
+
+-- vm:wait([{timeout=}]) -> exit status: wait for QEMU to end by itself
+function VM:wait(opts)
+  opts = check.options("vm:wait", opts, vmwait_opts)
+  if self._exit or self._closed then return self._exit end
+  if not self._proc then check.bad("vm:wait", "an attached VM is not this shell's process") end
+  local st, msg, code = self._proc:wait(opts.timeout)
+  if not st then
+    if code == "timeout" then
+      errors.raise { class = "Timeout", command = "vm:wait", desc = string.format(
+        "QEMU (pid %d) still running after %g s", self.pid or -1, opts.timeout) }
+    end
+    self:_conn_error("vm:wait", msg, code)
+  end
+  self._exit = st
+  self.pid = nil
+  return st
+end
+
+-- vm:close(): quit if still running (short grace), then free everything:
+-- sockets, the process, the temp dir.  What <close> calls.
+function VM:close()
+  if self._closed then return self._exit end
+  if self._proc and not self:_exit_status() then
+    if self._qmp_ok ~= false then pcall(self.quit, self, { timeout = 3 }) end
+    if not self._exit then self._exit = self._proc:kill() end
+  end
+  self._qmp:close()
+  if self._proc then self._proc:close() end
+  self._closed = true
+  self.pid = nil
+  for _, hook in ipairs(self._on_close) do pcall(hook, self) end
+  return self._exit
+end
+
+VM.__close = VM.close
+
+function VM.new(fields)
+  fields._backlog = {}
+  fields._on_close = {}
+  fields.qmp_timeout = fields.qmp_timeout or DEFAULT_QMP_TIMEOUT
+  return setmetatable(fields, VM)
+end
+
+return VM
