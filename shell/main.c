@@ -145,10 +145,7 @@ static int push_script_args(lua_State *L, struct opts *o)
 static int run_chunk(lua_State *L, int status, int nargs)
 {
     if (status == LUA_OK) {
-        if (nargs > 0) {
-            lua_rotate(L, -nargs - 1, 1); /* the chunk below its arguments */
-        }
-        status = qs_docall(L, nargs, 0);
+        status = qs_docall(L, nargs, 0); /* the chunk is below its arguments */
     } else if (nargs > 0) {
         lua_pop(L, nargs);
     }
@@ -205,7 +202,7 @@ static int pmain(lua_State *L)
             luaenv_add_script_dir(L, file);
         }
         int s = luaL_loadfile(L, file);
-        int nargs = push_script_args(L, o);
+        int nargs = push_script_args(L, o); /* pushed above the chunk */
         if (run_chunk(L, s, nargs) != LUA_OK) {
             return 0;
         }

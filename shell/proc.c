@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE /* pipe2, F_DUPFD_CLOEXEC, strsignal */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -48,6 +49,87 @@ static int fail(struct qs_proc *p, int err, const char *fmt, ...)
     return -1;
 }
 
+/*
+ * A qshell killed by SIGKILL cannot remove its temp dirs (PDEATHSIG takes
+ * care of QEMU).  Each dir records its owner's pid; the first proc_new of a
+ * later qshell removes the dirs whose owner is gone.
+ */
+static int owner_gone(long pid)
+{
+    if (kill((pid_t)pid, 0) < 0) {
+        return errno == ESRCH;
+    }
+#ifdef __linux__
+    /* A zombie nobody reaped is gone too. */
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *paren = strrchr(buf, ')');
+        return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+    }
+#endif
+    return 0;
+}
+
+static void sweep_stale(const char *prefix)
+{
+    static int swept;
+    if (swept) {
+        return;
+    }
+    swept = 1;
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base) {
+        base = "/tmp";
+    }
+    DIR *d = opendir(base);
+    if (!d) {
+        return;
+    }
+    size_t plen = strlen(prefix);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, prefix, plen) != 0 || de->d_name[plen] != '-' ||
+            strlen(de->d_name) != plen + 7) {
+            continue;
+        }
+        char *dir = xasprintf("%s/%s", base, de->d_name);
+        char *owner = xasprintf("%s/owner", dir);
+        struct stat st;
+        FILE *f = lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid()
+                      ? fopen(owner, "r")
+                      : NULL;
+        long pid = 0;
+        if (f) {
+            if (fscanf(f, "%ld", &pid) != 1) {
+                pid = 0;
+            }
+            fclose(f);
+        }
+        if (pid > 0 && owner_gone(pid)) {
+            remove_tree(dir);
+        }
+        free(owner);
+        free(dir);
+    }
+    closedir(d);
+}
+
+static void write_owner(const char *dir)
+{
+    char *owner = xasprintf("%s/owner", dir);
+    FILE *f = fopen(owner, "w");
+    if (f) {
+        fprintf(f, "%ld\n", (long)getpid());
+        fclose(f);
+    }
+    free(owner);
+}
+
 struct qs_proc *proc_new(const char *prefix)
 {
     struct qs_proc *p = xcalloc(1, sizeof *p);
@@ -55,12 +137,15 @@ struct qs_proc *proc_new(const char *prefix)
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         p->socks[i] = -1;
     }
-    p->tmpdir = make_tmpdir(prefix ? prefix : "qshell");
+    prefix = prefix ? prefix : "qshell";
+    sweep_stale(prefix);
+    p->tmpdir = make_tmpdir(prefix);
     if (!p->tmpdir) {
         fail(p, PROC_ERR_IO, "cannot create a temp dir in %s: %s",
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
     } else {
         p->logpath = xasprintf("%s/qemu.log", p->tmpdir);
+        write_owner(p->tmpdir);
     }
     p->next = live_head;
     if (live_head) {

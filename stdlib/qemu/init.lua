@@ -14,6 +14,19 @@ local lazy = {
 }
 
 local launch -- the launch module, loaded on first use
+local core = require "qshell.proc.core"
+
+-- qemu.now() -> monotonic seconds, for timing experiments
+M.now = core.now
+
+-- qemu.sleep(seconds): Ctrl-C interrupts it
+function M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("qemu.sleep: seconds must be a number >= 0", 2)
+  end
+  local ok = core.sleep(seconds)
+  if not ok then require("qemu.errors").raise { class = "Interrupted", command = "qemu.sleep", desc = "interrupted!" } end
+end
 
 function M.launch(opts)
   launch = launch or require "qemu.launch"

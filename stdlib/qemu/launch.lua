@@ -121,7 +121,7 @@ local function disk_args(fname, disks)
       check.bad(fname, "disks[%d]: unknown interface '%s' (ide, virtio, scsi, nvme, none)", i, iface)
     end
     local fmt = d.format or image_format(d.file)
-    local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=disk" .. (i - 1) }
+    local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=drive" .. (i - 1) }
     if iface == "ide" then
       -- disks[1] is hda, disks[2] hdb, as -hda/-hdb.
       spec[#spec + 1] = "if=ide,index=" .. ide_index .. ",media=disk"
@@ -139,7 +139,7 @@ local function disk_args(fname, disks)
     args[#args + 1] = table.concat(spec, ",")
     if iface == "nvme" then
       args[#args + 1] = "-device"
-      args[#args + 1] = string.format("nvme,drive=disk%d,serial=qshell%d", i - 1, i - 1)
+      args[#args + 1] = string.format("nvme,drive=drive%d,serial=qshell%d", i - 1, i - 1)
     end
   end
   return args

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# tests/run.sh TIER... - run test tiers and print one summary line.
+#
+# Tiers: unit (C unit tests, Lua tests without QEMU, the fake QMP peer),
+# integration (real qemu-system-x86_64), cli (the binary from outside),
+# guest (the Linux guest fixture), scripts (the example scripts), all.
+# Every runner prints "N passed, N failed[, N skipped]"; this sums them and
+# ends with the same line.  Non-zero exit if anything failed, if a runner
+# printed no summary, or if a QEMU process or a temp dir was left behind.
+#
+# Environment: TEST_PREFIX (e.g. "valgrind --error-exitcode=99 --leak-check=full"),
+# QSHELL_TEST_FILTER (run only matching test names), QSHELL_TEST_VERBOSE=1.
+set -u
+cd "$(dirname "$0")/.."
+
+tiers=("$@")
+[ ${#tiers[@]} -eq 0 ] && tiers=(all)
+if [ "${tiers[0]}" = all ]; then
+    tiers=(unit integration cli guest scripts)
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/qshell-tests.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+trap 'echo "interrupted"; exit 130' INT TERM
+
+export TMPDIR="$work"
+export QSHELL_TEST_TMP="$work"
+export QSHELL_PATH="$PWD/tests/lib/?.lua"
+QSHELL="${TEST_PREFIX:-} ./qshell"
+
+total_pass=0 total_fail=0 total_skip=0 broken=0
+# Live (not zombie) QEMU processes.  A zombie is dead: in some sandboxes
+# nothing reaps the children of a qshell killed with SIGKILL.
+live_qemu() {
+    local pid
+    for pid in $(pgrep -f '^qemu-system-x86_64' 2>/dev/null); do
+        case $(ps -o stat= -p "$pid" 2>/dev/null) in
+        Z*|"") ;;
+        *) echo "$pid" ;;
+        esac
+    done | sort -u
+}
+qemu_before=$(live_qemu)
+
+# run_one NAME COMMAND...: run a runner, echo its output, add its summary.
+run_one() {
+    local name=$1; shift
+    local out rc line
+    printf '== %s\n' "$name"
+    out=$(timeout 900 "$@" 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/   /'
+    line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
+    if [ -z "$line" ]; then
+        echo "   !! $name printed no summary (exit $rc)"
+        broken=$((broken + 1))
+        total_fail=$((total_fail + 1))
+        return
+    fi
+    local p f s
+    p=$(sed -E 's/^([0-9]+) passed.*/\1/' <<<"$line")
+    f=$(sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$line")
+    s=$(sed -nE 's/.*, ([0-9]+) skipped.*/\1/p' <<<"$line")
+    total_pass=$((total_pass + p))
+    total_fail=$((total_fail + f))
+    total_skip=$((total_skip + ${s:-0}))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "   !! $name exited $rc with no failed test"
+        broken=$((broken + 1))
+        total_fail=$((total_fail + 1))
+    fi
+}
+
+run_lua_dir() {
+    local dir=$1 f
+    for f in "$dir"/*.lua; do
+        [ -e "$f" ] || continue
+        run_one "$f" $QSHELL "$f"
+    done
+}
+
+for tier in "${tiers[@]}"; do
+    case $tier in
+    unit)
+        run_one build/test_qmp ${TEST_PREFIX:-} build/test_qmp
+        run_lua_dir tests/lua
+        [ -f tests/unit/fakeqmp_test.lua ] && run_one tests/unit/fakeqmp_test.lua $QSHELL tests/unit/fakeqmp_test.lua
+        ;;
+    integration) run_lua_dir tests/integration ;;
+    cli) run_lua_dir tests/cli ;;
+    guest) [ -d tests/guest ] && run_lua_dir tests/guest ;;
+    scripts)
+        [ -x tests/scripts.sh ] && run_one scripts tests/scripts.sh
+        ;;
+    *) echo "unknown tier: $tier" >&2; exit 2 ;;
+    esac
+done
+
+# Leaks: QEMU processes and temp dirs the tests left behind.
+sleep 0.2
+qemu_after=$(live_qemu)
+leaked=$(comm -13 <(printf '%s\n' "$qemu_before" | sort -u) <(printf '%s\n' "$qemu_after" | sort -u) | grep . || true)
+if [ -n "$leaked" ]; then
+    echo "!! QEMU processes left behind: $leaked"
+    ps -o pid,args -p $(echo $leaked | tr ' ' ',') || true
+    kill -9 $leaked 2>/dev/null
+    total_fail=$((total_fail + 1))
+fi
+stale=$(find "$work" -mindepth 1 -maxdepth 1 -name 'qshell-*' 2>/dev/null)
+if [ -n "$stale" ]; then
+    echo "!! temp dirs left behind: $stale"
+    total_fail=$((total_fail + 1))
+fi
+
+summary="$total_pass passed, $total_fail failed"
+[ "$total_skip" -gt 0 ] && summary="$summary, $total_skip skipped"
+echo "$summary"
+[ "$total_fail" -eq 0 ]
