@@ -24,8 +24,8 @@ PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 QS_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wwrite-strings -Wundef -MMD -MP -Ishell -Ibuild \
             -DQSHELL_VERSION='"$(VERSION)"' -DQSHELL_GUEST_DIR='"$(CURDIR)/build/guest"' \
-            -DQSHELL_PLUGIN_DIR='"$(CURDIR)/build/plugins"'
-QS_LDLIBS = $(PKG_LIBS) -lm
+            -DQSHELL_PLUGIN_DIR='"$(CURDIR)/build/plugins"' -pthread
+QS_LDLIBS = $(PKG_LIBS) -lm -pthread
 
 ifeq ($(WERROR),1)
 QS_CFLAGS += -Werror
@@ -43,9 +43,9 @@ Q := @
 msg = @printf '  %-6s %s\n' $(1) $(2)
 endif
 
-CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c
-SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/luaenv.c \
-        shell/repl.c shell/main.c
+CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c shell/console.c
+SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/lconsole.c \
+        shell/luaenv.c shell/repl.c shell/main.c
 OBJS := $(SRCS:shell/%.c=build/%.o) build/stdlib_gen.o
 STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)
 
@@ -92,7 +92,7 @@ build/fakeqmp: tests/unit/fakeqmp.c | build/.dir
 test-unit: qshell $(UNIT_TESTS) build/fakeqmp
 	$(Q)tests/run.sh unit
 
-test: deps all $(UNIT_TESTS) build/fakeqmp
+test: deps all guest $(UNIT_TESTS) build/fakeqmp
 	$(Q)tests/run.sh all
 
 bench: deps all
@@ -101,7 +101,11 @@ bench: deps all
 deps:
 	$(Q)tests/deps.sh
 
-demo: deps all
+# The default guest: rebuilt only when its inputs change (build.sh checks).
+guest: deps
+	$(Q)tests/guest/build.sh build/guest
+
+demo: deps all guest
 	$(Q)./qshell run scripts/demo.lua
 
 install: qshell

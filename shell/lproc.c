@@ -92,14 +92,16 @@ static int l_proc_new(lua_State *L)
 }
 
 /*
- * proc:spawn(argv [, nsockets]) -> true | nil, msg, code
+ * proc:spawn(argv [, nsockets [, stdout_path]]) -> true | nil, msg, code
  * argv is a list of strings; socketpair i (1-based) is fd 2+i in the child.
+ * stdout goes to the log with stderr, or to stdout_path when given.
  */
 static int l_proc_spawn(lua_State *L)
 {
     struct lproc *lp = check_proc(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer nsocks = luaL_optinteger(L, 3, 0);
+    const char *out = luaL_optstring(L, 4, NULL);
     luaL_argcheck(L, nsocks >= 0 && nsocks <= PROC_MAX_SOCKS, 3, "bad number of sockets");
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
     luaL_argcheck(L, n >= 1 && n < MAX_ARGV, 2, "argv must be a non-empty list");
@@ -117,7 +119,7 @@ static int l_proc_spawn(lua_State *L)
         argv[i - 1] = (char *)lua_tostring(L, -1);
         lua_pop(L, 1);
     }
-    int rc = proc_spawn(lp->p, argv, (int)nsocks);
+    int rc = proc_spawn_out(lp->p, argv, (int)nsocks, out);
     free(argv);
     if (rc < 0) {
         return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));

@@ -21,6 +21,10 @@
 #include "luaenv.h"
 #include "sig.h"
 
+#ifndef QSHELL_VERSION
+#define QSHELL_VERSION "unknown"
+#endif
+
 static const char state_key = 'S';
 
 struct qs_state *qs_state_get(lua_State *L)
@@ -236,6 +240,30 @@ int qs_report(lua_State *L, int status)
     return status;
 }
 
+/* ---- build configuration ---- */
+
+#ifndef QSHELL_GUEST_DIR
+#define QSHELL_GUEST_DIR ""
+#endif
+#ifndef QSHELL_PLUGIN_DIR
+#define QSHELL_PLUGIN_DIR ""
+#endif
+
+/* package.loaded["qshell.config"]: where `make` put the guest and plugins. */
+static void push_config(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_createtable(L, 0, 3);
+    lua_pushliteral(L, QSHELL_GUEST_DIR);
+    lua_setfield(L, -2, "guest_dir");
+    lua_pushliteral(L, QSHELL_PLUGIN_DIR);
+    lua_setfield(L, -2, "plugin_dir");
+    lua_pushliteral(L, QSHELL_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_setfield(L, -2, "qshell.config");
+    lua_pop(L, 1);
+}
+
 /* ---- the state ---- */
 
 lua_State *luaenv_open(struct qs_state *st)
@@ -256,8 +284,10 @@ int luaenv_init(lua_State *L)
     luaL_requiref(L, "qshell.json", luaopen_qshell_json, 0);
     luaL_requiref(L, "qshell.qmp.core", luaopen_qshell_qmp_core, 0);
     luaL_requiref(L, "qshell.proc.core", luaopen_qshell_proc_core, 0);
-    lua_pop(L, 3);
+    luaL_requiref(L, "qshell.console.core", luaopen_qshell_console_core, 0);
+    lua_pop(L, 4);
     preload_stdlib(L);
+    push_config(L);
     const char *dev = getenv("QSHELL_STDLIB");
     if (dev && *dev) {
         install_dev_searcher(L, dev);

@@ -47,5 +47,6 @@ int qs_pushfail(lua_State *L, const char *msg, const char *code);
 int luaopen_qshell_json(lua_State *L);
 int luaopen_qshell_qmp_core(lua_State *L);
 int luaopen_qshell_proc_core(lua_State *L);
+int luaopen_qshell_console_core(lua_State *L);
 
 #endif

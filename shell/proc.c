@@ -162,7 +162,7 @@ static int lift(int fd)
 }
 
 static void child_exec(char *const argv[], int nsocks, const int *child_ends, int nullfd,
-                       int logfd, int errfd, pid_t parent)
+                       int outfd, int logfd, int errfd, pid_t parent)
 {
     int e;
     sigset_t none;
@@ -185,11 +185,12 @@ static void child_exec(char *const argv[], int nsocks, const int *child_ends, in
     sigprocmask(SIG_SETMASK, &none, NULL);
 
     int hi[PROC_MAX_SOCKS];
-    int hnull = lift(nullfd), hlog = lift(logfd);
+    int hnull = lift(nullfd), hout = lift(outfd), hlog = lift(logfd);
     for (int i = 0; i < nsocks; i++) {
         hi[i] = lift(child_ends[i]);
     }
-    if (hnull < 0 || hlog < 0 || dup2(hnull, 0) < 0 || dup2(hlog, 1) < 0 || dup2(hlog, 2) < 0) {
+    if (hnull < 0 || hout < 0 || hlog < 0 || dup2(hnull, 0) < 0 || dup2(hout, 1) < 0 ||
+        dup2(hlog, 2) < 0) {
         goto fail;
     }
     for (int i = 0; i < nsocks; i++) {
@@ -209,9 +210,14 @@ fail:
 
 int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks)
 {
+    return proc_spawn_out(p, argv, nsocks, NULL);
+}
+
+int proc_spawn_out(struct qs_proc *p, char *const argv[], int nsocks, const char *stdout_path)
+{
     int child_ends[PROC_MAX_SOCKS];
     int errpipe[2] = {-1, -1};
-    int nullfd = -1, logfd = -1;
+    int nullfd = -1, logfd = -1, outfd = -1;
     int rc = -1, made = 0;
 
     if (!p->tmpdir) {
@@ -234,7 +240,8 @@ int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks)
     }
     nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     logfd = open(p->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-    if (nullfd < 0 || logfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
+    outfd = stdout_path ? open(stdout_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : logfd;
+    if (nullfd < 0 || logfd < 0 || outfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
         fail(p, PROC_ERR_IO, "cannot set up the child's files: %s", strerror(errno));
         goto out;
     }
@@ -245,7 +252,7 @@ int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks)
         goto out;
     }
     if (pid == 0) {
-        child_exec(argv, nsocks, child_ends, nullfd, logfd, errpipe[1], parent);
+        child_exec(argv, nsocks, child_ends, nullfd, outfd, logfd, errpipe[1], parent);
     }
     p->pid = pid;
     setpgid(pid, pid); /* also here, so a signal right after fork finds the group */
@@ -279,6 +286,9 @@ out:
     }
     if (logfd >= 0) {
         close(logfd);
+    }
+    if (outfd >= 0 && outfd != logfd) {
+        close(outfd);
     }
     if (errpipe[0] >= 0) {
         close(errpipe[0]);

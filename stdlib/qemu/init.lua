@@ -11,6 +11,7 @@ local M = {
 
 local lazy = {
   errors = "qemu.errors",
+  guest = "qemu.guest",
 }
 
 local launch -- the launch module, loaded on first use
@@ -36,6 +37,11 @@ end
 function M.attach(path, opts)
   launch = launch or require "qemu.launch"
   return launch.attach(path, opts)
+end
+
+-- qemu.tmpdir() -> a private dir for this shell, removed when it exits
+function M.tmpdir()
+  return require("qemu.run").scratch()
 end
 
 -- qemu.vms() -> the VMs of this shell that are not closed, oldest first

@@ -6,6 +6,7 @@
 
 local proc = require "qshell.proc.core"
 local qmpc = require "qshell.qmp.core"
+local consolec = require "qshell.console.core"
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local VM = require "qemu.vm"
@@ -13,6 +14,7 @@ local VM = require "qemu.vm"
 local M = {}
 
 local MONITOR_FD = 3
+local CONSOLE_FD = 4
 local DEFAULT_TIMEOUT = 30
 
 -- Every live VM, for qemu.vms() and the graceful shutdown at script end.
@@ -154,7 +156,29 @@ local launch_opts = {
   end,
   memory = "string|number", kernel = "string", initrd = "string", append = "string|table",
   disks = "table", extra = "table", name = "string", timeout = check.positive,
+  console = "boolean", reboot = "boolean", icount = "table|number|string",
 }
+
+local icount_opts = {
+  shift = function(v)
+    if v == "auto" or (math.type(v) == "integer" and v >= 0 and v <= 10) then return true end
+    return false, 'must be "auto" or an integer 0..10'
+  end,
+  sleep = "boolean", align = "boolean",
+}
+
+-- icount = {shift="auto"|N, sleep=false, align=false} (or just the shift)
+local function icount_arg(fname, v, accel)
+  if type(v) ~= "table" then v = { shift = v } end
+  check.options(fname .. " icount", v, icount_opts)
+  if accel ~= "tcg" then
+    check.bad(fname, "icount needs accel=\"tcg\" (this VM would run under %s)", accel)
+  end
+  local spec = { "shift=" .. tostring(v.shift or "auto") }
+  spec[#spec + 1] = "sleep=" .. (v.sleep and "on" or "off")
+  if v.align then spec[#spec + 1] = "align=on" end
+  return table.concat(spec, ",")
+end
 
 -- Hooks later modules add to launch: option name -> {check=, argv=fn(opts, ctx)}.
 M.extensions = {}
@@ -180,7 +204,15 @@ local function build_argv(opts, ctx)
   if opts.cpu then add("-cpu", opts.cpu) end
   if opts.smp then add("-smp", opts.smp) end
   if opts.memory then add("-m", opts.memory) end
+  if opts.icount ~= nil then add("-icount", icount_arg(fname, opts.icount, accel)) end
+  if not opts.reboot then add("-no-reboot") end
   add("-chardev", "socket,id=qmp,fd=" .. MONITOR_FD, "-mon", "chardev=qmp,mode=control")
+  if opts.console ~= false then
+    -- The guest's ttyS0 on socketpair 2, connected before QEMU starts:
+    -- nothing the kernel prints is lost.
+    ctx.sockets = 2
+    add("-chardev", "socket,id=con,fd=" .. CONSOLE_FD, "-serial", "chardev:con")
+  end
   if opts.kernel then
     if not readable(opts.kernel) then
       check.bad(fname, "kernel %s: no such file (or not readable)", opts.kernel)
@@ -199,6 +231,10 @@ local function build_argv(opts, ctx)
     local words = list_of_strings(fname, "append", opts.append)
     ctx.append = table.concat(words, " ")
   end
+  if opts.kernel and opts.console ~= false and not (ctx.append or ""):find("%f[%w]console=") then
+    -- The console is captured: point the kernel at it (visible in vm.argv).
+    ctx.append = ctx.append and (ctx.append .. " console=ttyS0") or "console=ttyS0"
+  end
   for _, ext in ipairs(M.extensions) do
     ext.build(opts, ctx, add)
   end
@@ -216,6 +252,7 @@ function M.launch(opts)
   local fname = "qemu.launch"
   if opts == nil then opts = {} end
   check.options(fname, opts, launch_opts)
+  local t0 = proc.now()
   local p, msg = proc.new("qshell")
   if not p then errors.raise { class = "IOError", command = fname, desc = msg } end
   local ctx = { tmpdir = p:tmpdir(), sockets = 1, proc = p }
@@ -262,6 +299,10 @@ function M.launch(opts)
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
     options = opts,
   }
+  if ctx.sockets >= 2 then
+    local Console = require "qemu.console"
+    vm.console = Console.new(vm, consolec.open(p:take_socket(2), t0))
+  end
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
   live[vm] = true
   return vm

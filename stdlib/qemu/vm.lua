@@ -265,6 +265,7 @@ function VM:close()
     if not self._exit then self._exit = self._proc:kill() end
   end
   self._qmp:close()
+  if self.console then self.console._c:close() end
   if self._proc then self._proc:close() end
   self._closed = true
   self.pid = nil
@@ -273,6 +274,14 @@ function VM:close()
 end
 
 VM.__close = VM.close
+
+-- vm:attach(): the guest's serial console in this terminal (raw mode;
+-- Ctrl-] returns).  The guest's shell is told the terminal size.
+function VM:attach()
+  self:_live("vm:attach")
+  if not self.console then check.bad("vm:attach", "this VM has no captured console (console=false)") end
+  self.console:attach()
+end
 
 function VM.new(fields)
   fields._backlog = {}

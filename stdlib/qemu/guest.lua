@@ -1,0 +1,96 @@
+-- qemu.guest: the default guest, built by `make guest` from the
+-- distribution's cloud kernel and busybox (tests/guest/build.sh).
+--
+--   local g = qemu.guest.default()     -- {kernel=, initrd=, system=, append=, user=, password=, ...}
+--   local vm = qemu.guest.launch{}     -- booted and logged in, on a private overlay
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local config = require "qshell.config"
+local run = require "qemu.run"
+
+local M = {}
+
+local cached
+
+local function guest_dir()
+  local dir = os.getenv("QSHELL_GUEST_DIR")
+  if dir and dir ~= "" then return dir end
+  return config.guest_dir
+end
+
+-- qemu.guest.default() -> {kernel=, initrd=, system=, append=, memory=,
+--   user=, password=, login_prompt=, prompt=, kernel_version=, dir=}
+function M.default()
+  if cached then return cached end
+  local dir = guest_dir()
+  local chunk = loadfile(dir .. "/guest.lua", "t", {})
+  if not chunk then
+    errors.raise { class = "NotBuilt", command = "qemu.guest.default",
+                   desc = "the default guest is not built (no " .. dir .. "/guest.lua)",
+                   hint = "run `make guest` in the qshell source tree (or set QSHELL_GUEST_DIR)" }
+  end
+  local g = chunk()
+  for _, k in ipairs { "kernel", "initrd", "system" } do
+    g[k] = dir .. "/" .. g[k]
+  end
+  g.dir = dir
+  cached = g
+  return g
+end
+
+-- qemu.guest.overlay([path]) -> path of a fresh qcow2 overlay over the
+-- guest's system disk (in the shell's scratch dir unless a path is given).
+local count = 0
+function M.overlay(path)
+  local g = M.default()
+  if not path then
+    count = count + 1
+    path = string.format("%s/guest-system-%d.qcow2", run.scratch(), count)
+  end
+  run.check({ "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", g.system, path },
+            { command = "qemu.guest.overlay" })
+  return path
+end
+
+local launch_extra = { login = "boolean", system = "string" }
+
+-- qemu.guest.launch([opts]) -> vm, booted and logged in as root.
+-- opts: any qemu.launch option (disks are added after the system disk),
+-- plus system= (an image to boot instead of a fresh overlay) and
+-- login=false (return as soon as QEMU runs).
+function M.launch(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then check.bad("qemu.guest.launch", "options must be a table") end
+  local g = M.default()
+  local lopts = {}
+  for k, v in pairs(opts) do
+    if not launch_extra[k] then lopts[k] = v end
+  end
+  if opts.login ~= nil and type(opts.login) ~= "boolean" then
+    check.bad("qemu.guest.launch", "option 'login' must be a boolean")
+  end
+  local system = opts.system or M.overlay()
+  lopts.kernel = lopts.kernel or g.kernel
+  lopts.initrd = lopts.initrd or g.initrd
+  lopts.append = lopts.append or g.append
+  lopts.memory = lopts.memory or g.memory
+  local disks = { system }
+  for _, d in ipairs(opts.disks or {}) do disks[#disks + 1] = d end
+  lopts.disks = disks
+  local qemu_launch = require("qemu.launch").launch
+  local vm = qemu_launch(lopts)
+  vm.guest = g
+  if opts.login ~= false then
+    local ok, err = pcall(vm.console.login, vm.console,
+                          { user = g.user, password = g.password, login_prompt = g.login_prompt,
+                            prompt = g.prompt, timeout = 120 })
+    if not ok then
+      vm:close()
+      error(err, 0)
+    end
+  end
+  return vm
+end
+
+return M

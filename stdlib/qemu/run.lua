@@ -1,0 +1,76 @@
+-- qemu.run: run a helper program (qemu-img, mkfs.ext4, ...) from an argv,
+-- never through a shell, and collect its exit status and output.  Also
+-- the shell-wide scratch directory, removed when qshell exits.
+
+local proc = require "qshell.proc.core"
+local errors = require "qemu.errors"
+
+local M = {}
+
+-- M.run(argv [, {timeout=, command=}]) -> {code=, signal=, desc=, stdout=, stderr=}
+-- Raises only when the program cannot be started or is interrupted.
+function M.run(argv, opts)
+  opts = opts or {}
+  local p, msg = proc.new("qshell-run")
+  if not p then errors.raise { class = "IOError", command = opts.command or argv[1], desc = msg } end
+  local out = p:tmpdir() .. "/stdout"
+  local ok, err, code = p:spawn(argv, 0, out)
+  if not ok then
+    p:close()
+    errors.raise { class = code == "exec" and "LaunchFailed" or "IOError",
+                   command = opts.command or argv[1], desc = err,
+                   hint = opts.hint }
+  end
+  local st, werr, wcode = p:wait(opts.timeout)
+  if not st then
+    p:kill()
+    p:close()
+    errors.raise { class = wcode == "interrupted" and "Interrupted" or "Timeout",
+                   command = opts.command or argv[1], desc = werr }
+  end
+  local f = io.open(out, "rb")
+  st.stdout = f and f:read("a") or ""
+  if f then f:close() end
+  st.stderr = p:log_tail(1 << 20)
+  p:close()
+  return st
+end
+
+-- M.check(argv, opts) -> stdout; a non-zero exit raises with its stderr.
+function M.check(argv, opts)
+  opts = opts or {}
+  local st = M.run(argv, opts)
+  if st.code ~= 0 then
+    local err = (st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", "")
+    errors.raise { class = opts.class or "CommandFailed", command = opts.command or argv[1],
+                   desc = string.format("%s %s: %s", argv[1], st.desc, err),
+                   hint = errors.hint_for(err) or opts.hint, exit = st }
+  end
+  return st.stdout
+end
+
+-- Is a program on PATH?
+function M.which(name)
+  for dir in (os.getenv("PATH") or "/usr/bin:/bin"):gmatch("[^:]+") do
+    local path = dir .. "/" .. name
+    local f = io.open(path, "rb")
+    if f then
+      f:close()
+      return path
+    end
+  end
+  return nil
+end
+
+local scratch
+-- M.scratch() -> a private 0700 dir for this qshell, removed at exit.
+function M.scratch()
+  if not scratch then
+    local p, msg = proc.new("qshell")
+    if not p then errors.raise { class = "IOError", command = "qemu.tmpdir", desc = msg } end
+    scratch = p -- never spawned; its __gc (at lua_close) and the atexit hook remove the dir
+  end
+  return scratch:tmpdir()
+end
+
+return M

@@ -1,0 +1,47 @@
+-- qmp_roundtrip.lua: the qshell side of the QMP benchmarks (see run.sh).
+--
+--   qshell tests/bench/qmp_roundtrip.lua rt N       N vm:qmp("query-status")
+--   qshell tests/bench/qmp_roundtrip.lua launch K   K timed qemu.launch{}
+--
+-- Prints the same line as build/bench/qmpclient (times in us):
+--   median_us=172.0 mean_us=180.3 min_us=160.1 n=2000
+
+local now = require("qshell.proc.core").now
+
+local mode, count = arg[1], tonumber(arg[2])
+if (mode ~= "rt" and mode ~= "launch") or not count or count < 1 then
+  io.stderr:write("usage: qshell qmp_roundtrip.lua rt N | launch K\n")
+  os.exit(2)
+end
+
+local opts = { memory = "64M", accel = "tcg" }
+
+local function report(t)
+  local n, sum = #t, 0
+  for i = 1, n do sum = sum + t[i] end
+  table.sort(t)
+  local med = n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=%d", med, sum / n, t[1], n))
+end
+
+local t = {}
+if mode == "rt" then
+  local vm <close> = qemu.launch(opts)
+  for _ = 1, 50 do vm:qmp("query-status") end -- warm-up, as the C client
+  for i = 1, count do
+    local t0 = now()
+    local r = vm:qmp("query-status")
+    t[i] = (now() - t0) * 1e6
+    if r.status == nil then error("query-status: no status in the reply") end
+  end
+  vm:quit()
+else
+  for i = 1, count do
+    local t0 = now()
+    local vm = qemu.launch(opts)
+    t[i] = (now() - t0) * 1e6
+    vm:quit()
+    vm:close()
+  end
+end
+report(t)
