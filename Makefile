@@ -89,10 +89,16 @@ build/fakeqmp: tests/unit/fakeqmp.c | build/.dir
 	$(call msg,LINK,$@)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(QS_CFLAGS) $(LDFLAGS) $(QS_LDFLAGS) -o $@ $<
 
-test-unit: qshell $(UNIT_TESTS) build/fakeqmp
+build/ptyrun: tests/tools/ptyrun.c | build/.dir
+	$(call msg,LINK,$@)
+	$(Q)$(CC) -O1 -Wall -o $@ $<
+
+TEST_TOOLS := build/fakeqmp build/ptyrun
+
+test-unit: qshell $(UNIT_TESTS) $(TEST_TOOLS)
 	$(Q)tests/run.sh unit
 
-test: deps all guest $(UNIT_TESTS) build/fakeqmp
+test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS)
 	$(Q)tests/run.sh all
 
 bench: deps all

@@ -3,7 +3,7 @@
 #
 # Tiers: unit (C unit tests, Lua tests without QEMU, the fake QMP peer),
 # integration (real qemu-system-x86_64), cli (the binary from outside),
-# guest (the Linux guest fixture), scripts (the example scripts), all.
+# guest (tests/system: booting the Linux guest fixture), scripts (the example scripts), all.
 # Every runner prints "N passed, N failed[, N skipped]"; this sums them and
 # ends with the same line.  Non-zero exit if anything failed, if a runner
 # printed no summary, or if a QEMU process or a temp dir was left behind.
@@ -89,7 +89,7 @@ for tier in "${tiers[@]}"; do
         ;;
     integration) run_lua_dir tests/integration ;;
     cli) run_lua_dir tests/cli ;;
-    guest) [ -d tests/guest ] && run_lua_dir tests/guest ;;
+    guest) run_lua_dir tests/system ;;
     scripts)
         [ -x tests/scripts.sh ] && run_one scripts tests/scripts.sh
         ;;

@@ -14,7 +14,7 @@ Console.__index = Console
 Console.__name = "qemu.console"
 
 local DEFAULT_TIMEOUT = 30
-local RECENT = 4000
+local RECENT = 16000
 
 function Console.new(vm, c)
   return setmetatable({ _c = c, _vm = vm, _recent = "", _n = 0 }, Console)
@@ -61,7 +61,18 @@ function Console:_fail(what, msg, code, timeout)
       hint = trap_hint(self, self._recent .. self._c:peek()),
     }
   elseif code == "closed" then
-    self._vm:_conn_error(what, msg, code)
+    -- QEMU went away: its exit status, and what the guest said last.
+    local st = self._vm:_exit_status(1)
+    local last = self:tail(6)
+    local text = self._recent .. self._c:peek()
+    local panic = text:match("(Kernel panic %- not syncing:[^\r\n]*)")
+    errors.raise {
+      class = "QEMUExited", command = what, exit = st,
+      desc = string.format("QEMU %s%s; last console lines:\n%s", st and st.desc or "closed the console",
+                           panic and ("; the guest said: " .. panic) or "",
+                           last ~= "" and last or "(nothing)"),
+      hint = errors.hint_for(self._recent .. self._c:peek()),
+    }
   elseif code == "interrupted" then
     errors.raise { class = "Interrupted", command = what, desc = "interrupted!" }
   end
