@@ -7,6 +7,9 @@
  * short path (SIGKILL, reap, remove the dir) and never block on QMP; the
  * graceful quit ladder is stdlib/qemu/vm.lua's.
  */
+#define _XOPEN_SOURCE 700 /* realpath */
+
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -92,9 +95,10 @@ static int l_proc_new(lua_State *L)
 }
 
 /*
- * proc:spawn(argv [, nsockets [, stdout_path]]) -> true | nil, msg, code
+ * proc:spawn(argv [, nsockets [, stdout_path [, stdin_path]]]) -> true | nil, msg, code
  * argv is a list of strings; socketpair i (1-based) is fd 2+i in the child.
- * stdout goes to the log with stderr, or to stdout_path when given.
+ * stdout goes to the log with stderr, or to stdout_path when given; stdin
+ * is /dev/null or stdin_path.
  */
 static int l_proc_spawn(lua_State *L)
 {
@@ -102,6 +106,7 @@ static int l_proc_spawn(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer nsocks = luaL_optinteger(L, 3, 0);
     const char *out = luaL_optstring(L, 4, NULL);
+    const char *in = luaL_optstring(L, 5, NULL);
     luaL_argcheck(L, nsocks >= 0 && nsocks <= PROC_MAX_SOCKS, 3, "bad number of sockets");
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
     luaL_argcheck(L, n >= 1 && n < MAX_ARGV, 2, "argv must be a non-empty list");
@@ -119,7 +124,7 @@ static int l_proc_spawn(lua_State *L)
         argv[i - 1] = (char *)lua_tostring(L, -1);
         lua_pop(L, 1);
     }
-    int rc = proc_spawn_out(lp->p, argv, (int)nsocks, out);
+    int rc = proc_spawn_io(lp->p, argv, (int)nsocks, in, out);
     free(argv);
     if (rc < 0) {
         return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));
@@ -293,7 +298,62 @@ static int l_proc_sleep(lua_State *L)
     return 1;
 }
 
+/* core.realpath(path) -> absolute path | nil, msg, "io" */
+static int l_proc_realpath(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char *r = realpath(path, NULL);
+    if (!r) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_pushstring(L, r); /* a memory error here would leak r; PATH_MAX-sized at most */
+    free(r);
+    return 1;
+}
+
+/* core.stat(path) -> {type=, size=, mode=, uid=} | nil, msg, "io" (lstat: links are "link") */
+static int l_proc_stat(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_createtable(L, 0, 4);
+    const char *type = S_ISREG(st.st_mode)   ? "file"
+                       : S_ISDIR(st.st_mode) ? "dir"
+                       : S_ISLNK(st.st_mode) ? "link"
+                       : S_ISBLK(st.st_mode) ? "block"
+                       : S_ISCHR(st.st_mode) ? "char"
+                                             : "other";
+    lua_pushstring(L, type);
+    lua_setfield(L, -2, "type");
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    lua_setfield(L, -2, "size");
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    lua_setfield(L, -2, "mode");
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    lua_setfield(L, -2, "uid");
+    return 1;
+}
+
+/* core.access(path, "r"|"w"|"x"|"rw") -> boolean */
+static int l_proc_access(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    const char *how = luaL_optstring(L, 2, "r");
+    int mode = 0;
+    for (; *how; how++) {
+        mode |= *how == 'r' ? R_OK : *how == 'w' ? W_OK : *how == 'x' ? X_OK : 0;
+    }
+    lua_pushboolean(L, access(path, mode ? mode : F_OK) == 0);
+    return 1;
+}
+
 static const luaL_Reg proc_funcs[] = {
+    {"realpath", l_proc_realpath},
+    {"stat", l_proc_stat},
+    {"access", l_proc_access},
     {"new", l_proc_new},
     {"now", l_proc_now},
     {"sleep", l_proc_sleep},

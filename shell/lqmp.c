@@ -73,7 +73,7 @@ static int l_qmp_connect(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     double timeout = opt_timeout(L, 2);
     struct lqmp *q = new_lqmp(L);
-    struct qmp_conn *c = qmp_connect(path, timeout < 0 ? 0 : timeout);
+    struct qmp_conn *c = qmp_connect(path, timeout < 0 ? 0 : timeout, &qs_interrupted);
     if (c->err) {
         int n = conn_fail(L, c);
         qmp_free(c);

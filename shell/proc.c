@@ -210,10 +210,11 @@ fail:
 
 int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks)
 {
-    return proc_spawn_out(p, argv, nsocks, NULL);
+    return proc_spawn_io(p, argv, nsocks, NULL, NULL);
 }
 
-int proc_spawn_out(struct qs_proc *p, char *const argv[], int nsocks, const char *stdout_path)
+int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char *stdin_path,
+                  const char *stdout_path)
 {
     int child_ends[PROC_MAX_SOCKS];
     int errpipe[2] = {-1, -1};
@@ -238,11 +239,12 @@ int proc_spawn_out(struct qs_proc *p, char *const argv[], int nsocks, const char
         p->socks[made] = sv[0];
         child_ends[made] = sv[1];
     }
-    nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    nullfd = open(stdin_path ? stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
     logfd = open(p->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
     outfd = stdout_path ? open(stdout_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : logfd;
     if (nullfd < 0 || logfd < 0 || outfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
-        fail(p, PROC_ERR_IO, "cannot set up the child's files: %s", strerror(errno));
+        fail(p, PROC_ERR_IO, "cannot set up the child's files (%s): %s",
+             nullfd < 0 && stdin_path ? stdin_path : "log", strerror(errno));
         goto out;
     }
     pid_t parent = getpid();

@@ -48,8 +48,9 @@ struct qs_proc *proc_new(const char *prefix);
  */
 int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks);
 /* The same with stdout to its own file (stderr still to the log), e.g. for
- * qemu-img --output=json. */
-int proc_spawn_out(struct qs_proc *p, char *const argv[], int nsocks, const char *stdout_path);
+ * qemu-img --output=json, and stdin from a file; NULL keeps the defaults. */
+int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char *stdin_path,
+                  const char *stdout_path);
 /* Hand over the parent end of socketpair i (the caller closes it). */
 int proc_take_sock(struct qs_proc *p, int i);
 /* 1 if the child has exited (and is now reaped), 0 if running. */

@@ -156,8 +156,11 @@ int qmp_reader_feed(struct qmp_reader *r, const char *buf, size_t len)
         }
         size_t used = json_tokener_get_parse_end(r->tok);
         if (jerr != json_tokener_success) {
-            reader_error(r, "malformed JSON from QEMU: %s near \"%.24s\"",
-                         json_tokener_error_desc(jerr), buf + off + used);
+            /* buf is a read buffer, not a C string: bound the excerpt. */
+            size_t left = len - off - used;
+            reader_error(r, "malformed JSON from QEMU: %s near \"%.*s\"",
+                         json_tokener_error_desc(jerr), (int)(left < 24 ? left : 24),
+                         buf + off + used);
             off += used;
             rc = -1;
             continue;
@@ -237,9 +240,11 @@ struct qmp_conn *qmp_open_fd(int fd)
     return c;
 }
 
-struct qmp_conn *qmp_connect(const char *path, double timeout)
+struct qmp_conn *qmp_connect(const char *path, double timeout,
+                             const volatile sig_atomic_t *intr)
 {
     struct qmp_conn *c = conn_new(-1);
+    c->intr = intr;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     double deadline = deadline_after(timeout);
 
@@ -407,6 +412,8 @@ static void drain_reader(struct qmp_conn *c)
 int qmp_handshake(struct qmp_conn *c, double timeout)
 {
     double deadline = deadline_after(timeout);
+    c->err = QMP_OK;
+    c->errstr[0] = '\0';
 
     while (!c->greeting) {
         json_object *m;
@@ -423,8 +430,11 @@ int qmp_handshake(struct qmp_conn *c, double timeout)
             return -1;
         }
     }
+    /* One deadline for the whole handshake, not one per step. */
+    double left = deadline < 0 ? -1.0 : deadline - now_mono();
     json_object *reply = NULL;
-    if (qmp_execute(c, "qmp_capabilities", NULL, timeout, &reply) < 0) {
+    if (qmp_execute(c, "qmp_capabilities", NULL, deadline < 0 ? -1.0 : (left > 0 ? left : 0),
+                    &reply) < 0) {
         return -1;
     }
     json_object *e;
@@ -505,6 +515,8 @@ int qmp_next_event(struct qmp_conn *c, double timeout, json_object **event)
     double deadline = deadline_after(timeout);
 
     *event = NULL;
+    c->err = QMP_OK;
+    c->errstr[0] = '\0';
     for (;;) {
         drain_reader(c);
         if (c->events.head) {

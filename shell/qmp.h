@@ -83,8 +83,13 @@ struct qmp_conn {
 
 /* Take ownership of a connected stream socket (a socketpair end). */
 struct qmp_conn *qmp_open_fd(int fd);
-/* Connect to a UNIX socket path; always returns a conn, check ->err. */
-struct qmp_conn *qmp_connect(const char *path, double timeout);
+/*
+ * Connect to a UNIX socket path, retrying a missing or refusing socket until
+ * the timeout; intr (may be NULL) stops the retries.  Always returns a
+ * conn: check ->err.
+ */
+struct qmp_conn *qmp_connect(const char *path, double timeout,
+                             const volatile sig_atomic_t *intr);
 /* Read the greeting and negotiate capabilities. */
 int qmp_handshake(struct qmp_conn *c, double timeout);
 /*

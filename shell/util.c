@@ -63,9 +63,10 @@ char *xstrdup(const char *s)
 char *xasprintf(const char *fmt, ...)
 {
     va_list ap;
+    char probe[1];
 
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(probe, sizeof probe, fmt, ap);
     va_end(ap);
     if (n < 0) {
         abort();
@@ -113,9 +114,10 @@ void sb_adds(struct strbuf *sb, const char *s)
 void sb_addf(struct strbuf *sb, const char *fmt, ...)
 {
     va_list ap;
+    char probe[1];
 
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(probe, sizeof probe, fmt, ap);
     va_end(ap);
     if (n < 0) {
         abort();

@@ -30,18 +30,21 @@ export QSHELL_PATH="$PWD/tests/lib/?.lua"
 QSHELL="${TEST_PREFIX:-} ./qshell"
 
 total_pass=0 total_fail=0 total_skip=0 broken=0
-# Live (not zombie) QEMU processes.  A zombie is dead: in some sandboxes
-# nothing reaps the children of a qshell killed with SIGKILL.
+# Live (not zombie) QEMU processes started by this run: they inherit
+# TMPDIR=$work from qshell, which tells them from anyone else's QEMU.  A
+# zombie is dead: in some sandboxes nothing reaps the children of a qshell
+# killed with SIGKILL.
 live_qemu() {
     local pid
     for pid in $(pgrep -f '^qemu-system-x86_64' 2>/dev/null); do
         case $(ps -o stat= -p "$pid" 2>/dev/null) in
-        Z*|"") ;;
-        *) echo "$pid" ;;
+        Z*|"") continue ;;
         esac
+        if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "TMPDIR=$work"; then
+            echo "$pid"
+        fi
     done | sort -u
 }
-qemu_before=$(live_qemu)
 
 # run_one NAME COMMAND...: run a runner, echo its output, add its summary.
 run_one() {
@@ -99,8 +102,7 @@ done
 
 # Leaks: QEMU processes and temp dirs the tests left behind.
 sleep 0.2
-qemu_after=$(live_qemu)
-leaked=$(comm -13 <(printf '%s\n' "$qemu_before" | sort -u) <(printf '%s\n' "$qemu_after" | sort -u) | grep . || true)
+leaked=$(live_qemu)
 if [ -n "$leaked" ]; then
     echo "!! QEMU processes left behind: $leaked"
     ps -o pid,args -p $(echo $leaked | tr ' ' ',') || true

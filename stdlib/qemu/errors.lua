@@ -73,6 +73,8 @@ M.traps = {
     "RCU stall warnings under slow emulation: add icount={shift=\"auto\"} (or a fixed shift) to qemu.launch" },
   { "Unable to mount root fs",
     "check root= in append and the disk interface (IDE disks are /dev/sdX once ata_piix and sd_mod are loaded; virtio is /dev/vdX)" },
+  { "Could not allocate block",
+    "the filesystem is too small for the files: give a larger size= (or leave size out to size it from the directory)" },
   { "invalid opcode",
     "an illegal instruction under TCG: the guest code uses a CPU feature TCG lacks; pick cpu=\"max\" or build the guest code without AVX (-mno-avx)" },
 }

@@ -12,9 +12,10 @@ local M = {
 local lazy = {
   errors = "qemu.errors",
   guest = "qemu.guest",
+  disk = "qemu.disk",
 }
 
-local launch -- the launch module, loaded on first use
+local launch -- the launch module, loaded on first use (with the VM methods)
 local core = require "qshell.proc.core"
 
 -- qemu.now() -> monotonic seconds, for timing experiments
@@ -29,13 +30,17 @@ function M.sleep(seconds)
   if not ok then require("qemu.errors").raise { class = "Interrupted", command = "qemu.sleep", desc = "interrupted!" } end
 end
 
+local function load_launch()
+  return require "qemu.launch"
+end
+
 function M.launch(opts)
-  launch = launch or require "qemu.launch"
+  launch = launch or load_launch()
   return launch.launch(opts)
 end
 
 function M.attach(path, opts)
-  launch = launch or require "qemu.launch"
+  launch = launch or load_launch()
   return launch.attach(path, opts)
 end
 
@@ -46,7 +51,7 @@ end
 
 -- qemu.vms() -> the VMs of this shell that are not closed, oldest first
 function M.vms()
-  launch = launch or require "qemu.launch"
+  launch = launch or load_launch()
   return launch.live()
 end
 

@@ -10,6 +10,7 @@ local consolec = require "qshell.console.core"
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local VM = require "qemu.vm"
+require "qemu.snapshot" -- adds vm:savevm, loadvm, delvm, snapshots
 
 local M = {}
 
@@ -122,6 +123,10 @@ local function disk_args(fname, disks)
     if not interfaces[iface] then
       check.bad(fname, "disks[%d]: unknown interface '%s' (ide, virtio, scsi, nvme, none)", i, iface)
     end
+    if d.readonly and iface == "ide" then
+      check.bad(fname, "disks[%d]: QEMU's IDE disks cannot be read-only (\"Block node is read-only\"); " ..
+                "use interface=\"virtio\" or \"scsi\" for a read-only disk", i)
+    end
     local fmt = d.format or image_format(d.file)
     local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=drive" .. (i - 1) }
     if iface == "ide" then
@@ -147,6 +152,33 @@ local function disk_args(fname, disks)
   return args
 end
 
+-- loadvm=tag: the tag must be in the first writable qcow2 disk (where
+-- QEMU keeps the vmstate), and that disk must not be a throw-away layer.
+local function check_loadvm(fname, opts)
+  local snapshot = require "qemu.snapshot"
+  local disk = require "qemu.disk"
+  snapshot.check_tag(fname, opts.loadvm)
+  for _, d in ipairs(opts.disks or {}) do
+    if type(d) == "string" then d = { file = d } end
+    if type(d) == "table" and d.file and not d.readonly then
+      if d.snapshot then
+        check.bad(fname, "loadvm cannot restore into a snapshot=on disk (%s): internal snapshots live in the image itself", d.file)
+      end
+      if (d.format or disk.detect_format(d.file)) == "qcow2" then
+        local names = {}
+        for _, s in ipairs(disk.snapshots(d.file)) do
+          if s.tag == opts.loadvm then return opts.loadvm end
+          names[#names + 1] = s.tag
+        end
+        errors.raise { class = "SnapshotNotFound", command = fname,
+                       desc = string.format("no snapshot '%s' in %s (it has: %s)", opts.loadvm, d.file,
+                                            #names > 0 and table.concat(names, ", ") or "none") }
+      end
+    end
+  end
+  check.bad(fname, "loadvm needs a writable qcow2 disk holding the snapshot")
+end
+
 local launch_opts = {
   binary = "string", accel = "string", machine = "string", cpu = "string",
   smp = function(v)
@@ -157,6 +189,7 @@ local launch_opts = {
   memory = "string|number", kernel = "string", initrd = "string", append = "string|table",
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
+  loadvm = "string",
 }
 
 local icount_opts = {
@@ -242,6 +275,7 @@ local function build_argv(opts, ctx)
   if opts.disks then
     for _, a in ipairs(disk_args(fname, opts.disks)) do add(a) end
   end
+  if opts.loadvm then add("-loadvm", check_loadvm(fname, opts)) end
   if opts.extra then
     for _, a in ipairs(list_of_strings(fname, "extra", opts.extra)) do add(a) end
   end

@@ -7,19 +7,19 @@ local errors = require "qemu.errors"
 
 local M = {}
 
--- M.run(argv [, {timeout=, command=}]) -> {code=, signal=, desc=, stdout=, stderr=}
+-- M.run(argv [, {timeout=, command=, stdin=path}]) -> {code=, signal=, desc=, stdout=, stderr=}
 -- Raises only when the program cannot be started or is interrupted.
 function M.run(argv, opts)
   opts = opts or {}
   local p, msg = proc.new("qshell-run")
   if not p then errors.raise { class = "IOError", command = opts.command or argv[1], desc = msg } end
   local out = p:tmpdir() .. "/stdout"
-  local ok, err, code = p:spawn(argv, 0, out)
+  local ok, err, code = p:spawn(argv, 0, out, opts.stdin)
   if not ok then
     p:close()
     errors.raise { class = code == "exec" and "LaunchFailed" or "IOError",
                    command = opts.command or argv[1], desc = err,
-                   hint = opts.hint }
+                   hint = opts.exec_hint }
   end
   local st, werr, wcode = p:wait(opts.timeout)
   if not st then
@@ -44,7 +44,7 @@ function M.check(argv, opts)
     local err = (st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", "")
     errors.raise { class = opts.class or "CommandFailed", command = opts.command or argv[1],
                    desc = string.format("%s %s: %s", argv[1], st.desc, err),
-                   hint = errors.hint_for(err) or opts.hint, exit = st }
+                   hint = errors.hint_for(err), exit = st }
   end
   return st.stdout
 end

@@ -123,13 +123,21 @@ function VM:hmp(line, opts)
   return text
 end
 
+-- Events of jobs qshell ran for the script (snapshot jobs) are not shown.
+function VM:_hidden(ev)
+  return ev.event == "JOB_STATUS_CHANGE" and type(ev.data) == "table"
+    and self._hidden_jobs[ev.data.id] == true
+end
+
 -- vm:events() -> every event received so far, oldest first (drains)
 function VM:events()
   self:_live("vm:events")
   local out = self._backlog
   self._backlog = {}
   local new = self._qmp:events()
-  for i = 1, #new do out[#out + 1] = new[i] end
+  for i = 1, #new do
+    if not self:_hidden(new[i]) then out[#out + 1] = new[i] end
+  end
   return out
 end
 
@@ -176,7 +184,7 @@ function VM:wait_event(name, opts)
       self:_conn_error(what, msg, code)
     end
     if wanted(ev) then return ev end
-    self._backlog[#self._backlog + 1] = ev
+    if not self:_hidden(ev) then self._backlog[#self._backlog + 1] = ev end
   end
 end
 
@@ -286,6 +294,7 @@ end
 function VM.new(fields)
   fields._backlog = {}
   fields._on_close = {}
+  fields._hidden_jobs = {}
   fields.qmp_timeout = fields.qmp_timeout or DEFAULT_QMP_TIMEOUT
   return setmetatable(fields, VM)
 end

@@ -1,0 +1,412 @@
+-- qemu.disk: disk images, offline, through qemu-img and e2fsprogs (argv,
+-- never a shell).  No root, no mount, no nbd except nbd_attach.
+--
+-- Nothing here overwrites an existing file unless asked (force=true).
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local run = require "qemu.run"
+local core = require "qshell.proc.core"
+local json = require "qshell.json"
+
+local M = {}
+
+local UNITS = { [""] = 1, B = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4, P = 1024 ^ 5 }
+
+-- M.size(v) -> bytes: 1048576, "512M", "1.5G", "64k" (binary units, as qemu-img)
+function M.parse_size(v, fname)
+  fname = fname or "qemu.disk"
+  if math.type(v) == "integer" then
+    if v <= 0 then check.bad(fname, "size must be positive, got %d", v) end
+    return v
+  end
+  if type(v) ~= "string" then check.bad(fname, "size must be a string like \"10G\" or a number of bytes") end
+  local num, unit = v:match("^%s*(%d+%.?%d*)%s*(%a?)[iI]?[bB]?%s*$")
+  if not num or not UNITS[unit:upper()] then
+    check.bad(fname, "bad size %q: use a number with an optional unit K, M, G, T (e.g. \"512M\")", v)
+  end
+  local bytes = math.floor(tonumber(num) * UNITS[unit:upper()])
+  if bytes <= 0 then check.bad(fname, "size must be positive, got %q", v) end
+  return bytes
+end
+
+local function exists(path)
+  return core.stat(path) ~= nil
+end
+
+local function parent_dir(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+-- The checks every function that writes a new image makes first.
+local function check_new(fname, path, force)
+  check.arg(fname, 1, path, "string")
+  if path == "" then check.bad(fname, "empty path") end
+  local dir = parent_dir(path)
+  if dir ~= "" then
+    local st = core.stat(dir)
+    if not st then
+      errors.raise { class = "BadArgument", command = fname,
+                     desc = string.format("directory %s does not exist (for %s)", dir, path) }
+    elseif st.type ~= "dir" and st.type ~= "link" then
+      errors.raise { class = "BadArgument", command = fname, desc = dir .. " is not a directory" }
+    end
+  end
+  if exists(path) and not force then
+    errors.raise { class = "FileExists", command = fname,
+                   desc = path .. " already exists; nothing was changed",
+                   hint = "pass {force=true} to overwrite it" }
+  end
+end
+
+local function check_image(fname, path)
+  check.arg(fname, 1, path, "string")
+  local st = core.stat(path)
+  if not st then
+    errors.raise { class = "BadArgument", command = fname, desc = "no such image: " .. path }
+  end
+  return st
+end
+
+local function qemu_img(fname, args)
+  local argv = { "qemu-img" }
+  for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
+  return run.check(argv, { command = fname, class = "DiskError",
+                           exec_hint = "is qemu-img installed? (make deps installs qemu-utils)" })
+end
+
+-- Detect a file's format from its first bytes (no probing by QEMU).
+function M.detect_format(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local magic = f:read(4)
+  f:close()
+  if magic == "QFI\xfb" then return "qcow2" end
+  return "raw"
+end
+
+local function abspath(path)
+  if path:sub(1, 1) == "/" then return path end
+  local dir, name = parent_dir(path), path:match("[^/]*$")
+  local real = core.realpath(dir == "" and "." or dir)
+  return real and (real .. "/" .. name) or path
+end
+
+local create_opts = { format = "string", backing = "string", backing_format = "string",
+                      force = "boolean", compat = "string", preallocation = "string",
+                      cluster_size = "string|number" }
+
+-- qemu.disk.create(path, size [, {format="qcow2", backing=, force=false, compat=}])
+function M.create(path, size, opts)
+  local fname = "qemu.disk.create"
+  opts = check.options(fname, opts, create_opts, 3)
+  check_new(fname, path, opts.force)
+  local fmt = opts.format or "qcow2"
+  local args = { "create", "-q", "-f", fmt }
+  local o = {}
+  if opts.compat then o[#o + 1] = "compat=" .. opts.compat end
+  if opts.preallocation then o[#o + 1] = "preallocation=" .. opts.preallocation end
+  if opts.cluster_size then o[#o + 1] = "cluster_size=" .. opts.cluster_size end
+  if #o > 0 then
+    args[#args + 1] = "-o"
+    args[#args + 1] = table.concat(o, ",")
+  end
+  if opts.backing then
+    check_image(fname, opts.backing)
+    args[#args + 1] = "-b"
+    args[#args + 1] = abspath(opts.backing)
+    args[#args + 1] = "-F"
+    args[#args + 1] = opts.backing_format or M.detect_format(opts.backing)
+  elseif size == nil then
+    check.bad(fname, "a size is needed (or a backing image)")
+  end
+  args[#args + 1] = path
+  if size ~= nil then args[#args + 1] = tostring(M.parse_size(size, fname)) end
+  if opts.force and exists(path) then os.remove(path) end
+  qemu_img(fname, args)
+  return path
+end
+
+-- qemu.disk.info(path) -> {format=, virtual_size=, actual_size=, compat=,
+--   backing=, backing_format=, snapshots={...}, dirty=, cluster_size=, file=}
+-- Works while a QEMU holds the image (qemu-img -U).
+function M.info(path)
+  local fname = "qemu.disk.info"
+  check_image(fname, path)
+  local out = qemu_img(fname, { "info", "-U", "--output=json", path })
+  local ok, j = pcall(json.decode, out)
+  if not ok then
+    errors.raise { class = "DiskError", command = fname, desc = "cannot parse qemu-img info: " .. tostring(j) }
+  end
+  local fs = j["format-specific"]
+  local info = {
+    file = j.filename,
+    format = j.format,
+    virtual_size = j["virtual-size"],
+    actual_size = j["actual-size"],
+    cluster_size = j["cluster-size"],
+    dirty = j["dirty-flag"] or false,
+    backing = j["backing-filename"] or j["full-backing-filename"],
+    backing_format = j["backing-filename-format"],
+    compat = fs and fs.data and fs.data.compat or nil,
+    snapshots = M._snapshot_list(j.snapshots),
+  }
+  return info
+end
+
+-- QEMU's SnapshotInfo list -> {tag=, id=, vm_size=, date=, vm_clock=, icount=}
+function M._snapshot_list(list)
+  local out = {}
+  for _, s in ipairs(list or {}) do
+    out[#out + 1] = {
+      tag = s.name,
+      id = s.id,
+      vm_size = s["vm-state-size"],
+      date = s["date-sec"],
+      vm_clock = (s["vm-clock-sec"] or 0) + (s["vm-clock-nsec"] or 0) / 1e9,
+      icount = s.icount ~= json.null and s.icount or nil,
+    }
+  end
+  table.sort(out, function(a, b) return (tonumber(a.id) or 0) < (tonumber(b.id) or 0) end)
+  return out
+end
+
+local amend_opts = { compat = function(v)
+  if v == "0.10" or v == "1.1" or v == "v2" or v == "v3" then return true end
+  return false, 'must be "0.10" or "1.1"'
+end, lazy_refcounts = "boolean" }
+
+-- qemu.disk.amend(path, {compat="0.10"|"1.1", lazy_refcounts=})
+function M.amend(path, opts)
+  local fname = "qemu.disk.amend"
+  check_image(fname, path)
+  opts = check.options(fname, opts, amend_opts, 2)
+  local o = {}
+  if opts.compat then o[#o + 1] = "compat=" .. opts.compat end
+  if opts.lazy_refcounts ~= nil then o[#o + 1] = "lazy_refcounts=" .. (opts.lazy_refcounts and "on" or "off") end
+  if #o == 0 then check.bad(fname, "nothing to change: give compat= or lazy_refcounts=") end
+  if M.detect_format(path) ~= "qcow2" then check.bad(fname, "%s is not a qcow2 image", path) end
+  qemu_img(fname, { "amend", "-f", "qcow2", "-o", table.concat(o, ","), path })
+end
+
+local convert_opts = { format = "string", src_format = "string", force = "boolean",
+                       compress = "boolean" }
+
+-- qemu.disk.convert(src, dst [, {format="qcow2", force=false, compress=false}])
+function M.convert(src, dst, opts)
+  local fname = "qemu.disk.convert"
+  check_image(fname, src)
+  opts = check.options(fname, opts, convert_opts, 3)
+  check_new(fname, dst, opts.force)
+  local args = { "convert", "-f", opts.src_format or M.detect_format(src), "-O", opts.format or "qcow2" }
+  if opts.compress then args[#args + 1] = "-c" end
+  args[#args + 1] = src
+  args[#args + 1] = dst
+  qemu_img(fname, args)
+  return dst
+end
+
+local resize_opts = { shrink = "boolean" }
+
+-- qemu.disk.resize(path, size [, {shrink=false}]): growing is always safe;
+-- shrinking cuts data off and needs shrink=true.
+function M.resize(path, size, opts)
+  local fname = "qemu.disk.resize"
+  check_image(fname, path)
+  opts = check.options(fname, opts, resize_opts, 3)
+  local bytes = M.parse_size(size, fname)
+  local cur = M.info(path).virtual_size
+  local args = { "resize", "-q", "-f", M.detect_format(path) }
+  if bytes < cur then
+    if not opts.shrink then
+      errors.raise { class = "BadArgument", command = fname,
+                     desc = string.format("%s is %d bytes; shrinking to %d would cut data off", path, cur, bytes),
+                     hint = "pass {shrink=true} if that is what you want" }
+    end
+    args[#args + 1] = "--shrink"
+  end
+  args[#args + 1] = path
+  args[#args + 1] = tostring(bytes)
+  qemu_img(fname, args)
+end
+
+local overlay_opts = { force = "boolean" }
+
+-- qemu.disk.overlay(base, path [, {force=false}]) -> path: a qcow2 whose
+-- backing file is base (format given, path absolute)
+function M.overlay(base, path, opts)
+  local fname = "qemu.disk.overlay"
+  check.arg(fname, 2, path, "string")
+  check_image(fname, base)
+  opts = check.options(fname, opts, overlay_opts, 3)
+  return M.create(path, nil, { backing = base, force = opts.force })
+end
+
+-- qemu.disk.snapshots(path) -> list of internal snapshots
+function M.snapshots(path)
+  return M.info(path).snapshots
+end
+
+-- qemu.disk.delete_snapshot(path, tag)
+function M.delete_snapshot(path, tag)
+  local fname = "qemu.disk.delete_snapshot"
+  check_image(fname, path)
+  check.arg(fname, 2, tag, "string")
+  local found
+  local names = {}
+  for _, s in ipairs(M.snapshots(path)) do
+    if s.tag == tag then found = s end
+    names[#names + 1] = s.tag
+  end
+  if not found then
+    errors.raise { class = "SnapshotNotFound", command = fname,
+                   desc = string.format("no snapshot '%s' in %s (it has: %s)", tag, path,
+                                        #names > 0 and table.concat(names, ", ") or "none") }
+  end
+  qemu_img(fname, { "snapshot", "-d", tag, path })
+end
+
+local populate_opts = { from = "string", fs = "string", size = "string|number", partition = "boolean",
+                        label = "string", format = "string", force = "boolean" }
+local FS = { ext2 = true, ext3 = true, ext4 = true }
+
+-- Bytes used by a directory tree (du), for the default filesystem size.
+local function tree_bytes(dir)
+  local out = run.check({ "du", "-s", "-B1", "--apparent-size", dir }, { command = "qemu.disk.populate" })
+  return tonumber(out:match("^(%d+)")) or 0
+end
+
+-- qemu.disk.populate(path, {from=dir, fs="ext4", size=, partition=false,
+--   label=, format="qcow2", force=false}) -> path
+-- A filesystem filled from a host directory (mkfs -d): no mount, no nbd.
+-- With partition=true the disk gets an MBR with one partition at 1 MiB
+-- (the guest sees /dev/sdX1).
+function M.populate(path, opts)
+  local fname = "qemu.disk.populate"
+  opts = check.options(fname, opts, populate_opts, 2)
+  check_new(fname, path, opts.force)
+  if not opts.from then check.bad(fname, "from= (a host directory) is required") end
+  local st = core.stat(opts.from)
+  if not st or st.type ~= "dir" then
+    errors.raise { class = "BadArgument", command = fname, desc = "from: not a directory: " .. opts.from }
+  end
+  local fs = opts.fs or "ext4"
+  if not FS[fs] then check.bad(fname, "fs %q is not supported (ext2, ext3, ext4)", fs) end
+  local format = opts.format or "qcow2"
+  local bytes
+  if opts.size then
+    bytes = M.parse_size(opts.size, fname)
+  else
+    bytes = math.max(16 << 20, math.floor(tree_bytes(opts.from) * 1.3) + (8 << 20))
+  end
+  bytes = (bytes + 1048575) // 1048576 * 1048576
+  local raw = format == "raw" and path or (run.scratch() .. "/populate-" .. math.random(1 << 30) .. ".raw")
+  local offset = opts.partition and 1048576 or 0
+  local total = bytes + offset
+  local ok, err = pcall(function()
+    if format == "raw" and opts.force then os.remove(path) end
+    run.check({ "truncate", "-s", tostring(total), raw }, { command = fname })
+    if opts.partition then
+      local sf = run.which("sfdisk")
+      if not sf then
+        errors.raise { class = "MissingTool", command = fname, desc = "partition=true needs sfdisk",
+                       hint = "apt-get install fdisk" }
+      end
+      -- sfdisk reads its script from stdin.
+      local script = raw .. ".sfdisk"
+      local f = assert(io.open(script, "w"))
+      f:write("label: dos\nstart=2048, type=83\n")
+      f:close()
+      local st2 = run.run({ sf, "--quiet", "--no-reread", "--no-tell-kernel", raw },
+                          { command = fname, stdin = script })
+      os.remove(script)
+      if st2.code ~= 0 then
+        errors.raise { class = "DiskError", command = fname, desc = "sfdisk failed: " .. st2.stderr }
+      end
+    end
+    local args = { "mkfs." .. fs, "-q", "-F" }
+    if opts.label then
+      args[#args + 1] = "-L"
+      args[#args + 1] = opts.label
+    end
+    if offset > 0 then
+      args[#args + 1] = "-E"
+      args[#args + 1] = "offset=" .. offset
+    end
+    args[#args + 1] = "-d"
+    args[#args + 1] = opts.from
+    args[#args + 1] = raw
+    args[#args + 1] = tostring(bytes // 1024) .. "k"
+    run.check(args, { command = fname, class = "DiskError", exec_hint = "is e2fsprogs installed? (make deps)" })
+    if format ~= "raw" then
+      if opts.force then os.remove(path) end
+      qemu_img(fname, { "convert", "-f", "raw", "-O", format, raw, path })
+    end
+  end)
+  if format ~= "raw" then os.remove(raw) end
+  if not ok then
+    if format == "raw" then os.remove(path) end
+    error(err, 0)
+  end
+  return path
+end
+
+-- qemu.disk.nbd_attach(path [, {format=, readonly=false}]) -> handle
+-- {device="/dev/nbd0", partitions={...}, close=fn}: the root-only path
+-- through the kernel's nbd driver.  Always disconnected on error; use
+-- `local h <close> = qemu.disk.nbd_attach(p)`.
+local nbd_opts = { format = "string", readonly = "boolean" }
+function M.nbd_attach(path, opts)
+  local fname = "qemu.disk.nbd_attach"
+  check_image(fname, path)
+  opts = check.options(fname, opts, nbd_opts, 2)
+  local function unavailable(why)
+    errors.raise { class = "NbdUnavailable", command = fname, desc = why,
+                   hint = "the nbd kernel module is missing (modprobe nbd max_part=8; on Debian it is in the " ..
+                          "kernel image package); qemu.disk.populate builds filesystems without nbd or root" }
+  end
+  if not core.stat("/sys/module/nbd") and not core.stat("/dev/nbd0") then
+    if run.which("modprobe") then
+      run.run({ "modprobe", "nbd", "max_part=8" }, { command = fname })
+    end
+  end
+  if not core.stat("/dev/nbd0") then unavailable("no /dev/nbd0: the nbd module is not loaded") end
+  if not core.access("/dev/nbd0", "rw") then
+    errors.raise { class = "PermissionDenied", command = fname, desc = "/dev/nbd0 needs root" }
+  end
+  if not run.which("qemu-nbd") then unavailable("qemu-nbd is not installed (package qemu-utils)") end
+  -- The first free device: /sys/block/nbdN/pid exists while connected.
+  local dev
+  for i = 0, 15 do
+    if core.stat("/dev/nbd" .. i) and not core.stat("/sys/block/nbd" .. i .. "/pid") then
+      dev = "/dev/nbd" .. i
+      break
+    end
+  end
+  if not dev then unavailable("every /dev/nbdN is in use") end
+  local argv = { "qemu-nbd", "--connect=" .. dev, "-f", opts.format or M.detect_format(path) }
+  if opts.readonly then argv[#argv + 1] = "--read-only" end
+  argv[#argv + 1] = path
+  local handle = { device = dev, path = path }
+  local function disconnect()
+    if handle.connected then
+      run.run({ "qemu-nbd", "--disconnect", dev }, { command = fname })
+      handle.connected = false
+    end
+  end
+  handle.close = disconnect
+  setmetatable(handle, { __close = disconnect, __gc = disconnect })
+  handle.connected = true
+  local ok, err = pcall(run.check, argv, { command = fname, class = "DiskError" })
+  if not ok then
+    disconnect()
+    error(err, 0)
+  end
+  handle.partitions = {}
+  for i = 1, 16 do
+    if core.stat(dev .. "p" .. i) then handle.partitions[#handle.partitions + 1] = dev .. "p" .. i end
+  end
+  return handle
+end
+
+return M

@@ -1,0 +1,155 @@
+-- qemu.disk against the real qemu-img and mkfs.ext4 (no guest needed).
+local T = require "t"
+local d = qemu.disk
+
+local tmp = T.tmpdir()
+
+local function slurp(p)
+  local f = assert(io.open(p, "rb")); local s = f:read("a"); f:close(); return s
+end
+
+T.test("create and info", function()
+  local p = d.create(tmp .. "/a.qcow2", "64M")
+  local i = d.info(p)
+  T.eq(i.format, "qcow2")
+  T.eq(i.virtual_size, 64 * 1024 * 1024)
+  T.eq(i.compat, "1.1")
+  T.ok(i.actual_size > 0 and i.actual_size < 1024 * 1024, "sparse")
+  T.eq(#i.snapshots, 0)
+  local r = d.create(tmp .. "/r.img", 1048576, { format = "raw" })
+  T.eq(d.info(r).format, "raw")
+  T.eq(d.info(r).virtual_size, 1048576)
+  T.eq(d.info(d.create(tmp .. "/h.qcow2", "1.5G")).virtual_size, 1610612736)
+end)
+
+T.test("amend round trip: compat 1.1 -> 0.10 -> 1.1", function()
+  local p = d.create(tmp .. "/amend.qcow2", "16M")
+  T.eq(d.info(p).compat, "1.1")
+  d.amend(p, { compat = "0.10" })
+  T.eq(d.info(p).compat, "0.10")
+  d.amend(p, { compat = "1.1" })
+  T.eq(d.info(p).compat, "1.1")
+  T.raises(function() d.amend(p, { compat = "2.0" }) end, "BadArgument")
+  T.raises(function() d.amend(p, {}) end, "BadArgument", "nothing to change")
+end)
+
+T.test("overlay: backing file and format recorded", function()
+  local base = d.create(tmp .. "/base.qcow2", "32M")
+  local ov = d.overlay(base, tmp .. "/ov.qcow2")
+  local i = d.info(ov)
+  T.eq(i.backing, base)
+  T.eq(i.backing_format, "qcow2")
+  T.eq(i.virtual_size, 32 * 1024 * 1024)
+  -- a relative base is recorded as an absolute path
+  local cwd = require("qshell.proc.core").realpath(".")
+  local rel = d.create("rel-base.qcow2", "1M", { force = true })
+  local ov2 = d.overlay(rel, tmp .. "/ov2.qcow2")
+  T.eq(d.info(ov2).backing, cwd .. "/rel-base.qcow2")
+  os.remove("rel-base.qcow2")
+end)
+
+T.test("create refuses to overwrite; the bytes stay unchanged", function()
+  local p = tmp .. "/keep.bin"
+  local f = assert(io.open(p, "wb")); f:write("precious data"); f:close()
+  local e = T.raises(function() d.create(p, "1M") end, "FileExists")
+  T.match(e.hint, "force=true")
+  T.eq(slurp(p), "precious data")
+  T.raises(function() d.convert(tmp .. "/a.qcow2", p) end, "FileExists")
+  T.raises(function() d.overlay(tmp .. "/a.qcow2", p) end, "FileExists")
+  T.raises(function() d.populate(p, { from = tmp }) end, "FileExists")
+  T.eq(slurp(p), "precious data")
+  d.create(p, "1M", { force = true })
+  T.eq(d.info(p).format, "qcow2")
+end)
+
+T.test("bad input: sizes, paths, options", function()
+  T.raises(function() d.create(tmp .. "/x.qcow2", "12Q") end, "BadArgument", "bad size")
+  T.raises(function() d.create(tmp .. "/x.qcow2", "-1G") end, "BadArgument", "bad size")
+  T.raises(function() d.create(tmp .. "/x.qcow2", 0) end, "BadArgument")
+  T.raises(function() d.create(tmp .. "/x.qcow2", "") end, "BadArgument")
+  T.raises(function() d.create(tmp .. "/missing-dir/x.qcow2", "1G") end, "BadArgument", "does not exist")
+  T.raises(function() d.create(tmp .. "/x.qcow2", "1G", { formt = "raw" }) end, "BadArgument", "did you mean 'format'")
+  T.raises(function() d.info(tmp .. "/nope.qcow2") end, "BadArgument", "no such image")
+  T.ok(not T.exists(tmp .. "/x.qcow2"), "nothing created")
+  local e = T.raises(function() d.create(tmp .. "/y.img", "1M", { format = "nosuchfmt" }) end, "DiskError")
+  T.match(e.desc, "nosuchfmt")
+end)
+
+T.test("convert and resize", function()
+  local src = d.create(tmp .. "/c.qcow2", "8M")
+  local raw = d.convert(src, tmp .. "/c.raw", { format = "raw" })
+  T.eq(d.info(raw).format, "raw")
+  T.eq(d.info(raw).virtual_size, 8 * 1024 * 1024)
+  d.resize(src, "16M")
+  T.eq(d.info(src).virtual_size, 16 * 1024 * 1024)
+  T.raises(function() d.resize(src, "4M") end, "BadArgument", "shrink")
+  T.eq(d.info(src).virtual_size, 16 * 1024 * 1024)
+  d.resize(src, "4M", { shrink = true })
+  T.eq(d.info(src).virtual_size, 4 * 1024 * 1024)
+end)
+
+T.test("offline snapshots: list and delete", function()
+  local p = d.create(tmp .. "/snap.qcow2", "8M")
+  assert(T.sh("qemu-img snapshot -c first " .. p) == 0)
+  assert(T.sh("qemu-img snapshot -c second " .. p) == 0)
+  local list = d.snapshots(p)
+  T.eq(#list, 2)
+  T.eq(list[1].tag, "first")
+  T.eq(list[2].tag, "second")
+  d.delete_snapshot(p, "first")
+  T.eq(#d.snapshots(p), 1)
+  T.raises(function() d.delete_snapshot(p, "first") end, "SnapshotNotFound", "it has: second")
+end)
+
+T.test("info works while QEMU holds the image", function()
+  local p = d.create(tmp .. "/held.qcow2", "8M")
+  local vm <close> = qemu.launch { memory = "64M", disks = { p } }
+  T.eq(d.info(p).format, "qcow2")
+end)
+
+T.test("populate: ext4 from a host directory, plain and partitioned", function()
+  local src = tmp .. "/tree"
+  assert(T.sh("mkdir -p " .. src .. "/a/b && echo hi > " .. src .. "/a/b/f && ln -s a/b/f " .. src .. "/link") == 0)
+  local p = d.populate(tmp .. "/pop.qcow2", { from = src, label = "data" })
+  T.eq(d.info(p).format, "qcow2")
+  T.ok(d.info(p).virtual_size >= 16 << 20, "default size")
+  -- read it back with debugfs, no mount
+  assert(T.sh("qemu-img convert -O raw " .. p .. " " .. tmp .. "/pop.raw") == 0)
+  local code, out = T.sh("debugfs -R 'cat /a/b/f' " .. tmp .. "/pop.raw")
+  T.eq(code, 0)
+  T.match(out, "hi")
+  code, out = T.sh("e2label " .. tmp .. "/pop.raw")
+  T.match(out, "data")
+  local pp = d.populate(tmp .. "/popp.raw", { from = src, partition = true, size = "20M", format = "raw" })
+  code, out = T.sh("sfdisk -d " .. pp)
+  T.match(out, "start=%s*2048")
+  T.eq(d.info(pp).virtual_size, 21 << 20)
+  T.raises(function() d.populate(tmp .. "/x.qcow2", { from = tmp .. "/nodir" }) end, "BadArgument", "not a directory")
+  T.raises(function() d.populate(tmp .. "/x.qcow2", { from = src, fs = "vfat" }) end, "BadArgument", "not supported")
+  assert(T.sh("head -c 3000000 /dev/urandom > " .. src .. "/big") == 0)
+  local e = T.raises(function() d.populate(tmp .. "/x.qcow2", { from = src, size = "1M" }) end, "DiskError")
+  T.match(e.hint, "larger size=")
+  T.ok(not T.exists(tmp .. "/x.qcow2"), "nothing left after a failure")
+end)
+
+T.test("nbd_attach: a clear error when the nbd module is missing", function()
+  local p = d.create(tmp .. "/nbd.qcow2", "8M")
+  local ok, e = pcall(d.nbd_attach, p)
+  if ok then
+    e:close()  -- a machine with nbd: it attached and detached
+    return
+  end
+  T.ok(e.class == "NbdUnavailable" or e.class == "PermissionDenied", tostring(e))
+  T.match(tostring(e), "nbd")
+end)
+
+T.test("hints for the disk traps", function()
+  local h = qemu.errors.hint_for
+  T.match(h("qemu-system-x86_64: 'x.qcow2' uses a qcow2 feature which is not supported by this qemu version: QCOW version 3"),
+          'amend%(path, {compat="0.10"}%)')
+  T.match(h("Error: Device 'ide0-hd1' is writable but does not support snapshots"), "convert")
+  T.match(h("Error: no block device can store vmstate for snapshot"), "qcow2")
+  T.match(h('Failed to get shared "write" lock'), "in use")
+end)
+
+T.run()
