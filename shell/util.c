@@ -111,24 +111,6 @@ void sb_adds(struct strbuf *sb, const char *s)
     sb_add(sb, s, strlen(s));
 }
 
-void sb_addf(struct strbuf *sb, const char *fmt, ...)
-{
-    va_list ap;
-    char probe[1];
-
-    va_start(ap, fmt);
-    int n = vsnprintf(probe, sizeof probe, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        abort();
-    }
-    sb_grow(sb, (size_t)n);
-    va_start(ap, fmt);
-    vsnprintf(sb->buf + sb->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb->len += (size_t)n;
-}
-
 /* Drop the first n bytes. */
 void sb_consume(struct strbuf *sb, size_t n)
 {

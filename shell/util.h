@@ -15,7 +15,7 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
-char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2), nonnull(1)));
 
 /* A growable byte buffer, always NUL-terminated. */
 struct strbuf {
@@ -27,7 +27,6 @@ struct strbuf {
 void sb_init(struct strbuf *sb);
 void sb_add(struct strbuf *sb, const char *data, size_t n);
 void sb_adds(struct strbuf *sb, const char *s);
-void sb_addf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sb_consume(struct strbuf *sb, size_t n);
 void sb_free(struct strbuf *sb);
 
