@@ -13,6 +13,8 @@ local lazy = {
   errors = "qemu.errors",
   guest = "qemu.guest",
   disk = "qemu.disk",
+  repl = "qemu.repl",
+  pp = "qemu.pp",
 }
 
 local launch -- the launch module, loaded on first use (with the VM methods)
@@ -61,7 +63,12 @@ function M._shutdown()
   if launch then launch.shutdown_all() end
 end
 
+local names = {}
+for k in pairs(lazy) do names[#names + 1] = k end
+table.sort(names)
+
 return setmetatable(M, {
+  __lazy = names, -- for completion: fields that load on first use
   __index = function(t, k)
     local mod = lazy[k]
     if mod then

@@ -13,7 +13,9 @@
 #
 # Knobs (environment): BENCH_ROUNDS (7), BENCH_RT (2000 round trips per
 # round), BENCH_LAUNCH (10 launches per round), BENCH_STARTUP (40 runs per
-# round), BENCH_ONLY="startup qmp_rt" (a subset), BENCH_VERBOSE=1 (rounds).
+# round), BENCH_BOOT_ROUNDS (5 rounds of one boot per side), BENCH_SNAP (6
+# savevm+loadvm per side per round), BENCH_ONLY="startup qmp_rt" (a subset),
+# BENCH_VERBOSE=1 (rounds).
 
 # The command arrays are passed to `alternate` by name (local -n).
 # shellcheck disable=SC2034
@@ -31,6 +33,8 @@ ROUNDS=${BENCH_ROUNDS:-7}
 RT_N=${BENCH_RT:-2000}
 LAUNCH_K=${BENCH_LAUNCH:-10}
 STARTUP_N=${BENCH_STARTUP:-40}
+BOOT_ROUNDS=${BENCH_BOOT_ROUNDS:-5}
+SNAP_K=${BENCH_SNAP:-6}
 VERBOSE=${BENCH_VERBOSE:-0}
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -41,7 +45,7 @@ build() {
     mkdir -p "$OUT"
     [ -x "$QSHELL" ] || make -s qshell || die "cannot build qshell"
     local c
-    for c in qmpclient startup; do
+    for c in qmpclient startup bootharness snapclient; do
         "$CC" -O2 -Wall -o "$OUT/$c" "tests/bench/$c.c" || die "cannot build $c"
     done
     command -v "$QEMU" >/dev/null || die "$QEMU not found (make deps)"
@@ -86,6 +90,9 @@ alternate() {
 
 section() { printf '\n== %s\n' "$*"; }
 
+# ms US -> milliseconds with 1 decimal
+ms() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1000 }'; }
+
 # ratio X Y -> X/Y with 2 decimals
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.2f", x / y }'; }
 
@@ -129,7 +136,61 @@ bench_startup() {
         "$(ratio "$q" "$l")" "$(verdict "$q <= 5000")"
 }
 
-BENCHES=(startup qmp_rt launch)
+# The default guest (make guest); built once, cached in build/guest.
+need_guest() {
+    [ -f "$ROOT/build/guest/guest.lua" ] || make -s guest || die "cannot build the default guest"
+}
+
+bench_boot() {
+    need_guest
+    section "guest boot to login prompt: qemu.guest.launch{login=false} + expect(\"login: \") vs a C harness on the same argv ($BOOT_ROUNDS x 1 boot)"
+    local overlay=$OUT/boot-overlay.qcow2 argv
+    # The exact argv of a qshell launch on that overlay path; both sides
+    # re-create the overlay before each boot, outside the timed region.
+    mapfile -t argv < <("$QSHELL" tests/bench/guest_bench.lua argv "$overlay")
+    [ "${#argv[@]}" -gt 10 ] || die "could not read the guest's argv from qshell"
+    if [ "$VERBOSE" = 1 ]; then echo "    argv: ${argv[*]}"; fi
+    local hc=("$OUT/bootharness" "$overlay" "$ROOT/build/guest/system.qcow2" "${argv[@]}")
+    local qs=("$QSHELL" tests/bench/guest_bench.lua boot "$overlay")
+    local ROUNDS=$BOOT_ROUNDS
+    alternate "qshell boot" qs "C harness boot" hc
+    local q=$A_MED c=$B_MED r
+    r=$(ratio "$q" "$c")
+    printf 'guest boot to login prompt: qshell %.2f s, harness %.2f s, ratio %sx (target <= 1.05x) %s\n' \
+        "$(awk -v v="$q" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$c" 'BEGIN { print v / 1e6 }')" \
+        "$r" "$(verdict "$r <= 1.05")"
+}
+
+bench_snapshot() {
+    need_guest
+    section "snapshot: vm:savevm/loadvm vs a C client's QMP jobs on the same VM ($ROUNDS rounds x $SNAP_K pairs, interleaved)"
+    local sock=$OUT/snap-$$.qmp out
+    out=$("$QSHELL" tests/bench/guest_bench.lua snapshot "$ROUNDS" "$SNAP_K" "$sock" "$OUT/snapclient" 2>&1) ||
+        die "snapshot benchmark failed: $out"
+    if [ "$VERBOSE" = 1 ]; then echo "${out//$'\n'/$'\n'    }" | sed '1s/^/    /'; fi
+    local field side what
+    declare -A med
+    for side in qshell client checks qshell_out client_out; do
+        for what in save load; do
+            field=$(sed -n "s/^$side .*${what}_us=\([0-9.,]*\).*/\1/p" <<<"$out")
+            [ -n "$field" ] || die "snapshot benchmark printed no $side $what times: $out"
+            # shellcheck disable=SC2086
+            med[$side.$what]=$(median ${field//,/ })
+        done
+    done
+    echo "C client: the bare sequence (snapshot-save/-load job, wait for JOB_STATUS_CHANGE concluded, query-jobs,"
+    echo "job-dismiss); qshell's extra checks (query-block x5 per savevm, x3 per loadvm) are part of its time"
+    for what in save load; do
+        local q=${med[qshell.$what]} c=${med[client.$what]} r
+        r=$(ratio "$q" "$c")
+        printf '%svm: qshell %s ms, C client %s ms, ratio %sx (target <= 1.05x) %s\n' \
+            "$what" "$(ms "$q")" "$(ms "$c")" "$r" "$(verdict "$r <= 1.05")"
+        printf '  outside the snapshot-%s command: qshell %s ms (query-block checks %s ms), C client %s ms\n' \
+            "$what" "$(ms "${med[qshell_out.$what]}")" "$(ms "${med[checks.$what]}")" "$(ms "${med[client_out.$what]}")"
+    done
+}
+
+BENCHES=(startup qmp_rt launch boot snapshot)
 
 build
 start=$SECONDS

@@ -162,6 +162,7 @@ T.test("vm:attach through a pseudo-terminal", function()
   f:write([[
 expect READY
 expect attached
+sleep 1000
 send echo typed-text > /tmp/typed\r
 send stty size\r
 expect 33 101

@@ -11,6 +11,7 @@
  *   resize R C       set the window size (the program gets SIGWINCH)
  *   signal NAME      send INT, TERM or QUIT to the program's process group
  *   sleep MS
+ *   timeout SECONDS  the limit for the expects that follow
  *   eof              close the terminal's input side (send ^D in canonical mode)
  *   wait [CODE]      wait for the program to exit (and check its exit code)
  *   # comment
@@ -246,6 +247,8 @@ int main(int argc, char **argv)
             int sig = strcmp(arg, "INT") == 0 ? SIGINT : strcmp(arg, "TERM") == 0 ? SIGTERM : SIGQUIT;
             pid_t pgrp = tcgetpgrp(master);
             kill(pgrp > 0 ? -pgrp : child, sig);
+        } else if (strcmp(line, "timeout") == 0) {
+            timeout_s = atof(arg);
         } else if (strcmp(line, "sleep") == 0) {
             double until = now() + atoi(arg) / 1000.0;
             while (now() < until) {

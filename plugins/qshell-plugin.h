@@ -1,0 +1,144 @@
+/*
+ * qshell-plugin.h - the part of QEMU's TCG plugin API that qshell's plugins
+ * use.
+ *
+ * Written from QEMU's documented plugin API (include/qemu/qemu-plugin.h and
+ * docs/devel/tcg-plugins.rst) as of QEMU 7.2, plugin API version 1 (QEMU
+ * 7.2 reports min=0, cur=1), because Debian's QEMU ships no qemu-plugin.h.
+ * Every function declared here was checked against the dynamic symbols of
+ * Debian 12's qemu-system-x86_64 7.2 (`nm -D`); they are resolved at dlopen
+ * time from the QEMU binary, so plugins link against nothing.
+ *
+ * It owns only declarations: names, signatures, enum values and the
+ * qemu_info_t layout must match QEMU's exactly, which is why the names
+ * (including the typedefs) are QEMU's and not qshell's style. It does not
+ * declare the memory, syscall, register or disassembly parts of the API.
+ */
+#ifndef QSHELL_QSHELL_PLUGIN_H
+#define QSHELL_QSHELL_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Plugins are built with -fvisibility=hidden; only the two symbols QEMU
+ * looks up with dlsym (qemu_plugin_version, qemu_plugin_install) are
+ * exported.
+ */
+#define QEMU_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+/* The API version these declarations describe. */
+#define QEMU_PLUGIN_VERSION 1
+
+/* Opaque id QEMU gives a plugin at install time. */
+typedef uint64_t qemu_plugin_id_t;
+
+/*
+ * What QEMU tells a plugin at install time. Only valid during
+ * qemu_plugin_install(): copy what you keep. The union is anonymous in
+ * QEMU's header, so its member is reached as info->system.smp_vcpus.
+ */
+typedef struct qemu_info_t {
+    const char *target_name;       /* e.g. "x86_64" */
+    struct {
+        int min;                   /* oldest API version still supported */
+        int cur;                   /* newest API version (1 in 7.2) */
+    } version;
+    bool system_emulation;         /* false for linux-user */
+    union {
+        struct {
+            int smp_vcpus;         /* vCPUs at start */
+            int max_vcpus;         /* vCPUs possible with hotplug */
+        } system;
+    };
+} qemu_info_t;
+
+/*
+ * Every plugin defines these two. QEMU refuses a plugin without
+ * qemu_plugin_version or with one outside [min, cur]; a non-zero return
+ * from qemu_plugin_install makes QEMU exit 1. argv holds "name=value"
+ * strings (",," already turned into ","), valid for the plugin's lifetime.
+ */
+extern QEMU_PLUGIN_EXPORT int qemu_plugin_version;
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
+                                           const qemu_info_t *info,
+                                           int argc, char **argv);
+
+/* Callback types. */
+typedef void (*qemu_plugin_simple_cb_t)(qemu_plugin_id_t id);
+typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+typedef void (*qemu_plugin_vcpu_simple_cb_t)(qemu_plugin_id_t id,
+                                             unsigned int vcpu_index);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index,
+                                            void *userdata);
+
+/* Opaque handles, valid only inside the translation callback. */
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+
+typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id,
+                                               struct qemu_plugin_tb *tb);
+
+/* Whether a callback touches guest registers (unused by QEMU 7.2). */
+enum qemu_plugin_cb_flags {
+    QEMU_PLUGIN_CB_NO_REGS,
+    QEMU_PLUGIN_CB_R_REGS,
+    QEMU_PLUGIN_CB_RW_REGS,
+};
+
+/*
+ * Inline operations: code QEMU emits into the translated block itself.
+ * API version 1 has exactly one: add an immediate to a uint64_t at a fixed
+ * address. The add is not atomic, and the address is fixed at translation
+ * time, so it cannot address a per-vCPU slot (blocks are shared by vCPUs).
+ */
+enum qemu_plugin_op {
+    QEMU_PLUGIN_INLINE_ADD_U64,
+};
+
+/* Lifecycle. */
+void qemu_plugin_register_vcpu_init_cb(qemu_plugin_id_t id,
+                                       qemu_plugin_vcpu_simple_cb_t cb);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id,
+                                    qemu_plugin_udata_cb_t cb,
+                                    void *userdata);
+
+/* Translation: called each time a block is translated (not executed). */
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id,
+                                           qemu_plugin_vcpu_tb_trans_cb_t cb);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb,
+                                                 size_t idx);
+
+/* Execution: registered from the translation callback. */
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,
+                                          qemu_plugin_vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags,
+                                          void *userdata);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
+                                              enum qemu_plugin_op op,
+                                              void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
+                                            qemu_plugin_vcpu_udata_cb_t cb,
+                                            enum qemu_plugin_cb_flags flags,
+                                            void *userdata);
+void qemu_plugin_register_vcpu_insn_exec_inline(struct qemu_plugin_insn *insn,
+                                                enum qemu_plugin_op op,
+                                                void *ptr, uint64_t imm);
+
+/* Number of vCPUs (-1 in linux-user). */
+int qemu_plugin_n_vcpus(void);
+int qemu_plugin_n_max_vcpus(void);
+
+/* Text to QEMU's log; shown only with `-d plugin` (stderr or -D FILE). */
+void qemu_plugin_outs(const char *string);
+
+/*
+ * Parses "on|yes|true|off|no|false" for argument name; true on success.
+ * Present since QEMU 6.1 (exported by 7.2).
+ */
+bool qemu_plugin_bool_parse(const char *name, const char *val, bool *ret);
+
+#endif

@@ -1,0 +1,160 @@
+-- guest_bench.lua: the qshell side of the guest benchmarks (see run.sh).
+--
+--   qshell tests/bench/guest_bench.lua argv OVERLAY
+--       the argv of qemu.guest.launch{login=false, system=OVERLAY}, one word
+--       a line (for build/bench/bootharness), QEMU quit at once
+--   qshell tests/bench/guest_bench.lua boot OVERLAY
+--       one boot: OVERLAY made afresh (not timed), then timed from
+--       qemu.guest.launch{login=false, system=OVERLAY} to the match of
+--       vm.console:expect("login: "); prints "median_us=... n=1"
+--   qshell tests/bench/guest_bench.lua snapshot ROUNDS K SOCKET SNAPCLIENT
+--       one default guest booted to its login prompt with a second monitor
+--       on SOCKET; ROUNDS rounds of K pairs, the two sides interleaved
+--       (q c, c q, q c ...):
+--         qshell:   vm:savevm(tag), vm:loadvm(tag) timed; vm:delvm(tag)
+--         C client: SNAPCLIENT SOCKET tag disk0 1 (timed inside it)
+--       after an untimed warm-up.  Prints each side's round medians, the
+--       part of qshell's times spent in its query-block checks, and each
+--       side's time outside the snapshot-save/-load command itself:
+--         qshell save_us=a,b,.. load_us=a,b,..
+--         client save_us=a,b,.. load_us=a,b,..
+--         checks save_us=a,b,.. load_us=a,b,..
+--         qshell_out save_us=a,b,.. load_us=a,b,..
+--         client_out save_us=a,b,.. load_us=a,b,..
+
+local now = require("qshell.proc.core").now
+
+local mode = arg[1]
+
+local function fresh_overlay(path)
+  os.remove(path)
+  qemu.guest.overlay(path) -- qemu-img create -q -f qcow2 -F qcow2 -b system.qcow2 path
+end
+
+if mode == "argv" then
+  local path = assert(arg[2], "argv OVERLAY")
+  fresh_overlay(path)
+  local vm <close> = qemu.guest.launch { login = false, system = path }
+  for _, a in ipairs(vm.argv) do
+    assert(not a:find("\n"), "argv word with a newline")
+    print(a)
+  end
+  vm:quit()
+  os.remove(path)
+elseif mode == "boot" then
+  local path = assert(arg[2], "boot OVERLAY")
+  fresh_overlay(path)
+  local t0 = now()
+  local vm <close> = qemu.guest.launch { login = false, system = path }
+  vm.console:expect("login: ", 120)
+  local dt = (now() - t0) * 1e6
+  vm:quit()
+  os.remove(path)
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
+elseif mode == "snapshot" then
+  local rounds, k, sock, client = tonumber(arg[2]), tonumber(arg[3]), arg[4], arg[5]
+  assert(rounds and k and sock and client, "snapshot ROUNDS K SOCKET SNAPCLIENT")
+  os.remove(sock)
+  local vm <close> = qemu.guest.launch {
+    login = false, extra = { "-qmp", "unix:" .. sock .. ",server=on,wait=off" } }
+  vm.console:expect("login: ", 120)
+
+  local function median(t)
+    table.sort(t)
+    local n = #t
+    return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
+  end
+
+  -- Where qshell's time goes, from an instance field over VM.qmp (a closure
+  -- call and two clock reads per QMP command): its own checks (query-block:
+  -- node discovery, the tag's existence before and after), which the C
+  -- client skips, and the snapshot-save/-load command itself (QEMU replies
+  -- once the job has run), the same on both sides.
+  local checks, jobcmd = 0, 0
+  local base_qmp = vm.qmp
+  vm.qmp = function(self, cmd, ...)
+    if cmd ~= "query-block" and cmd ~= "snapshot-save" and cmd ~= "snapshot-load" then
+      return base_qmp(self, cmd, ...)
+    end
+    local t0 = now()
+    local r = base_qmp(self, cmd, ...)
+    if cmd == "query-block" then checks = checks + (now() - t0) else jobcmd = jobcmd + (now() - t0) end
+    return r
+  end
+
+  -- -> save, load, save checks, load checks, save outside the job command,
+  --    load outside it (us)
+  local function run_qshell(tag)
+    local c0, j0 = checks, jobcmd
+    local t0 = now()
+    vm:savevm(tag)
+    local t1 = now()
+    local c1, j1 = checks, jobcmd
+    vm:loadvm(tag)
+    local t2 = now()
+    local c2, j2 = checks, jobcmd
+    vm:delvm(tag)
+    return (t1 - t0) * 1e6, (t2 - t1) * 1e6, (c1 - c0) * 1e6, (c2 - c1) * 1e6,
+      (t1 - t0 - (j1 - j0)) * 1e6, (t2 - t1 - (j2 - j1)) * 1e6
+  end
+
+  local function run_client(tag)
+    local p = assert(io.popen(string.format("'%s' '%s' '%s' disk0 1 2>&1", client, sock, tag)))
+    local out = p:read("a")
+    local ok = p:close()
+    local s, l = out:match("save_us=([%d.]+) load_us=([%d.]+)")
+    local sc, lc = out:match("save_cmd_us=([%d.]+) load_cmd_us=([%d.]+)")
+    if not ok or not s or not sc then error("snapclient failed: " .. out, 0) end
+    s, l = tonumber(s), tonumber(l)
+    return s, l, s - tonumber(sc), l - tonumber(lc)
+  end
+
+  -- Warm-up (not timed): the first saves allocate the vmstate area.
+  for i = 1, 2 do
+    run_qshell("warm-q" .. i)
+    run_client("warm-c" .. i)
+  end
+  -- Each round: K save/load pairs per side, finely interleaved (q c c q
+  -- q c c q ...) so that drift hits both sides alike; a side's round value
+  -- is the median of its K.
+  local names = { "qshell", "client", "checks", "qshell_out", "client_out" }
+  local out = {}
+  for _, n in ipairs(names) do out[n] = { save = {}, load = {} } end
+  for r = 1, rounds do
+    local cur = {}
+    for _, n in ipairs(names) do cur[n] = { save = {}, load = {} } end
+    local function put(n, i, s, l) cur[n].save[i], cur[n].load[i] = s, l end
+    for i = 1, k do
+      local qfirst = (r + i) % 2 == 0
+      for j = 1, 2 do
+        if (j == 1) == qfirst then
+          local s, l, cks, ckl, os_, ol = run_qshell("qs" .. r .. "-" .. i)
+          put("qshell", i, s, l)
+          put("checks", i, cks, ckl)
+          put("qshell_out", i, os_, ol)
+        else
+          local s, l, os_, ol = run_client("cc" .. r .. "-" .. i)
+          put("client", i, s, l)
+          put("client_out", i, os_, ol)
+        end
+      end
+    end
+    for _, n in ipairs(names) do
+      out[n].save[r] = median(cur[n].save)
+      out[n].load[r] = median(cur[n].load)
+    end
+  end
+  vm:quit()
+  os.remove(sock)
+  local function fmt(t)
+    local o = {}
+    for i, v in ipairs(t) do o[i] = string.format("%.1f", v) end
+    return table.concat(o, ",")
+  end
+  for _, side in ipairs(names) do
+    print(string.format("%s save_us=%s load_us=%s", side, fmt(out[side].save), fmt(out[side].load)))
+  end
+else
+  io.stderr:write("usage: qshell guest_bench.lua argv OVERLAY | boot OVERLAY | snapshot ROUNDS K SOCKET SNAPCLIENT\n")
+  os.exit(2)
+end
