@@ -53,7 +53,9 @@ UNIT_TESTS := build/test_qmp
 
 .PHONY: all test test-unit test-int bench deps demo guest install uninstall clean format check-deps
 
-all: qshell
+all: qshell plugins
+
+include plugins/Makefile.inc
 
 qshell: $(OBJS)
 	$(call msg,LINK,$@)
@@ -124,7 +126,7 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/qshell
 
 clean:
-	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp qshell
+	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/bench qshell
 
 format:
 	clang-format -i shell/*.c shell/*.h tests/unit/*.c

@@ -113,7 +113,9 @@ static void *reader(void *arg)
         if (c->tee_fd >= 0) {
             write_all(c->tee_fd, buf, (size_t)n);
         }
-        pthread_cond_broadcast(&c->grew);
+        if (c->waiters) {
+            pthread_cond_broadcast(&c->grew);
+        }
         pthread_mutex_unlock(&c->lock);
     }
 }
@@ -207,7 +209,9 @@ int console_wait(struct qs_console *c, size_t have, double timeout,
         }
         struct timespec ts = {.tv_sec = (time_t)until};
         ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+        c->waiters++;
         pthread_cond_timedwait(&c->grew, &c->lock, &ts);
+        c->waiters--;
     }
     pthread_mutex_unlock(&c->lock);
     return rc;

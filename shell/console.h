@@ -38,6 +38,7 @@ struct qs_console {
     unsigned long long dropped;
     int eof;
     int read_errno;
+    int waiters;               /* threads in console_wait: wake only those */
     int log_fd;                /* -1: no log */
     int at_line_start;
     double t0;                 /* monotonic time of start, for log stamps */

@@ -14,6 +14,7 @@ local lazy = {
   guest = "qemu.guest",
   disk = "qemu.disk",
   repl = "qemu.repl",
+  plugin = "qemu.plugin",
   pp = "qemu.pp",
 }
 

@@ -189,7 +189,7 @@ local launch_opts = {
   memory = "string|number", kernel = "string", initrd = "string", append = "string|table",
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
-  loadvm = "string",
+  loadvm = "string", plugins = "table",
 }
 
 local icount_opts = {
@@ -276,6 +276,7 @@ local function build_argv(opts, ctx)
     for _, a in ipairs(disk_args(fname, opts.disks)) do add(a) end
   end
   if opts.loadvm then add("-loadvm", check_loadvm(fname, opts)) end
+  if opts.plugins then require("qemu.plugin").launch_args(fname, opts.plugins, ctx, add) end
   if opts.extra then
     for _, a in ipairs(list_of_strings(fname, "extra", opts.extra)) do add(a) end
   end
@@ -331,7 +332,7 @@ function M.launch(opts)
     pid = p:pid(), argv = argv, log = p:logpath(), tmpdir = p:tmpdir(),
     name = opts.name or ("vm" .. serial), accel = ctx.accel,
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
-    options = opts,
+    options = opts, plugins = ctx.plugins, _plugin_log = ctx.plugin_log,
   }
   if ctx.sockets >= 2 then
     local Console = require "qemu.console"

@@ -33,10 +33,11 @@ function M.check_tag(fname, tag)
   if tag:match("[%c]") then check.bad(fname, "the snapshot tag contains control characters") end
 end
 
--- Which block nodes take part: every writable inserted disk.  The vmstate
--- goes to the first one (as HMP savevm chooses).
-function VM:_snapshot_nodes(fname)
-  local nodes, vmstate, raw_writable = {}, nil, nil
+-- One query-block answers everything a snapshot call needs: which nodes
+-- take part (every writable inserted disk), where the VM state goes (the
+-- first one, as HMP savevm chooses), and the snapshots already there.
+function VM:_snapshot_state(fname)
+  local nodes, raw_writable = {}, nil
   for _, b in ipairs(self:qmp("query-block")) do
     local ins = b.inserted
     if ins and not ins.ro then
@@ -57,8 +58,8 @@ function VM:_snapshot_nodes(fname)
     errors.raise { class = "SnapshotUnsupported", command = fname, desc = desc,
                    hint = errors.hint_for(desc) }
   end
-  vmstate = nodes[1]
-  return nodes, vmstate
+  local vmstate = nodes[1]
+  return nodes, vmstate, disk._snapshot_list(vmstate.image and vmstate.image.snapshots)
 end
 
 local function node_names(nodes)
@@ -70,15 +71,8 @@ end
 -- vm:snapshots() -> list of {tag=, id=, vm_size=, date=, vm_clock=, icount=}
 function VM:snapshots()
   self:_live("vm:snapshots")
-  local _, vmstate = self:_snapshot_nodes("vm:snapshots")
-  -- query-block's image info is read when asked; it lists the snapshots.
-  for _, b in ipairs(self:qmp("query-block")) do
-    local ins = b.inserted
-    if ins and ins["node-name"] == vmstate.node then
-      return disk._snapshot_list(ins.image and ins.image.snapshots)
-    end
-  end
-  return {}
+  local _, _, list = self:_snapshot_state("vm:snapshots")
+  return list
 end
 
 local function find_tag(list, tag)
@@ -136,8 +130,8 @@ function VM:savevm(tag, opts)
   M.check_tag(fname, tag)
   opts = check.options(fname, opts, save_opts, 2)
   self:_live(fname)
-  local nodes, vmstate = self:_snapshot_nodes(fname)
-  local old = find_tag(self:snapshots(), tag)
+  local nodes, vmstate, list = self:_snapshot_state(fname)
+  local old = find_tag(list, tag)
   if old then
     if not opts.replace then
       errors.raise { class = "SnapshotExists", command = fname,
@@ -177,8 +171,7 @@ function VM:loadvm(tag, opts)
   M.check_tag(fname, tag)
   opts = check.options(fname, opts, load_opts, 2)
   self:_live(fname)
-  local nodes, vmstate = self:_snapshot_nodes(fname)
-  local list = self:snapshots()
+  local nodes, vmstate, list = self:_snapshot_state(fname)
   if not find_tag(list, tag) then
     errors.raise { class = "SnapshotNotFound", command = fname,
                    desc = string.format("no snapshot '%s' (the VM has: %s); the VM was not touched", tag, tags(list)) }
@@ -213,8 +206,7 @@ function VM:delvm(tag, opts)
   M.check_tag(fname, tag)
   opts = check.options(fname, opts, del_opts, 2)
   self:_live(fname)
-  local nodes = self:_snapshot_nodes(fname)
-  local list = self:snapshots()
+  local nodes, _, list = self:_snapshot_state(fname)
   if not find_tag(list, tag) then
     errors.raise { class = "SnapshotNotFound", command = fname,
                    desc = string.format("no snapshot '%s' (the VM has: %s)", tag, tags(list)) }

@@ -283,6 +283,42 @@ end
 
 VM.__close = VM.close
 
+-- vm:plugin_log() -> the text the VM's plugins printed (qemu_plugin_outs)
+function VM:plugin_log()
+  if not self._plugin_log then check.bad("vm:plugin_log", "this VM has no plugins") end
+  if self._closed then check.bad("vm:plugin_log", "%s is closed (read it before vm:close())", tostring(self)) end
+  local f = io.open(self._plugin_log, "rb")
+  if not f then return "" end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- vm:plugin_result(name) -> the JSON result a plugin wrote to its out= file
+-- (read after QEMU ended: quit, wait or kill; before vm:close()).
+function VM:plugin_result(name)
+  check.arg("vm:plugin_result", 1, name, "string")
+  for _, p in ipairs(self.plugins or {}) do
+    if p.name == name and p.out then
+      local f = io.open(p.out, "rb")
+      if not f then
+        errors.raise { class = "PluginError", command = "vm:plugin_result",
+                       desc = string.format("plugin %s wrote no result to %s%s", name, p.out,
+                                            self._exit and "" or " (QEMU is still running: results are written at exit)") }
+      end
+      local text = f:read("a")
+      f:close()
+      local ok, v = pcall(require("qshell.json").decode, text)
+      if not ok then
+        errors.raise { class = "PluginError", command = "vm:plugin_result",
+                       desc = string.format("plugin %s's result %s is not JSON: %s", name, p.out, tostring(v)) }
+      end
+      return v
+    end
+  end
+  check.bad("vm:plugin_result", "no plugin named %s with an out= file in this VM", name)
+end
+
 -- vm:attach(): the guest's serial console in this terminal (raw mode;
 -- Ctrl-] returns).  The guest's shell is told the terminal size.
 function VM:attach()

@@ -1,0 +1,189 @@
+-- qemu.plugin: TCG plugins from Lua.
+--
+--   qemu.launch{plugins = {{name="insn", args={limit=1e9}}, {path="/x/libmine.so", args={k="v"}}}}
+--
+-- The project's own plugins (plugins/, built by `make`) are found by name.
+-- Each -plugin value is built with QEMU's option escaping (a comma in a
+-- value is written ",,"), each .so is checked before QEMU starts (exists,
+-- is a shared object, exports qemu_plugin_version), and the plugins' text
+-- output (qemu_plugin_outs) goes to a per-VM log, vm:plugin_log().
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local config = require "qshell.config"
+local core = require "qshell.proc.core"
+local json = require "qshell.json"
+
+local M = {}
+
+function M.dir()
+  local d = os.getenv("QSHELL_PLUGIN_DIR")
+  if d and d ~= "" then return d end
+  return config.plugin_dir
+end
+
+-- The project's plugins by name -> path of the .so
+function M.find(name)
+  check.arg("qemu.plugin.find", 1, name, "string")
+  local path = M.dir() .. "/lib" .. name .. ".so"
+  if not core.stat(path) then
+    errors.raise { class = "PluginError", command = "qemu.plugin.find",
+                   desc = string.format("no plugin named '%s' (no %s)", name, path),
+                   hint = "the project's plugins are built by `make`; name one of: " .. M.names() }
+  end
+  return path
+end
+
+function M.names()
+  local out = {}
+  local p = io.popen("ls " .. M.dir() .. " 2>/dev/null")
+  if p then
+    for f in p:lines() do
+      local n = f:match("^lib(.+)%.so$")
+      if n then out[#out + 1] = n end
+    end
+    p:close()
+  end
+  return #out > 0 and table.concat(out, ", ") or "(none built)"
+end
+
+local function value_text(k, v)
+  if type(v) == "boolean" then return v and "on" or "off" end
+  if math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2 ^ 63 then
+    return string.format("%d", v) -- limit=1e9 means 1000000000, not "1e+09"
+  end
+  if type(v) == "number" then return tostring(v) end
+  if type(v) == "string" then return v end
+  check.bad("qemu.plugin.arg", "argument '%s' must be a string, number or boolean, got %s", k, type(v))
+end
+
+local spec_opts = { name = "string", path = "string", args = "table" }
+
+-- qemu.plugin.arg(spec) -> the -plugin option value, e.g.
+--   "build/plugins/libinsn.so,limit=1000,out=/tmp/a,,b.json"
+function M.arg(spec)
+  local fname = "qemu.plugin.arg"
+  check.options(fname, spec, spec_opts)
+  if (spec.name == nil) == (spec.path == nil) then
+    check.bad(fname, "give either name= (a plugin of this project) or path= (a .so)")
+  end
+  local path = spec.path or M.find(spec.name)
+  -- QEMU dlopens a path without a slash through the library search path.
+  if not path:find("/") then path = "./" .. path end
+  local keys = {}
+  for k in pairs(spec.args or {}) do
+    if type(k) ~= "string" or k == "" or k:find("[=,]") then
+      check.bad(fname, "bad plugin argument name %q", tostring(k))
+    end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  local parts = { (path:gsub(",", ",,")) }
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = k .. "=" .. value_text(k, spec.args[k]):gsub(",", ",,")
+  end
+  return table.concat(parts, ",")
+end
+
+-- Read an ELF shared object's dynamic symbol names (enough to find
+-- qemu_plugin_version without binutils).
+local function elf_dynsyms(path)
+  local f = io.open(path, "rb")
+  if not f then return nil, "cannot open" end
+  local data = f:read(1 << 26) or ""
+  f:close()
+  if data:sub(1, 4) ~= "\x7fELF" then return nil, "not an ELF file" end
+  if data:byte(5) ~= 2 or data:byte(6) ~= 1 then return nil, "not a 64-bit little-endian ELF file" end
+  local e_type = string.unpack("<I2", data, 17)
+  if e_type ~= 3 then return nil, "not a shared object (ELF type " .. e_type .. ")" end
+  local shoff = string.unpack("<I8", data, 41)
+  local shentsize, shnum = string.unpack("<I2I2", data, 59)
+  local sections = {}
+  for i = 0, shnum - 1 do
+    local base = shoff + i * shentsize + 1
+    if base + 63 > #data then return nil, "truncated ELF file" end
+    local _, stype, _, _, off, size, link, _, _, entsize =
+      string.unpack("<I4I4I8I8I8I8I4I4I8I8", data, base)
+    sections[i] = { type = stype, off = off, size = size, link = link, entsize = entsize }
+  end
+  local names = {}
+  for _, s in pairs(sections) do
+    if s.type == 11 then -- SHT_DYNSYM
+      local strtab = sections[s.link]
+      for j = 0, s.size // 24 - 1 do
+        local name_off = string.unpack("<I4", data, s.off + j * 24 + 1)
+        local start = strtab.off + name_off + 1
+        local stop = data:find("\0", start, true)
+        if stop then names[data:sub(start, stop - 1)] = true end
+      end
+    end
+  end
+  return names
+end
+
+-- qemu.plugin.check(path) -> true, or raises PluginError with the reason
+function M.check(path)
+  local fname = "qemu.plugin.check"
+  check.arg(fname, 1, path, "string")
+  local st = core.stat(path)
+  if not st then
+    errors.raise { class = "PluginError", command = fname, desc = "plugin " .. path .. ": no such file",
+                   hint = "build it (make), or give the right path" }
+  end
+  local syms, why = elf_dynsyms(path)
+  if not syms then
+    errors.raise { class = "PluginError", command = fname,
+                   desc = string.format("plugin %s: %s", path, why),
+                   hint = "a TCG plugin is built with cc -shared -fPIC" }
+  end
+  for _, sym in ipairs { "qemu_plugin_version", "qemu_plugin_install" } do
+    if not syms[sym] then
+      errors.raise { class = "PluginError", command = fname,
+                     desc = string.format("plugin %s does not export %s", path, sym),
+                     hint = sym == "qemu_plugin_version"
+                       and "declare QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1; (QEMU 7.2 supports API version 1)"
+                       or "a plugin needs QEMU_PLUGIN_EXPORT int qemu_plugin_install(...)" }
+    end
+  end
+  return true
+end
+
+-- QEMU's plugin load errors -> the fix.
+local plugin_traps = { -- the specific before the general: QEMU prefixes them all alike
+  { "plugin requires API version", "rebuild the plugin for API version 1 (QEMU 7.2 supports versions 0 to 1)" },
+  { "does not declare API version", "export qemu_plugin_version from the plugin" },
+  { "qemu_plugin_install returned error", "the plugin refused its arguments: see its message in the log" },
+  { "Could not load plugin", "the .so could not be opened: check the path (a path without a slash is looked up by the dynamic loader)" },
+}
+for _, t in ipairs(plugin_traps) do errors.traps[#errors.traps + 1] = t end
+
+-- The launch option: plugins = list of {name=|path=, args=}.
+function M.launch_args(fname, plugins, ctx, add)
+  if type(plugins) ~= "table" then check.bad(fname, "plugins must be a list of {name=|path=, args=}") end
+  if ctx.accel ~= "tcg" then
+    errors.raise { class = "BadArgument", command = fname,
+                   desc = string.format("TCG plugins under %s load but see nothing", ctx.accel),
+                   hint = 'use accel="tcg" with plugins' }
+  end
+  ctx.plugins = {}
+  for i, spec in ipairs(plugins) do
+    if type(spec) ~= "table" then check.bad(fname, "plugins[%d] must be a table {name=|path=, args=}", i) end
+    local s = { name = spec.name, path = spec.path, args = {} }
+    for k, v in pairs(spec.args or {}) do s.args[k] = v end
+    local path = spec.path or M.find(spec.name or "")
+    M.check(path)
+    -- The project's plugins write their result to the VM's temp dir unless told otherwise.
+    if spec.name and s.args.out == nil then
+      s.args.out = string.format("%s/%s-%d.json", ctx.tmpdir, spec.name, i)
+    end
+    ctx.plugins[#ctx.plugins + 1] = { name = spec.name or path:match("([^/]+)$"), path = path, out = s.args.out }
+    add("-plugin", M.arg(s))
+  end
+  if #plugins > 0 then
+    -- qemu_plugin_outs() text only appears with -d plugin: send it to a file.
+    ctx.plugin_log = ctx.tmpdir .. "/plugin.log"
+    add("-d", "plugin", "-D", ctx.plugin_log)
+  end
+end
+
+return M
