@@ -3,10 +3,11 @@
 --   qshell tests/bench/guest_bench.lua argv OVERLAY
 --       the argv of qemu.guest.launch{login=false, system=OVERLAY}, one word
 --       a line (for build/bench/bootharness), QEMU quit at once
---   qshell tests/bench/guest_bench.lua boot OVERLAY
+--   qshell tests/bench/guest_bench.lua boot OVERLAY [insn]
 --       one boot: OVERLAY made afresh (not timed), then timed from
 --       qemu.guest.launch{login=false, system=OVERLAY} to the match of
---       vm.console:expect("login: "); prints "median_us=... n=1"
+--       vm.console:expect("login: "); prints "median_us=... n=1"; with
+--       "insn" the boot runs under the insn plugin and "insns=N" is added
 --   qshell tests/bench/guest_bench.lua snapshot ROUNDS K SOCKET SNAPCLIENT
 --       one default guest booted to its login prompt with a second monitor
 --       on SOCKET; ROUNDS rounds of K pairs, the two sides interleaved
@@ -42,15 +43,20 @@ if mode == "argv" then
   vm:quit()
   os.remove(path)
 elseif mode == "boot" then
+  -- boot OVERLAY [insn]: with "insn", the boot runs under the insn plugin
+  -- and the instruction count is printed too (insns=N).
   local path = assert(arg[2], "boot OVERLAY")
+  local with_insn = arg[3] == "insn"
   fresh_overlay(path)
   local t0 = now()
-  local vm <close> = qemu.guest.launch { login = false, system = path }
+  local vm <close> = qemu.guest.launch { login = false, system = path,
+                                         plugins = with_insn and { { name = "insn" } } or nil }
   vm.console:expect("login: ", 120)
   local dt = (now() - t0) * 1e6
   vm:quit()
+  local insns = with_insn and vm:plugin_result("insn").total or 0
   os.remove(path)
-  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1 insns=%d", dt, dt, dt, insns))
 elseif mode == "snapshot" then
   local rounds, k, sock, client = tonumber(arg[2]), tonumber(arg[3]), arg[4], arg[5]
   assert(rounds and k and sock and client, "snapshot ROUNDS K SOCKET SNAPCLIENT")

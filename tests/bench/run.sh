@@ -179,7 +179,7 @@ bench_snapshot() {
         done
     done
     echo "C client: the bare sequence (snapshot-save/-load job, wait for JOB_STATUS_CHANGE concluded, query-jobs,"
-    echo "job-dismiss); qshell's extra checks (query-block x5 per savevm, x3 per loadvm) are part of its time"
+    echo "job-dismiss); qshell's extra checks (query-block x2 per savevm, x1 per loadvm) are part of its time"
     for what in save load; do
         local q=${med[qshell.$what]} c=${med[client.$what]} r
         r=$(ratio "$q" "$c")
@@ -190,7 +190,28 @@ bench_snapshot() {
     done
 }
 
-BENCHES=(startup qmp_rt launch boot snapshot)
+bench_plugin() {
+    need_guest
+    section "TCG plugin overhead: boot to login prompt with the insn plugin vs without ($BOOT_ROUNDS x 1 boot)"
+    local overlay=$OUT/plugin-overlay.qcow2
+    local plain=("$QSHELL" tests/bench/guest_bench.lua boot "$overlay")
+    local insn=("$QSHELL" tests/bench/guest_bench.lua boot "$overlay" insn)
+    local ROUNDS=$BOOT_ROUNDS
+    alternate "boot with insn" insn "boot without" plain
+    local with=$A_MED without=$B_MED count r
+    count=$("${insn[@]}" | sed -n 's/.*insns=\([0-9]*\).*/\1/p')
+    [ -n "$count" ] || die "the insn plugin reported no count"
+    r=$(ratio "$with" "$without")
+    printf 'insn plugin: boot %.2f s with, %.2f s without, overhead ratio %sx; %s instructions, %.0f M insn/s with the plugin vs %.0f M insn/s without
+' \
+        "$(awk -v v="$with" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$without" 'BEGIN { print v / 1e6 }')" "$r" \
+        "$count" "$(awk -v n="$count" -v t="$with" 'BEGIN { print n / t }')" \
+        "$(awk -v n="$count" -v t="$without" 'BEGIN { print n / t }')"
+    echo "  (the cost: every executed translation block leaves the generated code to call the plugin,"
+    echo "   which adds the block's instruction count to its vCPU's counter)"
+}
+
+BENCHES=(startup qmp_rt launch boot snapshot plugin)
 
 build
 start=$SECONDS

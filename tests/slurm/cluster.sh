@@ -217,7 +217,7 @@ cmd_start() {
     export PATH=$PATH:/usr/sbin:/sbin
     have_all || die "slurm/munge not installed; run: $0 deps"
     local dir host i st t0
-    t0=$(date +%s.%N)
+    t0=$(date +%s%N)
     dir=$(abspath "$1")
     case $dir in *[[:space:]]*) die "DIR must not contain white space: $dir" ;; esac
     host=$(hostname -s)
@@ -275,7 +275,7 @@ cmd_start() {
         die "start failed"
     fi
     env_lines "$dir" >"$dir/env.sh"
-    log "cluster up in $dir (node $host idle) after $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s"
+    log "cluster up in $dir (node $host idle) after $((($(date +%s%N) - t0) / 1000000)) ms"
     cat "$dir/env.sh"
 }
 
