@@ -126,6 +126,7 @@ struct qs_console *console_open(int fd, double t0)
     pthread_condattr_t ca;
 
     c->fd = fd;
+    c->owner = getpid();
     c->log_fd = -1;
     c->tee_fd = -1;
     c->at_line_start = 1;
@@ -375,6 +376,20 @@ int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, int 
 void console_close(struct qs_console *c)
 {
     if (!c) {
+        return;
+    }
+    if (c->owner != getpid()) {
+        /*
+         * A copy inherited through fork(): the reader thread and the
+         * console belong to the parent; drop our copies and nothing else
+         * (its mutex may even have been held by that thread at the fork).
+         */
+        close(c->fd);
+        if (c->log_fd >= 0) {
+            close(c->log_fd);
+        }
+        free(c->buf.buf);
+        free(c);
         return;
     }
     if (c->fd >= 0) {

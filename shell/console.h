@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "util.h"
 
@@ -43,6 +44,7 @@ struct qs_console {
     int at_line_start;
     double t0;                 /* monotonic time of start, for log stamps */
     int tee_fd;                /* -1, or the terminal while attached */
+    pid_t owner;               /* a forked copy has no reader thread */
     int err;
     char errstr[160];
 };

@@ -97,14 +97,16 @@ static int l_qmp_handshake(lua_State *L)
 }
 
 /*
- * qmp:execute(cmd [, args [, timeout]]) -> response | nil, msg, code
+ * qmp:execute(cmd [, args [, timeout [, fd]]]) -> response | nil, msg, code
  * The response is the whole message: {["return"]=...} or {error={...}}.
+ * fd, when given, is passed to QEMU with the command (for getfd).
  */
 static int l_qmp_execute(lua_State *L)
 {
     struct lqmp *q = check_qmp(L, 1);
     const char *cmd = luaL_checkstring(L, 2);
     double timeout = opt_timeout(L, 4);
+    lua_Integer pass_fd = luaL_optinteger(L, 5, -1);
     json_object *args = NULL, *reply = NULL;
     char err[160];
 
@@ -114,7 +116,7 @@ static int l_qmp_execute(lua_State *L)
             return luaL_error(L, "arguments of '%s': %s", cmd, err);
         }
     }
-    int rc = qmp_execute(q->c, cmd, args, timeout, &reply);
+    int rc = qmp_execute_fd(q->c, cmd, args, (int)pass_fd, timeout, &reply);
     json_object_put(args);
     if (rc < 0) {
         return conn_fail(L, q->c);

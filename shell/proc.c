@@ -75,13 +75,8 @@ static int owner_gone(long pid)
     return 0;
 }
 
-static void sweep_stale(const char *prefix)
+void proc_sweep_stale(const char *prefix)
 {
-    static int swept;
-    if (swept) {
-        return;
-    }
-    swept = 1;
     const char *base = getenv("TMPDIR");
     if (!base || !*base) {
         base = "/tmp";
@@ -138,7 +133,12 @@ struct qs_proc *proc_new(const char *prefix)
         p->socks[i] = -1;
     }
     prefix = prefix ? prefix : "qshell";
-    sweep_stale(prefix);
+    static int swept;
+    if (!swept) {
+        swept = 1;
+        proc_sweep_stale(prefix);
+    }
+    p->owner = getpid();
     p->tmpdir = make_tmpdir(prefix);
     if (!p->tmpdir) {
         fail(p, PROC_ERR_IO, "cannot create a temp dir in %s: %s",
@@ -376,8 +376,23 @@ void proc_kill(struct qs_proc *p)
     p->pid = -1;
 }
 
+/*
+ * A forked child (a sweep worker) inherits copies of its parent's procs.
+ * Those belong to the parent: the child must neither kill the parent's
+ * QEMU nor remove its temp dir, only let go of its copies of the fds.
+ */
+static int inherited(const struct qs_proc *p)
+{
+    return p->owner != getpid();
+}
+
 void proc_release(struct qs_proc *p)
 {
+    if (inherited(p)) {
+        p->pid = -1;
+        p->reaped = 1;
+        p->keep_tmp = 1;
+    }
     proc_kill(p);
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         if (p->socks[i] >= 0) {

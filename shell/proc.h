@@ -34,6 +34,7 @@ struct qs_proc {
     char *tmpdir;        /* private 0700 dir, removed by proc_release */
     char *logpath;       /* <tmpdir>/qemu.log */
     int keep_tmp;
+    pid_t owner;         /* the process that made it; a forked copy is inert */
     int err;
     char errstr[256];
     struct qs_proc *prev, *next; /* live list */
@@ -66,6 +67,9 @@ void proc_release(struct qs_proc *p);
 void proc_free(struct qs_proc *p);
 /* Release every live proc: the atexit and fatal-signal path. */
 void proc_release_all(void);
+/* Remove the temp dirs left by dead qshell processes (also done once by the
+ * first proc_new of a process). */
+void proc_sweep_stale(const char *prefix);
 /* "exited with status 1", "was killed by signal 9 (Killed)". */
 void proc_describe_status(int status, char *buf, size_t n);
 

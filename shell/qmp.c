@@ -351,8 +351,13 @@ static int read_some(struct qmp_conn *c, double deadline, const char *what)
     return fail(c, QMP_ERR_IO, "recv: %s", strerror(errno));
 }
 
+/*
+ * Write all of data.  pass_fd >= 0 rides along with the first byte as
+ * SCM_RIGHTS ancillary data: QEMU's getfd/add-fd take the fd that arrives
+ * with the command.
+ */
 static int send_all(struct qmp_conn *c, const char *data, size_t len, double deadline,
-                    const char *what)
+                    const char *what, int pass_fd)
 {
     if (c->fd < 0) {
         return fail(c, QMP_ERR_CLOSED, "the QMP connection is closed");
@@ -361,7 +366,27 @@ static int send_all(struct qmp_conn *c, const char *data, size_t len, double dea
         log_traffic("->", data, len);
     }
     while (len > 0) {
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n;
+        if (pass_fd >= 0) {
+            union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+            } ctl;
+            struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+            struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                                 .msg_controllen = sizeof ctl.buf};
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+            n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                pass_fd = -1; /* sent with the first bytes */
+            }
+        } else {
+            n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
         if (n > 0) {
             data += n;
             len -= (size_t)n;
@@ -476,6 +501,12 @@ static int build_command(struct qmp_conn *c, const char *cmd, json_object *args,
 int qmp_execute(struct qmp_conn *c, const char *cmd, json_object *args, double timeout,
                 json_object **reply)
 {
+    return qmp_execute_fd(c, cmd, args, -1, timeout, reply);
+}
+
+int qmp_execute_fd(struct qmp_conn *c, const char *cmd, json_object *args, int pass_fd,
+                   double timeout, json_object **reply)
+{
     double deadline = deadline_after(timeout);
     int64_t id = c->next_id++;
     size_t len;
@@ -484,7 +515,7 @@ int qmp_execute(struct qmp_conn *c, const char *cmd, json_object *args, double t
     c->err = QMP_OK;
     c->errstr[0] = '\0';
     build_command(c, cmd, args, id, &len);
-    if (send_all(c, c->wbuf, len, deadline, cmd) < 0) {
+    if (send_all(c, c->wbuf, len, deadline, cmd, pass_fd) < 0) {
         return -1;
     }
     for (;;) {

@@ -99,6 +99,10 @@ int qmp_handshake(struct qmp_conn *c, double timeout);
  */
 int qmp_execute(struct qmp_conn *c, const char *cmd, json_object *args, double timeout,
                 json_object **reply);
+/* The same, passing pass_fd to QEMU with the command (SCM_RIGHTS), as
+ * getfd and add-fd expect; the caller keeps its own copy of the fd. */
+int qmp_execute_fd(struct qmp_conn *c, const char *cmd, json_object *args, int pass_fd,
+                   double timeout, json_object **reply);
 /*
  * Next event, from the FIFO first, else from the socket until the deadline.
  * timeout 0 only looks at what has already arrived.

@@ -15,6 +15,7 @@ local lazy = {
   disk = "qemu.disk",
   repl = "qemu.repl",
   plugin = "qemu.plugin",
+  checkpoint = "qemu.checkpoint",
   pp = "qemu.pp",
 }
 
@@ -45,6 +46,11 @@ end
 function M.attach(path, opts)
   launch = launch or load_launch()
   return launch.attach(path, opts)
+end
+
+-- qemu.sweep{...}: see stdlib/qemu/sweep.lua and the README
+function M.sweep(spec)
+  return require("qemu.sweep").sweep(spec)
 end
 
 -- qemu.tmpdir() -> a private dir for this shell, removed when it exits

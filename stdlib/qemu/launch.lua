@@ -11,6 +11,7 @@ local errors = require "qemu.errors"
 local check = require "qemu.check"
 local VM = require "qemu.vm"
 require "qemu.snapshot" -- adds vm:savevm, loadvm, delvm, snapshots
+require "qemu.checkpoint" -- adds vm:checkpoint
 
 local M = {}
 
@@ -189,7 +190,7 @@ local launch_opts = {
   memory = "string|number", kernel = "string", initrd = "string", append = "string|table",
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
-  loadvm = "string", plugins = "table",
+  loadvm = "string", plugins = "table", restore = "string",
 }
 
 local icount_opts = {
@@ -291,6 +292,16 @@ function M.launch(opts)
   local p, msg = proc.new("qshell")
   if not p then errors.raise { class = "IOError", command = fname, desc = msg } end
   local ctx = { tmpdir = p:tmpdir(), sockets = 1, proc = p }
+  local given = opts
+  local rctx
+  if opts.restore then
+    local ok, o, r = pcall(require("qemu.checkpoint").prepare, opts, ctx.tmpdir)
+    if not ok then
+      p:close()
+      error(o, 0)
+    end
+    opts, rctx = o, r
+  end
   local ok, argv = pcall(build_argv, opts, ctx)
   if not ok then
     p:close()
@@ -338,8 +349,17 @@ function M.launch(opts)
     local Console = require "qemu.console"
     vm.console = Console.new(vm, consolec.open(p:take_socket(2), t0))
   end
+  vm._append = ctx.append
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
   live[vm] = true
+  if rctx then
+    vm.options = given
+    local okr, err = pcall(require("qemu.checkpoint").finish, vm, rctx, opts.timeout)
+    if not okr then
+      vm:close()
+      error(err, 0)
+    end
+  end
   return vm
 end
 

@@ -36,13 +36,9 @@ end
 
 function M.names()
   local out = {}
-  local p = io.popen("ls " .. M.dir() .. " 2>/dev/null")
-  if p then
-    for f in p:lines() do
-      local n = f:match("^lib(.+)%.so$")
-      if n then out[#out + 1] = n end
-    end
-    p:close()
+  for _, f in ipairs(core.listdir(M.dir()) or {}) do
+    local n = f:match("^lib(.+)%.so$")
+    if n then out[#out + 1] = n end
   end
   return #out > 0 and table.concat(out, ", ") or "(none built)"
 end

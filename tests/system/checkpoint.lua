@@ -1,0 +1,205 @@
+-- Portable checkpoints and sweeps from them (the main job).
+local T = require "t"
+
+local tmp = T.tmpdir()
+local g = qemu.guest.default()
+
+local function sha(path)
+  local _, out = T.sh("sha256sum " .. path)
+  return out:match("^(%x+)")
+end
+
+local function count(vm)
+  local _, n = vm.console:expect("count=(%d+)\r?\n", 20)
+  return tonumber(n)
+end
+
+local function slurp(p)
+  local f = io.open(p, "rb"); if not f then return "" end
+  local s = f:read("a"); f:close(); return s
+end
+
+local function lines(p)
+  local n = {}
+  for l in slurp(p):gmatch("[^\n]+") do n[#n + 1] = l end
+  return n
+end
+
+-- One checkpoint of a guest running a counter, shared by the tests below.
+local ckpt = tmp .. "/counter.ckpt"
+local saved
+do
+  local vm <close> = qemu.guest.launch {}
+  vm.console:send("i=0; while true; do echo count=$i; i=$((i+1)); sleep 0.2; done &\r")
+  repeat saved = count(vm) until saved >= 3
+  vm:checkpoint(ckpt)
+  T.eq(vm:status(), "postmigrate")
+  -- the last value printed before the checkpoint
+  for n in vm.console:flush():gmatch("count=(%d+)") do saved = tonumber(n) end
+end
+
+T.test("checkpoint then restore: the counter continues in two VMs at once; the bases are unchanged", function()
+  local m = qemu.checkpoint.read(ckpt)
+  T.match(m.qemu, "^%d+%.%d+%.%d+$")
+  T.eq(#m.disks, 1)
+  T.match(m.state.sha256, "^%x+$")
+  local before = { state = sha(ckpt .. "/state"), disk = sha(ckpt .. "/" .. m.disks[1].file), system = sha(g.system) }
+  local a <close> = qemu.launch { restore = ckpt }
+  local b <close> = qemu.launch { restore = ckpt, name = "second" }
+  T.eq(a:status(), "running")
+  T.eq(b:status(), "running")
+  local na, nb = count(a), count(b)
+  T.ok(na >= saved - 1 and na <= saved + 2, string.format("a resumed at %d, saved %d", na, saved))
+  T.ok(nb >= saved - 1 and nb <= saved + 2, string.format("b resumed at %d, saved %d", nb, saved))
+  -- each writes its own overlay
+  a.console:run("echo from-a > /root/who; sync")
+  T.eq(b.console:run("cat /root/who 2>/dev/null || echo none"), "none")
+  T.match(table.concat(a.argv, " "), "%-incoming defer")
+  a:close()
+  b:close()
+  T.eq(sha(ckpt .. "/state"), before.state)
+  T.eq(sha(ckpt .. "/" .. m.disks[1].file), before.disk)
+  T.eq(sha(g.system), before.system)
+  qemu.checkpoint.verify(ckpt)
+end)
+
+T.test("restore refuses options that change the machine", function()
+  local e = T.raises(function() qemu.launch { restore = ckpt, memory = "512M" } end, "BadArgument")
+  T.match(e.desc, "memory=512M differs from the checkpoint's memory=256M")
+  T.raises(function() qemu.launch { restore = ckpt, smp = 2 } end, "BadArgument", "smp")
+  T.raises(function() qemu.launch { restore = ckpt, disks = { g.system } } end, "BadArgument", "disks")
+  T.raises(function() qemu.launch { restore = ckpt, loadvm = "x" } end, "BadArgument")
+  -- plugins, icount and names may differ
+  local vm <close> = qemu.launch { restore = ckpt, name = "free", plugins = { { name = "insn" } } }
+  T.eq(vm:status(), "running")
+  T.eq(#qemu.vms(), 1)
+end)
+
+T.test("not a checkpoint, and a checkpoint dir that is not empty", function()
+  T.raises(function() qemu.launch { restore = tmp } end, "NotACheckpoint", "no manifest")
+  T.raises(function() qemu.launch { restore = tmp .. "/nope" } end, "NotACheckpoint", "no such directory")
+  local vm <close> = qemu.launch { memory = "64M", disks = { qemu.disk.create(tmp .. "/d.qcow2", "8M") } }
+  local e = T.raises(function() vm:checkpoint(ckpt) end, "FileExists")
+  T.match(e.hint, "force=true")
+  T.eq(vm:status(), "running", "nothing happened to the VM")
+  T.raises(function() vm:checkpoint(tmp .. "/no/such/dir") end, "CommandFailed")
+end)
+
+-- A sweep script run as its own qshell process (so it can be killed).
+local function sweep_script(out, extra)
+  local path = tmp .. "/sweep.lua"
+  local f = assert(io.open(path, "w"))
+  f:write(string.format([[
+    local r = qemu.sweep {
+      from = %q, out = %q, workers = 2, resume = true,
+      matrix = { n = { 1000, 4000, 16000 } }, ["repeat"] = 2,
+      run = function(vm, p)
+        %s
+        local t = qemu.now()
+        local _, st = vm.console:run(string.format("i=0; while [ $i -lt %%d ]; do i=$((i+1)); done", p.n))
+        return { guest_s = qemu.now() - t, result = st == 0 and "ran" or "bad" }
+      end,
+    }
+    print("SWEEP", r.ok, r.failed, r.skipped)
+  ]], ckpt, out, extra or ""))
+  f:close()
+  return path
+end
+
+T.test("a sweep of 6 runs with 2 workers writes 6 rows", function()
+  local out = tmp .. "/six.csv"
+  local code, stdout, stderr = T.sh("./qshell run " .. sweep_script(out))
+  T.eq(code, 0, stderr)
+  T.match(stdout, "SWEEP\t6\t0\t0")
+  local l = lines(out)
+  T.eq(#l, 7)
+  T.eq(l[1], "run,repeat,n,status,wall_s,error,guest_s,result")
+  local seen = {}
+  for i = 2, 7 do
+    local key = l[i]:match("^([^,]+)")
+    T.ok(not seen[key], "no duplicate " .. key)
+    seen[key] = true
+    T.match(l[i], ",ok,")
+  end
+end)
+
+T.test("a sweep killed halfway and resumed: exactly 6 rows, no duplicates", function()
+  local out = tmp .. "/resume.csv"
+  local script = sweep_script(out, "qemu.sleep(0.5)")
+  local _, pid = T.sh("TMPDIR=" .. (os.getenv("TMPDIR") or "/tmp") .. " ./qshell run " .. script ..
+                      " >/dev/null 2>&1 & echo $!")
+  pid = tonumber(pid)
+  local deadline = T.now() + 60
+  while #lines(out) < 3 and T.now() < deadline do qemu.sleep(0.05) end
+  T.ok(#lines(out) >= 3, "some rows were written")
+  os.execute("kill -KILL " .. pid)
+  qemu.sleep(0.5)
+  local partial = #lines(out) - 1
+  T.ok(partial >= 2 and partial < 6, "killed halfway: " .. partial .. " rows")
+  local code, stdout = T.sh("./qshell run " .. script)
+  T.eq(code, 0)
+  T.match(stdout, "SWEEP\t%d+\t0\t" .. partial)
+  local l = lines(out)
+  T.eq(#l, 7, "header + 6 rows")
+  local seen = {}
+  for i = 2, #l do
+    local key = l[i]:match("^([^,]+)")
+    T.ok(not seen[key], "duplicate row " .. key)
+    seen[key] = true
+  end
+end)
+
+T.test("a run that raises is recorded as failed; the others finish", function()
+  local out = tmp .. "/fail.jsonl"
+  local r = qemu.sweep {
+    from = ckpt, out = out, workers = 2, matrix = { x = { 1, 2, 3 } },
+    run = function(vm, p)
+      if p.x == 2 then error("run two breaks") end
+      return { echoed = tonumber((vm.console:run("echo " .. p.x))) }
+    end,
+  }
+  T.eq(r.ok, 2)
+  T.eq(r.failed, 1)
+  local rows = {}
+  for _, l in ipairs(lines(out)) do
+    local row = qemu.json.decode(l)
+    rows[row.params.x] = row
+  end
+  T.eq(rows[1].status, "ok")
+  T.eq(rows[1].metrics.echoed, 1)
+  T.eq(rows[3].metrics.echoed, 3)
+  T.eq(rows[2].status, "failed")
+  T.match(rows[2].error, "run two breaks")
+  T.eq(#qemu.vms(), 0)
+end)
+
+T.test("a run over its timeout is killed and recorded; no QEMU is left", function()
+  local r = qemu.sweep {
+    from = ckpt, workers = 1, timeout = 3, matrix = { s = { 0, 60 } },
+    run = function(vm, p)
+      vm.console:run("sleep " .. p.s, { timeout = 120 })
+      return { slept = p.s }
+    end,
+  }
+  T.eq(r.ok, 1)
+  T.eq(r.failed, 1)
+  for _, res in ipairs(r.results) do
+    if res.params.s == 60 then T.match(res.error, "timed out after 3 s") end
+  end
+end)
+
+T.test("bad input: empty axis, other columns, not a checkpoint", function()
+  local base = { from = ckpt, run = function() return {} end }
+  local function with(t) local o = {} for k, v in pairs(base) do o[k] = v end for k, v in pairs(t) do o[k] = v end return o end
+  T.raises(function() qemu.sweep(with { matrix = { a = {} } }) end, "BadArgument", "axis 'a' is empty")
+  T.raises(function() qemu.sweep(with { matrix = { status = { 1 } } }) end, "BadArgument")
+  T.raises(function() qemu.sweep(with { from = tmp .. "/nowhere" }) end, "NotACheckpoint")
+  T.raises(function() qemu.sweep(with { workrs = 2 }) end, "BadArgument", "did you mean 'workers'")
+  local other = tmp .. "/other.csv"
+  local f = assert(io.open(other, "w")); f:write("run,repeat,zzz,status,wall_s,error\nzzz=1#1,1,1,ok,0.1,\n"); f:close()
+  local e = T.raises(function() qemu.sweep(with { matrix = { a = { 1 } }, out = other, resume = true }) end, "BadArgument")
+  T.match(e.desc, "columns")
+  T.raises(function() qemu.sweep(with { matrix = { a = { 1 } }, out = other }) end, "FileExists")
+end)
+
+T.run()
