@@ -413,12 +413,18 @@ static int l_proc_fork(lua_State *L)
     return 1;
 }
 
-/* core.exit_now(code): _exit, skipping atexit and lua_close (for a forked child) */
+/*
+ * core.exit_now(code): _exit, skipping atexit handlers of the parent's and
+ * lua_close (for a forked child).  The child's own children and temp dirs
+ * are released first: an error may have skipped their close, and no
+ * garbage collection will run now.
+ */
 static int l_proc_exit_now(lua_State *L)
 {
     int code = (int)luaL_optinteger(L, 1, 0);
     fflush(stdout);
     fflush(stderr);
+    proc_release_all();
     _exit(code);
     return 0;
 }

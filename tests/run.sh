@@ -112,6 +112,9 @@ fi
 stale=$(find "$work" -mindepth 1 -maxdepth 1 -name 'qshell-*' 2>/dev/null)
 if [ -n "$stale" ]; then
     echo "!! temp dirs left behind: $stale"
+    for d in $stale; do
+        echo "   $d: owner $(cat "$d/owner" 2>/dev/null), holds: $(ls "$d" | tr '\n' ' ')"
+    done
     total_fail=$((total_fail + 1))
 fi
 
