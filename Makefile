@@ -115,8 +115,12 @@ deps:
 guest: deps
 	$(Q)tests/guest/build.sh build/guest
 
+# The main job on the default guest: warm up and checkpoint, then a sweep
+# of 8 runs from that checkpoint with 2 workers; prints the results table.
 demo: deps all guest
-	$(Q)./qshell run scripts/demo.lua
+	$(Q)rm -rf build/demo && mkdir -p build/demo
+	$(Q)./qshell run scripts/warmup.lua build/demo/warm.ckpt
+	$(Q)./qshell run scripts/sweep.lua build/demo/warm.ckpt build/demo/results.csv
 
 install: qshell
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -1,20 +1,40 @@
 #!/usr/bin/env bash
 # tests/scripts.sh - every example in scripts/ runs to completion with
-# `qshell run` and exits 0.  Scripts that need arguments or another script
-# first are listed in ORDER; the rest run alone.
+# `qshell run` and exits 0, with its output checked for what it promises.
+# warmup.lua runs before sweep.lua (which needs its checkpoint).
 set -u
 cd "$(dirname "$0")/.."
 pass=0 fail=0
-for s in scripts/*.lua; do
-    out=$(timeout 600 ${TEST_PREFIX:-} ./qshell run "$s" 2>&1)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/scripts.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# check NAME PATTERN CMD...: run CMD; pass if it exits 0 and prints PATTERN
+check() {
+    local name=$1 pattern=$2 out rc
+    shift 2
+    out=$(timeout 600 "$@" 2>&1)
     rc=$?
-    if [ $rc -eq 0 ]; then
+    if [ $rc -eq 0 ] && grep -Eq "$pattern" <<<"$out"; then
         pass=$((pass + 1))
     else
         fail=$((fail + 1))
-        echo "  FAIL $s (exit $rc):"
-        printf '%s\n' "$out" | tail -n 15 | sed 's/^/    /'
+        echo "  FAIL $name (exit $rc, wanted /$pattern/):"
+        printf '%s\n' "$out" | tail -n 20 | sed 's/^/    /'
     fi
+}
+
+Q="${TEST_PREFIX:-} ./qshell"
+check demo.lua 'quit: exited with status 0' $Q run scripts/demo.lua
+check warmup.lua 'checkpoint .*warm.ckpt' $Q run scripts/warmup.lua "$tmp/warm.ckpt"
+check sweep.lua '8 runs: 8 ok, 0 failed' $Q run scripts/sweep.lua "$tmp/warm.ckpt" "$tmp/results.csv"
+check 'sweep.lua --resume' '8 runs: 0 ok, 0 failed, 8 already done' \
+    $Q run scripts/sweep.lua "$tmp/warm.ckpt" "$tmp/results.csv" --resume
+check disk-setup.lua 'all files match' $Q run scripts/disk-setup.lua
+for s in scripts/*.lua; do
+    case $s in
+    */demo.lua|*/warmup.lua|*/sweep.lua|*/disk-setup.lua) ;;
+    *) check "$s" '' $Q run "$s" ;;
+    esac
 done
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

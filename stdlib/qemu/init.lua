@@ -48,10 +48,16 @@ function M.attach(path, opts)
   return launch.attach(path, opts)
 end
 
--- qemu.sweep{...}: see stdlib/qemu/sweep.lua and the README
-function M.sweep(spec)
-  return require("qemu.sweep").sweep(spec)
-end
+-- qemu.sweep{...}; qemu.sweep.read(path), qemu.sweep.format(rows): see
+-- stdlib/qemu/sweep.lua and the README.
+M.sweep = setmetatable({}, {
+  __call = function(_, spec) return require("qemu.sweep").sweep(spec) end,
+  __index = function(t, k)
+    local v = require("qemu.sweep")[k]
+    rawset(t, k, v)
+    return v
+  end,
+})
 
 -- qemu.tmpdir() -> a private dir for this shell, removed when it exits
 function M.tmpdir()

@@ -44,7 +44,7 @@ end
 local function run_key(params, names, rep)
   local parts = {}
   for _, k in ipairs(names) do parts[#parts + 1] = k .. "=" .. value_text(params[k]) end
-  return table.concat(parts, ",") .. "#" .. rep
+  return table.concat(parts, ";") .. "#" .. rep
 end
 
 local function expand(matrix, reps)
@@ -76,6 +76,7 @@ end
 local function csv_field(v)
   if v == nil or v == json.null then return "" end
   local s = value_text(v)
+  if math.type(v) == "float" and s:find("[.e]") then s = string.format("%.9g", v) end
   if type(v) == "table" then s = json.encode(v) end
   if s:find('[,"\r\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
   return s
@@ -216,20 +217,46 @@ function Out:append(r)
     f[#f + 1] = csv_field(r.status)
     f[#f + 1] = string.format("%.3f", r.wall)
     f[#f + 1] = csv_field(r.error)
-    local extra = {}
     local known = {}
-    for _, k in ipairs(self.metrics) do
-      known[k] = true
-      f[#f + 1] = csv_field(r.metrics and r.metrics[k])
+    for _, k in ipairs(self.metrics) do known[k] = true end
+    local new = {}
+    for k in pairs(r.metrics or {}) do if not known[k] then new[#new + 1] = k end end
+    if #new > 0 then
+      -- A metric no earlier run had (runs may differ: a plugin on in some):
+      -- widen the header, the rows so far get empty cells.
+      table.sort(new)
+      self:_widen(new)
     end
-    for k, v in pairs(r.metrics or {}) do if not known[k] then extra[k] = v end end
-    if next(extra) and r.status == "ok" then
-      io.stderr:write(string.format("sweep: run %s returned metrics the header has no column for: %s\n",
-                                    r.key, table.concat(sorted_keys(extra), ", ")))
-    end
+    for _, k in ipairs(self.metrics) do f[#f + 1] = csv_field(r.metrics and r.metrics[k]) end
     line = table.concat(f, ",") .. "\n"
   end
   self:_write(line)
+end
+
+-- Rewrite the file with more metric columns (to a temp file, then rename:
+-- a kill leaves the old file or the new one, never half of one).
+function Out:_widen(names)
+  local f = assert(io.open(self.path, "rb"))
+  local text = f:read("a")
+  f:close()
+  local recs = csv_records(text)
+  local lines = {}
+  for i, rec in ipairs(recs) do
+    local row = csv_parse_line(rec)
+    while #row < #self.header do row[#row + 1] = "" end
+    for _, n in ipairs(names) do row[#row + 1] = i == 1 and n or "" end
+    for j, v in ipairs(row) do row[j] = csv_field(v) end
+    lines[#lines + 1] = table.concat(row, ",")
+  end
+  for _, n in ipairs(names) do
+    self.metrics[#self.metrics + 1] = n
+    self.header[#self.header + 1] = n
+  end
+  local tmp = self.path .. ".tmp"
+  local w = assert(io.open(tmp, "wb"))
+  w:write(table.concat(lines, "\n"), "\n")
+  w:close()
+  assert(os.rename(tmp, self.path))
 end
 
 function Out:_write(line)
@@ -250,6 +277,63 @@ function Out:finish()
     self.pending = nil
     for _, p in ipairs(pending) do self:append(p) end
   end
+end
+
+-- qemu.sweep.read(path) -> rows: the results of a sweep, CSV or JSONL, as a
+-- list of tables keyed by column (CSV) or the JSON objects (JSONL).  Numbers
+-- in CSV cells are numbers.
+function M.read(path)
+  check.arg("qemu.sweep.read", 1, path, "string")
+  local f = io.open(path, "rb")
+  if not f then errors.raise { class = "BadArgument", command = "qemu.sweep.read", desc = "cannot open " .. path } end
+  local text = f:read("a")
+  f:close()
+  local rows = {}
+  if path:match("%.jsonl?$") then
+    for line in text:gmatch("([^\n]+)\n") do rows[#rows + 1] = json.decode(line) end
+    return rows
+  end
+  local recs = csv_records(text)
+  local header = recs[1] and csv_parse_line(recs[1]) or {}
+  for i = 2, #recs do
+    local row = {}
+    for j, v in ipairs(csv_parse_line(recs[i])) do
+      if header[j] then row[header[j]] = (v ~= "" and tonumber(v)) or (v ~= "" and v or nil) end
+    end
+    rows[#rows + 1] = row
+  end
+  rows.columns = header
+  return rows
+end
+
+-- qemu.sweep.format(rows [, columns]) -> the rows as an aligned text table
+function M.format(rows, columns)
+  columns = columns or rows.columns
+  if not columns then
+    columns = {}
+    for k in pairs(rows[1] or {}) do columns[#columns + 1] = k end
+    table.sort(columns)
+  end
+  local cells, widths = {}, {}
+  for i, c in ipairs(columns) do widths[i] = #c end
+  for r, row in ipairs(rows) do
+    cells[r] = {}
+    for i, c in ipairs(columns) do
+      local v = row[c]
+      local s = v == nil and "" or (math.type(v) == "float" and string.format("%.4g", v) or tostring(v))
+      cells[r][i] = s
+      widths[i] = math.max(widths[i], #s)
+    end
+  end
+  local out = {}
+  local function line(vals)
+    local parts = {}
+    for i, v in ipairs(vals) do parts[i] = string.format("%-" .. widths[i] .. "s", v) end
+    out[#out + 1] = (table.concat(parts, "  "):gsub("%s+$", ""))
+  end
+  line(columns)
+  for _, c in ipairs(cells) do line(c) end
+  return table.concat(out, "\n") .. "\n"
 end
 
 -- ---- one run ----

@@ -114,6 +114,10 @@ T.test("a sweep of 6 runs with 2 workers writes 6 rows", function()
   local l = lines(out)
   T.eq(#l, 7)
   T.eq(l[1], "run,repeat,n,status,wall_s,error,guest_s,result")
+  local rows = qemu.sweep.read(out)
+  T.eq(#rows, 6)
+  T.eq(rows[1].result, "ran")
+  T.eq(type(rows[1].guest_s), "number")
   local seen = {}
   for i = 2, 7 do
     local key = l[i]:match("^([^,]+)")
