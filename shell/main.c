@@ -32,6 +32,9 @@ static const char usage_text[] =
     "usage: qshell [options]                      interactive shell\n"
     "       qshell [options] run SCRIPT [ARGS...] run a Lua script (also: qshell SCRIPT)\n"
     "       qshell [options] -e CODE [-e CODE...] run Lua code\n"
+    "       qshell [options] sweep [--slurm] SCRIPT [ARGS...]\n"
+    "                                             run a script whose qemu.sweep calls go\n"
+    "                                             to Slurm (a job array) or stay local\n"
     "       qshell [options] attach SOCKET        shell on a QEMU started with\n"
     "                                             -qmp unix:SOCKET,server=on,wait=off\n"
     "options:\n"
@@ -104,6 +107,17 @@ static int parse_args(int argc, char **argv, struct opts *o, struct qs_state *st
                 return usage_error("'run' needs a script%s", "");
             }
             i++;
+        } else if (strcmp(argv[i], "sweep") == 0) {
+            /* qshell sweep [--slurm|--local] SCRIPT [ARGS]: the script's
+             * qemu.sweep calls use that engine. */
+            i++;
+            if (i < argc && (strcmp(argv[i], "--slurm") == 0 || strcmp(argv[i], "--local") == 0)) {
+                setenv("QSHELL_SWEEP_ENGINE", argv[i] + 2, 1);
+                i++;
+            }
+            if (i >= argc) {
+                return usage_error("'sweep' needs a script%s", "");
+            }
         } else if (strcmp(argv[i], "attach") == 0) {
             if (i + 1 >= argc) {
                 return usage_error("'attach' needs a QMP socket path%s", "");

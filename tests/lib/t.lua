@@ -10,6 +10,14 @@ local T = {}
 local tests = {}
 local proc = require "qshell.proc.core"
 
+local cleanups = {}
+
+-- T.cleanup(fn): run fn after the tests (before the process exits), also
+-- when a test failed: for servers a test file started.
+function T.cleanup(fn)
+  cleanups[#cleanups + 1] = fn
+end
+
 function T.test(name, fn)
   tests[#tests + 1] = { name = name, fn = fn }
 end
@@ -125,6 +133,10 @@ function T.run()
       -- A test must not leave VMs behind for the next one.
       for _, vm in ipairs(qemu.vms()) do pcall(vm.close, vm) end
     end
+  end
+  for _, fn in ipairs(cleanups) do
+    local ok, err = pcall(fn)
+    if not ok then io.stderr:write("  cleanup failed: " .. tostring(err) .. "\n") end
   end
   print(string.format("%d passed, %d failed%s", passed, failed,
                       skipped > 0 and string.format(", %d skipped", skipped) or ""))

@@ -1,0 +1,92 @@
+-- The Slurm engine of qemu.sweep on a real one-node cluster (munge,
+-- slurmctld, slurmd from the distribution), started and stopped here.
+local T = require "t"
+
+local tmp = T.tmpdir()
+local cluster = "tests/slurm/cluster.sh"
+
+local code, _, err = T.sh(cluster .. " deps")
+assert(code == 0, "cannot install slurm: " .. err)
+local cdir = tmp .. "/cluster"
+local envtext
+code, envtext, err = T.sh(cluster .. " start " .. cdir)
+assert(code == 0, "the cluster did not start: " .. err)
+-- "export SLURM_CONF=..." lines -> a prefix for commands
+local envp = {}
+for k, v in envtext:gmatch("export ([%w_]+)=([^\n]+)") do envp[#envp + 1] = k .. "=" .. v end
+local ENV = table.concat(envp, " ")
+T.cleanup(function() T.sh(cluster .. " stop " .. cdir) end)
+
+-- A small checkpoint (an empty VM with a disk) to sweep from.
+local ckpt = tmp .. "/empty.ckpt"
+do
+  local vm <close> = qemu.launch { memory = "64M", disks = { qemu.disk.create(tmp .. "/d.qcow2", "8M") } }
+  vm:checkpoint(ckpt)
+end
+
+local function script(out, engine)
+  local path = tmp .. "/slurm-sweep.lua"
+  local f = assert(io.open(path, "w"))
+  f:write(string.format([[
+    local r = qemu.sweep {
+      from = %q, out = %q, %s
+      matrix = { x = { 1, 2, 3, 4 } },
+      slurm = { tasks = 2 },
+      run = function(vm, p)
+        return { status_was = vm:status(), x2 = p.x * 2, node = os.getenv("SLURMD_NODENAME") or "?",
+                 task = tonumber(os.getenv("SLURM_ARRAY_TASK_ID")) }
+      end,
+    }
+    print("SWEEP", r.ok, r.failed, r.skipped, r.jobid)
+  ]], ckpt, out, engine and ('engine = "' .. engine .. '",') or ""))
+  f:close()
+  return path
+end
+
+T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
+    local out = tmp .. "/slurm.csv"
+    local c, stdout, e = T.sh(ENV .. " ./qshell run " .. script(out, "slurm"))
+    T.eq(c, 0, e)
+    T.match(stdout, "SWEEP\t4\t0\t0\t%d+")
+    local rows = qemu.sweep.read(out)
+    T.eq(#rows, 4)
+    local xs, tasks = {}, {}
+    for _, r in ipairs(rows) do
+      T.eq(r.status, "ok")
+      T.eq(r.status_was, "running")
+      T.eq(r.x2, r.x * 2)
+      xs[r.x] = true
+      tasks[r.task] = true
+    end
+    T.ok(xs[1] and xs[2] and xs[3] and xs[4], "every run is there once")
+    T.ok(tasks[0] and tasks[1], "both array tasks ran runs")
+  end)
+
+  T.test("qshell sweep --slurm picks the engine; resume skips what is done", function()
+    local out = tmp .. "/slurm2.csv"
+    local c, stdout, e = T.sh(ENV .. " ./qshell sweep --slurm " .. script(out))
+    T.eq(c, 0, e)
+    T.match(stdout, "SWEEP\t4\t0\t0")
+    -- drop two rows and resume: only those two run again
+    local l = {}
+    for line in io.lines(out) do l[#l + 1] = line end
+    local f = assert(io.open(out, "w"))
+    f:write(table.concat(l, "\n", 1, 3), "\n")
+    f:close()
+    local p = script(out)
+    local txt = io.open(p):read("a"):gsub("matrix =", "resume = true, matrix =")
+    f = assert(io.open(p, "w")); f:write(txt); f:close()
+    c, stdout, e = T.sh(ENV .. " ./qshell sweep --slurm " .. p)
+    T.eq(c, 0, e)
+    T.match(stdout, "SWEEP\t2\t0\t2")
+    T.eq(#qemu.sweep.read(out), 4)
+  end)
+
+  T.test("the Slurm engine needs a script file", function()
+    local c, _, e = T.sh(ENV .. " ./qshell -e " .. string.format("%q",
+      'qemu.sweep{engine="slurm", from=' .. string.format("%q", ckpt) .. ', run=function() end}'))
+    T.eq(c, 1)
+    T.match(e, "qshell run FILE")
+  end)
+
+T.run()
