@@ -7,15 +7,24 @@ local cluster = "tests/slurm/cluster.sh"
 
 local code, _, err = T.sh(cluster .. " deps")
 assert(code == 0, "cannot install slurm: " .. err)
-local cdir = tmp .. "/cluster"
+-- munged wants every directory above its socket to be searchable by all:
+-- the cluster lives in /tmp itself, not in the test run's 0700 dir.
+local _, cdir = T.sh('d=$(mktemp -d /tmp/qshell-slurm.XXXXXX) && chmod 755 "$d" && echo "$d"')
+cdir = assert(cdir:match("^(%S+)"), "mktemp failed")
 local envtext
 code, envtext, err = T.sh(cluster .. " start " .. cdir)
-assert(code == 0, "the cluster did not start: " .. err)
+if code ~= 0 then
+  os.execute("rm -rf " .. cdir)
+  error("the cluster did not start: " .. err)
+end
 -- "export SLURM_CONF=..." lines -> a prefix for commands
 local envp = {}
 for k, v in envtext:gmatch("export ([%w_]+)=([^\n]+)") do envp[#envp + 1] = k .. "=" .. v end
 local ENV = table.concat(envp, " ")
-T.cleanup(function() T.sh(cluster .. " stop " .. cdir) end)
+T.cleanup(function()
+  T.sh(cluster .. " stop " .. cdir)
+  os.execute("rm -rf " .. cdir)
+end)
 
 -- A small checkpoint (an empty VM with a disk) to sweep from.
 local ckpt = tmp .. "/empty.ckpt"
