@@ -16,6 +16,7 @@ local lazy = {
   repl = "qemu.repl",
   plugin = "qemu.plugin",
   checkpoint = "qemu.checkpoint",
+  image = "qemu.image",
   pp = "qemu.pp",
 }
 
