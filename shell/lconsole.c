@@ -51,16 +51,6 @@ static int console_fail(lua_State *L, struct qs_console *c)
     return qs_pushfail(L, c->errstr, code_name(c->err));
 }
 
-static double opt_timeout(lua_State *L, int idx)
-{
-    if (lua_isnoneornil(L, idx)) {
-        return -1.0;
-    }
-    double t = luaL_checknumber(L, idx);
-    luaL_argcheck(L, t >= 0, idx, "timeout must be >= 0");
-    return t;
-}
-
 /* core.open(fd [, t0]) -> console: adopt the console socket, start reading */
 static int l_console_open(lua_State *L)
 {
@@ -86,7 +76,7 @@ static int l_console_send(lua_State *L)
     struct lconsole *lc = check_console(L, 1);
     size_t len;
     const char *s = luaL_checklstring(L, 2, &len);
-    double timeout = opt_timeout(L, 3);
+    double timeout = qs_opt_timeout(L, 3);
     if (console_send(lc->c, s, len, timeout, &qs_interrupted) < 0) {
         return console_fail(L, lc->c);
     }
@@ -99,7 +89,7 @@ static int l_console_wait(lua_State *L)
 {
     struct lconsole *lc = check_console(L, 1);
     lua_Integer have = luaL_checkinteger(L, 2);
-    double timeout = opt_timeout(L, 3);
+    double timeout = qs_opt_timeout(L, 3);
     if (console_wait(lc->c, have < 0 ? 0 : (size_t)have, timeout, &qs_interrupted) < 0) {
         return console_fail(L, lc->c);
     }

@@ -45,17 +45,6 @@ static int conn_fail(lua_State *L, struct qmp_conn *c)
     return qs_pushfail(L, c->errstr, qmp_errcode_name(c->err));
 }
 
-/* Optional timeout in seconds at idx; nil means wait forever. */
-static double opt_timeout(lua_State *L, int idx)
-{
-    if (lua_isnoneornil(L, idx)) {
-        return -1.0;
-    }
-    double t = luaL_checknumber(L, idx);
-    luaL_argcheck(L, t >= 0, idx, "timeout must be >= 0");
-    return t;
-}
-
 /* core.open_fd(fd) -> qmp: adopt a connected socket (a socketpair end). */
 static int l_qmp_open_fd(lua_State *L)
 {
@@ -71,7 +60,7 @@ static int l_qmp_open_fd(lua_State *L)
 static int l_qmp_connect(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    double timeout = opt_timeout(L, 2);
+    double timeout = qs_opt_timeout(L, 2);
     struct lqmp *q = new_lqmp(L);
     struct qmp_conn *c = qmp_connect(path, timeout < 0 ? 0 : timeout, &qs_interrupted);
     if (c->err) {
@@ -88,7 +77,7 @@ static int l_qmp_connect(lua_State *L)
 static int l_qmp_handshake(lua_State *L)
 {
     struct lqmp *q = check_qmp(L, 1);
-    double timeout = opt_timeout(L, 2);
+    double timeout = qs_opt_timeout(L, 2);
     if (qmp_handshake(q->c, timeout) < 0) {
         return conn_fail(L, q->c);
     }
@@ -105,7 +94,7 @@ static int l_qmp_execute(lua_State *L)
 {
     struct lqmp *q = check_qmp(L, 1);
     const char *cmd = luaL_checkstring(L, 2);
-    double timeout = opt_timeout(L, 4);
+    double timeout = qs_opt_timeout(L, 4);
     lua_Integer pass_fd = luaL_optinteger(L, 5, -1);
     json_object *args = NULL, *reply = NULL;
     char err[160];
@@ -129,7 +118,7 @@ static int l_qmp_execute(lua_State *L)
 static int l_qmp_next_event(lua_State *L)
 {
     struct lqmp *q = check_qmp(L, 1);
-    double timeout = opt_timeout(L, 2);
+    double timeout = qs_opt_timeout(L, 2);
     json_object *ev;
     if (qmp_next_event(q->c, timeout, &ev) < 0) {
         return conn_fail(L, q->c);

@@ -46,6 +46,16 @@ int qs_pushfail(lua_State *L, const char *msg, const char *code)
     return 3;
 }
 
+double qs_opt_timeout(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx)) {
+        return -1.0;
+    }
+    double t = luaL_checknumber(L, idx);
+    luaL_argcheck(L, t >= 0, idx, "timeout must be >= 0");
+    return t;
+}
+
 /* ---- embedded stdlib ---- */
 
 /* Chunk name "=qemu/vm.lua": errors read "qemu/vm.lua:12:", and

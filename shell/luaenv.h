@@ -44,6 +44,9 @@ int qs_report(lua_State *L, int status);
  */
 int qs_pushfail(lua_State *L, const char *msg, const char *code);
 
+/* An optional timeout argument in seconds (>= 0); nil means -1: forever. */
+double qs_opt_timeout(lua_State *L, int idx);
+
 int luaopen_qshell_json(lua_State *L);
 int luaopen_qshell_qmp_core(lua_State *L);
 int luaopen_qshell_proc_core(lua_State *L);

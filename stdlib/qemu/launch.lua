@@ -89,15 +89,6 @@ local function list_of_strings(fname, what, t)
   return t
 end
 
-local function image_format(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local magic = f:read(4)
-  f:close()
-  if magic == "QFI\xfb" then return "qcow2" end
-  return "raw"
-end
-
 local disk_opts = {
   file = "string", interface = "string", format = "string", readonly = "boolean",
   cache = "string", node = "string", snapshot = "boolean",
@@ -128,7 +119,7 @@ local function disk_args(fname, disks)
       check.bad(fname, "disks[%d]: QEMU's IDE disks cannot be read-only (\"Block node is read-only\"); " ..
                 "use interface=\"virtio\" or \"scsi\" for a read-only disk", i)
     end
-    local fmt = d.format or image_format(d.file)
+    local fmt = d.format or require("qemu.disk").detect_format(d.file)
     local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=drive" .. (i - 1) }
     if iface == "ide" then
       -- disks[1] is hda, disks[2] hdb, as -hda/-hdb.

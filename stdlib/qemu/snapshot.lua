@@ -122,6 +122,24 @@ function VM:_run_job(fname, cmd, args, timeout)
   return err
 end
 
+local function need_tag(fname, list, tag, more)
+  if not find_tag(list, tag) then
+    errors.raise { class = "SnapshotNotFound", command = fname,
+                   desc = string.format("no snapshot '%s' (the VM has: %s)%s", tag, tags(list), more) }
+  end
+end
+
+-- One snapshot operation: QEMU's QMP job where it has them, HMP otherwise
+-- (whose errors come as successful replies).  Returns QEMU's error text,
+-- or nil when it went through.
+function VM:_snapshot_op(fname, job, hmp, args, timeout)
+  if self:_has_snapshot_jobs() then return self:_run_job(fname, job, args, timeout) end
+  local text = self:qmp("human-monitor-command", { ["command-line"] = hmp .. " " .. args.tag },
+                        { timeout = timeout })
+  if VM.hmp_failed(text) then return (text:gsub("%s+$", "")) end
+  return nil
+end
+
 local save_opts = { replace = "boolean", timeout = check.nonneg }
 
 -- vm:savevm(tag [, {replace=false, timeout=}])
@@ -141,20 +159,11 @@ function VM:savevm(tag, opts)
     end
     self:delvm(tag)
   end
-  local timeout = opts.timeout or DEFAULT_TIMEOUT
-  if self:_has_snapshot_jobs() then
-    local err = self:_run_job(fname, "snapshot-save",
-                              { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) }, timeout)
-    if err then
-      errors.raise { class = "SnapshotFailed", command = fname, desc = err, hint = errors.hint_for(err) }
-    end
-  else
-    local text = self:qmp("human-monitor-command", { ["command-line"] = "savevm " .. tag },
-                          { timeout = timeout })
-    if VM.hmp_failed(text) then
-      local desc = text:gsub("%s+$", "")
-      errors.raise { class = "SnapshotFailed", command = fname, desc = desc, hint = errors.hint_for(desc) }
-    end
+  local err = self:_snapshot_op(fname, "snapshot-save", "savevm",
+                                 { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) },
+                                 opts.timeout or DEFAULT_TIMEOUT)
+  if err then
+    errors.raise { class = "SnapshotFailed", command = fname, desc = err, hint = errors.hint_for(err) }
   end
   -- Trust, but verify: the tag must now be there.
   if not find_tag(self:snapshots(), tag) then
@@ -172,20 +181,10 @@ function VM:loadvm(tag, opts)
   opts = check.options(fname, opts, load_opts, 2)
   self:_live(fname)
   local nodes, vmstate, list = self:_snapshot_state(fname)
-  if not find_tag(list, tag) then
-    errors.raise { class = "SnapshotNotFound", command = fname,
-                   desc = string.format("no snapshot '%s' (the VM has: %s); the VM was not touched", tag, tags(list)) }
-  end
-  local timeout = opts.timeout or DEFAULT_TIMEOUT
-  local err
-  if self:_has_snapshot_jobs() then
-    err = self:_run_job(fname, "snapshot-load",
-                        { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) }, timeout)
-  else
-    local text = self:qmp("human-monitor-command", { ["command-line"] = "loadvm " .. tag },
-                          { timeout = timeout })
-    if VM.hmp_failed(text) then err = text:gsub("%s+$", "") end
-  end
+  need_tag(fname, list, tag, "; the VM was not touched")
+  local err = self:_snapshot_op(fname, "snapshot-load", "loadvm",
+                                { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) },
+                                opts.timeout or DEFAULT_TIMEOUT)
   if err then
     local status = self:status()
     errors.raise { class = "SnapshotFailed", command = fname,
@@ -207,19 +206,9 @@ function VM:delvm(tag, opts)
   opts = check.options(fname, opts, del_opts, 2)
   self:_live(fname)
   local nodes, _, list = self:_snapshot_state(fname)
-  if not find_tag(list, tag) then
-    errors.raise { class = "SnapshotNotFound", command = fname,
-                   desc = string.format("no snapshot '%s' (the VM has: %s)", tag, tags(list)) }
-  end
-  local timeout = opts.timeout or DEFAULT_TIMEOUT
-  local err
-  if self:_has_snapshot_jobs() then
-    err = self:_run_job(fname, "snapshot-delete", { tag = tag, devices = node_names(nodes) }, timeout)
-  else
-    local text = self:qmp("human-monitor-command", { ["command-line"] = "delvm " .. tag },
-                          { timeout = timeout })
-    if VM.hmp_failed(text) then err = text:gsub("%s+$", "") end
-  end
+  need_tag(fname, list, tag, "")
+  local err = self:_snapshot_op(fname, "snapshot-delete", "delvm", { tag = tag, devices = node_names(nodes) },
+                                opts.timeout or DEFAULT_TIMEOUT)
   if err then
     errors.raise { class = "SnapshotFailed", command = fname, desc = err, hint = errors.hint_for(err) }
   end
