@@ -266,7 +266,16 @@ static int enc_value(struct enc *e, int idx, json_object **out)
             if (!isfinite(d)) {
                 return enc_fail(e, "cannot encode %s in JSON", isnan(d) ? "NaN" : "an infinity");
             }
-            *out = json_object_new_double(d);
+            /*
+             * A whole number that Lua holds as a float (1e9, 2^30, n/2)
+             * goes out as an integer: QMP rejects 1073741824.0 where it
+             * wants an int.
+             */
+            if (d == floor(d) && d >= -9.2233720368547758e18 && d < 9.2233720368547758e18) {
+                *out = json_object_new_int64((int64_t)d);
+            } else {
+                *out = json_object_new_double(d);
+            }
         }
         return 0;
     case LUA_TSTRING: {

@@ -141,11 +141,18 @@ int meta_run(lua_State *L, const char *line)
         return META_OK;
     }
     /* .load takes the rest of the line: file names may have spaces. */
+    char rest[4096];
     if (strcmp(argv[0], ".load") == 0 && argc > 2) {
-        const char *rest = strstr(line, argv[1]);
-        snprintf(buf, sizeof buf, ".load");
-        argv[0] = buf;
-        argv[1] = (char *)rest;
+        const char *p = line + strspn(line, " \t");
+        p += strlen(".load");
+        p += strspn(p, " \t");
+        snprintf(rest, sizeof rest, "%s", p);
+        size_t n = strlen(rest);
+        while (n > 0 && (rest[n - 1] == ' ' || rest[n - 1] == '\t' || rest[n - 1] == '\r' ||
+                         rest[n - 1] == '\n')) {
+            rest[--n] = '\0';
+        }
+        argv[1] = rest;
         argc = 2;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {

@@ -99,13 +99,16 @@ void proc_sweep_stale(const char *prefix)
                       ? fopen(owner, "r")
                       : NULL;
         long pid = 0;
+        char host[256] = "", me[256] = "";
         if (f) {
-            if (fscanf(f, "%ld", &pid) != 1) {
+            if (fscanf(f, "%ld %255s", &pid, host) < 1) {
                 pid = 0;
             }
             fclose(f);
         }
-        if (pid > 0 && owner_gone(pid)) {
+        /* Only dirs of this host's processes: a TMPDIR may be shared. */
+        gethostname(me, sizeof me - 1);
+        if (pid > 0 && strcmp(host, me) == 0 && owner_gone(pid)) {
             remove_tree(dir);
         }
         free(owner);
@@ -119,7 +122,9 @@ static void write_owner(const char *dir)
     char *owner = xasprintf("%s/owner", dir);
     FILE *f = fopen(owner, "w");
     if (f) {
-        fprintf(f, "%ld\n", (long)getpid());
+        char host[256] = "";
+        gethostname(host, sizeof host - 1);
+        fprintf(f, "%ld %s\n", (long)getpid(), host[0] ? host : "-");
         fclose(f);
     }
     free(owner);

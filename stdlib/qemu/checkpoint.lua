@@ -317,7 +317,7 @@ function M.finish(vm, rctx, timeout)
   vm:events()
   if vm:status() ~= "running" then vm:cont() end
   vm:events()
-  vm.checkpoint = rctx.dir
+  vm.restored_from = rctx.dir
 end
 
 return M

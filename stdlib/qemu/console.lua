@@ -82,10 +82,18 @@ end
 -- Wait until find(buffer) succeeds; returns find's results.
 function Console:_wait_for(what, find, timeout)
   local deadline = core.now() + timeout
+  local _, dropped0 = self._c:stats()
   while true do
     local buf = self._c:peek()
     local r = table.pack(find(buf))
     if r[1] then return table.unpack(r, 1, r.n) end
+    local _, dropped = self._c:stats()
+    if dropped > dropped0 then
+      -- The window (8 MiB) overflowed: what we wait for may be gone.
+      errors.raise { class = "ConsoleOverflow", command = what,
+                     desc = "the guest printed more than 8 MiB before a match; the start of it was dropped",
+                     hint = "send bulk output to a file in the guest (cmd > /tmp/out) and read what you need" }
+    end
     local left = deadline - core.now()
     if left <= 0 then self:_fail(what, "timed out", "timeout", timeout) end
     local ok, msg, code = self._c:wait(#buf, left)

@@ -75,13 +75,26 @@ local function qemu_img(fname, args)
                            exec_hint = "is qemu-img installed? (make deps installs qemu-utils)" })
 end
 
--- Detect a file's format from its first bytes (no probing by QEMU).
+-- Image formats by their first bytes.
+local MAGIC = {
+  { "QFI\xfb", "qcow2" }, { "QFI", "qcow" }, { "KDMV", "vmdk" }, { "# Disk DescriptorFile", "vmdk" },
+  { "COWD", "vmdk" }, { "conectix", "vpc" }, { "vhdxfile", "vhdx" }, { "QED\0", "qed" },
+  { "LUKS\xba\xbe", "luks" }, { "<<< ", "vdi" }, { "\x7f\x10\xda\xbe", "vdi" },
+}
+
+-- Detect a file's format from its first bytes, as QEMU's probes do, but
+-- without letting a raw image be taken for something else by accident:
+-- the format is then given to QEMU explicitly.
 function M.detect_format(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local magic = f:read(4)
+  local head = f:read(128) or ""
   f:close()
-  if magic == "QFI\xfb" then return "qcow2" end
+  for _, m in ipairs(MAGIC) do
+    if head:sub(1, #m[1]) == m[1] then return m[2] end
+  end
+  -- VDI keeps its signature at offset 64.
+  if head:sub(65, 68) == "\x7f\x10\xda\xbe" then return "vdi" end
   return "raw"
 end
 
@@ -396,12 +409,10 @@ function M.nbd_attach(path, opts)
   end
   handle.close = disconnect
   setmetatable(handle, { __close = disconnect, __gc = disconnect })
+  -- Connected only once qemu-nbd said so: a failed connect (another
+  -- process took the device first) must not disconnect someone else's.
+  run.check(argv, { command = fname, class = "DiskError" })
   handle.connected = true
-  local ok, err = pcall(run.check, argv, { command = fname, class = "DiskError" })
-  if not ok then
-    disconnect()
-    error(err, 0)
-  end
   handle.partitions = {}
   for i = 1, 16 do
     if core.stat(dev .. "p" .. i) then handle.partitions[#handle.partitions + 1] = dev .. "p" .. i end

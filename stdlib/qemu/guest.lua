@@ -48,9 +48,7 @@ function M.overlay(path)
     count = count + 1
     path = string.format("%s/guest-system-%d.qcow2", run.scratch(), count)
   end
-  run.check({ "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", g.system, path },
-            { command = "qemu.guest.overlay" })
-  return path
+  return require("qemu.disk").overlay(g.system, path)
 end
 
 local launch_extra = { login = "boolean", system = "string" }
@@ -69,6 +67,9 @@ function M.launch(opts)
   end
   if opts.login ~= nil and type(opts.login) ~= "boolean" then
     check.bad("qemu.guest.launch", "option 'login' must be a boolean")
+  end
+  if opts.console == false and opts.login ~= false then
+    check.bad("qemu.guest.launch", "logging in needs the console: with console=false pass login=false too")
   end
   local system = opts.system or M.overlay()
   lopts.kernel = lopts.kernel or g.kernel

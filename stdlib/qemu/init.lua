@@ -17,6 +17,7 @@ local lazy = {
   plugin = "qemu.plugin",
   checkpoint = "qemu.checkpoint",
   image = "qemu.image",
+  kernel = "qemu.kernel",
   pp = "qemu.pp",
 }
 
@@ -28,7 +29,7 @@ M.now = core.now
 
 -- qemu.sleep(seconds): Ctrl-C interrupts it
 function M.sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then
+  if type(seconds) ~= "number" or not (seconds >= 0) or seconds == math.huge then
     error("qemu.sleep: seconds must be a number >= 0", 2)
   end
   local ok = core.sleep(seconds)

@@ -20,7 +20,12 @@ local CONSOLE_FD = 4
 local DEFAULT_TIMEOUT = 30
 
 -- Every live VM, for qemu.vms() and the graceful shutdown at script end.
+-- Weak: a VM a script drops is closed by the garbage collector.  The
+-- interactive shell pins its VMs instead (M.pin), so that a VM launched
+-- without a name stays listed by .vms until it is closed.
 local live = setmetatable({}, { __mode = "k" })
+local pinned = {}
+M.pin = false
 local serial = 0
 
 function M.live()
@@ -222,7 +227,10 @@ local function build_argv(opts, ctx)
   add("-nodefaults", "-display", "none")
   if opts.name then add("-name", qesc(opts.name)) end
   local accel = opts.accel or "auto"
-  if accel == "auto" then accel = M.detect_accel() end
+  if accel == "auto" then
+    -- Plugins and icount exist only under TCG: ask for them, get TCG.
+    accel = (opts.plugins or opts.icount ~= nil) and "tcg" or M.detect_accel()
+  end
   ctx.accel = accel
   add("-accel", accel)
   if opts.machine then add("-machine", opts.machine) end
@@ -343,8 +351,15 @@ function M.launch(opts)
   vm._append = ctx.append
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
   live[vm] = true
+  if M.pin then pinned[vm] = true end
+  vm._on_close[#vm._on_close + 1] = function(v) pinned[v] = nil end
   if rctx then
-    vm.options = given
+    -- The machine as restored (what a later checkpoint records).
+    local o = {}
+    for k, val in pairs(opts) do o[k] = val end
+    o.extra = given.extra
+    o.restore = given.restore
+    vm.options = o
     local okr, err = pcall(require("qemu.checkpoint").finish, vm, rctx, opts.timeout)
     if not okr then
       vm:close()
@@ -381,6 +396,8 @@ function M.attach(path, opts)
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
   }
   live[vm] = true
+  if M.pin then pinned[vm] = true end
+  vm._on_close[#vm._on_close + 1] = function(v) pinned[v] = nil end
   return vm
 end
 

@@ -164,6 +164,10 @@ function M.launch_args(fname, plugins, ctx, add)
   ctx.plugins = {}
   for i, spec in ipairs(plugins) do
     if type(spec) ~= "table" then check.bad(fname, "plugins[%d] must be a table {name=|path=, args=}", i) end
+    check.options(string.format("%s plugins[%d]", fname, i), spec, spec_opts)
+    if (spec.name == nil) == (spec.path == nil) then
+      check.bad(fname, "plugins[%d]: give either name= (a plugin of this project) or path= (a .so)", i)
+    end
     local s = { name = spec.name, path = spec.path, args = {} }
     for k, v in pairs(spec.args or {}) do s.args[k] = v end
     local path = spec.path or M.find(spec.name or "")

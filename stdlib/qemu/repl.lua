@@ -10,6 +10,10 @@ local check = require "qemu.check"
 
 local M = {}
 
+-- The shell keeps its VMs alive until they are closed (a script's dropped
+-- VM is closed by the garbage collector; an interactive one is not).
+require("qemu.launch").pin = true
+
 M.print = pp.print
 M.max_backlog = 10000
 

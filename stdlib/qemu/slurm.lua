@@ -76,6 +76,15 @@ function M.sweep(spec, runs, names, out, resolve_from)
   if job and job ~= "" then return task_main(spec, runs, job, do_run) end
 
   local sopts = check.options(fname .. " slurm", spec.slurm, slurm_opts)
+  if spec.workers then
+    check.bad(fname, "workers= is for the local engine; under Slurm the array tasks are the workers (slurm={tasks=N})")
+  end
+  if spec.timeout then
+    check.bad(fname, "timeout= is not enforced per run under Slurm; give the tasks a time limit (slurm={time=\"1:00:00\"})")
+  end
+  if not spec.out and not sopts.dir then
+    check.bad(fname, "the Slurm engine needs out= (or slurm={dir=}) on a path every node sees")
+  end
   if not run_mod.which("sbatch") then
     errors.raise { class = "SlurmError", command = fname, desc = "sbatch is not on PATH",
                    hint = "install slurm-client (or run with engine=\"local\")" }

@@ -505,12 +505,24 @@ local function resolve_from(spec, fname)
   end
   local lopts = {}
   for k, v in pairs(base) do if k ~= "plugins" then lopts[k] = v end end
-  lopts.loadvm = spec.from
-  local dir = run_mod.scratch() .. "/sweep-from-" .. spec.from
-  if not core.stat(dir .. "/manifest.json") then
-    local vm <close> = qemu.launch(lopts)
-    vm:checkpoint(dir)
+  -- -loadvm runs the guest on the image itself: work on copies, so the
+  -- user's image and its current state stay as they are.
+  M._from_count = (M._from_count or 0) + 1
+  local dir = string.format("%s/sweep-from-%s-%d", run_mod.scratch(), spec.from, M._from_count)
+  assert(core.stat(run_mod.scratch()))
+  run_mod.check({ "mkdir", dir .. ".disks" }, { command = fname })
+  lopts.disks = {}
+  for i, d in ipairs(base.disks) do
+    local dd = type(d) == "string" and { file = d } or {}
+    if type(d) == "table" then for k, v in pairs(d) do dd[k] = v end end
+    local copy = string.format("%s.disks/disk%d", dir, i)
+    run_mod.check({ "cp", "--sparse=always", dd.file, copy }, { command = fname })
+    dd.file = copy
+    lopts.disks[i] = dd
   end
+  lopts.loadvm = spec.from
+  local vm <close> = qemu.launch(lopts)
+  vm:checkpoint(dir)
   return dir
 end
 
@@ -536,7 +548,9 @@ function M.sweep(spec)
 
   local runs, names = expand(matrix, reps)
   for i, r in ipairs(runs) do r.i = i end
-  local out = spec.out and open_out(spec.out, names, spec.resume, fname)
+  -- A Slurm task writes its own result file; only the submitter owns `out`.
+  local in_task = os.getenv("QSHELL_SWEEP_JOB")
+  local out = spec.out and not (in_task and in_task ~= "") and open_out(spec.out, names, spec.resume, fname)
 
   if engine == "slurm" then
     return require("qemu.slurm").sweep(spec, runs, names, out, resolve_from)
@@ -637,6 +651,7 @@ function M.sweep(spec)
   end)
   for _, w in ipairs(workers) do stop_worker(w, not ok) end
   if not ok then
+    if out then pcall(out.finish, out) end
     core.sweep_stale()
     progress(state, true)
     if type(err) == "table" and err.interrupted then

@@ -73,6 +73,10 @@ function VM:_live(fname)
   if self._closed then
     check.bad(fname, "%s is closed", tostring(self))
   end
+  if self._exit then
+    errors.raise { class = "QEMUExited", command = fname, exit = self._exit,
+                   desc = string.format("QEMU has ended (it %s)", self._exit.desc) }
+  end
 end
 
 local qmp_opts = { timeout = check.nonneg }
@@ -129,11 +133,25 @@ function VM:_hidden(ev)
     and self._hidden_jobs[ev.data.id] == true
 end
 
+-- Close the monitor, keeping the events QEMU sent before it went.
+function VM:_close_qmp()
+  local ok, evs = pcall(self._qmp.events, self._qmp)
+  if ok then
+    for _, ev in ipairs(evs) do
+      if not self:_hidden(ev) then self._backlog[#self._backlog + 1] = ev end
+    end
+  end
+  self._qmp:close()
+  self._qmp_closed = true
+end
+
 -- vm:events() -> every event received so far, oldest first (drains)
 function VM:events()
-  self:_live("vm:events")
+  -- Also after QEMU ended: the events it sent before are still here.
+  if self._closed then check.bad("vm:events", "%s is closed", tostring(self)) end
   local out = self._backlog
   self._backlog = {}
+  if self._qmp_closed then return out end
   local new = self._qmp:events()
   for i = 1, #new do
     if not self:_hidden(new[i]) then out[#out + 1] = new[i] end
@@ -159,7 +177,7 @@ local wait_opts = { timeout = check.nonneg, match = "table" }
 function VM:wait_event(name, opts)
   if name ~= nil then check.arg("vm:wait_event", 1, name, "string") end
   opts = check.options("vm:wait_event", opts, wait_opts, 2)
-  self:_live("vm:wait_event")
+  if self._closed then check.bad("vm:wait_event", "%s is closed", tostring(self)) end
   local function wanted(ev)
     return (name == nil or ev.event == name) and (opts.match == nil or event_match(ev, opts.match))
   end
@@ -168,6 +186,10 @@ function VM:wait_event(name, opts)
       table.remove(self._backlog, i)
       return ev
     end
+  end
+  if self._qmp_closed then
+    errors.raise { class = "QEMUExited", command = "vm:wait_event", exit = self._exit,
+                   desc = string.format("no %s event came before QEMU ended", name or "matching") }
   end
   local timeout = opts.timeout or DEFAULT_EVENT_TIMEOUT
   local deadline = self._clock() + timeout
@@ -229,7 +251,7 @@ function VM:quit(opts)
     self._exit = st
     self.pid = nil
   end
-  self._qmp:close()
+  self:_close_qmp()
   return st
 end
 
@@ -240,7 +262,7 @@ function VM:kill()
   local st = self._exit or self._proc:kill()
   self._exit = st
   self.pid = nil
-  self._qmp:close()
+  self:_close_qmp()
   return st
 end
 
@@ -272,7 +294,7 @@ function VM:close()
     if self._qmp_ok ~= false then pcall(self.quit, self, { timeout = 3 }) end
     if not self._exit then self._exit = self._proc:kill() end
   end
-  self._qmp:close()
+  self:_close_qmp()
   if self.console then self.console._c:close() end
   if self._proc then self._proc:close() end
   self._closed = true

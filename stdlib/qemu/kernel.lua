@@ -1,0 +1,615 @@
+-- qemu.kernel: build a Linux kernel from a source tree and edit its .config.
+--
+--   local k = qemu.kernel.build { src = "linux", config = "tinyconfig",
+--                                 options = { SERIAL_8250_CONSOLE = "y" } }
+--   local vm = qemu.launch { kernel = k.bzimage, append = "console=ttyS0" }
+--
+-- make runs from an argv (never a shell) with a bounded -j; its output is
+-- streamed into a log file as it arrives, with a progress line on a
+-- terminal, and a failed build raises with the compiler's error lines.
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local run = require "qemu.run"
+local core = require "qshell.proc.core"
+
+local M = {}
+
+local GIB = 1024 * 1024 * 1024
+local MEM_PER_JOB = 1.5 * GIB     -- a kernel compile job, link included, with room to spare
+local TICK = 0.1                  -- at most this many seconds between looks at make's output
+local LOG_NAME = "qshell-build.log"
+
+local BUILD_DEPS = "apt-get install make gcc flex bison bc libelf-dev libssl-dev"
+
+-- The config= values that are make targets; anything else is a file.
+local CONFIG_TARGETS = { defconfig = true, tinyconfig = true, oldconfig = true, olddefconfig = true,
+                         allnoconfig = true }
+
+local function is_dir(path)
+  local st = core.stat(path)
+  if st and st.type == "link" then
+    local real = core.realpath(path)
+    st = real and core.stat(real)
+  end
+  return st ~= nil and st.type == "dir"
+end
+
+local function exists(path)
+  return core.stat(path) ~= nil
+end
+
+-- src must look like the top of a Linux tree: a Makefile and arch/x86 or Kconfig.
+local function kernel_tree(fname, src)
+  check.arg(fname, 1, src, "string")
+  local function refuse(why)
+    errors.raise { class = "NotAKernelTree", command = fname, desc = src .. ": " .. why,
+                   hint = "src= is the top of a Linux source tree (the directory with Makefile, Kconfig " ..
+                          "and arch/); `apt-get install linux-source` puts one in /usr/src/linux-source-*.tar.xz" }
+  end
+  if not is_dir(src) then refuse(exists(src) and "not a directory" or "no such directory") end
+  if not exists(src .. "/Makefile") then refuse("not a kernel tree (no Makefile)") end
+  if not (is_dir(src .. "/arch/x86") or exists(src .. "/Kconfig")) then
+    refuse("not a kernel tree (a Makefile, but neither Kconfig nor arch/x86)")
+  end
+  return core.realpath(src) or src
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function first_line(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("l")
+  f:close()
+  return s
+end
+
+-- ---- the job count ----
+
+local function cgroup_dir()
+  -- cgroup v2: "0::/user.slice/..." in /proc/self/cgroup
+  local text = read_file("/proc/self/cgroup") or ""
+  local path = text:match("0::([^\n]*)")
+  return path and ("/sys/fs/cgroup" .. (path == "/" and "" or path)) or nil
+end
+
+local function cores()
+  local n
+  local ok, out = pcall(run.check, { "nproc" }, { command = "qemu.kernel.jobs" })
+  if ok then n = tonumber(out:match("%d+")) end
+  if not n then
+    n = 0
+    for line in (read_file("/proc/cpuinfo") or ""):gmatch("[^\n]+") do
+      if line:match("^processor%s*:") then n = n + 1 end
+    end
+  end
+  local dir = cgroup_dir()
+  local quota, period = (dir and first_line(dir .. "/cpu.max") or ""):match("^(%d+)%s+(%d+)")
+  if quota then n = math.min(n, math.ceil(tonumber(quota) / tonumber(period))) end
+  return math.max(1, n)
+end
+
+-- Bytes of memory a build can use: MemAvailable, or less under a cgroup limit.
+local function available_memory()
+  local kb = (read_file("/proc/meminfo") or ""):match("MemAvailable:%s*(%d+)")
+  local avail = kb and tonumber(kb) * 1024 or 2 * GIB
+  local dir = cgroup_dir()
+  local max = dir and tonumber(first_line(dir .. "/memory.max") or "")
+  local cur = dir and tonumber(first_line(dir .. "/memory.current") or "")
+  if max and cur then avail = math.min(avail, math.max(0, max - cur)) end
+  return avail
+end
+
+-- qemu.kernel.jobs() -> the -j a build uses by default: one job per core, at
+-- most one per 1.5 GiB of available memory, at least 1.
+function M.jobs()
+  local c = cores()
+  local by_mem = math.floor(available_memory() / MEM_PER_JOB)
+  return math.max(1, math.min(c, by_mem)), c
+end
+
+local function positive_int(v)
+  if math.type(v) == "integer" and v >= 1 then return true end
+  if math.type(v) == "float" and v >= 1 and v < 2 ^ 31 and v == math.floor(v) then return true end
+  return false, "must be a positive integer (the number of parallel make jobs)"
+end
+
+-- ---- .config: values, the config object ----
+
+local function quote(s)
+  return '"' .. s:gsub('[\\"]', "\\%0") .. '"'
+end
+
+local function unquote(raw)
+  local inner = raw:match('^"(.*)"$')
+  if not inner then return raw end
+  return (inner:gsub("\\(.)", "%1"))
+end
+
+-- "SERIAL_8250" or "CONFIG_SERIAL_8250" -> "CONFIG_SERIAL_8250"
+local function option_name(fname, name)
+  if type(name) ~= "string" then
+    check.bad(fname, "config option names are strings like \"SERIAL_8250\", got a %s", type(name))
+  end
+  local short = name:gsub("^CONFIG_", "")
+  if not short:match("^[%w_]+$") then
+    check.bad(fname, "bad config option name %q (letters, digits and _ only)", name)
+  end
+  return "CONFIG_" .. short
+end
+
+-- A value as it is written in .config.  old is the current text, if any:
+-- a string option stays a quoted string.
+local function option_value(fname, name, v, old)
+  if v == true then return "y" end
+  if v == false then return "n" end
+  if math.type(v) == "integer" then return tostring(v) end
+  if type(v) ~= "string" then
+    check.bad(fname, '%s: the value must be "y", "m", "n", a string or an integer, got %s',
+              name, math.type(v) == "float" and "a fraction" or type(v))
+  end
+  if v:find("[\r\n]") then check.bad(fname, "%s: the value may not contain a newline", name) end
+  if old and old:sub(1, 1) == '"' then return quote(v) end
+  if v == "y" or v == "m" or v == "n" then return v end
+  if v:match("^%-?%d+$") or v:match("^0[xX]%x+$") then return v end
+  return quote(v)
+end
+
+local function parse_config(text)
+  local lines, values = {}, {}
+  if text ~= "" and text:sub(-1) ~= "\n" then text = text .. "\n" end
+  for line in text:gmatch("(.-)\n") do
+    local name, value = line:match("^(CONFIG_[%w_]+)=(.*)$")
+    if not name then
+      name = line:match("^# (CONFIG_[%w_]+) is not set$")
+      value = name and "n"
+    end
+    lines[#lines + 1] = { text = line, name = name, value = value }
+    if name then values[name] = value end
+  end
+  return lines, values
+end
+
+local function render(name, value)
+  if value == "n" then return "# " .. name .. " is not set" end
+  return name .. "=" .. value
+end
+
+-- The object is the table {CONFIG_X = value, ...}; its file and lines are
+-- kept aside, so pairs(cfg) gives the options only.
+local private = setmetatable({}, { __mode = "k" })
+local Config = {}
+local ConfigMT = { __index = Config, __name = "qemu.kernel.config" }
+
+function ConfigMT.__tostring(cfg)
+  local n = 0
+  for _ in pairs(cfg) do n = n + 1 end
+  return string.format("kernel config %s (%d options)", private[cfg].path, n)
+end
+
+-- cfg:get(name) -> "y" | "m" | "n" | the string (unquoted) | the number as a string | nil
+function Config:get(name)
+  local raw = rawget(self, option_name("cfg:get", name))
+  return raw and unquote(raw)
+end
+
+-- cfg:set(name, value) -> cfg; value "y", "m", "n", true/false, a string or an integer
+function Config:set(name, value)
+  local key = option_name("cfg:set", name)
+  rawset(self, key, option_value("cfg:set", key, value, rawget(self, key)))
+  return self
+end
+
+-- cfg:path() -> the .config file
+function Config:path()
+  return private[self].path
+end
+
+-- cfg:save() -> path: the file's lines in their order, changed values
+-- rewritten, other lines untouched, new options at the end.
+function Config:save()
+  local p = private[self]
+  local out, written = {}, {}
+  for _, l in ipairs(p.lines) do
+    if l.name then
+      local v = rawget(self, l.name)
+      if v == nil then
+        -- removed from the table: dropped from the file
+      elseif v == l.value then
+        out[#out + 1] = l.text
+      else
+        out[#out + 1] = render(l.name, v)
+      end
+      written[l.name] = true
+    else
+      out[#out + 1] = l.text
+    end
+  end
+  local new = {}
+  for k, v in pairs(self) do
+    if not written[k] then
+      if type(k) ~= "string" or not k:match("^CONFIG_[%w_]+$") or type(v) ~= "string" then
+        check.bad("cfg:save", "bad entry %s = %s: use cfg:set(name, value)", tostring(k), tostring(v))
+      end
+      new[#new + 1] = k
+    end
+  end
+  table.sort(new)
+  for _, k in ipairs(new) do out[#out + 1] = render(k, self[k]) end
+  local text = table.concat(out, "\n") .. "\n"
+  local tmp = p.path .. ".qshell-tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then errors.raise { class = "IOError", command = "cfg:save", desc = err } end
+  f:write(text)
+  f:close()
+  local ok, rerr = os.rename(tmp, p.path)
+  if not ok then
+    os.remove(tmp)
+    errors.raise { class = "IOError", command = "cfg:save", desc = rerr }
+  end
+  p.lines = parse_config(text)
+  return p.path
+end
+
+local config_opts = { out = "string" }
+
+-- qemu.kernel.config(src [, {out=}]) -> the .config of the tree (or of its
+-- O= build directory) as an object
+function M.config(src, opts)
+  local fname = "qemu.kernel.config"
+  opts = check.options(fname, opts, config_opts, 2)
+  src = kernel_tree(fname, src)
+  local path = (opts.out or src) .. "/.config"
+  local text = read_file(path)
+  if not text then
+    errors.raise { class = "NotConfigured", command = fname, desc = "no .config in " .. (opts.out or src),
+                   hint = 'configure the tree first: qemu.kernel.build{src=, config="defconfig"} ' ..
+                          '(or make defconfig)' }
+  end
+  local lines, values = parse_config(text)
+  local cfg = setmetatable(values, ConfigMT)
+  private[cfg] = { path = path, lines = lines }
+  return cfg
+end
+
+-- ---- running make ----
+
+-- Known traps in a failed make's output -> the fix.
+local traps = {
+  { "source tree is not clean",
+    "the source tree was configured or built in place: run qemu.kernel.clean(src) (make mrproper) " ..
+    "before building with out=, or build without out=" },
+  { "flex: not found", "install the kernel's build tools: " .. BUILD_DEPS },
+  { "bison: not found", "install the kernel's build tools: " .. BUILD_DEPS },
+  { "bc: not found", "install the kernel's build tools: " .. BUILD_DEPS },
+  { "gcc: not found", "install the kernel's build tools: " .. BUILD_DEPS },
+  { "gelf%.h: No such file", "objtool needs libelf: apt-get install libelf-dev" },
+  { "libelf", "objtool needs libelf: apt-get install libelf-dev" },
+  { "openssl/[%w_]+%.h: No such file", "apt-get install libssl-dev" },
+  { 'Configuration file ".config" not found', 'configure the tree first: config="defconfig" (or "tinyconfig")' },
+  { "No rule to make target", "check target= and config= (make help lists the targets)" },
+}
+
+local function hint_for(text)
+  for _, t in ipairs(traps) do
+    if text:find(t[1]) then return t[2] end
+  end
+  return nil
+end
+
+local function split_lines(text)
+  local lines = {}
+  for line in text:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  return lines
+end
+
+-- The lines worth showing from a failed step: the last compiler errors with
+-- the lines around them, else the last 15 lines.
+function M._error_excerpt(text)
+  local lines = split_lines(text)
+  local hits = {}
+  for i, l in ipairs(lines) do
+    if l:find("error:", 1, true) or l:find("undefined reference to", 1, true) then hits[#hits + 1] = i end
+  end
+  if #hits == 0 then
+    return table.concat(lines, "\n", math.max(1, #lines - 14)), false
+  end
+  local keep = {}
+  for k = math.max(1, #hits - 3), #hits do
+    local i = hits[k]
+    for j = math.max(1, i - 2), math.min(#lines, i + 3) do keep[j] = true end
+  end
+  local idx = {}
+  for j in pairs(keep) do idx[#idx + 1] = j end
+  table.sort(idx)
+  local out = {}
+  for n, j in ipairs(idx) do
+    if n > 1 and j > idx[n - 1] + 1 then out[#out + 1] = "..." end
+    out[#out + 1] = lines[j]
+  end
+  while #out > 30 do table.remove(out, 1) end
+  return table.concat(out, "\n"), true
+end
+
+local function fmt_time(s)
+  s = math.floor(s + 0.5)
+  return string.format("%d:%02d", s // 60, s % 60)
+end
+
+-- The progress line on a terminal; final: "done" (leave it, with a newline)
+-- or "clear" (remove it, before an error message).
+local function progress(ctx, final)
+  if not ctx.tty then return end
+  if final == "clear" then
+    if ctx.shown > 0 then io.stderr:write("\r\027[K") end
+    io.stderr:flush()
+    return
+  end
+  local now = core.now()
+  if not final and now - ctx.shown < 0.25 then return end
+  ctx.shown = now
+  local last = ctx.last or ""
+  if #last > 60 then last = "..." .. last:sub(-57) end
+  local line = string.format("[kernel] %s: %d lines%s, %s", ctx.step, ctx.lines,
+                             last ~= "" and (", " .. last) or "", fmt_time(now - ctx.t0))
+  io.stderr:write("\r\027[K" .. line .. (final == "done" and "\n" or ""))
+  io.stderr:flush()
+end
+
+-- New output of make: into the log, and counted for the progress line.
+local function consume(ctx, chunk)
+  if chunk == "" then return end
+  ctx.logf:write(chunk)
+  ctx.logf:flush()
+  local text = ctx.partial .. chunk
+  local from = 1
+  while true do
+    local nl = text:find("\n", from, true)
+    if not nl then break end
+    local line = text:sub(from, nl - 1)
+    ctx.lines = ctx.lines + 1
+    local tag, what = line:match("^  ([%u][%u%d_]*)%s+(%S+)")
+    if tag and #tag <= 8 then ctx.last = tag .. " " .. what end
+    from = nl + 1
+  end
+  ctx.partial = text:sub(from)
+  if #ctx.partial > 65536 then ctx.partial = "" end
+  progress(ctx)
+end
+
+local function drain(ctx, fd)
+  while true do
+    local chunk = core.read(fd)
+    if not chunk or chunk == "" then return end
+    consume(ctx, chunk)
+  end
+end
+
+-- Run one make step (make -C src [O=out] ARGS...), its output streamed to
+-- the log; raises KernelBuildFailed, Timeout or Interrupted.
+local function make(ctx, args, what)
+  local argv = { "make", "-C", ctx.src, "--no-print-directory" }
+  if ctx.out then argv[#argv + 1] = "O=" .. ctx.out end
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  ctx.step = what
+  ctx.logf:write(string.format("%s# qshell: %s\n", ctx.logf:seek("end") > 0 and "\n" or "", table.concat(argv, " ")))
+  ctx.logf:flush()
+  local start = ctx.logf:seek("end")
+  local p <close>, msg = core.new("qshell-kernel")
+  if not p then errors.raise { class = "IOError", command = ctx.fname, desc = msg } end
+  local ok, err, code = p:spawn(argv, 0)
+  if not ok then
+    errors.raise { class = code == "exec" and "MissingTool" or "IOError", command = ctx.fname, desc = err,
+                   hint = code == "exec" and BUILD_DEPS or nil }
+  end
+  local fd, ferr = core.open(p:logpath(), "r")
+  if not fd then errors.raise { class = "IOError", command = ctx.fname, desc = ferr } end
+  local _ <close> = setmetatable({}, { __close = function() core.close(fd) end })
+  local st
+  local tick = 0.01 -- short steps (a config target) end within a few ticks
+  while true do
+    drain(ctx, fd)
+    st = p:poll()
+    if st then break end
+    if ctx.deadline and core.now() > ctx.deadline then
+      p:kill()
+      drain(ctx, fd)
+      progress(ctx, "clear")
+      errors.raise { class = "Timeout", command = ctx.fname, log = ctx.log,
+                     desc = string.format("make %s did not finish within %g s; it was stopped (log: %s)",
+                                          table.concat(args, " "), ctx.timeout, ctx.log) }
+    end
+    tick = math.min(TICK, tick * 2)
+    if not core.sleep(tick) then
+      p:kill()
+      drain(ctx, fd)
+      progress(ctx, "clear")
+      errors.raise { class = "Interrupted", command = ctx.fname, log = ctx.log,
+                     desc = "interrupted; make was stopped (log: " .. ctx.log .. ")" }
+    end
+  end
+  drain(ctx, fd)
+  if ctx.partial ~= "" then consume(ctx, "\n") end
+  if st.code ~= 0 then
+    progress(ctx, "clear")
+    local f = io.open(ctx.log, "rb")
+    local text = ""
+    if f then
+      f:seek("set", start)
+      text = f:read("a") or ""
+      f:close()
+    end
+    local excerpt, compiler = M._error_excerpt(text)
+    errors.raise {
+      class = "KernelBuildFailed", command = ctx.fname, log = ctx.log, exit = st, argv = argv,
+      desc = string.format("make %s %s (log: %s); %s:\n%s", table.concat(args, " "), st.desc, ctx.log,
+                           compiler and "errors" or "last lines", excerpt),
+      hint = hint_for(text),
+    }
+  end
+end
+
+local function copy_file(fname, from, to)
+  local text = read_file(from)
+  if not text then errors.raise { class = "IOError", command = fname, desc = "cannot read " .. from } end
+  local f, err = io.open(to, "wb")
+  if not f then errors.raise { class = "IOError", command = fname, desc = err } end
+  f:write(text)
+  f:close()
+end
+
+local function mkdir_p(fname, dir)
+  if is_dir(dir) then return end
+  if exists(dir) then check.bad(fname, "out: %s exists and is not a directory", dir) end
+  run.check({ "mkdir", "-p", "--", dir }, { command = fname })
+end
+
+local build_opts = {
+  src = "string", config = "string", jobs = positive_int, out = "string", log = "string",
+  options = "table", target = "string", timeout = check.positive, progress = "boolean",
+}
+
+-- Does a .config value satisfy what was asked for?
+local function kept(want, got)
+  if want == "n" then return got == nil or got == "n" end
+  if want == "y" or want == "m" then return got == "y" or got == "m" end
+  return got == want or (got ~= nil and want:match("^0[xX]") and got:lower() == want:lower())
+end
+
+-- qemu.kernel.build{src=, config=, jobs=, out=, log=, options=, target="bzImage",
+--   timeout=, progress=} -> {bzimage=, vmlinux=, log=, jobs=, seconds=, config=}
+function M.build(opts)
+  local fname = "qemu.kernel.build"
+  if type(opts) ~= "table" then check.bad(fname, "argument #1 must be a table {src=, config=, ...}") end
+  opts = check.options(fname, opts, build_opts, 1)
+  if not opts.src then check.bad(fname, "src= (the kernel source tree) is required") end
+  local src = kernel_tree(fname, opts.src)
+
+  -- Everything is checked before make runs.
+  local config_file, config_target
+  local c = opts.config
+  if c == nil then
+    config_target = nil -- decided once the build directory is known
+  elseif CONFIG_TARGETS[c] or c:match("^[%w_]+_defconfig$") then
+    config_target = c
+  else
+    local st = core.stat(c)
+    if not st then
+      errors.raise { class = "BadArgument", command = fname, desc = "config: no such file: " .. c,
+                     hint = 'config= is "defconfig", "tinyconfig", "oldconfig", "olddefconfig", "allnoconfig", ' ..
+                            'an arch\'s "..._defconfig", or the path of a .config file' }
+    end
+    if is_dir(c) then check.bad(fname, "config: %s is a directory, not a config file", c) end
+    config_file = core.realpath(c) or c
+  end
+  local wanted = {}
+  for k, v in pairs(opts.options or {}) do
+    local name = option_name(fname, k)
+    option_value(fname, name, v) -- type check now
+    wanted[#wanted + 1] = { name = name, value = v }
+  end
+  table.sort(wanted, function(a, b) return a.name < b.name end)
+  local target = opts.target or "bzImage"
+  if target == "" or target:find("%s") then check.bad(fname, "target: bad make target %q", target) end
+  local jobs = opts.jobs and math.tointeger(opts.jobs) or M.jobs()
+
+  local out
+  if opts.out then
+    mkdir_p(fname, opts.out)
+    out = core.realpath(opts.out) or opts.out
+  end
+  local dir = out or src
+  if not config_target and not config_file then
+    config_target = exists(dir .. "/.config") and "olddefconfig" or "defconfig"
+  end
+  local log = opts.log or (dir .. "/" .. LOG_NAME)
+  local logf, lerr = io.open(log, "wb")
+  if not logf then
+    errors.raise { class = "BadArgument", command = fname, desc = "cannot write the build log: " .. tostring(lerr) }
+  end
+  local ctx <close> = setmetatable({
+    fname = fname, src = src, out = out, log = core.realpath(log) or log, logf = logf,
+    t0 = core.now(), timeout = opts.timeout, deadline = opts.timeout and core.now() + opts.timeout,
+    tty = opts.progress ~= false and core.isatty(2), shown = 0, lines = 0, partial = "", step = "config",
+  }, { __close = function(t) t.logf:close() end })
+
+  if config_file then
+    copy_file(fname, config_file, dir .. "/.config")
+    make(ctx, { "olddefconfig" }, "config")
+  else
+    make(ctx, { config_target }, config_target)
+  end
+  if #wanted > 0 then
+    local cfg = M.config(src, { out = out })
+    for _, w in ipairs(wanted) do
+      w.text = option_value(fname, w.name, w.value, rawget(cfg, w.name))
+      rawset(cfg, w.name, w.text)
+    end
+    cfg:save()
+    make(ctx, { "olddefconfig" }, "options")
+    cfg = M.config(src, { out = out })
+    local lost = {}
+    for _, w in ipairs(wanted) do
+      local got = rawget(cfg, w.name)
+      if not kept(w.text, got) then
+        lost[#lost + 1] = string.format("%s=%s (now %s)", w.name, w.text,
+                                        got == nil and "not in .config" or got)
+      end
+    end
+    if #lost > 0 then
+      errors.raise { class = "KernelConfigError", command = fname, log = ctx.log,
+                     desc = "make olddefconfig did not keep: " .. table.concat(lost, ", "),
+                     hint = "kconfig drops an option it does not know (a typo, or one from another kernel " ..
+                            "version) and resets one whose dependencies are not met: set those too (see " ..
+                            "its \"depends on\" in Kconfig, or search for it with / in make menuconfig)" }
+    end
+  end
+  make(ctx, { "-j" .. jobs, target }, target)
+
+  local bzimage = dir .. "/arch/x86/boot/bzImage"
+  local vmlinux = dir .. "/vmlinux"
+  if target == "bzImage" and not exists(bzimage) then
+    errors.raise { class = "KernelBuildFailed", command = fname, log = ctx.log,
+                   desc = "make bzImage succeeded but there is no " .. bzimage .. " (log: " .. ctx.log .. ")" }
+  end
+  progress(ctx, "done")
+  return {
+    bzimage = exists(bzimage) and bzimage or nil,
+    vmlinux = exists(vmlinux) and vmlinux or nil,
+    config = dir .. "/.config",
+    log = ctx.log,
+    jobs = jobs,
+    seconds = core.now() - ctx.t0,
+  }
+end
+
+local clean_opts = { out = "string", timeout = check.positive }
+
+-- qemu.kernel.clean(src [, {out=}]): make mrproper (the .config and every
+-- build output), and the default build log
+function M.clean(src, opts)
+  local fname = "qemu.kernel.clean"
+  opts = check.options(fname, opts, clean_opts, 2)
+  src = kernel_tree(fname, src)
+  local argv = { "make", "-C", src, "--no-print-directory" }
+  local dir = src
+  if opts.out then
+    if not exists(opts.out) then return end -- nothing was built there
+    if not is_dir(opts.out) then check.bad(fname, "out: %s is not a directory", opts.out) end
+    dir = core.realpath(opts.out) or opts.out
+    argv[#argv + 1] = "O=" .. dir
+  end
+  argv[#argv + 1] = "mrproper"
+  run.check(argv, { command = fname, class = "KernelBuildFailed", timeout = opts.timeout,
+                    exec_hint = BUILD_DEPS })
+  os.remove(dir .. "/" .. LOG_NAME)
+end
+
+return M
