@@ -91,11 +91,15 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
     T.eq(#qemu.sweep.read(out), 4)
   end)
 
-  T.test("the Slurm engine needs a script file", function()
+  T.test("the Slurm engine needs a script file, and refuses local-only options", function()
     local c, _, e = T.sh(ENV .. " ./qshell -e " .. string.format("%q",
-      'qemu.sweep{engine="slurm", from=' .. string.format("%q", ckpt) .. ', run=function() end}'))
+      'qemu.sweep{engine="slurm", out="' .. tmp .. '/x.csv", from=' .. string.format("%q", ckpt) .. ', run=function() end}'))
     T.eq(c, 1)
     T.match(e, "qshell run FILE")
+    T.raises(function() qemu.sweep { engine = "slurm", from = ckpt, workers = 2, out = tmp .. "/y.csv",
+                                      run = function() end } end, "BadArgument", "slurm={tasks=N}")
+    T.raises(function() qemu.sweep { engine = "slurm", from = ckpt, run = function() end } end,
+             "BadArgument", "out=")
   end)
 
 T.run()
