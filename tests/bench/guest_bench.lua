@@ -22,6 +22,23 @@
 --         checks save_us=a,b,.. load_us=a,b,..
 --         qshell_out save_us=a,b,.. load_us=a,b,..
 --         client_out save_us=a,b,.. load_us=a,b,..
+--   qshell tests/bench/guest_bench.lua warm IMAGE CKPT
+--       the warm state of the sweep and restore benchmarks, made once: the
+--       default guest booted on a new overlay IMAGE (kept) and logged in,
+--       then vm:checkpoint(CKPT, {resume=true}), then vm:savevm("warm")
+--       into IMAGE, then quit: the checkpoint and the internal snapshot
+--       hold the same idle shell
+--   qshell tests/bench/guest_bench.lua loadvm_argv TAG
+--       the argv of a plain `qemu-system-x86_64 ... -loadvm TAG` of the
+--       default guest with its serial console on stdio, one word a line;
+--       the system image is the word @IMAGE@ (the caller substitutes it)
+--   qshell tests/bench/guest_bench.lua sweep CKPT WORKERS N CMD
+--       qemu.sweep{from=CKPT, repeat=N, workers=WORKERS} where each run
+--       is vm.console:run(CMD) (status 0 checked); prints the wall time of
+--       the qemu.sweep call as "median_us=... n=1"
+--   qshell tests/bench/guest_bench.lua restore CKPT
+--       timed from qemu.launch{restore=CKPT} to the answer of
+--       vm.console:run("true"); prints "median_us=... n=1"
 
 local now = require("qshell.proc.core").now
 
@@ -160,7 +177,61 @@ elseif mode == "snapshot" then
   for _, side in ipairs(names) do
     print(string.format("%s save_us=%s load_us=%s", side, fmt(out[side].save), fmt(out[side].load)))
   end
+elseif mode == "warm" then
+  local image, ckpt = arg[2], arg[3]
+  assert(image and ckpt, "warm IMAGE CKPT")
+  fresh_overlay(image)
+  local vm <close> = qemu.guest.launch { system = image } -- booted, logged in
+  local _, st = vm.console:run("true")
+  assert(st == 0, "the guest's shell does not answer")
+  -- The checkpoint first (its copy of IMAGE is then free of the internal
+  -- snapshot's VM state), the guest resumed, and at once the same idle
+  -- shell saved into IMAGE.
+  vm:checkpoint(ckpt, { resume = true })
+  vm:savevm("warm")
+  vm:quit()
+elseif mode == "loadvm_argv" then
+  local tag = assert(arg[2], "loadvm_argv TAG")
+  local g = qemu.guest.default()
+  local argv = { os.getenv("QSHELL_QEMU") or "qemu-system-x86_64",
+                 "-nodefaults", "-display", "none", "-accel", "tcg", "-m", g.memory, "-no-reboot",
+                 "-serial", "stdio", "-kernel", g.kernel, "-initrd", g.initrd, "-append", g.append,
+                 "-drive", "file=@IMAGE@,format=qcow2,if=ide,index=0,media=disk",
+                 "-loadvm", tag }
+  for _, a in ipairs(argv) do
+    assert(not a:find("\n"), "argv word with a newline")
+    print(a)
+  end
+elseif mode == "sweep" then
+  local ckpt, workers, n, cmd = arg[2], tonumber(arg[3]), tonumber(arg[4]), arg[5]
+  assert(ckpt and workers and n and cmd, "sweep CKPT WORKERS N CMD")
+  local t0 = now()
+  local r = qemu.sweep {
+    from = ckpt, ["repeat"] = math.tointeger(n), workers = math.tointeger(workers), progress = false,
+    run = function(vm)
+      local _, st = vm.console:run(cmd, { timeout = 120 })
+      if st ~= 0 then error("the workload exited with status " .. tostring(st), 0) end
+    end,
+  }
+  local dt = (now() - t0) * 1e6
+  if r.ok ~= n then
+    for _, x in ipairs(r.results) do
+      if x.status ~= "ok" then io.stderr:write("run " .. tostring(x.key) .. ": " .. tostring(x.error) .. "\n") end
+    end
+    error(string.format("sweep: %d of %d runs ok", r.ok, n), 0)
+  end
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1 runs=%d", dt, dt, dt, r.ok))
+elseif mode == "restore" then
+  local ckpt = assert(arg[2], "restore CKPT")
+  local t0 = now()
+  local vm <close> = qemu.launch { restore = ckpt }
+  local _, st = vm.console:run("true")
+  local dt = (now() - t0) * 1e6
+  assert(st == 0, "true exited with status " .. tostring(st))
+  vm:quit()
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
 else
   io.stderr:write("usage: qshell guest_bench.lua argv OVERLAY | boot OVERLAY | snapshot ROUNDS K SOCKET SNAPCLIENT\n")
+  io.stderr:write("       | warm IMAGE CKPT | loadvm_argv TAG | sweep CKPT WORKERS N CMD | restore CKPT\n")
   os.exit(2)
 end

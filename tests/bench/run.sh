@@ -14,7 +14,9 @@
 # Knobs (environment): BENCH_ROUNDS (7), BENCH_RT (2000 round trips per
 # round), BENCH_LAUNCH (10 launches per round), BENCH_STARTUP (40 runs per
 # round), BENCH_BOOT_ROUNDS (5 rounds of one boot per side), BENCH_SNAP (6
-# savevm+loadvm per side per round), BENCH_ONLY="startup qmp_rt" (a subset),
+# savevm+loadvm per side per round), BENCH_SWEEP_N (16 runs per sweep),
+# BENCH_SWEEP_ROUNDS (3 rounds of the three sweeps), BENCH_RESTORE_ROUNDS (5
+# rounds of one restore per side), BENCH_ONLY="startup qmp_rt" (a subset),
 # BENCH_VERBOSE=1 (rounds).
 
 # The command arrays are passed to `alternate` by name (local -n).
@@ -35,9 +37,22 @@ LAUNCH_K=${BENCH_LAUNCH:-10}
 STARTUP_N=${BENCH_STARTUP:-40}
 BOOT_ROUNDS=${BENCH_BOOT_ROUNDS:-5}
 SNAP_K=${BENCH_SNAP:-6}
+SWEEP_N=${BENCH_SWEEP_N:-16}
+SWEEP_ROUNDS=${BENCH_SWEEP_ROUNDS:-3}
+RESTORE_ROUNDS=${BENCH_RESTORE_ROUNDS:-5}
 VERBOSE=${BENCH_VERBOSE:-0}
 
+# The guest command of every run of the sweep benchmark, the same on all its
+# sides: a loop in the guest's shell (about 0.4 s under TCG), no disk writes.
+# shellcheck disable=SC2016
+WORKLOAD='i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done'
+
 die() { echo "bench: $*" >&2; exit 1; }
+
+# Temp dirs removed at exit (also on die; a subshell's exit does not run it).
+CLEANUP=()
+cleanup() { if ((${#CLEANUP[@]})); then rm -rf -- "${CLEANUP[@]}"; fi; }
+trap cleanup EXIT
 
 # ---- helpers ----
 
@@ -211,7 +226,137 @@ bench_plugin() {
     echo "   which adds the block's instruction count to its vCPU's counter)"
 }
 
-BENCHES=(startup qmp_rt launch boot snapshot plugin)
+# ---- sweep and restore: checkpoints vs -loadvm ----
+
+# need_warm: the warm state both benchmarks start from, made once per run
+# of this script (not timed): the default guest booted and logged in, then
+# a checkpoint ($WARM/ckpt) and an internal snapshot "warm" in the overlay
+# it ran on ($WARM/warm.qcow2), of the same idle shell.  Also reads the
+# plain QEMU argv for -loadvm (LOADVM_ARGV, the image as @IMAGE@).
+WARM=""
+need_warm() {
+    need_guest
+    [ -z "$WARM" ] || return 0
+    WARM=$(mktemp -d "$OUT/warm.XXXXXX")
+    CLEANUP+=("$WARM")
+    local out
+    out=$("$QSHELL" tests/bench/guest_bench.lua warm "$WARM/warm.qcow2" "$WARM/ckpt" 2>&1) ||
+        die "cannot make the warm state: $out"
+    mapfile -t LOADVM_ARGV < <("$QSHELL" tests/bench/guest_bench.lua loadvm_argv warm)
+    [ "${#LOADVM_ARGV[@]}" -gt 10 ] || die "could not read the -loadvm argv from qshell"
+    if [ "$VERBOSE" = 1 ]; then echo "    -loadvm argv: ${LOADVM_ARGV[*]}"; fi
+}
+
+# us T0 T1: microseconds between two $EPOCHREALTIME values
+us() { echo $((10#${2//[.,]/} - 10#${1//[.,]/})); }
+
+# loadvm_once IMAGE CMD: one run the way it is done without qshell: QEMU
+# started with -loadvm warm on IMAGE, its serial console on stdio (a bash
+# coproc's pipes); CMD is typed wrapped exactly as vm.console:run wraps it
+# (two markers the echo cannot contain), the lines are read up to the end
+# marker, then QEMU is sent SIGTERM and reaped.  Sets LV_ANSWER_US (QEMU
+# start to the end marker) and LV_TOTAL_US (to QEMU reaped); on failure
+# prints why and returns 1, QEMU reaped either way.  Run it in a subshell
+# that ignores SIGPIPE (a write to a QEMU that died must not kill the shell).
+loadvm_once() {
+    local img=$1 cmd=$2 line st="" t0 t1 t2 qpid rfd wfd
+    local argv=("${LOADVM_ARGV[@]//@IMAGE@/$img}") last=()
+    local typed="printf '%s%s\\n' __qs benchb; eval '${cmd//\'/\'\\\'\'}'; printf '%s%s%d\\n' __qs benche \$?"
+    t0=$EPOCHREALTIME
+    coproc LVQ { exec "${argv[@]}" 2>&1; }
+    qpid=$LVQ_PID rfd=${LVQ[0]} wfd=${LVQ[1]}
+    printf '%s\r' "$typed" >&"$wfd" || true
+    while IFS= read -r -t 60 -u "$rfd" line; do
+        line=${line%$'\r'}
+        case $line in
+        *__qsbenche*) st=${line##*__qsbenche}; break ;;
+        esac
+        last=("${last[@]: -4}" "$line")
+    done
+    t1=$EPOCHREALTIME
+    kill "$qpid" 2>/dev/null || true
+    wait "$qpid" 2>/dev/null || true
+    t2=$EPOCHREALTIME
+    if [ "$st" != 0 ]; then
+        printf 'qemu -loadvm run on %s: no end marker with status 0 (got "%s"); last output:\n' "$img" "$st"
+        printf '  %s\n' "${last[@]}"
+        return 1
+    fi
+    LV_ANSWER_US=$(us "$t0" "$t1")
+    LV_TOTAL_US=$(us "$t0" "$t2")
+}
+
+# per_min US: SWEEP_N runs in US microseconds as runs per minute
+per_min() { awk -v n="$SWEEP_N" -v t="$1" 'BEGIN { printf "%.1f", n * 60e6 / t }'; }
+
+# loop_sweep N IMAGE CMD: the bash loop: N runs of loadvm_once one after
+# another on the one image (-loadvm cannot use an overlay, so no two runs
+# can share it at once; each -loadvm reverts the disk too, so there is
+# nothing to restore between runs).  Prints the loop's wall time.
+loop_sweep() {
+    local n=$1 img=$2 cmd=$3 i t0 t
+    trap '' PIPE
+    t0=$EPOCHREALTIME
+    for ((i = 0; i < n; i++)); do loadvm_once "$img" "$cmd" || return 1; done
+    t=$(us "$t0" "$EPOCHREALTIME")
+    echo "median_us=$t mean_us=$t min_us=$t n=1 runs=$n"
+}
+
+# loadvm_copy IMAGE: cp of IMAGE (not timed), then the time from QEMU's start
+# with -loadvm warm on the copy to the answer of `true` on its console.
+loadvm_copy() {
+    local img=$1 copy
+    trap '' PIPE
+    copy=${img%/*}/copy-$BASHPID.qcow2
+    cp -- "$img" "$copy" || return 1
+    loadvm_once "$copy" true || { rm -f -- "$copy"; return 1; }
+    rm -f -- "$copy"
+    echo "median_us=$LV_ANSWER_US mean_us=$LV_ANSWER_US min_us=$LV_ANSWER_US n=1 total_us=$LV_TOTAL_US"
+}
+
+bench_sweep() {
+    need_warm
+    section "sweep of $SWEEP_N runs from one warm state: qemu.sweep{workers=2}, qemu.sweep{workers=1} from a checkpoint vs a bash loop of qemu-system-x86_64 -loadvm ($SWEEP_ROUNDS rounds, order alternated)"
+    echo "each run: restore, vm.console:run('$WORKLOAD'), quit"
+    local w2=("$QSHELL" tests/bench/guest_bench.lua sweep "$WARM/ckpt" 2 "$SWEEP_N" "$WORKLOAD")
+    local w1=("$QSHELL" tests/bench/guest_bench.lua sweep "$WARM/ckpt" 1 "$SWEEP_N" "$WORKLOAD")
+    local lp=(loop_sweep "$SWEEP_N" "$WARM/warm.qcow2" "$WORKLOAD")
+    local r side order m2=() m1=() ml=()
+    for ((r = 1; r <= SWEEP_ROUNDS; r++)); do
+        if ((r % 2)); then order="w2 w1 lp"; else order="lp w1 w2"; fi
+        for side in $order; do
+            case $side in
+            w2) run "sweep workers=2" "${w2[@]}"; m2+=("$MED") ;;
+            w1) run "sweep workers=1" "${w1[@]}"; m1+=("$MED") ;;
+            lp) run "bash loop -loadvm" "${lp[@]}"; ml+=("$MED") ;;
+            esac
+        done
+    done
+    local t2 t1 tl r21 r1l
+    t2=$(median "${m2[@]}") t1=$(median "${m1[@]}") tl=$(median "${ml[@]}")
+    r21=$(ratio "$t1" "$t2") r1l=$(ratio "$tl" "$t1")
+    printf 'sweep of %d runs: workers=2 %s runs/min, workers=1 %s runs/min, shell loop with -loadvm %s runs/min; workers=2/workers=1 %sx (target >= 1.6x) %s, workers=1/loop %sx (target >= 1.0x) %s\n' \
+        "$SWEEP_N" "$(per_min "$t2")" "$(per_min "$t1")" "$(per_min "$tl")" \
+        "$r21" "$(verdict "$r21 >= 1.6")" "$r1l" "$(verdict "$r1l >= 1.0")"
+    printf '  (whole sweep: workers=2 %.1f s, workers=1 %.1f s, loop %.1f s)\n' \
+        "$(awk -v v="$t2" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$t1" 'BEGIN { print v / 1e6 }')" \
+        "$(awk -v v="$tl" 'BEGIN { print v / 1e6 }')"
+}
+
+bench_restore() {
+    need_warm
+    section "restore to a running guest: qemu.launch{restore=ckpt} + vm.console:run(\"true\") vs qemu-system-x86_64 -loadvm on a copied image to the answer of the same command ($RESTORE_ROUNDS x 1 per side, alternated)"
+    local qs=("$QSHELL" tests/bench/guest_bench.lua restore "$WARM/ckpt")
+    local lv=(loadvm_copy "$WARM/warm.qcow2")
+    local ROUNDS=$RESTORE_ROUNDS
+    alternate "checkpoint restore" qs "-loadvm of a copy" lv
+    local c=$A_MED l=$B_MED
+    printf 'restore to a running guest: checkpoint %.2f s, -loadvm of a copied image %.2f s, ratio %sx\n' \
+        "$(awk -v v="$c" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$l" 'BEGIN { print v / 1e6 }')" \
+        "$(ratio "$c" "$l")"
+}
+
+BENCHES=(startup qmp_rt launch boot snapshot plugin sweep restore)
 
 build
 start=$SECONDS
