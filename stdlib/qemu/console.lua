@@ -24,9 +24,11 @@ function Console.__tostring(con)
   return "console of " .. tostring(con._vm.name)
 end
 
-function Console:_consume(n)
+-- Consume the first n bytes; buf, when given, is the peeked window they
+-- come from (saves copying it again).
+function Console:_consume(n, buf)
   if n <= 0 then return end
-  local buf = self._c:peek()
+  buf = buf or self._c:peek()
   local gone = buf:sub(1, n)
   self._recent = (self._recent .. gone):sub(-RECENT)
   self._c:consume(n)
@@ -79,14 +81,15 @@ function Console:_fail(what, msg, code, timeout)
   errors.raise { class = "IOError", command = what, desc = msg }
 end
 
--- Wait until find(buffer) succeeds; returns find's results.
+-- Wait until find(buffer) succeeds; returns the buffer it matched in, then
+-- find's results.
 function Console:_wait_for(what, find, timeout)
   local deadline = core.now() + timeout
   local _, dropped0 = self._c:stats()
   while true do
     local buf = self._c:peek()
     local r = table.pack(find(buf))
-    if r[1] then return table.unpack(r, 1, r.n) end
+    if r[1] then return buf, table.unpack(r, 1, r.n) end
     local _, dropped = self._c:stats()
     if dropped > dropped0 then
       -- The window (8 MiB) overflowed: what we wait for may be gone.
@@ -99,8 +102,9 @@ function Console:_wait_for(what, find, timeout)
     local ok, msg, code = self._c:wait(#buf, left)
     if not ok then
       -- The last bytes before EOF may complete the match.
-      local r2 = table.pack(find(self._c:peek()))
-      if r2[1] then return table.unpack(r2, 1, r2.n) end
+      local last = self._c:peek()
+      local r2 = table.pack(find(last))
+      if r2[1] then return last, table.unpack(r2, 1, r2.n) end
       self:_fail(what, msg, code, timeout)
     end
   end
@@ -128,17 +132,15 @@ function Console:expect(pattern, opts)
   local r = table.pack(self:_wait_for(what, function(buf)
     return buf:find(pattern, 1, opts.plain)
   end, opts.timeout or DEFAULT_TIMEOUT))
-  local s, e = r[1], r[2]
-  local buf = self._c:peek()
-  local matched = buf:sub(s, e)
-  self:_consume(e)
-  return matched, table.unpack(r, 3, r.n)
+  local buf, s, e = r[1], r[2], r[3]
+  self:_consume(e, buf)
+  return buf:sub(s, e), table.unpack(r, 4, r.n)
 end
 
 -- console:flush() -> the unconsumed output, now consumed
 function Console:flush()
   local buf = self._c:peek()
-  self:_consume(#buf)
+  self:_consume(#buf, buf)
   return buf
 end
 
@@ -164,17 +166,16 @@ function Console:run(cmd, opts)
                           id, shell_quote(cmd), id))
   local what = string.format("console:run(%q)", cmd)
   local timeout = opts.timeout or DEFAULT_TIMEOUT
-  local _, s_end, e_start, e_end, status = self:_wait_for(what, function(buf)
+  local buf, _, s_end, e_start, e_end, status = self:_wait_for(what, function(buf)
     local s1, s2 = buf:find(b .. "\r?\n", 1)
     if not s1 then return nil end
     local t1, t2, st = buf:find(e .. "(%d+)\r?\n", s2 + 1)
     if not t1 then return nil end
     return s1, s2, t1, t2, st
   end, timeout)
-  local buf = self._c:peek()
   local out = buf:sub(s_end + 1, e_start - 1):gsub("\r\n", "\n"):gsub("\r", "")
   out = out:gsub("\n$", "")
-  self:_consume(e_end)
+  self:_consume(e_end, buf)
   if opts.prompt then self:expect(opts.prompt, { timeout = timeout, plain = true }) end
   return out, tonumber(status)
 end
@@ -195,7 +196,7 @@ function Console:login(opts)
   end
   local prompt = opts.prompt or "# "
   local what = "console:login"
-  local _, _, which = self:_wait_for(what, function(buf)
+  local _, _, _, which = self:_wait_for(what, function(buf)
     local s, e = buf:find("Login incorrect", 1, true)
     if s then return s, e, "bad" end
     s, e = buf:find(prompt, 1, true)
