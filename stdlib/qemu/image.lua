@@ -8,7 +8,9 @@
 -- root need neither root nor libguestfs: e2fsprogs' debugfs writes into the
 -- filesystem, at the partition's offset, in a raw copy of the image that
 -- then replaces it.  Installing or removing packages and running commands
--- need the guest's own tools: they go through virt-customize (libguestfs).
+-- need the guest's own tools: they go through virt-customize (libguestfs),
+-- whose appliance needs a kernel: the host's /boot/vmlinuz-*, or
+-- appliance={kernel=, modules=}.
 -- Images cannot be downloaded here: see qemu.image.check for what a
 -- user-supplied image should look like.
 
@@ -150,6 +152,13 @@ local customize_opts = {
   backend = function(v)
     if v == "debugfs" or v == "virt-customize" or v == "auto" then return true end
     return false, 'must be "auto", "debugfs" or "virt-customize"'
+  end,
+  -- the kernel for libguestfs' appliance (virt-customize only)
+  appliance = function(v)
+    if type(v) ~= "table" then return false, "must be a table {kernel=, modules=}" end
+    check.options("qemu.image.customize: appliance", v, { kernel = "string", modules = "string" })
+    if not v.kernel then return false, "needs kernel= (a vmlinuz; modules= its /lib/modules/VERSION)" end
+    return true
   end,
 }
 
@@ -411,6 +420,68 @@ local function customize_debugfs(path, opts, what)
   if not ok then error(err, 0) end
 end
 
+-- The environment libguestfs' appliance needs, as "VAR=value" words for an
+-- `env` prefix (qemu.run cannot set a child's environment): only variables
+-- the caller has not exported, except appliance=, which is explicit.
+local function appliance_env(opts, what)
+  local env = {}
+  local function set(var, value) env[#env + 1] = var .. "=" .. value end
+  if not os.getenv("LIBGUESTFS_BACKEND") then set("LIBGUESTFS_BACKEND", "direct") end
+  if not os.getenv("LIBGUESTFS_BACKEND_SETTINGS") and require("qemu.launch").detect_accel() ~= "kvm" then
+    set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+  end
+  -- supermin copies the host's /lib/modules into the appliance; some
+  -- containers have none, and it then fails with only "supermin exited".
+  if not core.stat("/lib/modules") then
+    errors.raise { class = "CustomizeFailed", command = what,
+                   desc = "libguestfs' supermin needs a /lib/modules directory on the host, and there is none; " ..
+                          "nothing was changed",
+                   hint = "mkdir /lib/modules (an empty one will do; the appliance's modules come from " ..
+                          "appliance.modules)" }
+  end
+  local a = opts.appliance
+  if a then
+    if a.kernel then
+      if not core.stat(a.kernel) then check.bad(what, "appliance.kernel: no such file: %s", a.kernel) end
+      set("SUPERMIN_KERNEL", a.kernel)
+    end
+    if a.modules then
+      if not core.stat(a.modules) then check.bad(what, "appliance.modules: no such directory: %s", a.modules) end
+      set("SUPERMIN_MODULES", a.modules)
+    end
+  elseif not os.getenv("SUPERMIN_KERNEL") then
+    -- supermin takes the host's newest /boot/vmlinuz-*: without one it
+    -- fails after building most of the appliance.
+    local p = io.popen("ls /boot 2>/dev/null")
+    local found = p and p:read("a"):find("vmlinuz%-") or false
+    if p then p:close() end
+    if not found then
+      errors.raise { class = "MissingTool", command = what,
+                     desc = "virt-customize needs a Linux kernel for its appliance and the host has none " ..
+                            "(no /boot/vmlinuz-*)",
+                     hint = "install a linux-image-* package next to libguestfs-tools, or pass " ..
+                            "appliance={kernel=, modules=}: a Debian kernel .deb extracted with dpkg-deb -x DIR, " ..
+                            "its modules indexed with depmod -b DIR VERSION" }
+    end
+  end
+  return env
+end
+
+-- virt-customize's own error lines (it ends with advice on debugging).
+local function virt_errors(st)
+  local lines, errs = {}, {}
+  for line in (st.stderr .. "\n" .. st.stdout):gmatch("[^\n]+") do
+    if not line:find("^If reporting bugs") and not line:find("LIBGUESTFS_DEBUG=1") and
+       not line:find("^%[%s*[%d.]+%]") then
+      lines[#lines + 1] = line
+      if line:find("error:") or line:find("^supermin: ") then errs[#errs + 1] = line end
+    end
+  end
+  if #errs == 0 then errs = { table.unpack(lines, math.max(1, #lines - 9)) } end
+  while #errs > 10 do table.remove(errs, 1) end
+  return table.concat(errs, "\n")
+end
+
 local function customize_virt(path, opts, what)
   local vc = run.which("virt-customize")
   if not vc then
@@ -419,62 +490,84 @@ local function customize_virt(path, opts, what)
                    hint = "apt-get install libguestfs-tools (about 110 packages); the file edits alone " ..
                           "(root_password, write, disable_auto_upgrades) need no libguestfs" }
   end
-  local argv = { vc, "-a", path, "--no-network" }
+  local env = appliance_env(opts, what)
+  local argv = {}
+  local function add(...) for _, w in ipairs { ... } do argv[#argv + 1] = w end end
+  if #env > 0 then add(run.which("env") or "/usr/bin/env", table.unpack(env)) end
+  local fmt = disk.info(path).format
+  add(vc, "--format", fmt, "-a", path)
+  -- package installs need the network; nothing else does
+  if opts.install and #opts.install > 0 then add("--network") else add("--no-network") end
   local tmpfiles = {}
-  if opts.root_password then
-    if opts.root_password:find("[\r\n]") then check.bad(what, "the root password contains a newline") end
-    local pf = run.scratch() .. "/vpw-" .. math.random(1 << 30)
-    local f = assert(io.open(pf, "wb")); f:write(opts.root_password); f:close()
-    tmpfiles[#tmpfiles + 1] = pf
-    argv[#argv + 1] = "--root-password"
-    argv[#argv + 1] = "file:" .. pf
-  end
-  for gp, text in pairs(opts.write or {}) do
-    local hf = run.scratch() .. "/vw-" .. math.random(1 << 30)
+  local function hostfile(prefix, text)
+    local hf = run.scratch() .. "/" .. prefix .. "-" .. math.random(1 << 30)
     local f = assert(io.open(hf, "wb")); f:write(text); f:close()
     tmpfiles[#tmpfiles + 1] = hf
-    argv[#argv + 1] = "--copy-in"  -- copies into a directory: write via upload instead
-    argv[#argv] = "--upload"
-    argv[#argv + 1] = hf .. ":" .. gp
+    return hf
   end
-  if opts.install and #opts.install > 0 then
-    argv[#argv + 1] = "--install"
-    argv[#argv + 1] = table.concat(opts.install, ",")
-    argv[3 + 1] = "--network" -- package installs need the network
-  end
-  if opts.uninstall and #opts.uninstall > 0 then
-    argv[#argv + 1] = "--uninstall"
-    argv[#argv + 1] = table.concat(opts.uninstall, ",")
-  end
-  for _, cmd in ipairs(opts.run or {}) do
-    argv[#argv + 1] = "--run-command"
-    argv[#argv + 1] = cmd
-  end
-  if opts.disable_auto_upgrades then
-    local hf = run.scratch() .. "/vapt-" .. math.random(1 << 30)
-    local f = assert(io.open(hf, "wb")); f:write(APT_NO_UPGRADES); f:close()
-    tmpfiles[#tmpfiles + 1] = hf
-    argv[#argv + 1] = "--upload"
-    argv[#argv + 1] = hf .. ":/etc/apt/apt.conf.d/20auto-upgrades"
-    for _, timer in ipairs(APT_TIMERS) do
-      argv[#argv + 1] = "--link"
-      argv[#argv + 1] = "/dev/null:/etc/systemd/system/" .. timer
+  local ok, err = pcall(function()
+    if opts.root_password then
+      -- the hash the debugfs path writes (virt-customize picks md5 for an unknown distribution)
+      add("--password-crypto", "sha512",
+          "--root-password", "file:" .. hostfile("vpw", opts.root_password .. "\n"))
     end
-  end
-  local ok, err = pcall(run.check, argv, { command = what, class = "CustomizeFailed" })
+    local paths = {}
+    for gp, text in pairs(opts.write or {}) do
+      if type(gp) ~= "string" or type(text) ~= "string" then
+        check.bad(what, "write= maps guest paths to text: {[\"/etc/motd\"] = \"hello\\n\"}")
+      end
+      if gp:sub(1, 1) ~= "/" or gp:find("%.%./") or gp:find("[%c]") then
+        check.bad(what, "guest paths must be absolute and plain: %q", gp)
+      end
+      paths[#paths + 1] = gp
+    end
+    table.sort(paths)
+    for _, gp in ipairs(paths) do
+      local dir = gp:match("^(.+)/[^/]*$")
+      if dir then add("--mkdir", dir) end  -- mkdir -p, like the debugfs path
+      add("--upload", hostfile("vw", opts.write[gp]) .. ":" .. gp)
+    end
+    if opts.install and #opts.install > 0 then add("--install", table.concat(opts.install, ",")) end
+    if opts.uninstall and #opts.uninstall > 0 then add("--uninstall", table.concat(opts.uninstall, ",")) end
+    for _, cmd in ipairs(opts.run or {}) do add("--run-command", cmd) end
+    if opts.disable_auto_upgrades then
+      add("--mkdir", "/etc/apt/apt.conf.d",
+          "--upload", hostfile("vapt", APT_NO_UPGRADES) .. ":/etc/apt/apt.conf.d/20auto-upgrades",
+          "--mkdir", "/etc/systemd/system")
+      for _, timer in ipairs(APT_TIMERS) do add("--link", "/dev/null:/etc/systemd/system/" .. timer) end
+    end
+    local st = run.run(argv, { command = what })
+    if st.code ~= 0 then
+      local msg = virt_errors(st)
+      errors.raise { class = "CustomizeFailed", command = what,
+                     desc = string.format("virt-customize %s:\n%s", st.desc, msg),
+                     hint = errors.hint_for(msg) or
+                            (msg:find("supermin") and "libguestfs could not build its appliance: run with LIBGUESTFS_DEBUG=1 " ..
+                             "exported to see supermin's reason; it needs a kernel (appliance= in README.md)" or nil),
+                     exit = st }
+    end
+  end)
   for _, t in ipairs(tmpfiles) do os.remove(t) end
   if not ok then error(err, 0) end
 end
 
 -- qemu.image.customize(path, {root_password=, write={[guest_path]=text},
 --   disable_auto_upgrades=, install={pkgs}, uninstall={pkgs}, run={cmds},
---   partition=N, backend="auto"|"debugfs"|"virt-customize"})
+--   partition=N, backend="auto"|"debugfs"|"virt-customize",
+--   appliance={kernel=, modules=}})
+-- virt-customize runs under `env` with LIBGUESTFS_BACKEND=direct,
+-- LIBGUESTFS_BACKEND_SETTINGS=force_tcg without KVM (each only when unset)
+-- and SUPERMIN_KERNEL/SUPERMIN_MODULES from appliance=.
 function M.customize(path, opts)
   local what = "qemu.image.customize"
   check.arg(what, 1, path, "string")
   opts = check.options(what, opts, customize_opts, 2)
   if not core.stat(path) then errors.raise { class = "BadArgument", command = what, desc = "no such image: " .. path } end
-  if next(opts) == nil then check.bad(what, "nothing to do: give root_password=, write=, disable_auto_upgrades=, install=, uninstall= or run=") end
+  local todo = false
+  for _, k in ipairs { "root_password", "write", "disable_auto_upgrades", "install", "uninstall", "run" } do
+    if opts[k] ~= nil then todo = true end
+  end
+  if not todo then check.bad(what, "nothing to do: give root_password=, write=, disable_auto_upgrades=, install=, uninstall= or run=") end
   for _, k in ipairs { "install", "uninstall", "run" } do
     for i, v in ipairs(opts[k] or {}) do
       if type(v) ~= "string" or v == "" then check.bad(what, "%s[%d] must be a non-empty string", k, i) end

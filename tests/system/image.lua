@@ -67,8 +67,10 @@ T.test("bad input: newline in a password, not ext4, in use, snapshots, packages 
   T.raises(function() qemu.image.customize(tmp .. "/nope.img", { root_password = "x" }) end, "BadArgument", "no such image")
   local blank = qemu.disk.create(tmp .. "/blank.img", "8M", { format = "raw" })
   T.raises(function() qemu.image.customize(blank, { root_password = "x" }) end, "NotExt")
-  local e = T.raises(function() qemu.image.customize(img, { install = { "vim" } }) end, "MissingTool")
-  T.match(e.hint, "libguestfs%-tools")
+  if not require("qemu.run").which("virt-customize") then
+    local e = T.raises(function() qemu.image.customize(img, { install = { "vim" } }) end, "MissingTool")
+    T.match(e.hint, "libguestfs%-tools")
+  end
   T.raises(function() qemu.image.customize(img, { install = { "vim" }, backend = "debugfs" }) end, "BadArgument")
   do
     local vm <close> = qemu.launch { memory = "64M", disks = { img } }
