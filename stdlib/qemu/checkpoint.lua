@@ -28,13 +28,7 @@ M.machine_keys = { "binary", "machine", "cpu", "smp", "memory", "kernel", "initr
 M.free_keys = { plugins = true, icount = true, name = true, timeout = true, reboot = true, extra = true,
                 restore = true }
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = run.read_file
 
 local function write_file(path, text)
   local tmp = path .. ".tmp"

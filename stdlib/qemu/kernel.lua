@@ -55,13 +55,7 @@ local function kernel_tree(fname, src)
   return core.realpath(src) or src
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = run.read_file
 
 local function first_line(path)
   local f = io.open(path, "r")

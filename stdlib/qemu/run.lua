@@ -49,6 +49,15 @@ function M.check(argv, opts)
   return st.stdout
 end
 
+-- The contents of a file, or nil when it cannot be read.
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 -- Is a program on PATH?
 function M.which(name)
   for dir in (os.getenv("PATH") or "/usr/bin:/bin"):gmatch("[^:]+") do

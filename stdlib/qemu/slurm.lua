@@ -19,13 +19,7 @@ local M = {}
 local slurm_opts = { tasks = check.positive, partition = "string", time = "string",
                      sbatch = "table", dir = "string" }
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = run_mod.read_file
 
 -- The task side: run this task's share, write results, end the script.
 local function task_main(spec, runs, job, do_run)
