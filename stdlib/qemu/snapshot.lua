@@ -140,15 +140,23 @@ function VM:_snapshot_op(fname, job, hmp, args, timeout)
   return nil
 end
 
+-- What savevm, loadvm and delvm all start with: the tag and options
+-- checked, the VM live, the snapshot state read once.
+function VM:_snapshot_begin(fname, tag, opts, spec)
+  M.check_tag(fname, tag)
+  opts = check.options(fname, opts, spec, 2)
+  self:_live(fname)
+  return opts, self:_snapshot_state(fname)
+end
+
 local save_opts = { replace = "boolean", timeout = check.nonneg }
+local timeout_opts = { timeout = check.nonneg }
 
 -- vm:savevm(tag [, {replace=false, timeout=}])
 function VM:savevm(tag, opts)
   local fname = "vm:savevm"
-  M.check_tag(fname, tag)
-  opts = check.options(fname, opts, save_opts, 2)
-  self:_live(fname)
-  local nodes, vmstate, list = self:_snapshot_state(fname)
+  local nodes, vmstate, list
+  opts, nodes, vmstate, list = self:_snapshot_begin(fname, tag, opts, save_opts)
   local old = find_tag(list, tag)
   if old then
     if not opts.replace then
@@ -172,15 +180,11 @@ function VM:savevm(tag, opts)
   end
 end
 
-local load_opts = { timeout = check.nonneg }
-
 -- vm:loadvm(tag [, {timeout=}])
 function VM:loadvm(tag, opts)
   local fname = "vm:loadvm"
-  M.check_tag(fname, tag)
-  opts = check.options(fname, opts, load_opts, 2)
-  self:_live(fname)
-  local nodes, vmstate, list = self:_snapshot_state(fname)
+  local nodes, vmstate, list
+  opts, nodes, vmstate, list = self:_snapshot_begin(fname, tag, opts, timeout_opts)
   need_tag(fname, list, tag, "; the VM was not touched")
   local err = self:_snapshot_op(fname, "snapshot-load", "loadvm",
                                 { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) },
@@ -197,15 +201,11 @@ function VM:loadvm(tag, opts)
   if self.console then self.console:flush() end
 end
 
-local del_opts = { timeout = check.nonneg }
-
 -- vm:delvm(tag [, {timeout=}]): a missing tag is an error
 function VM:delvm(tag, opts)
   local fname = "vm:delvm"
-  M.check_tag(fname, tag)
-  opts = check.options(fname, opts, del_opts, 2)
-  self:_live(fname)
-  local nodes, _, list = self:_snapshot_state(fname)
+  local nodes, _, list
+  opts, nodes, _, list = self:_snapshot_begin(fname, tag, opts, timeout_opts)
   need_tag(fname, list, tag, "")
   local err = self:_snapshot_op(fname, "snapshot-delete", "delvm", { tag = tag, devices = node_names(nodes) },
                                 opts.timeout or DEFAULT_TIMEOUT)
