@@ -18,13 +18,21 @@ CFLAGS     ?= -O2 -g
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
 PKGS := $(LUA_PC) json-c libedit
-PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+
+# The package flags are computed by a rule, after the build packages are
+# installed: GNU make builds an included makefile that is missing or out of
+# date, then restarts with it read.  So a bare machine needs one `make`, not
+# two (flags read at parse time would be empty before `make deps` ran).
+# Goals that compile nothing skip it, so `make clean` installs nothing.
+CONFIG_MK := build/config-$(LUA_PC).mk
+NO_CONFIG_GOALS := deps deps-build clean format uninstall test-fresh help
+ifneq ($(filter-out $(NO_CONFIG_GOALS),$(or $(MAKECMDGOALS),all)),)
+include $(CONFIG_MK)
+endif
 
 QS_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wwrite-strings -Wundef -MMD -MP -Ishell -Ibuild \
-            -DQSHELL_VERSION='"$(VERSION)"' -DQSHELL_GUEST_DIR='"$(CURDIR)/build/guest"' \
-            -DQSHELL_PLUGIN_DIR='"$(CURDIR)/build/plugins"' -pthread
+            -DQSHELL_VERSION='"$(VERSION)"' -pthread
 QS_LDLIBS = $(PKG_LIBS) -lm -pthread
 
 ifeq ($(WERROR),1)
@@ -108,8 +116,20 @@ test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS)
 bench: deps all
 	$(Q)tests/bench/run.sh
 
+# Everything the tests and the demo use (QEMU, qemu-img, mkfs, busybox...).
 deps:
-	$(Q)tests/deps.sh
+	$(Q)tests/deps.sh all
+
+# What compiling needs: the compiler and the -dev packages.
+deps-build:
+	$(Q)tests/deps.sh build
+
+$(CONFIG_MK): Makefile tests/deps.sh | build/.dir
+	$(Q)tests/deps.sh build
+	$(call msg,CONFIG,$@)
+	$(Q)cflags=$$($(PKG_CONFIG) --cflags $(PKGS)) && libs=$$($(PKG_CONFIG) --libs $(PKGS)) || \
+	    { echo "pkg-config cannot find $(PKGS) (LUA_PC=lua-5.4, lua54 or lua for other distributions)" >&2; exit 1; }; \
+	printf 'PKG_CFLAGS := %s\nPKG_LIBS := %s\n' "$$cflags" "$$libs" > $@.tmp && mv $@.tmp $@
 
 # The default guest: rebuilt only when its inputs change (build.sh checks).
 guest: deps

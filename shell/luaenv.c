@@ -4,11 +4,12 @@
  * (mpv's builtin scripts), the QSHELL_STDLIB development searcher, the
  * package.path policy, and the protected-call helpers main and the REPL use.
  *
- * Path policy: $QSHELL_PATH, then the script's directory, then the absolute
- * entries of Lua's default path.  Relative entries ("./?.lua") are dropped,
- * as mpv does, so a script's behaviour does not depend on the cwd; cpath is
- * emptied: qshell loads no C modules from disk.
+ * Path policy: a faithful Lua 5.4 host.  The script's directory, then
+ * $QSHELL_PATH, then package.path and package.cpath exactly as lua5.4 has
+ * them (LUA_PATH/LUA_CPATH honoured, "./?.lua" and the distribution's C
+ * module dirs included), so modules installed from the distribution load.
  */
+#define _GNU_SOURCE /* realpath */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,46 +151,26 @@ static void install_dev_searcher(lua_State *L, const char *dir)
 
 /* ---- package.path ---- */
 
-/* Keep the absolute entries of path (drop "./?.lua" and friends). */
-static void push_absolute_entries(lua_State *L, const char *path)
-{
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    int first = 1;
-    while (*path) {
-        const char *end = strchr(path, ';');
-        size_t len = end ? (size_t)(end - path) : strlen(path);
-        if (len > 0 && path[0] == '/') {
-            if (!first) {
-                luaL_addchar(&b, ';');
-            }
-            luaL_addlstring(&b, path, len);
-            first = 0;
-        }
-        path += len;
-        if (*path == ';') {
-            path++;
-        }
-    }
-    luaL_pushresult(&b);
-}
-
+/*
+ * Lua's own path policy, so anything `lua5.4 script.lua` loads, qshell
+ * loads too: luaopen_package already built package.path and package.cpath
+ * from LUA_PATH_5_4 / LUA_PATH (";;" = the default) and their CPATH twins,
+ * with "./?.lua" and the distribution's module dirs in the default.
+ * $QSHELL_PATH goes first; luaenv_add_script_dir puts the script's own
+ * directory ahead of everything, so a helper module beside a script is the
+ * one it gets.
+ */
 static void set_paths(lua_State *L)
 {
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    const char *def = lua_tostring(L, -1);
-    push_absolute_entries(L, def ? def : ""); // package path abs
     const char *user = getenv("QSHELL_PATH");
-    if (user && *user) {
-        lua_pushfstring(L, "%s;%s", user, lua_tostring(L, -1));
-        lua_replace(L, -2);
+    if (!user || !*user) {
+        return;
     }
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path"); // package path
+    lua_pushfstring(L, "%s;%s", user, lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
-    lua_pop(L, 1);
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "cpath");
-    lua_pop(L, 1);
+    lua_pop(L, 2);
 }
 
 void luaenv_add_script_dir(lua_State *L, const char *script)
@@ -197,15 +178,39 @@ void luaenv_add_script_dir(lua_State *L, const char *script)
     const char *slash = strrchr(script, '/');
     lua_getglobal(L, "package");
     if (slash) {
-        lua_pushlstring(L, script, (size_t)(slash - script));
+        lua_pushlstring(L, script, (size_t)(slash - script + 1));
     } else {
-        lua_pushliteral(L, ".");
+        lua_pushliteral(L, "./");
     }
     const char *dir = lua_tostring(L, -1);
-    lua_getfield(L, -2, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_getfield(L, -2, "path"); // package dir path
+    lua_pushfstring(L, "%s?.lua;%s?/init.lua;%s", dir, dir, lua_tostring(L, -1));
     lua_setfield(L, -4, "path");
     lua_pop(L, 3);
+}
+
+/*
+ * LUA_INIT_5_4, else LUA_INIT, as lua.c runs it: "@file" runs the file,
+ * anything else is a chunk named "=LUA_INIT".  Returns a Lua status; the
+ * error message, if any, is on the stack for qs_report.
+ */
+int luaenv_run_init(lua_State *L)
+{
+    const char *name = "=LUA_INIT_5_4";
+    const char *init = getenv(name + 1);
+    if (!init) {
+        name = "=LUA_INIT";
+        init = getenv(name + 1);
+    }
+    if (!init) {
+        return LUA_OK;
+    }
+    int status = init[0] == '@' ? luaL_loadfile(L, init + 1)
+                                : luaL_loadbuffer(L, init, strlen(init), name);
+    if (status == LUA_OK) {
+        status = qs_docall(L, 0, 0);
+    }
+    return status;
 }
 
 /* ---- protected calls ---- */
@@ -243,6 +248,11 @@ int qs_report(lua_State *L, int status)
 {
     if (status != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
+        /* lua.c's l_message: "qshell: file:line: message" outside the prompt. */
+        struct qs_state *st = qs_state_get(L);
+        if (st && st->progname && !st->interactive) {
+            fprintf(stderr, "%s: ", st->progname);
+        }
         fprintf(stderr, "%s\n", msg ? msg : "(error with no message)");
         fflush(stderr);
         lua_pop(L, 1);
@@ -252,22 +262,24 @@ int qs_report(lua_State *L, int status)
 
 /* ---- build configuration ---- */
 
-#ifndef QSHELL_GUEST_DIR
-#define QSHELL_GUEST_DIR ""
-#endif
-#ifndef QSHELL_PLUGIN_DIR
-#define QSHELL_PLUGIN_DIR ""
-#endif
-
-/* package.loaded["qshell.config"]: where `make` put the guest and plugins. */
+/*
+ * package.loaded["qshell.config"]: the version and the binary's own path
+ * (exe).  No directory of the build tree is compiled in: stdlib/qemu/paths.lua
+ * finds the plugins and the guest builder from where the binary is, so the
+ * same binary works in its build tree and after `make install`.
+ */
 static void push_config(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_createtable(L, 0, 3);
-    lua_pushliteral(L, QSHELL_GUEST_DIR);
-    lua_setfield(L, -2, "guest_dir");
-    lua_pushliteral(L, QSHELL_PLUGIN_DIR);
-    lua_setfield(L, -2, "plugin_dir");
+    lua_createtable(L, 0, 2);
+#ifdef __linux__
+    char *exe = realpath("/proc/self/exe", NULL);
+    if (exe) {
+        lua_pushstring(L, exe);
+        lua_setfield(L, -2, "exe");
+        free(exe);
+    }
+#endif
     lua_pushliteral(L, QSHELL_VERSION);
     lua_setfield(L, -2, "version");
     lua_setfield(L, -2, "qshell.config");

@@ -34,6 +34,8 @@ int luaenv_init(lua_State *L);
 struct qs_state *qs_state_get(lua_State *L);
 /* Prepend "dir/?.lua;dir/?/init.lua" to package.path (the script's dir). */
 void luaenv_add_script_dir(lua_State *L, const char *script);
+/* Run LUA_INIT_5_4 / LUA_INIT as lua.c does; a Lua status, error on the stack. */
+int luaenv_run_init(lua_State *L);
 /* lua_pcall with the message handler (one line, traceback with -v). */
 int qs_docall(lua_State *L, int narg, int nres);
 /* Print the error on top of the stack (if status != OK) and pop it. */

@@ -204,6 +204,9 @@ static int pmain(lua_State *L)
     }
     lua_setglobal(L, "qemu");
 
+    if (qs_report(L, luaenv_run_init(L)) != LUA_OK) {
+        return 0;
+    }
     for (int i = 0; i < o->ncodes; i++) {
         int s = luaL_loadbuffer(L, o->codes[i], strlen(o->codes[i]), "=(command line)");
         if (run_chunk(L, s, 0) != LUA_OK) {

@@ -567,5 +567,10 @@ int repl_main(lua_State *L, const char *attach_socket)
     if (!isatty(STDIN_FILENO)) {
         return run_pipe(L);
     }
+    /* As lua.c: no program name before errors at the prompt. */
+    struct qs_state *st = qs_state_get(L);
+    if (st) {
+        st->interactive = 1;
+    }
     return run_tty(L);
 }

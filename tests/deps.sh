@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# tests/deps.sh - install the distribution packages qshell needs, if missing.
-# As root (or with password-less sudo) it runs apt-get; otherwise it prints
-# the one command to run.  `make deps` calls it; `make test` depends on it.
+# tests/deps.sh [build|all] - install the distribution packages qshell needs,
+# if missing: `build` what compiling needs (the Makefile runs it before it
+# reads the package flags), `all` (the default) also what the demo and the
+# tests run.  As root (or with password-less sudo) it runs apt-get; otherwise
+# it prints the one command to run.  Nothing comes from outside the
+# distribution's package repositories.
 set -u
 
-pkgs=(
-    gcc make pkg-config
-    liblua5.4-dev lua5.4 libjson-c-dev libedit-dev
-    qemu-system-x86 qemu-utils
-    e2fsprogs busybox-static fdisk
+# libc6-dev is only a Recommends of gcc: without it there is no <stdio.h>.
+build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-dev)
+run_pkgs=(
+    lua5.4 qemu-system-x86 qemu-utils
+    e2fsprogs busybox-static fdisk procps util-linux
 )
+case ${1:-all} in
+build) pkgs=("${build_pkgs[@]}") ;;
+all) pkgs=("${build_pkgs[@]}" "${run_pkgs[@]}") ;;
+*) echo "usage: $0 [build|all]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do

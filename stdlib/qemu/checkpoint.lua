@@ -113,7 +113,8 @@ function VM:checkpoint(dir, opts)
       end
     end
   else
-    run.check({ "mkdir", dir }, { command = fname })
+    -- Missing parents are created; the checkpoint dir itself is new.
+    run.check({ "mkdir", "-p", dir }, { command = fname })
   end
   local timeout = opts.timeout or 600
   local was = self:status()

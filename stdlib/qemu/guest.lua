@@ -6,29 +6,47 @@
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
-local config = require "qshell.config"
+local paths = require "qemu.paths"
 local run = require "qemu.run"
 
 local M = {}
 
 local cached
 
-local function guest_dir()
-  local dir = os.getenv("QSHELL_GUEST_DIR")
-  if dir and dir ~= "" then return dir end
-  return config.guest_dir
+-- Build the default guest into dir with the builder that came with this
+-- qshell (the build tree's or the installed one): ~20 s, once.
+local function build(dir)
+  local builder = paths.guest_builder()
+  if not builder then
+    errors.raise { class = "NotBuilt", command = "qemu.guest.default",
+                   desc = "the default guest is not built (no " .. dir .. "/guest.lua) and no guest builder was found",
+                   hint = "set QSHELL_GUEST_DIR to a built guest, or reinstall qshell (`make install`)" }
+  end
+  io.stderr:write("qshell: building the default guest in " .. dir .. " (once)\n")
+  local st = run.run({ builder, dir }, { command = "qemu.guest.default", timeout = 1800 })
+  if st.code ~= 0 then
+    local err = (st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", "")
+    errors.raise { class = "NotBuilt", command = "qemu.guest.default",
+                   desc = "building the default guest failed: " .. err:sub(-600),
+                   hint = "the builder needs apt-get, dpkg-deb, mkfs.ext4, qemu-img and busybox-static; " ..
+                          "`make deps` in the source tree installs them" }
+  end
 end
 
 -- qemu.guest.default() -> {kernel=, initrd=, system=, append=, memory=,
 --   user=, password=, login_prompt=, prompt=, kernel_version=, dir=}
+-- Built on first use when it is not there yet.
 function M.default()
   if cached then return cached end
-  local dir = guest_dir()
+  local dir = paths.guest_dir()
   local chunk = loadfile(dir .. "/guest.lua", "t", {})
   if not chunk then
+    build(dir)
+    chunk = loadfile(dir .. "/guest.lua", "t", {})
+  end
+  if not chunk then
     errors.raise { class = "NotBuilt", command = "qemu.guest.default",
-                   desc = "the default guest is not built (no " .. dir .. "/guest.lua)",
-                   hint = "run `make guest` in the qshell source tree (or set QSHELL_GUEST_DIR)" }
+                   desc = "the guest builder ran but left no " .. dir .. "/guest.lua" }
   end
   local g = chunk()
   for _, k in ipairs { "kernel", "initrd", "system" } do

@@ -10,16 +10,14 @@
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
-local config = require "qshell.config"
+local paths = require "qemu.paths"
 local core = require "qshell.proc.core"
 local json = require "qshell.json"
 
 local M = {}
 
 function M.dir()
-  local d = os.getenv("QSHELL_PLUGIN_DIR")
-  if d and d ~= "" then return d end
-  return config.plugin_dir
+  return paths.plugin_dir()
 end
 
 -- The project's plugins by name -> path of the .so

@@ -128,6 +128,10 @@ Out.__index = Out
 local function open_out(path, names, resume, fname)
   local self = setmetatable({ path = path, names = names, done = {}, rows = 0 }, Out)
   self.kind = path:match("%.jsonl?$") and "jsonl" or "csv"
+  local parent = path:match("^(.+)/[^/]+$")
+  if parent and not core.stat(parent) then
+    run_mod.check({ "mkdir", "-p", parent }, { command = fname })
+  end
   local f = io.open(path, "rb")
   local text = f and f:read("a") or ""
   if f then f:close() end

@@ -1,0 +1,70 @@
+-- qemu.paths: where qshell's own files are, found from where the binary is
+-- (config.exe), never from a path compiled in.  Two layouts:
+--
+--   build tree   TOP/qshell        TOP/build/plugins   TOP/tests/guest/build.sh
+--                                  guest built into TOP/build/guest (by `make guest`)
+--   installed    PREFIX/bin/qshell PREFIX/lib/qshell/plugins
+--                                  PREFIX/share/qshell/guest/build.sh
+--                                  guest built into $XDG_DATA_HOME/qshell/guest
+--
+-- Environment overrides, for tests and unusual installs: QSHELL_PLUGIN_DIR,
+-- QSHELL_GUEST_DIR (where the default guest is or is built).
+
+local config = require "qshell.config"
+
+local M = {}
+
+local function is_file(p)
+  local f = io.open(p, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function env(name)
+  local v = os.getenv(name)
+  if v and v ~= "" then return v end
+  return nil
+end
+
+local layout
+-- M.layout() -> {kind="tree"|"installed", top=|prefix=}
+function M.layout()
+  if layout then return layout end
+  local exe = config.exe or ""
+  local dir = exe:match("^(.*)/[^/]*$") or "."
+  if is_file(dir .. "/tests/guest/build.sh") and is_file(dir .. "/stdlib/qemu/init.lua") then
+    layout = { kind = "tree", top = dir }
+  else
+    layout = { kind = "installed", prefix = dir:match("^(.*)/bin$") or (dir .. "/..") }
+  end
+  return layout
+end
+
+-- The directory of the project's plugins (libinsn.so, ...).
+function M.plugin_dir()
+  local o = env("QSHELL_PLUGIN_DIR")
+  if o then return o end
+  local l = M.layout()
+  if l.kind == "tree" then return l.top .. "/build/plugins" end
+  return l.prefix .. "/lib/qshell/plugins"
+end
+
+-- The directory the default guest is built into and read from.
+function M.guest_dir()
+  local o = env("QSHELL_GUEST_DIR")
+  if o then return o end
+  local l = M.layout()
+  if l.kind == "tree" then return l.top .. "/build/guest" end
+  local data = env("XDG_DATA_HOME") or ((env("HOME") or "/root") .. "/.local/share")
+  return data .. "/qshell/guest"
+end
+
+-- The guest builder script (build.sh OUTDIR), or nil when it is not there.
+function M.guest_builder()
+  local l = M.layout()
+  local p = l.kind == "tree" and l.top .. "/tests/guest/build.sh"
+            or l.prefix .. "/share/qshell/guest/build.sh"
+  return is_file(p) and p or nil
+end
+
+return M
