@@ -6,6 +6,8 @@
 #   make bench      benchmarks, printed as ratios against references
 #   make deps       install the distribution packages qshell needs
 #   make demo       the main job on the default guest
+#   make install    PREFIX=/usr/local DESTDIR= (make uninstall: the same files)
+#   make test-fresh the README's two commands on a bare Debian 12 root (root only)
 #
 # Switches: V=1 (full commands), WERROR=1, SAN=address,undefined, VERSION=...
 
@@ -142,12 +144,38 @@ demo: deps all guest
 	$(Q)./qshell run scripts/warmup.lua build/demo/warm.ckpt
 	$(Q)./qshell run scripts/sweep.lua build/demo/warm.ckpt build/demo/results.csv
 
-install: qshell
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 755 qshell $(DESTDIR)$(PREFIX)/bin/qshell
+# Installed layout (qemu/paths.lua finds it from the binary's location):
+#   PREFIX/bin/qshell, PREFIX/lib/qshell/plugins/*.so,
+#   PREFIX/share/qshell/guest/ (the guest builder and its inputs),
+#   PREFIX/share/qshell/scripts/*.lua, PREFIX/share/man/man1/qshell.1
+# uninstall removes exactly these files, then the directories install made
+# when they are empty.
+INST_PLUGINS := libinsn.so libhotblocks.so
+GUEST_FILES  := $(shell cd tests/guest && find build.sh initramfs rootfs -type f | LC_ALL=C sort)
+EXAMPLES     := $(notdir $(wildcard scripts/*.lua))
+D_BIN    = $(DESTDIR)$(PREFIX)/bin
+D_PLUG   = $(DESTDIR)$(PREFIX)/lib/qshell/plugins
+D_SHARE  = $(DESTDIR)$(PREFIX)/share/qshell
+D_MAN1   = $(DESTDIR)$(PREFIX)/share/man/man1
+
+install: qshell plugins
+	$(call msg,INSTALL,$(DESTDIR)$(PREFIX))
+	$(Q)install -d $(D_BIN) $(D_PLUG) $(D_SHARE)/scripts $(D_MAN1)
+	$(Q)install -m 755 qshell $(D_BIN)/qshell
+	$(Q)for p in $(INST_PLUGINS); do install -m 644 $(QS_PLUGIN_OUT)/$$p $(D_PLUG)/$$p || exit 1; done
+	$(Q)for f in $(GUEST_FILES); do \
+	    if [ -x tests/guest/$$f ]; then m=755; else m=644; fi; \
+	    install -D -m $$m tests/guest/$$f $(D_SHARE)/guest/$$f || exit 1; done
+	$(Q)for f in $(EXAMPLES); do install -m 644 scripts/$$f $(D_SHARE)/scripts/$$f || exit 1; done
+	$(Q)install -m 644 doc/qshell.1 $(D_MAN1)/qshell.1
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/qshell
+	$(call msg,RM,$(DESTDIR)$(PREFIX))
+	$(Q)rm -f $(D_BIN)/qshell $(D_MAN1)/qshell.1 $(addprefix $(D_PLUG)/,$(INST_PLUGINS)) \
+	    $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)) $(addprefix $(D_SHARE)/scripts/,$(EXAMPLES))
+	$(Q)for d in $(sort $(dir $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)))); do \
+	    while [ "$$d" != "$(D_SHARE)/" ] && rmdir "$$d" 2>/dev/null; do d=$$(dirname "$$d")/; done; done
+	$(Q)rmdir $(D_SHARE)/scripts $(D_SHARE) $(D_PLUG) $(DESTDIR)$(PREFIX)/lib/qshell 2>/dev/null || true
 
 clean:
 	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/bench qshell

@@ -10,7 +10,7 @@ set -u
 # libc6-dev is only a Recommends of gcc: without it there is no <stdio.h>.
 build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-dev)
 run_pkgs=(
-    lua5.4 qemu-system-x86 qemu-utils
+    lua5.4 lua-lpeg qemu-system-x86 qemu-utils
     e2fsprogs busybox-static fdisk procps util-linux
 )
 case ${1:-all} in

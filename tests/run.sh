@@ -3,7 +3,8 @@
 #
 # Tiers: unit (C unit tests, Lua tests without QEMU, the fake QMP peer),
 # integration (real qemu-system-x86_64), cli (the binary from outside),
-# guest (tests/system: booting the Linux guest fixture), scripts (the example scripts), all.
+# guest (tests/system: booting the Linux guest fixture), scripts (the example scripts),
+# install (make install into a temp prefix, used with the source tree gone), all.
 # Every runner prints "N passed, N failed[, N skipped]"; this sums them and
 # ends with the same line.  Non-zero exit if anything failed, if a runner
 # printed no summary, or if a QEMU process or a temp dir was left behind.
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 tiers=("$@")
 [ ${#tiers[@]} -eq 0 ] && tiers=(all)
 if [ "${tiers[0]}" = all ]; then
-    tiers=(unit integration cli guest scripts)
+    tiers=(unit integration cli guest scripts install)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qshell-tests.XXXXXX")
@@ -96,6 +97,7 @@ for tier in "${tiers[@]}"; do
     scripts)
         [ -x tests/scripts.sh ] && run_one scripts tests/scripts.sh
         ;;
+    install) run_one install tests/install.sh ;;
     *) echo "unknown tier: $tier" >&2; exit 2 ;;
     esac
 done

@@ -99,7 +99,7 @@ end)
 T.test("an unknown launch option: one readable line, status 1", function()
   local code, _, err = run("-e " .. q('qemu.launch{memroy="1G"}'))
   T.eq(code, 1)
-  T.match(err, "^%(command line%):1: qemu%.launch: unknown option 'memroy' %(did you mean 'memory'%?%)")
+  T.match(err, "^qshell: %(command line%):1: qemu%.launch: unknown option 'memroy' %(did you mean 'memory'%?%)")
   T.eq(count_lines(err), 1)
 end)
 
