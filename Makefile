@@ -61,7 +61,7 @@ STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)
 
 UNIT_TESTS := build/test_qmp
 
-.PHONY: all test test-unit test-int bench deps demo guest install uninstall clean format check-deps
+.PHONY: all test test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
 
 all: qshell plugins
 
@@ -114,6 +114,10 @@ test-unit: qshell $(UNIT_TESTS) $(TEST_TOOLS)
 
 test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS)
 	$(Q)tests/run.sh all
+
+# The README's commands on a bare Debian 12 root (tests/fresh.sh; needs root).
+test-fresh:
+	$(Q)tests/fresh.sh
 
 bench: deps all
 	$(Q)tests/bench/run.sh
