@@ -11,7 +11,7 @@ set -u
 build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-dev)
 run_pkgs=(
     lua5.4 lua-lpeg qemu-system-x86 qemu-utils
-    e2fsprogs busybox-static fdisk procps util-linux
+    e2fsprogs busybox-static fdisk procps util-linux man-db
 )
 case ${1:-all} in
 build) pkgs=("${build_pkgs[@]}") ;;

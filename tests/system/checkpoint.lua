@@ -82,7 +82,12 @@ T.test("not a checkpoint, and a checkpoint dir that is not empty", function()
   local e = T.raises(function() vm:checkpoint(ckpt) end, "FileExists")
   T.match(e.hint, "force=true")
   T.eq(vm:status(), "running", "nothing happened to the VM")
-  T.raises(function() vm:checkpoint(tmp .. "/no/such/dir") end, "CommandFailed")
+  -- a parent that is a file cannot be made; missing parents are made
+  local file = tmp .. "/a-file"
+  assert(io.open(file, "w")):close()
+  T.raises(function() vm:checkpoint(file .. "/ckpt") end, "CommandFailed")
+  vm:checkpoint(tmp .. "/new/parents/ckpt")
+  T.ok(T.exists(tmp .. "/new/parents/ckpt/manifest.json"), "checkpoint made under new parent dirs")
 end)
 
 -- A sweep script run as its own qshell process (so it can be killed).

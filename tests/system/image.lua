@@ -17,7 +17,9 @@ T.test("check: format, compat, partitions and hints of the default guest's disk"
   local all = table.concat(r.hints, "\n")
   T.match(all, 'amend%(path, {compat="0.10"}%)')
   T.match(all, "TCG")
-  local raw = qemu.disk.populate(tmp .. "/flat.img", { from = tmp, format = "raw", size = "8M" })
+  local src = tmp .. "/flat-src"
+  T.eq((T.sh("mkdir -p " .. src .. " && echo hi > " .. src .. "/f")), 0)
+  local raw = qemu.disk.populate(tmp .. "/flat.img", { from = src, format = "raw", size = "8M" })
   local f = qemu.image.check(raw)
   T.eq(f.table, "none")
   T.eq(f.filesystem, "ext4")
