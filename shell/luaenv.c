@@ -12,7 +12,9 @@
 #define _GNU_SOURCE /* realpath */
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -20,6 +22,7 @@
 
 #include "ljson.h"
 #include "luaenv.h"
+#include "proc.h"
 #include "sig.h"
 
 #ifndef QSHELL_VERSION
@@ -55,6 +58,30 @@ double qs_opt_timeout(lua_State *L, int idx)
     double t = luaL_checknumber(L, idx);
     luaL_argcheck(L, t >= 0, idx, "timeout must be >= 0");
     return t;
+}
+
+static const char *const signames[] = {"TERM", "KILL", "INT", "HUP", "STOP", "CONT", "USR1", NULL};
+static const int signums[] = {SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGSTOP, SIGCONT, SIGUSR1};
+
+int qs_checksignal(lua_State *L, int idx, const char *def)
+{
+    return signums[luaL_checkoption(L, idx, def, signames)];
+}
+
+void qs_push_status(lua_State *L, int status)
+{
+    char desc[128];
+    proc_describe_status(status, desc, sizeof desc);
+    lua_createtable(L, 0, 3);
+    if (WIFEXITED(status)) {
+        lua_pushinteger(L, WEXITSTATUS(status));
+        lua_setfield(L, -2, "code");
+    } else if (WIFSIGNALED(status)) {
+        lua_pushinteger(L, WTERMSIG(status));
+        lua_setfield(L, -2, "signal");
+    }
+    lua_pushstring(L, desc);
+    lua_setfield(L, -2, "desc");
 }
 
 /* ---- embedded stdlib ---- */
@@ -307,7 +334,8 @@ int luaenv_init(lua_State *L)
     luaL_requiref(L, "qshell.qmp.core", luaopen_qshell_qmp_core, 0);
     luaL_requiref(L, "qshell.proc.core", luaopen_qshell_proc_core, 0);
     luaL_requiref(L, "qshell.console.core", luaopen_qshell_console_core, 0);
-    lua_pop(L, 4);
+    luaL_requiref(L, "qshell.os", luaopen_qshell_os, 0);
+    lua_pop(L, 5);
     preload_stdlib(L);
     push_config(L);
     const char *dev = getenv("QSHELL_STDLIB");

@@ -49,7 +49,13 @@ int qs_pushfail(lua_State *L, const char *msg, const char *code);
 /* An optional timeout argument in seconds (>= 0); nil means -1: forever. */
 double qs_opt_timeout(lua_State *L, int idx);
 
+/* A signal name ("TERM", "KILL", "INT", "HUP", "STOP", "CONT", "USR1") -> its number. */
+int qs_checksignal(lua_State *L, int idx, const char *def);
+/* Push {code=, signal=, desc=} for a wait status. */
+void qs_push_status(lua_State *L, int status);
+
 int luaopen_qshell_json(lua_State *L);
+int luaopen_qshell_os(lua_State *L);
 int luaopen_qshell_qmp_core(lua_State *L);
 int luaopen_qshell_proc_core(lua_State *L);
 int luaopen_qshell_console_core(lua_State *L);

@@ -10,13 +10,13 @@
 -- snapshots live in the image a VM writes).
 
 local errors = require "qemu.errors"
+local fs = require "qemu.fs"
 local check = require "qemu.check"
 local run = require "qemu.run"
 local disk = require "qemu.disk"
 local json = require "qshell.json"
-local core = require "qshell.proc.core"
+local sys = require "qshell.os"
 local config = require "qshell.config"
-local VM = require "qemu.vm"
 
 local M = {}
 
@@ -28,19 +28,10 @@ M.machine_keys = { "binary", "machine", "cpu", "smp", "memory", "kernel", "initr
 M.free_keys = { plugins = true, icount = true, name = true, timeout = true, reboot = true, extra = true,
                 restore = true }
 
-local read_file = run.read_file
-
-local function write_file(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "wb"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
+local read_file = fs.read
 
 local function abspath(p)
-  if p == nil or p:sub(1, 1) == "/" then return p end
-  return core.realpath(p) or p
+  return p and fs.abspath(p)
 end
 
 -- Inside one of qshell's temp dirs (gone when its owner exits)?
@@ -71,14 +62,11 @@ local function migration_setup(vm)
 end
 
 local function pass_state_fd(vm, path, mode, what)
-  local fd, msg = core.open(path, mode)
+  local fd, msg = sys.open(path, mode)
   if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
-  local r, emsg, code = vm._qmp:execute("getfd", { fdname = FDNAME }, 30, fd)
-  core.close(fd)
-  if not r then vm:_conn_error("getfd", emsg, code) end
-  if r.error then
-    errors.raise { class = r.error.class, command = what, desc = "getfd: " .. r.error.desc }
-  end
+  local ok, err = pcall(vm.qmp, vm, "getfd", { fdname = FDNAME }, { timeout = 30, fd = fd })
+  sys.close(fd)
+  if not ok then error(err, 0) end
 end
 
 local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonneg }
@@ -87,18 +75,19 @@ local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonne
 -- The VM is paused for the checkpoint and stays paused (QEMU's
 -- "postmigrate") unless resume=true; the checkpoint's images are copies,
 -- so the VM may go on writing its own disks either way.
-function VM:checkpoint(dir, opts)
+function M.make(self, dir, opts)
   local fname = "vm:checkpoint"
   check.arg(fname, 1, dir, "string")
   opts = check.options(fname, opts, ckpt_opts, 2)
   self:_live(fname)
-  if not self._proc then
+  if not self:_owned() then
     check.bad(fname, "a checkpoint needs a VM launched by this shell (its launch options go into the manifest)")
   end
-  local st = core.stat(dir)
+  local st = sys.stat(dir)
   if st then
     if st.type ~= "dir" then check.bad(fname, "%s exists and is not a directory", dir) end
-    local entries = assert(core.listdir(dir))
+    local entries, lerr = sys.listdir(dir)
+    if not entries then errors.raise { class = "IOError", command = fname, desc = lerr } end
     if #entries > 0 then
       if not opts.force then
         errors.raise { class = "FileExists", command = fname,
@@ -114,7 +103,7 @@ function VM:checkpoint(dir, opts)
     end
   else
     -- Missing parents are created; the checkpoint dir itself is new.
-    run.check({ "mkdir", "-p", dir }, { command = fname })
+    fs.mkdir_p(dir, fname)
   end
   local timeout = opts.timeout or 600
   local was = self:status()
@@ -180,14 +169,14 @@ function VM:checkpoint(dir, opts)
   launch.accel = self.accel
   launch.kernel = abspath(o.kernel)
   launch.initrd = abspath(o.initrd)
-  launch.append = self._append or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
+  launch.append = self:_kernel_append() or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
   launch.console = o.console ~= false
   local manifest = {
     format = FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
     source_status = was, launch = launch, disks = mdisks, argv = self.argv,
-    state = { file = "state", bytes = core.stat(state).size, sha256 = sum },
+    state = { file = "state", bytes = sys.stat(state).size, sha256 = sum },
   }
-  write_file(dir .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n")
+  fs.write(dir .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)
   run.check({ "chmod", "0444", state }, { command = fname })
   if opts.resume then self:cont() end
   return dir
@@ -199,7 +188,7 @@ function M.read(dir, fname)
   check.arg(fname, 1, dir, "string")
   local text = read_file(dir .. "/manifest.json")
   if not text then
-    local st = core.stat(dir)
+    local st = sys.stat(dir)
     errors.raise { class = "NotACheckpoint", command = fname,
                    desc = st and (dir .. " is not a checkpoint (no manifest.json)") or ("no such directory: " .. dir),
                    hint = "make one with vm:checkpoint(dir)" }
@@ -209,24 +198,24 @@ function M.read(dir, fname)
     errors.raise { class = "NotACheckpoint", command = fname,
                    desc = dir .. "/manifest.json is not a qshell checkpoint manifest" }
   end
-  local st = core.stat(dir .. "/" .. m.state.file)
+  local st = sys.stat(dir .. "/" .. m.state.file)
   if not st or st.size ~= m.state.bytes then
     errors.raise { class = "NotACheckpoint", command = fname,
                    desc = string.format("%s: the state file is %s (the manifest says %d bytes)", dir,
                                         st and (st.size .. " bytes") or "missing", m.state.bytes) }
   end
   for _, d in ipairs(m.disks) do
-    if not core.stat(dir .. "/" .. d.file) then
+    if not sys.stat(dir .. "/" .. d.file) then
       errors.raise { class = "NotACheckpoint", command = fname, desc = dir .. ": missing " .. d.file }
     end
-    if d.backing ~= nil and d.backing ~= json.null and not core.stat(d.backing) then
+    if d.backing ~= nil and d.backing ~= json.null and not sys.stat(d.backing) then
       errors.raise { class = "NotACheckpoint", command = fname,
                      desc = string.format("%s: %s's backing file %s is gone", dir, d.file, d.backing) }
     end
   end
   for _, k in ipairs { "kernel", "initrd" } do
     local p = m.launch[k]
-    if p ~= nil and p ~= json.null and not core.stat(p) then
+    if p ~= nil and p ~= json.null and not sys.stat(p) then
       errors.raise { class = "NotACheckpoint", command = fname,
                      desc = string.format("%s: the %s it was launched with (%s) is gone", dir, k, p) }
     end

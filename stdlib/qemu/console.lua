@@ -7,7 +7,7 @@
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
-local core = require "qshell.proc.core"
+local sys = require "qshell.os"
 
 local Console = {}
 Console.__index = Console
@@ -75,16 +75,14 @@ function Console:_fail(what, msg, code, timeout)
                            last ~= "" and last or "(nothing)"),
       hint = errors.hint_for(self._recent .. self._c:peek()),
     }
-  elseif code == "interrupted" then
-    errors.raise { class = "Interrupted", command = what, desc = "interrupted!" }
   end
-  errors.raise { class = "IOError", command = what, desc = msg }
+  errors.from_code(what, msg, code)
 end
 
 -- Wait until find(buffer) succeeds; returns the buffer it matched in, then
 -- find's results.
 function Console:_wait_for(what, find, timeout)
-  local deadline = core.now() + timeout
+  local deadline = sys.now() + timeout
   local _, dropped0 = self._c:stats()
   while true do
     local buf = self._c:peek()
@@ -97,7 +95,7 @@ function Console:_wait_for(what, find, timeout)
                      desc = "the guest printed more than 8 MiB before a match; the start of it was dropped",
                      hint = "send bulk output to a file in the guest (cmd > /tmp/out) and read what you need" }
     end
-    local left = deadline - core.now()
+    local left = deadline - sys.now()
     if left <= 0 then self:_fail(what, "timed out", "timeout", timeout) end
     local ok, msg, code = self._c:wait(#buf, left)
     if not ok then
@@ -218,6 +216,11 @@ function Console:log(path)
 end
 
 -- console:attach(): the guest's console in this terminal; Ctrl-] returns.
+-- The VM closes its console with it (not a script API).
+function Console:_close()
+  self._c:close()
+end
+
 function Console:attach()
   io.stderr:write(string.format("[attached to %s's console; Ctrl-] returns]\r\n", self._vm.name))
   local ok, msg, code = self._c:attach(0x1d, true)

@@ -4,9 +4,10 @@
 -- Nothing here overwrites an existing file unless asked (force=true).
 
 local errors = require "qemu.errors"
+local files = require "qemu.fs"
 local check = require "qemu.check"
 local run = require "qemu.run"
-local core = require "qshell.proc.core"
+local sys = require "qshell.os"
 local json = require "qshell.json"
 
 local M = {}
@@ -30,9 +31,7 @@ function M.parse_size(v, fname)
   return bytes
 end
 
-local function exists(path)
-  return core.stat(path) ~= nil
-end
+local exists = files.exists
 
 local function parent_dir(path)
   return path:match("^(.*)/[^/]*$") or "."
@@ -44,7 +43,7 @@ local function check_new(fname, path, force)
   if path == "" then check.bad(fname, "empty path") end
   local dir = parent_dir(path)
   if dir ~= "" then
-    local st = core.stat(dir)
+    local st = sys.stat(dir)
     if not st then
       errors.raise { class = "BadArgument", command = fname,
                      desc = string.format("directory %s does not exist (for %s)", dir, path) }
@@ -61,7 +60,7 @@ end
 
 local function check_image(fname, path)
   check.arg(fname, 1, path, "string")
-  local st = core.stat(path)
+  local st = sys.stat(path)
   if not st then
     errors.raise { class = "BadArgument", command = fname, desc = "no such image: " .. path }
   end
@@ -98,12 +97,7 @@ function M.detect_format(path)
   return "raw"
 end
 
-local function abspath(path)
-  if path:sub(1, 1) == "/" then return path end
-  local dir, name = parent_dir(path), path:match("[^/]*$")
-  local real = core.realpath(dir == "" and "." or dir)
-  return real and (real .. "/" .. name) or path
-end
+local abspath = files.abspath
 
 local create_opts = { format = "string", backing = "string", backing_format = "string",
                       force = "boolean", compat = "string", preallocation = "string",
@@ -299,7 +293,7 @@ function M.populate(path, opts)
   opts = check.options(fname, opts, populate_opts, 2)
   check_new(fname, path, opts.force)
   if not opts.from then check.bad(fname, "from= (a host directory) is required") end
-  local st = core.stat(opts.from)
+  local st = sys.stat(opts.from)
   if not st or st.type ~= "dir" then
     errors.raise { class = "BadArgument", command = fname, desc = "from: not a directory: " .. opts.from }
   end
@@ -313,7 +307,7 @@ function M.populate(path, opts)
     bytes = math.max(16 << 20, math.floor(tree_bytes(opts.from) * 1.3) + (8 << 20))
   end
   bytes = (bytes + 1048575) // 1048576 * 1048576
-  local raw = format == "raw" and path or (run.scratch() .. "/populate-" .. math.random(1 << 30) .. ".raw")
+  local raw = format == "raw" and path or (files.scratch_file("populate", ".raw"))
   local offset = opts.partition and 1048576 or 0
   local total = bytes + offset
   local ok, err = pcall(function()
@@ -327,9 +321,7 @@ function M.populate(path, opts)
       end
       -- sfdisk reads its script from stdin.
       local script = raw .. ".sfdisk"
-      local f = assert(io.open(script, "w"))
-      f:write("label: dos\nstart=2048, type=83\n")
-      f:close()
+      files.write(script, "label: dos\nstart=2048, type=83\n", fname)
       local st2 = run.run({ sf, "--quiet", "--no-reread", "--no-tell-kernel", raw },
                           { command = fname, stdin = script })
       os.remove(script)
@@ -378,20 +370,20 @@ function M.nbd_attach(path, opts)
                    hint = "the nbd kernel module is missing (modprobe nbd max_part=8; on Debian it is in the " ..
                           "kernel image package); qemu.disk.populate builds filesystems without nbd or root" }
   end
-  if not core.stat("/sys/module/nbd") and not core.stat("/dev/nbd0") then
+  if not sys.stat("/sys/module/nbd") and not sys.stat("/dev/nbd0") then
     if run.which("modprobe") then
       run.run({ "modprobe", "nbd", "max_part=8" }, { command = fname })
     end
   end
-  if not core.stat("/dev/nbd0") then unavailable("no /dev/nbd0: the nbd module is not loaded") end
-  if not core.access("/dev/nbd0", "rw") then
+  if not sys.stat("/dev/nbd0") then unavailable("no /dev/nbd0: the nbd module is not loaded") end
+  if not sys.access("/dev/nbd0", "rw") then
     errors.raise { class = "PermissionDenied", command = fname, desc = "/dev/nbd0 needs root" }
   end
   if not run.which("qemu-nbd") then unavailable("qemu-nbd is not installed (package qemu-utils)") end
   -- The first free device: /sys/block/nbdN/pid exists while connected.
   local dev
   for i = 0, 15 do
-    if core.stat("/dev/nbd" .. i) and not core.stat("/sys/block/nbd" .. i .. "/pid") then
+    if sys.stat("/dev/nbd" .. i) and not sys.stat("/sys/block/nbd" .. i .. "/pid") then
       dev = "/dev/nbd" .. i
       break
     end
@@ -415,7 +407,7 @@ function M.nbd_attach(path, opts)
   handle.connected = true
   handle.partitions = {}
   for i = 1, 16 do
-    if core.stat(dev .. "p" .. i) then handle.partitions[#handle.partitions + 1] = dev .. "p" .. i end
+    if sys.stat(dev .. "p" .. i) then handle.partitions[#handle.partitions + 1] = dev .. "p" .. i end
   end
   return handle
 end

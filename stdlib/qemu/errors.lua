@@ -8,6 +8,76 @@
 
 local M = {}
 
+-- Every class a qshell error can have (besides QEMU's own QMP classes,
+-- which come from its replies: GenericError, CommandNotFound, ...).
+M.classes = {
+  -- misuse and the machine
+  BadArgument = "wrong argument types, unknown option names, a closed handle",
+  IOError = "a file or socket operation failed",
+  PermissionDenied = "the file system refused access",
+  FileExists = "refusing to overwrite an existing file or directory",
+  MissingTool = "a program qshell runs is not installed",
+  CommandFailed = "a helper program (mkfs, qemu-img, ...) exited with an error",
+  Interrupted = "Ctrl-C",
+  Timeout = "a wait ran out of time",
+  -- QEMU and its monitor
+  LaunchFailed = "QEMU did not start",
+  QEMUExited = "QEMU went away during a call",
+  ConnectFailed = "no QMP server at the socket",
+  ProtocolError = "QEMU sent something that is not QMP",
+  HMPError = "an HMP command failed (QEMU reports these as successes)",
+  -- guests and consoles
+  LoginFailed = "the console login did not reach a shell prompt",
+  ConsoleOverflow = "the guest printed more than the console keeps unread",
+  NotBuilt = "the default guest is not built and could not be",
+  -- snapshots, checkpoints, sweeps
+  SnapshotExists = "savevm of a tag that exists, without replace=true",
+  SnapshotNotFound = "no snapshot with that tag",
+  SnapshotUnsupported = "no writable qcow2 disk to hold the snapshot",
+  SnapshotFailed = "QEMU failed to save, load or delete a snapshot",
+  NotACheckpoint = "a directory that is not a checkpoint",
+  CheckpointFailed = "making a checkpoint failed",
+  CheckpointCorrupt = "a checkpoint's files do not match its manifest",
+  SlurmError = "the Slurm engine could not submit or run the sweep",
+  -- disks, images, plugins, kernels
+  DiskError = "qemu-img or mkfs failed on an image",
+  NbdUnavailable = "no nbd kernel module",
+  NotExt = "the image holds no ext2/3/4 file system to edit",
+  ImageInUse = "the image is held by a running QEMU",
+  CustomizeFailed = "customizing an image failed",
+  PluginError = "a TCG plugin could not be found, loaded or read",
+  NotAKernelTree = "src= is not a Linux source tree",
+  NotConfigured = "the kernel tree has no .config",
+  KernelConfigError = "make olddefconfig did not keep the options asked for",
+  KernelBuildFailed = "make failed",
+}
+
+-- The short codes the C glue returns (nil, msg, code) -> the class a
+-- public call raises.  "closed" depends on what closed: callers that know
+-- (QEMU went away) raise QEMUExited themselves.
+local CODE_CLASS = {
+  interrupted = "Interrupted", timeout = "Timeout", exec = "LaunchFailed", io = "IOError",
+  protocol = "ProtocolError", closed = "IOError", exists = "FileExists",
+}
+
+-- M.class_for(code [, overrides]) -> class; overrides maps codes to the
+-- class a caller wants instead (e.g. {exec="MissingTool"}).
+function M.class_for(code, overrides)
+  return (overrides and overrides[code]) or CODE_CLASS[code] or "IOError"
+end
+
+-- M.from_code(command, msg, code [, fields]): raise the error for a code
+-- of the C glue; fields (hint=, class overrides as overrides=) add to it.
+function M.from_code(command, msg, code, fields)
+  local t = {}
+  for k, v in pairs(fields or {}) do t[k] = v end
+  t.class = M.class_for(code, t.overrides)
+  t.overrides = nil
+  t.command = command
+  t.desc = t.desc or (code == "interrupted" and "interrupted!" or msg)
+  M.raise(t)
+end
+
 local Error = {}
 Error.__index = Error
 Error.__name = "qemu.error"

@@ -5,6 +5,7 @@
 --   local vm = qemu.guest.launch{}     -- booted and logged in, on a private overlay
 
 local errors = require "qemu.errors"
+local fs = require "qemu.fs"
 local check = require "qemu.check"
 local paths = require "qemu.paths"
 local run = require "qemu.run"
@@ -59,12 +60,10 @@ end
 
 -- qemu.guest.overlay([path]) -> path of a fresh qcow2 overlay over the
 -- guest's system disk (in the shell's scratch dir unless a path is given).
-local count = 0
 function M.overlay(path)
   local g = M.default()
   if not path then
-    count = count + 1
-    path = string.format("%s/guest-system-%d.qcow2", run.scratch(), count)
+    path = fs.scratch_file("guest-system", ".qcow2")
   end
   return require("qemu.disk").overlay(g.system, path)
 end

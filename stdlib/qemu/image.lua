@@ -15,10 +15,11 @@
 -- user-supplied image should look like.
 
 local errors = require "qemu.errors"
+local files = require "qemu.fs"
 local check = require "qemu.check"
 local run = require "qemu.run"
 local disk = require "qemu.disk"
-local core = require "qshell.proc.core"
+local sys = require "qshell.os"
 
 local M = {}
 
@@ -28,7 +29,7 @@ local SECTOR = 512
 
 -- Bytes [offset, offset+len) of the image's guest-visible contents.
 local function read_at(path, fmt, offset, len)
-  local tmp = run.scratch() .. "/read-" .. math.random(1 << 30) .. ".bin"
+  local tmp = files.scratch_file("read", ".bin")
   local skip = offset // SECTOR
   local count = (offset + len + SECTOR - 1) // SECTOR - skip
   -- qemu-img dd counts `count` from the start of the input, skipped blocks
@@ -36,9 +37,7 @@ local function read_at(path, fmt, offset, len)
   run.check({ "qemu-img", "dd", "-U", "-f", fmt, "-O", "raw", "bs=" .. SECTOR,
               "skip=" .. skip, "count=" .. (skip + count), "if=" .. path, "of=" .. tmp },
             { command = "qemu.image" })
-  local f = assert(io.open(tmp, "rb"))
-  local data = f:read("a")
-  f:close()
+  local data = files.slurp(tmp, "qemu.image")
   os.remove(tmp)
   local start = offset - skip * SECTOR + 1
   return data:sub(start, start + len - 1)
@@ -172,7 +171,8 @@ APT::Periodic::Unattended-Upgrade "0";
 local APT_TIMERS = { "apt-daily.timer", "apt-daily-upgrade.timer" }
 
 local function random_salt()
-  local f = assert(io.open("/dev/urandom", "rb"))
+  local f, err = io.open("/dev/urandom", "rb")
+  if not f then errors.raise { class = "IOError", command = "qemu.image", desc = "cannot read " .. err } end
   local bytes = f:read(16)
   f:close()
   local alphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -191,11 +191,8 @@ function M.hash_password(pw)
     check.bad(fname, "the root password contains a newline: it could never be typed at a login prompt")
   end
   if pw == "" then check.bad(fname, "the root password is empty (use a real one)") end
-  local dir = run.scratch()
-  local pwfile = dir .. "/pw-" .. math.random(1 << 30)
-  local f = assert(io.open(pwfile, "wb"))
-  f:write(pw, "\n")
-  f:close()
+  local pwfile = files.scratch_file("pw")
+  files.write(pwfile, pw .. "\n", fname)
   local ok, out = pcall(run.check, { "busybox", "mkpasswd", "-m", "sha512", "-S", random_salt() },
                         { command = fname, stdin = pwfile })
   if not ok and run.which("openssl") then
@@ -212,10 +209,8 @@ end
 -- Run debugfs commands (-w) on fs (a raw file with "?offset=N"); raise on
 -- the errors debugfs reports on stderr while exiting 0.
 local function debugfs(fs, cmds, what)
-  local cmdfile = run.scratch() .. "/debugfs-" .. math.random(1 << 30) .. ".cmds"
-  local f = assert(io.open(cmdfile, "w"))
-  f:write(table.concat(cmds, "\n"), "\n")
-  f:close()
+  local cmdfile = files.scratch_file("debugfs", ".cmds")
+  files.write(cmdfile, table.concat(cmds, "\n") .. "\n", what)
   local st = run.run({ "debugfs", "-w", "-f", cmdfile, fs }, { command = what })
   os.remove(cmdfile)
   local errs = {}
@@ -263,10 +258,8 @@ local function put_file(fs, guest_path, text, what, default_mode)
   if guest_path:sub(1, 1) ~= "/" or guest_path:find("%.%./") or guest_path:find("[%c]") then
     check.bad(what, "guest paths must be absolute and plain: %q", guest_path)
   end
-  local host = run.scratch() .. "/put-" .. math.random(1 << 30)
-  local f = assert(io.open(host, "wb"))
-  f:write(text)
-  f:close()
+  local host = files.scratch_file("put")
+  files.write(host, text, what)
   local old = file_stat(fs, debugfs_quote(guest_path), what)
   local cmds = {}
   local dir = ""
@@ -369,7 +362,7 @@ local function customize_debugfs(path, opts, what)
   end
   local offset = find_ext(path, fmt, opts.partition, what)
   -- Work on a raw copy (debugfs reads no qcow2), then put it back.
-  local work = fmt == "raw" and path or (run.scratch() .. "/customize-" .. math.random(1 << 30) .. ".raw")
+  local work = fmt == "raw" and path or (files.scratch_file("customize", ".raw"))
   if fmt ~= "raw" then
     run.check({ "qemu-img", "convert", "-f", "qcow2", "-O", "raw", path, work }, { command = what })
   end
@@ -412,7 +405,8 @@ local function customize_debugfs(path, opts, what)
       args[#args + 1] = work
       args[#args + 1] = tmp
       run.check(args, { command = what })
-      assert(os.rename(tmp, path))
+      local rok, rerr = require("qshell.os").rename(tmp, path)
+      if not rok then errors.raise { class = "IOError", command = what, desc = rerr } end
     end
   end)
   if fmt ~= "raw" then os.remove(work) end
@@ -432,7 +426,7 @@ local function appliance_env(opts, what)
   end
   -- supermin copies the host's /lib/modules into the appliance; some
   -- containers have none, and it then fails with only "supermin exited".
-  if not core.stat("/lib/modules") then
+  if not sys.stat("/lib/modules") then
     errors.raise { class = "CustomizeFailed", command = what,
                    desc = "libguestfs' supermin needs a /lib/modules directory on the host, and there is none; " ..
                           "nothing was changed",
@@ -442,11 +436,11 @@ local function appliance_env(opts, what)
   local a = opts.appliance
   if a then
     if a.kernel then
-      if not core.stat(a.kernel) then check.bad(what, "appliance.kernel: no such file: %s", a.kernel) end
+      if not sys.stat(a.kernel) then check.bad(what, "appliance.kernel: no such file: %s", a.kernel) end
       set("SUPERMIN_KERNEL", a.kernel)
     end
     if a.modules then
-      if not core.stat(a.modules) then check.bad(what, "appliance.modules: no such directory: %s", a.modules) end
+      if not sys.stat(a.modules) then check.bad(what, "appliance.modules: no such directory: %s", a.modules) end
       set("SUPERMIN_MODULES", a.modules)
     end
   elseif not os.getenv("SUPERMIN_KERNEL") then
@@ -500,8 +494,8 @@ local function customize_virt(path, opts, what)
   if opts.install and #opts.install > 0 then add("--network") else add("--no-network") end
   local tmpfiles = {}
   local function hostfile(prefix, text)
-    local hf = run.scratch() .. "/" .. prefix .. "-" .. math.random(1 << 30)
-    local f = assert(io.open(hf, "wb")); f:write(text); f:close()
+    local hf = files.scratch_file(prefix)
+    files.write(hf, text, what)
     tmpfiles[#tmpfiles + 1] = hf
     return hf
   end
@@ -562,7 +556,7 @@ function M.customize(path, opts)
   local what = "qemu.image.customize"
   check.arg(what, 1, path, "string")
   opts = check.options(what, opts, customize_opts, 2)
-  if not core.stat(path) then errors.raise { class = "BadArgument", command = what, desc = "no such image: " .. path } end
+  if not sys.stat(path) then errors.raise { class = "BadArgument", command = what, desc = "no such image: " .. path } end
   local todo = false
   for _, k in ipairs { "root_password", "write", "disable_auto_upgrades", "install", "uninstall", "run" } do
     if opts[k] ~= nil then todo = true end

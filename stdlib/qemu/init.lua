@@ -22,17 +22,17 @@ local lazy = {
 }
 
 local launch -- the launch module, loaded on first use (with the VM methods)
-local core = require "qshell.proc.core"
+local sys = require "qshell.os"
 
 -- qemu.now() -> monotonic seconds, for timing experiments
-M.now = core.now
+M.now = sys.now
 
 -- qemu.sleep(seconds): Ctrl-C interrupts it
 function M.sleep(seconds)
   if type(seconds) ~= "number" or not (seconds >= 0) or seconds == math.huge then
     error("qemu.sleep: seconds must be a number >= 0", 2)
   end
-  local ok = core.sleep(seconds)
+  local ok = sys.sleep(seconds)
   if not ok then require("qemu.errors").raise { class = "Interrupted", command = "qemu.sleep", desc = "interrupted!" } end
 end
 
@@ -63,7 +63,7 @@ M.sweep = setmetatable({}, {
 
 -- qemu.tmpdir() -> a private dir for this shell, removed when it exits
 function M.tmpdir()
-  return require("qemu.run").scratch()
+  return require("qemu.fs").scratch()
 end
 
 -- qemu.vms() -> the VMs of this shell that are not closed, oldest first

@@ -12,6 +12,9 @@ local errors = require "qemu.errors"
 local check = require "qemu.check"
 local run = require "qemu.run"
 local core = require "qshell.proc.core"
+local sys = require "qshell.os"
+local fs = require "qemu.fs"
+local host = require "qemu.host"
 
 local M = {}
 
@@ -26,19 +29,6 @@ local BUILD_DEPS = "apt-get install make gcc flex bison bc libelf-dev libssl-dev
 local CONFIG_TARGETS = { defconfig = true, tinyconfig = true, oldconfig = true, olddefconfig = true,
                          allnoconfig = true }
 
-local function is_dir(path)
-  local st = core.stat(path)
-  if st and st.type == "link" then
-    local real = core.realpath(path)
-    st = real and core.stat(real)
-  end
-  return st ~= nil and st.type == "dir"
-end
-
-local function exists(path)
-  return core.stat(path) ~= nil
-end
-
 -- src must look like the top of a Linux tree: a Makefile and arch/x86 or Kconfig.
 local function kernel_tree(fname, src)
   check.arg(fname, 1, src, "string")
@@ -52,60 +42,18 @@ local function kernel_tree(fname, src)
   if not (is_dir(src .. "/arch/x86") or exists(src .. "/Kconfig")) then
     refuse("not a kernel tree (a Makefile, but neither Kconfig nor arch/x86)")
   end
-  return core.realpath(src) or src
+  return sys.realpath(src) or src
 end
 
-local read_file = run.read_file
-
-local function first_line(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("l")
-  f:close()
-  return s
-end
+local is_dir, exists, read_file = fs.is_dir, fs.exists, fs.read
 
 -- ---- the job count ----
-
-local function cgroup_dir()
-  -- cgroup v2: "0::/user.slice/..." in /proc/self/cgroup
-  local text = read_file("/proc/self/cgroup") or ""
-  local path = text:match("0::([^\n]*)")
-  return path and ("/sys/fs/cgroup" .. (path == "/" and "" or path)) or nil
-end
-
-local function cores()
-  local n
-  local ok, out = pcall(run.check, { "nproc" }, { command = "qemu.kernel.jobs" })
-  if ok then n = tonumber(out:match("%d+")) end
-  if not n then
-    n = 0
-    for line in (read_file("/proc/cpuinfo") or ""):gmatch("[^\n]+") do
-      if line:match("^processor%s*:") then n = n + 1 end
-    end
-  end
-  local dir = cgroup_dir()
-  local quota, period = (dir and first_line(dir .. "/cpu.max") or ""):match("^(%d+)%s+(%d+)")
-  if quota then n = math.min(n, math.ceil(tonumber(quota) / tonumber(period))) end
-  return math.max(1, n)
-end
-
--- Bytes of memory a build can use: MemAvailable, or less under a cgroup limit.
-local function available_memory()
-  local kb = (read_file("/proc/meminfo") or ""):match("MemAvailable:%s*(%d+)")
-  local avail = kb and tonumber(kb) * 1024 or 2 * GIB
-  local dir = cgroup_dir()
-  local max = dir and tonumber(first_line(dir .. "/memory.max") or "")
-  local cur = dir and tonumber(first_line(dir .. "/memory.current") or "")
-  if max and cur then avail = math.min(avail, math.max(0, max - cur)) end
-  return avail
-end
 
 -- qemu.kernel.jobs() -> the -j a build uses by default: one job per core, at
 -- most one per 1.5 GiB of available memory, at least 1.
 function M.jobs()
-  local c = cores()
-  local by_mem = math.floor(available_memory() / MEM_PER_JOB)
+  local c = host.cores()
+  local by_mem = math.floor(host.available_memory() / MEM_PER_JOB)
   return math.max(1, math.min(c, by_mem)), c
 end
 
@@ -332,29 +280,16 @@ function M._error_excerpt(text)
   return table.concat(out, "\n"), true
 end
 
-local function fmt_time(s)
-  s = math.floor(s + 0.5)
-  return string.format("%d:%02d", s // 60, s % 60)
-end
-
--- The progress line on a terminal; final: "done" (leave it, with a newline)
--- or "clear" (remove it, before an error message).
+-- The progress line on a terminal: the step, lines of output, the last
+-- thing make built, the time so far.
 local function progress(ctx, final)
-  if not ctx.tty then return end
-  if final == "clear" then
-    if ctx.shown > 0 then io.stderr:write("\r\027[K") end
-    io.stderr:flush()
-    return
-  end
-  local now = core.now()
-  if not final and now - ctx.shown < 0.25 then return end
-  ctx.shown = now
+  if final == "clear" then return ctx.progress:clear() end
   local last = ctx.last or ""
   if #last > 60 then last = "..." .. last:sub(-57) end
-  local line = string.format("[kernel] %s: %d lines%s, %s", ctx.step, ctx.lines,
-                             last ~= "" and (", " .. last) or "", fmt_time(now - ctx.t0))
-  io.stderr:write("\r\027[K" .. line .. (final == "done" and "\n" or ""))
-  io.stderr:flush()
+  local line = string.format("%s: %d lines%s, %s", ctx.step, ctx.lines,
+                             last ~= "" and (", " .. last) or "", host.fmt_time(ctx.progress:elapsed()))
+  if final == "done" then return ctx.progress:done(line) end
+  ctx.progress:show(line)
 end
 
 -- New output of make: into the log, and counted for the progress line.
@@ -380,7 +315,7 @@ end
 
 local function drain(ctx, fd)
   while true do
-    local chunk = core.read(fd)
+    local chunk = sys.read(fd)
     if not chunk or chunk == "" then return end
     consume(ctx, chunk)
   end
@@ -400,19 +335,19 @@ local function make(ctx, args, what)
   if not p then errors.raise { class = "IOError", command = ctx.fname, desc = msg } end
   local ok, err, code = p:spawn(argv, 0)
   if not ok then
-    errors.raise { class = code == "exec" and "MissingTool" or "IOError", command = ctx.fname, desc = err,
-                   hint = code == "exec" and BUILD_DEPS or nil }
+    errors.from_code(ctx.fname, err, code, { overrides = { exec = "MissingTool" },
+                                             hint = code == "exec" and BUILD_DEPS or nil })
   end
-  local fd, ferr = core.open(p:logpath(), "r")
+  local fd, ferr = sys.open(p:logpath(), "r")
   if not fd then errors.raise { class = "IOError", command = ctx.fname, desc = ferr } end
-  local _ <close> = setmetatable({}, { __close = function() core.close(fd) end })
+  local _ <close> = setmetatable({}, { __close = function() sys.close(fd) end })
   local st
   local tick = 0.01 -- short steps (a config target) end within a few ticks
   while true do
     drain(ctx, fd)
     st = p:poll()
     if st then break end
-    if ctx.deadline and core.now() > ctx.deadline then
+    if ctx.deadline and sys.now() > ctx.deadline then
       p:kill()
       drain(ctx, fd)
       progress(ctx, "clear")
@@ -421,7 +356,7 @@ local function make(ctx, args, what)
                                           table.concat(args, " "), ctx.timeout, ctx.log) }
     end
     tick = math.min(TICK, tick * 2)
-    if not core.sleep(tick) then
+    if not sys.sleep(tick) then
       p:kill()
       drain(ctx, fd)
       progress(ctx, "clear")
@@ -451,18 +386,7 @@ local function make(ctx, args, what)
 end
 
 local function copy_file(fname, from, to)
-  local text = read_file(from)
-  if not text then errors.raise { class = "IOError", command = fname, desc = "cannot read " .. from } end
-  local f, err = io.open(to, "wb")
-  if not f then errors.raise { class = "IOError", command = fname, desc = err } end
-  f:write(text)
-  f:close()
-end
-
-local function mkdir_p(fname, dir)
-  if is_dir(dir) then return end
-  if exists(dir) then check.bad(fname, "out: %s exists and is not a directory", dir) end
-  run.check({ "mkdir", "-p", "--", dir }, { command = fname })
+  fs.write(to, fs.slurp(from, fname), fname)
 end
 
 local build_opts = {
@@ -494,14 +418,14 @@ function M.build(opts)
   elseif CONFIG_TARGETS[c] or c:match("^[%w_]+_defconfig$") then
     config_target = c
   else
-    local st = core.stat(c)
+    local st = sys.stat(c)
     if not st then
       errors.raise { class = "BadArgument", command = fname, desc = "config: no such file: " .. c,
                      hint = 'config= is "defconfig", "tinyconfig", "oldconfig", "olddefconfig", "allnoconfig", ' ..
                             'an arch\'s "..._defconfig", or the path of a .config file' }
     end
     if is_dir(c) then check.bad(fname, "config: %s is a directory, not a config file", c) end
-    config_file = core.realpath(c) or c
+    config_file = sys.realpath(c) or c
   end
   local wanted = {}
   for k, v in pairs(opts.options or {}) do
@@ -516,8 +440,11 @@ function M.build(opts)
 
   local out
   if opts.out then
-    mkdir_p(fname, opts.out)
-    out = core.realpath(opts.out) or opts.out
+    if exists(opts.out) and not is_dir(opts.out) then
+      check.bad(fname, "out: %s exists and is not a directory", opts.out)
+    end
+    fs.mkdir_p(opts.out, fname)
+    out = sys.realpath(opts.out) or opts.out
   end
   local dir = out or src
   if not config_target and not config_file then
@@ -529,9 +456,9 @@ function M.build(opts)
     errors.raise { class = "BadArgument", command = fname, desc = "cannot write the build log: " .. tostring(lerr) }
   end
   local ctx <close> = setmetatable({
-    fname = fname, src = src, out = out, log = core.realpath(log) or log, logf = logf,
-    t0 = core.now(), timeout = opts.timeout, deadline = opts.timeout and core.now() + opts.timeout,
-    tty = opts.progress ~= false and core.isatty(2), shown = 0, lines = 0, partial = "", step = "config",
+    fname = fname, src = src, out = out, log = sys.realpath(log) or log, logf = logf,
+    t0 = sys.now(), timeout = opts.timeout, deadline = opts.timeout and sys.now() + opts.timeout,
+    progress = host.progress("kernel", { enabled = opts.progress }), lines = 0, partial = "", step = "config",
   }, { __close = function(t) t.logf:close() end })
 
   if config_file then
@@ -580,7 +507,7 @@ function M.build(opts)
     config = dir .. "/.config",
     log = ctx.log,
     jobs = jobs,
-    seconds = core.now() - ctx.t0,
+    seconds = sys.now() - ctx.t0,
   }
 end
 
@@ -597,7 +524,7 @@ function M.clean(src, opts)
   if opts.out then
     if not exists(opts.out) then return end -- nothing was built there
     if not is_dir(opts.out) then check.bad(fname, "out: %s is not a directory", opts.out) end
-    dir = core.realpath(opts.out) or opts.out
+    dir = sys.realpath(opts.out) or opts.out
     argv[#argv + 1] = "O=" .. dir
   end
   argv[#argv + 1] = "mrproper"

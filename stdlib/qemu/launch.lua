@@ -5,13 +5,12 @@
 -- there is no socket path, no stale file and no accept race.
 
 local proc = require "qshell.proc.core"
+local sys = require "qshell.os"
 local qmpc = require "qshell.qmp.core"
 local consolec = require "qshell.console.core"
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local VM = require "qemu.vm"
-require "qemu.snapshot" -- adds vm:savevm, loadvm, delvm, snapshots
-require "qemu.checkpoint" -- adds vm:checkpoint
 
 local M = {}
 
@@ -30,10 +29,11 @@ local serial = 0
 
 function M.live()
   local out = {}
-  for vm in pairs(live) do
-    if not vm._closed then out[#out + 1] = vm end
+  for vm, n in pairs(live) do
+    if not vm:_is_closed() then out[#out + 1] = { vm = vm, n = n } end
   end
-  table.sort(out, function(a, b) return a._serial < b._serial end)
+  table.sort(out, function(a, b) return a.n < b.n end)
+  for i, e in ipairs(out) do out[i] = e.vm end
   return out
 end
 
@@ -287,7 +287,7 @@ function M.launch(opts)
   local fname = "qemu.launch"
   if opts == nil then opts = {} end
   check.options(fname, opts, launch_opts)
-  local t0 = proc.now()
+  local t0 = sys.now()
   local p, msg = proc.new("qshell")
   if not p then errors.raise { class = "IOError", command = fname, desc = msg } end
   local ctx = { tmpdir = p:tmpdir(), sockets = 1, proc = p }
@@ -329,16 +329,14 @@ function M.launch(opts)
       desc = hmsg
     end
     if log ~= "" then desc = desc .. ": " .. log:gsub("\n", " | ") end
-    if hcode == "interrupted" then
-      errors.raise { class = "Interrupted", command = fname, desc = "interrupted!" }
-    end
-    errors.raise { class = "LaunchFailed", command = fname, desc = desc, exit = st,
-                   hint = errors.hint_for(log), argv = argv }
+    errors.from_code(fname, desc, hcode, { overrides = { timeout = "LaunchFailed", closed = "LaunchFailed",
+                                                         io = "LaunchFailed", protocol = "LaunchFailed" },
+                                           exit = st, hint = errors.hint_for(log), argv = argv })
   end
   serial = serial + 1
   local v = greeting.QMP and greeting.QMP.version and greeting.QMP.version.qemu
   local vm = VM.new {
-    _qmp = q, _proc = p, _clock = proc.now, _serial = serial,
+    _qmp = q, _proc = p, _clock = sys.now, _append = ctx.append,
     pid = p:pid(), argv = argv, log = p:logpath(), tmpdir = p:tmpdir(),
     name = opts.name or ("vm" .. serial), accel = ctx.accel,
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
@@ -348,11 +346,10 @@ function M.launch(opts)
     local Console = require "qemu.console"
     vm.console = Console.new(vm, consolec.open(p:take_socket(2), t0))
   end
-  vm._append = ctx.append
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
-  live[vm] = true
+  live[vm] = serial
   if M.pin then pinned[vm] = true end
-  vm._on_close[#vm._on_close + 1] = function(v) pinned[v] = nil end
+  vm:_on_close_do(function(v) pinned[v] = nil end)
   if rctx then
     -- The machine as restored (what a later checkpoint records).
     local o = {}
@@ -378,26 +375,25 @@ function M.attach(path, opts)
   opts = check.options(fname, opts, attach_opts, 2)
   local q, msg, code = qmpc.connect(path, opts.timeout or 0)
   if not q then
-    errors.raise { class = code == "closed" and "ConnectFailed" or "IOError", command = fname,
-                   desc = msg,
-                   hint = "start QEMU with -qmp unix:" .. path .. ",server=on,wait=off" }
+    errors.from_code(fname, msg, code, { overrides = { closed = "ConnectFailed" },
+                                         hint = "start QEMU with -qmp unix:" .. path .. ",server=on,wait=off" })
   end
   local greeting, hmsg, hcode = q:handshake(opts.timeout or DEFAULT_TIMEOUT)
   if not greeting then
     q:close()
-    errors.raise { class = hcode == "timeout" and "Timeout" or "ConnectFailed", command = fname,
-                   desc = hmsg }
+    errors.from_code(fname, hmsg, hcode, { overrides = { closed = "ConnectFailed", io = "ConnectFailed",
+                                                         protocol = "ConnectFailed" } })
   end
   serial = serial + 1
   local v = greeting.QMP and greeting.QMP.version and greeting.QMP.version.qemu
   local vm = VM.new {
-    _qmp = q, _clock = proc.now, _serial = serial, argv = nil, socket = path,
+    _qmp = q, _clock = sys.now, argv = nil, socket = path,
     name = opts.name or ("vm" .. serial),
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
   }
-  live[vm] = true
+  live[vm] = serial
   if M.pin then pinned[vm] = true end
-  vm._on_close[#vm._on_close + 1] = function(v) pinned[v] = nil end
+  vm:_on_close_do(function(v) pinned[v] = nil end)
   return vm
 end
 

@@ -14,11 +14,7 @@ local config = require "qshell.config"
 
 local M = {}
 
-local function is_file(p)
-  local f = io.open(p, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local is_file = require("qemu.fs").is_file
 
 local function env(name)
   local v = os.getenv(name)

@@ -11,7 +11,7 @@
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local paths = require "qemu.paths"
-local core = require "qshell.proc.core"
+local sys = require "qshell.os"
 local json = require "qshell.json"
 
 local M = {}
@@ -24,7 +24,7 @@ end
 function M.find(name)
   check.arg("qemu.plugin.find", 1, name, "string")
   local path = M.dir() .. "/lib" .. name .. ".so"
-  if not core.stat(path) then
+  if not sys.stat(path) then
     errors.raise { class = "PluginError", command = "qemu.plugin.find",
                    desc = string.format("no plugin named '%s' (no %s)", name, path),
                    hint = "the project's plugins are built by `make`; name one of: " .. M.names() }
@@ -34,7 +34,7 @@ end
 
 function M.names()
   local out = {}
-  for _, f in ipairs(core.listdir(M.dir()) or {}) do
+  for _, f in ipairs(sys.listdir(M.dir()) or {}) do
     local n = f:match("^lib(.+)%.so$")
     if n then out[#out + 1] = n end
   end
@@ -119,7 +119,7 @@ end
 function M.check(path)
   local fname = "qemu.plugin.check"
   check.arg(fname, 1, path, "string")
-  local st = core.stat(path)
+  local st = sys.stat(path)
   if not st then
     errors.raise { class = "PluginError", command = fname, desc = "plugin " .. path .. ": no such file",
                    hint = "build it (make), or give the right path" }

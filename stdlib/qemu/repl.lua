@@ -25,7 +25,7 @@ end
 
 -- The current VM: the one picked with .use, else the newest live one.
 function M.current()
-  if chosen and not chosen._closed then return chosen end
+  if chosen and not chosen:_is_closed() then return chosen end
   chosen = nil
   local vms = live()
   return vms[#vms]
@@ -40,7 +40,7 @@ local function need_vm()
 end
 
 local function vm_state(vm)
-  if vm._exit then return "exited" end
+  if vm:_exited() then return "exited" end
   local ok, st = pcall(vm.qmp, vm, "query-status", nil, { timeout = 0.5 })
   if ok then return st.status end
   return "?"
@@ -182,13 +182,13 @@ function M.use(n)
 end
 
 function M.set_log(on)
-  for _, vm in ipairs(live()) do vm._qmp:set_log(on) end
+  for _, vm in ipairs(live()) do vm:_set_log(on) end
 end
 
 function M.owned_running()
   local out = {}
   for _, vm in ipairs(live()) do
-    if vm._proc and not vm._exit then out[#out + 1] = vm.name end
+    if vm:_owned() and not vm:_exited() then out[#out + 1] = vm.name end
   end
   return out
 end
@@ -198,10 +198,8 @@ end
 function M.watch_fds()
   local fds = {}
   for _, vm in ipairs(live()) do
-    if not vm._exit and not vm._gone then
-      local ok, fd = pcall(vm._qmp.fileno, vm._qmp)
-      if ok and fd >= 0 then fds[#fds + 1] = fd end
-    end
+    local fd = vm:_monitor_fd()
+    if fd then fds[#fds + 1] = fd end
   end
   return fds
 end
@@ -218,20 +216,11 @@ end
 function M.on_events()
   local lines = {}
   for _, vm in ipairs(live()) do
-    if not vm._exit and not vm._gone then
-      local evs, _, code = vm._qmp:events()
-      for _, ev in ipairs(evs) do
-        if not vm:_hidden(ev) then
-          vm._backlog[#vm._backlog + 1] = ev
-          lines[#lines + 1] = event_line(vm, ev)
-        end
-      end
-      while #vm._backlog > M.max_backlog do table.remove(vm._backlog, 1) end
-      if code == "closed" then
-        vm._gone = true
-        local st = vm:_exit_status(0.5)
-        lines[#lines + 1] = string.format("[%s] QEMU %s", vm.name, st and st.desc or "closed its monitor")
-      end
+    local evs, gone = vm:_pump_events(M.max_backlog)
+    for _, ev in ipairs(evs) do lines[#lines + 1] = event_line(vm, ev) end
+    if gone then
+      lines[#lines + 1] = string.format("[%s] QEMU %s", vm.name,
+                                        type(gone) == "table" and gone.desc or "closed its monitor")
     end
   end
   return lines
@@ -244,39 +233,49 @@ local keywords = { "and", "break", "do", "else", "elseif", "end", "false", "for"
                    "true", "until", "while" }
 M.dot_commands = { ".help", ".vms", ".use", ".load", ".log", ".quit" }
 
+-- What completion learned of each VM's QEMU, asked once per VM.
+local learned = setmetatable({}, { __mode = "k" })
+local function cache(vm)
+  local c = learned[vm]
+  if not c then c = { argnames = {} }; learned[vm] = c end
+  return c
+end
+
 local function qmp_commands(vm)
-  if not vm._commands then
+  local c = cache(vm)
+  if not c.commands then
     local names = {}
-    for _, c in ipairs(vm:qmp("query-commands")) do names[#names + 1] = c.name end
+    for _, cmd in ipairs(vm:qmp("query-commands")) do names[#names + 1] = cmd.name end
     table.sort(names)
-    vm._commands = names
+    c.commands = names
   end
-  return vm._commands
+  return c.commands
 end
 
 local function qmp_args(vm, cmd)
-  vm._argnames = vm._argnames or {}
-  if vm._argnames[cmd] then return vm._argnames[cmd] end
-  if not vm._schema then
+  local cc = cache(vm)
+  if cc.argnames[cmd] then return cc.argnames[cmd] end
+  if not cc.schema then
     local byname = {}
     for _, e in ipairs(vm:qmp("query-qmp-schema")) do byname[e.name] = e end
     local cmds = {}
     for _, e in ipairs(vm:qmp("query-qmp-schema")) do
       if e["meta-type"] == "command" then cmds[e.name] = e end
     end
-    vm._schema = { types = byname, commands = cmds }
+    cc.schema = { types = byname, commands = cmds }
   end
   local names = {}
-  local c = vm._schema.commands[cmd]
-  local t = c and vm._schema.types[c["arg-type"]]
+  local c = cc.schema.commands[cmd]
+  local t = c and cc.schema.types[c["arg-type"]]
   for _, m in ipairs(t and t.members or {}) do names[#names + 1] = m.name end
   table.sort(names)
-  vm._argnames[cmd] = names
+  cc.argnames[cmd] = names
   return names
 end
 
 local function hmp_commands(vm)
-  if not vm._hmp_commands then
+  local c = cache(vm)
+  if not c.hmp then
     local names = {}
     for line in vm:hmp("help"):gmatch("[^\n]+") do
       local first = line:match("^(%S+)")
@@ -285,9 +284,9 @@ local function hmp_commands(vm)
       end
     end
     table.sort(names)
-    vm._hmp_commands = names
+    c.hmp = names
   end
-  return vm._hmp_commands
+  return c.hmp
 end
 
 local function filter(list, prefix, decorate)

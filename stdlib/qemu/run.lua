@@ -1,6 +1,5 @@
 -- qemu.run: run a helper program (qemu-img, mkfs.ext4, ...) from an argv,
--- never through a shell, and collect its exit status and output.  Also
--- the shell-wide scratch directory, removed when qshell exits.
+-- never through a shell, and collect its exit status and output.
 
 local proc = require "qshell.proc.core"
 local errors = require "qemu.errors"
@@ -12,21 +11,18 @@ local M = {}
 function M.run(argv, opts)
   opts = opts or {}
   local p, msg = proc.new("qshell-run")
-  if not p then errors.raise { class = "IOError", command = opts.command or argv[1], desc = msg } end
+  if not p then errors.from_code(opts.command or argv[1], msg, "io") end
   local out = p:tmpdir() .. "/stdout"
   local ok, err, code = p:spawn(argv, 0, out, opts.stdin)
   if not ok then
     p:close()
-    errors.raise { class = code == "exec" and "LaunchFailed" or "IOError",
-                   command = opts.command or argv[1], desc = err,
-                   hint = opts.exec_hint }
+    errors.from_code(opts.command or argv[1], err, code, { hint = opts.exec_hint })
   end
   local st, werr, wcode = p:wait(opts.timeout)
   if not st then
     p:kill()
     p:close()
-    errors.raise { class = wcode == "interrupted" and "Interrupted" or "Timeout",
-                   command = opts.command or argv[1], desc = werr }
+    errors.from_code(opts.command or argv[1], werr, wcode)
   end
   local f = io.open(out, "rb")
   st.stdout = f and f:read("a") or ""
@@ -49,15 +45,6 @@ function M.check(argv, opts)
   return st.stdout
 end
 
--- The contents of a file, or nil when it cannot be read.
-function M.read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 -- Is a program on PATH?
 function M.which(name)
   for dir in (os.getenv("PATH") or "/usr/bin:/bin"):gmatch("[^:]+") do
@@ -69,17 +56,6 @@ function M.which(name)
     end
   end
   return nil
-end
-
-local scratch
--- M.scratch() -> a private 0700 dir for this qshell, removed at exit.
-function M.scratch()
-  if not scratch then
-    local p, msg = proc.new("qshell")
-    if not p then errors.raise { class = "IOError", command = "qemu.tmpdir", desc = msg } end
-    scratch = p -- never spawned; its __gc (at lua_close) and the atexit hook remove the dir
-  end
-  return scratch:tmpdir()
 end
 
 return M

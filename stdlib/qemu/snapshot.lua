@@ -1,4 +1,5 @@
--- qemu.snapshot: vm:savevm / loadvm / delvm / snapshots, done safely.
+-- qemu.snapshot: vm:savevm / loadvm / delvm / snapshots, done safely (the
+-- implementations behind the methods vm.lua declares).
 --
 -- QEMU's HMP savevm/loadvm report failure as a *successful* reply whose
 -- text starts with "Error", and HMP savevm silently replaces an existing
@@ -10,7 +11,6 @@
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local disk = require "qemu.disk"
-local VM = require "qemu.vm"
 
 local M = {}
 
@@ -36,7 +36,7 @@ end
 -- One query-block answers everything a snapshot call needs: which nodes
 -- take part (every writable inserted disk), where the VM state goes (the
 -- first one, as HMP savevm chooses), and the snapshots already there.
-function VM:_snapshot_state(fname)
+function M._snapshot_state(self, fname)
   local nodes, raw_writable = {}, nil
   for _, b in ipairs(self:qmp("query-block")) do
     local ins = b.inserted
@@ -69,9 +69,9 @@ local function node_names(nodes)
 end
 
 -- vm:snapshots() -> list of {tag=, id=, vm_size=, date=, vm_clock=, icount=}
-function VM:snapshots()
+function M.snapshots(self)
   self:_live("vm:snapshots")
-  local _, _, list = self:_snapshot_state("vm:snapshots")
+  local _, _, list = M._snapshot_state(self, "vm:snapshots")
   return list
 end
 
@@ -88,19 +88,23 @@ local function tags(list)
   return #out > 0 and table.concat(out, ", ") or "none"
 end
 
-function VM:_has_snapshot_jobs()
-  if self._snapshot_mode then return self._snapshot_mode == "qmp" end
-  local have = false
-  for _, c in ipairs(self:qmp("query-commands")) do
-    if c.name == "snapshot-save" then have = true break end
+-- Per VM: does its QEMU have the snapshot jobs (6.0+)?  Asked once.
+local has_jobs = setmetatable({}, { __mode = "k" })
+
+function M._has_snapshot_jobs(self)
+  if has_jobs[self] == nil then
+    local have = false
+    for _, c in ipairs(self:qmp("query-commands")) do
+      if c.name == "snapshot-save" then have = true break end
+    end
+    has_jobs[self] = have
   end
-  self._snapshot_mode = have and "qmp" or "hmp"
-  return have
+  return has_jobs[self]
 end
 
 -- Run one snapshot job to its end: wait for "concluded", read the error,
 -- dismiss it, and drop its own events from the backlog.
-function VM:_run_job(fname, cmd, args, timeout)
+function M._run_job(self, fname, cmd, args, timeout)
   jobs = jobs + 1
   local id = string.format("qshell-%s-%d", cmd, jobs)
   args["job-id"] = id
@@ -113,12 +117,7 @@ function VM:_run_job(fname, cmd, args, timeout)
   end
   self:qmp("job-dismiss", { id = id })
   -- The job's own events are qshell's business, not the script's.
-  self._hidden_jobs[id] = true
-  local kept = {}
-  for _, ev in ipairs(self._backlog) do
-    if not self:_hidden(ev) then kept[#kept + 1] = ev end
-  end
-  self._backlog = kept
+  self:_hide_job(id)
   return err
 end
 
@@ -132,31 +131,31 @@ end
 -- One snapshot operation: QEMU's QMP job where it has them, HMP otherwise
 -- (whose errors come as successful replies).  Returns QEMU's error text,
 -- or nil when it went through.
-function VM:_snapshot_op(fname, job, hmp, args, timeout)
-  if self:_has_snapshot_jobs() then return self:_run_job(fname, job, args, timeout) end
+function M._snapshot_op(self, fname, job, hmp, args, timeout)
+  if M._has_snapshot_jobs(self) then return M._run_job(self, fname, job, args, timeout) end
   local text = self:qmp("human-monitor-command", { ["command-line"] = hmp .. " " .. args.tag },
                         { timeout = timeout })
-  if VM.hmp_failed(text) then return (text:gsub("%s+$", "")) end
+  if require("qemu.vm").hmp_failed(text) then return (text:gsub("%s+$", "")) end
   return nil
 end
 
 -- What savevm, loadvm and delvm all start with: the tag and options
 -- checked, the VM live, the snapshot state read once.
-function VM:_snapshot_begin(fname, tag, opts, spec)
+function M._snapshot_begin(self, fname, tag, opts, spec)
   M.check_tag(fname, tag)
   opts = check.options(fname, opts, spec, 2)
   self:_live(fname)
-  return opts, self:_snapshot_state(fname)
+  return opts, M._snapshot_state(self, fname)
 end
 
 local save_opts = { replace = "boolean", timeout = check.nonneg }
 local timeout_opts = { timeout = check.nonneg }
 
 -- vm:savevm(tag [, {replace=false, timeout=}])
-function VM:savevm(tag, opts)
+function M.savevm(self, tag, opts)
   local fname = "vm:savevm"
   local nodes, vmstate, list
-  opts, nodes, vmstate, list = self:_snapshot_begin(fname, tag, opts, save_opts)
+  opts, nodes, vmstate, list = M._snapshot_begin(self, fname, tag, opts, save_opts)
   local old = find_tag(list, tag)
   if old then
     if not opts.replace then
@@ -167,7 +166,7 @@ function VM:savevm(tag, opts)
     end
     self:delvm(tag)
   end
-  local err = self:_snapshot_op(fname, "snapshot-save", "savevm",
+  local err = M._snapshot_op(self, fname, "snapshot-save", "savevm",
                                  { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) },
                                  opts.timeout or DEFAULT_TIMEOUT)
   if err then
@@ -181,12 +180,12 @@ function VM:savevm(tag, opts)
 end
 
 -- vm:loadvm(tag [, {timeout=}])
-function VM:loadvm(tag, opts)
+function M.loadvm(self, tag, opts)
   local fname = "vm:loadvm"
   local nodes, vmstate, list
-  opts, nodes, vmstate, list = self:_snapshot_begin(fname, tag, opts, timeout_opts)
+  opts, nodes, vmstate, list = M._snapshot_begin(self, fname, tag, opts, timeout_opts)
   need_tag(fname, list, tag, "; the VM was not touched")
-  local err = self:_snapshot_op(fname, "snapshot-load", "loadvm",
+  local err = M._snapshot_op(self, fname, "snapshot-load", "loadvm",
                                 { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) },
                                 opts.timeout or DEFAULT_TIMEOUT)
   if err then
@@ -202,12 +201,12 @@ function VM:loadvm(tag, opts)
 end
 
 -- vm:delvm(tag [, {timeout=}]): a missing tag is an error
-function VM:delvm(tag, opts)
+function M.delvm(self, tag, opts)
   local fname = "vm:delvm"
   local nodes, _, list
-  opts, nodes, _, list = self:_snapshot_begin(fname, tag, opts, timeout_opts)
+  opts, nodes, _, list = M._snapshot_begin(self, fname, tag, opts, timeout_opts)
   need_tag(fname, list, tag, "")
-  local err = self:_snapshot_op(fname, "snapshot-delete", "delvm", { tag = tag, devices = node_names(nodes) },
+  local err = M._snapshot_op(self, fname, "snapshot-delete", "delvm", { tag = tag, devices = node_names(nodes) },
                                 opts.timeout or DEFAULT_TIMEOUT)
   if err then
     errors.raise { class = "SnapshotFailed", command = fname, desc = err, hint = errors.hint_for(err) }

@@ -5,7 +5,19 @@
 -- and the tail of its log, and stopping is the QEMUMachine ladder (QMP quit,
 -- wait, SIGTERM, wait, SIGKILL, always reaped).
 --
--- Fields: vm.pid, vm.argv, vm.log, vm.name, vm.tmpdir, vm.accel, vm.version.
+-- Fields: vm.pid, vm.argv, vm.log, vm.name, vm.tmpdir, vm.accel, vm.version,
+-- vm.options, vm.plugins, vm.console, vm.guest, vm.restored_from.
+--
+-- Methods (every one is declared in this file; the implementations of the
+-- snapshot and checkpoint methods live in their modules):
+--   QMP and HMP     qmp, hmp, events, wait_event
+--   run state       status, pause, cont
+--   process         quit, kill, wait, close (also <close>)
+--   snapshots       savevm, loadvm, delvm, snapshots       (qemu/snapshot.lua)
+--   checkpoints     checkpoint                             (qemu/checkpoint.lua)
+--   plugins         plugin_log, plugin_result
+--   console         attach (and the vm.console object, qemu/console.lua)
+-- Methods starting with "_" are for the other stdlib modules, never scripts.
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
@@ -46,11 +58,7 @@ end
 
 -- A connection-level failure (code from the C glue) -> raise.
 function VM:_conn_error(command, msg, code)
-  if code == "interrupted" then
-    errors.raise { class = "Interrupted", command = command, desc = "interrupted!" }
-  elseif code == "timeout" then
-    errors.raise { class = "Timeout", command = command, desc = msg }
-  elseif code == "closed" then
+  if code == "closed" then
     -- QEMU closes the socket as it dies: give the exit status a moment.
     local st = self:_exit_status(1)
     local log = log_lines(self, 3)
@@ -63,10 +71,8 @@ function VM:_conn_error(command, msg, code)
     if log then desc = desc .. ": " .. log end
     errors.raise { class = "QEMUExited", command = command, desc = desc, exit = st,
                    hint = errors.hint_for(log) }
-  else
-    errors.raise { class = code == "protocol" and "ProtocolError" or "IOError",
-                   command = command, desc = msg }
   end
+  errors.from_code(command, msg, code)
 end
 
 function VM:_live(fname)
@@ -79,15 +85,21 @@ function VM:_live(fname)
   end
 end
 
-local qmp_opts = { timeout = check.nonneg }
+local function fd_arg(v)
+  if math.type(v) == "integer" and v >= 0 then return true end
+  return false, "must be an open file descriptor (an integer >= 0)"
+end
+local qmp_opts = { timeout = check.nonneg, fd = fd_arg }
 
--- vm:qmp(cmd [, args [, {timeout=}]]) -> the "return" value
+-- vm:qmp(cmd [, args [, {timeout=, fd=}]]) -> the "return" value
+-- fd= passes a file descriptor with the command (SCM_RIGHTS), for getfd
+-- and add-fd; the caller still owns and closes its copy.
 function VM:qmp(cmd, args, opts)
   check.arg("vm:qmp", 1, cmd, "string")
   if args ~= nil then check.arg("vm:qmp", 2, args, "table") end
   opts = check.options("vm:qmp", opts, qmp_opts, 3)
   self:_live("vm:qmp")
-  local r, msg, code = self._qmp:execute(cmd, args, opts.timeout or self.qmp_timeout)
+  local r, msg, code = self._qmp:execute(cmd, args, opts.timeout or self.qmp_timeout, opts.fd)
   if not r then self:_conn_error(cmd, msg, code) end
   local e = r.error
   if e then
@@ -295,7 +307,7 @@ function VM:close()
     if not self._exit then self._exit = self._proc:kill() end
   end
   self:_close_qmp()
-  if self.console then self.console._c:close() end
+  if self.console then self.console:_close() end
   if self._proc then self._proc:close() end
   self._closed = true
   self.pid = nil
@@ -304,6 +316,19 @@ function VM:close()
 end
 
 VM.__close = VM.close
+
+-- ---- implemented in their own modules ----
+
+-- Snapshots (stdlib/qemu/snapshot.lua): internal snapshots in the VM's
+-- qcow2 images, through QMP jobs or HMP with its errors caught.
+function VM:savevm(tag, opts) return require("qemu.snapshot").savevm(self, tag, opts) end
+function VM:loadvm(tag, opts) return require("qemu.snapshot").loadvm(self, tag, opts) end
+function VM:delvm(tag, opts) return require("qemu.snapshot").delvm(self, tag, opts) end
+function VM:snapshots() return require("qemu.snapshot").snapshots(self) end
+
+-- Checkpoints (stdlib/qemu/checkpoint.lua): the VM state and frozen disks
+-- in a directory that qemu.launch{restore=} starts from.
+function VM:checkpoint(dir, opts) return require("qemu.checkpoint").make(self, dir, opts) end
 
 -- vm:plugin_log() -> the text the VM's plugins printed (qemu_plugin_outs)
 function VM:plugin_log()
@@ -347,6 +372,69 @@ function VM:attach()
   self:_live("vm:attach")
   if not self.console then check.bad("vm:attach", "this VM has no captured console (console=false)") end
   self.console:attach()
+end
+
+-- ---- for the other stdlib modules (not a script API) ----
+
+-- Launched by this shell (not attached)?
+function VM:_owned() return self._proc ~= nil end
+function VM:_is_closed() return self._closed == true end
+-- The exit status once QEMU has ended, else nil.
+function VM:_exited() return self._exit end
+-- The kernel command line the VM was started with (as launch built it).
+function VM:_kernel_append() return self._append end
+-- fn(vm) runs when the VM is closed.
+function VM:_on_close_do(fn) self._on_close[#self._on_close + 1] = fn end
+
+-- The events of a job qshell ran for the script (a snapshot job) are not
+-- the script's: drop those queued, and hide those still to come.
+function VM:_hide_job(id)
+  self._hidden_jobs[id] = true
+  local kept = {}
+  for _, ev in ipairs(self._backlog) do
+    if not self:_hidden(ev) then kept[#kept + 1] = ev end
+  end
+  self._backlog = kept
+end
+
+-- The monitor's fd (to poll at the prompt), or nil once QEMU is gone.
+function VM:_monitor_fd()
+  if self._exit or self._gone or self._qmp_closed then return nil end
+  local ok, fd = pcall(self._qmp.fileno, self._qmp)
+  return ok and fd >= 0 and fd or nil
+end
+
+function VM:_set_log(on)
+  if not self._qmp_closed then self._qmp:set_log(on) end
+end
+
+-- Read what the monitor has, without waiting: the new events (queued for
+-- vm:events() too, at most max kept) and, when QEMU closed the monitor,
+-- its exit status (or true).
+function VM:_pump_events(max)
+  if self._exit or self._gone or self._qmp_closed then return {}, nil end
+  local evs, _, code = self._qmp:events()
+  local new = {}
+  for _, ev in ipairs(evs) do
+    if not self:_hidden(ev) then
+      self._backlog[#self._backlog + 1] = ev
+      new[#new + 1] = ev
+    end
+  end
+  while max and #self._backlog > max do table.remove(self._backlog, 1) end
+  local gone
+  if code == "closed" then
+    self._gone = true
+    gone = self:_exit_status(0.5) or true
+  end
+  return new, gone
+end
+
+-- In a forked sweep worker: this VM is the parent's; never touch it (the
+-- C cores see the copy is not this process's and leave it alone too).
+function VM:_forget()
+  self._closed = true
+  self._inherited = true
 end
 
 function VM.new(fields)

@@ -40,7 +40,7 @@
 --       timed from qemu.launch{restore=CKPT} to the answer of
 --       vm.console:run("true"); prints "median_us=... n=1"
 
-local now = require("qshell.proc.core").now
+local now = require("qshell.os").now
 
 local mode = arg[1]
 

@@ -6,7 +6,7 @@
 -- Prints the same line as build/bench/qmpclient (times in us):
 --   median_us=172.0 mean_us=180.3 min_us=160.1 n=2000
 
-local now = require("qshell.proc.core").now
+local now = require("qshell.os").now
 
 local mode, count = arg[1], tonumber(arg[2])
 if (mode ~= "rt" and mode ~= "launch") or not count or count < 1 then

@@ -41,7 +41,7 @@ T.test("overlay: backing file and format recorded", function()
   T.eq(i.backing_format, "qcow2")
   T.eq(i.virtual_size, 32 * 1024 * 1024)
   -- a relative base is recorded as an absolute path
-  local cwd = require("qshell.proc.core").realpath(".")
+  local cwd = require("qshell.os").realpath(".")
   local rel = d.create("rel-base.qcow2", "1M", { force = true })
   local ov2 = d.overlay(rel, tmp .. "/ov2.qcow2")
   T.eq(d.info(ov2).backing, cwd .. "/rel-base.qcow2")

@@ -57,11 +57,11 @@ T.test("out= builds outside the tree (created if missing)", function()
   local src = tree()
   local out = tmp .. "/out-a/deep"
   local r = k.build { src = src, out = out, log = tmp .. "/out-a.log" }
-  local real = require("qshell.proc.core").realpath(out)
+  local real = require("qshell.os").realpath(out)
   T.eq(r.bzimage, real .. "/arch/x86/boot/bzImage")
   T.eq(r.vmlinux, real .. "/vmlinux")
   T.ok(T.exists(r.bzimage), "bzImage in out")
-  T.eq(r.log, require("qshell.proc.core").realpath(tmp .. "/out-a.log"))
+  T.eq(r.log, require("qshell.os").realpath(tmp .. "/out-a.log"))
   T.match(slurp(r.log), "O=" .. real:gsub("%p", "%%%0"))
   T.ok(T.exists(out .. "/.config"), ".config in out")
   T.ok(not T.exists(src .. "/.config"), "the tree has no .config")
@@ -195,7 +195,7 @@ T.test("a failing build raises KernelBuildFailed with the compiler error and the
   end, "KernelBuildFailed")
   T.match(e.desc, "kernel/fail%.c:12:5: error: 'x' undeclared %(first use in this function%)")
   T.match(e.desc, "exited with status 2")
-  local log = require("qshell.proc.core").realpath(tmp .. "/out-fail") .. "/qshell-build.log"
+  local log = require("qshell.os").realpath(tmp .. "/out-fail") .. "/qshell-build.log"
   T.eq(e.log, log)
   T.ok(e.desc:find(log, 1, true), "the desc names the log")
   T.match(slurp(log), "kernel/fail%.c:12:5: error:")

@@ -8,7 +8,7 @@
 
 local T = {}
 local tests = {}
-local proc = require "qshell.proc.core"
+local sys = require "qshell.os"
 
 local cleanups = {}
 
@@ -65,7 +65,7 @@ function T.raises(fn, class, pattern)
   return err
 end
 
-function T.now() return proc.now() end
+function T.now() return sys.now() end
 
 -- Run a shell command; returns exit code, stdout, stderr.
 function T.sh(cmd)
@@ -114,13 +114,13 @@ function T.run()
     if filter and filter ~= "" and not t.name:find(filter) then
       skipped = skipped + 1
     else
-      local t0 = proc.now()
+      local t0 = sys.now()
       local ok, err = xpcall(t.fn, function(e)
         local msg = tostring(e)
         if os.getenv("QSHELL_TEST_VERBOSE") then msg = debug.traceback(msg, 2) end
         return msg
       end)
-      local dt = proc.now() - t0
+      local dt = sys.now() - t0
       if ok then
         passed = passed + 1
         if os.getenv("QSHELL_TEST_VERBOSE") then

@@ -85,7 +85,7 @@ T.test("not a checkpoint, and a checkpoint dir that is not empty", function()
   -- a parent that is a file cannot be made; missing parents are made
   local file = tmp .. "/a-file"
   assert(io.open(file, "w")):close()
-  T.raises(function() vm:checkpoint(file .. "/ckpt") end, "CommandFailed")
+  T.raises(function() vm:checkpoint(file .. "/ckpt") end, "IOError", "a%-file")
   vm:checkpoint(tmp .. "/new/parents/ckpt")
   T.ok(T.exists(tmp .. "/new/parents/ckpt/manifest.json"), "checkpoint made under new parent dirs")
 end)
@@ -195,6 +195,30 @@ T.test("a run over its timeout is killed and recorded; no QEMU is left", functio
   for _, res in ipairs(r.results) do
     if res.params.s == 60 then T.match(res.error, "timed out after 3 s") end
   end
+end)
+
+T.test("a sweep from a savevm tag with launch.disks (it failed every run)", function()
+  local img = tmp .. "/tagged.qcow2"
+  qemu.disk.overlay(g.system, img)
+  do
+    local vm <close> = qemu.guest.launch { system = img }
+    vm.console:run("echo from-the-tag > /root/mark && sync")
+    vm:savevm("warm")
+  end
+  local before = sha(img)
+  local r = qemu.sweep {
+    from = "warm", workers = 2, matrix = { k = { 1, 2 } },
+    launch = { kernel = g.kernel, initrd = g.initrd, append = g.append, memory = g.memory, disks = { img } },
+    run = function(vm, p)
+      local out, st = vm.console:run("cat /root/mark; echo k=" .. p.k)
+      assert(st == 0, out)
+      return { mark = out:match("^[^\n]*") }
+    end,
+  }
+  T.eq(r.failed, 0, r.results[1] and tostring(r.results[1].error))
+  T.eq(r.ok, 2)
+  for _, res in ipairs(r.results) do T.eq(res.metrics.mark, "from-the-tag") end
+  T.eq(sha(img), before, "the tagged image was not touched")
 end)
 
 T.test("bad input: empty axis, other columns, not a checkpoint", function()

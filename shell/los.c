@@ -1,0 +1,449 @@
+/*
+ * los.c - Lua module "qshell.os": the POSIX calls the stdlib needs that
+ * have no C core of their own (Lua keeps io and os apart from its objects
+ * for the same reason).  Time (now, sleep), files (stat, access, realpath,
+ * listdir, mkdir, rename, open, close), and the process primitives of the
+ * sweep's local workers (fork, exit_now, pipe, poll, read, write, waitpid,
+ * kill, setpgid, getpid, isatty).
+ *
+ * Functions follow the io library's convention: a value, or nil, message,
+ * code ("io", "interrupted", "closed", "exists").  Blocking calls give up
+ * with "interrupted" when Ctrl-C arrives.  The process object (a child
+ * with its temp dir and sockets) is lproc.c's, not this module's.
+ */
+#define _GNU_SOURCE /* realpath, pipe */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "luaenv.h"
+#include "proc.h"
+#include "sig.h"
+#include "util.h"
+
+/* os.now() -> seconds on a monotonic clock */
+static int l_os_now(lua_State *L)
+{
+    lua_pushnumber(L, now_mono());
+    return 1;
+}
+
+/* os.sleep(seconds) -> true | nil, "interrupted", "interrupted" */
+static int l_os_sleep(lua_State *L)
+{
+    double t = luaL_checknumber(L, 1);
+    double deadline = now_mono() + t;
+    for (;;) {
+        if (qs_interrupted) {
+            return qs_pushfail(L, "interrupted", "interrupted");
+        }
+        double left = deadline - now_mono();
+        if (left <= 0) {
+            break;
+        }
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)((left > 0.1 ? 0.1 : left) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* os.realpath(path) -> absolute path | nil, msg, "io" */
+static int l_os_realpath(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char *r = realpath(path, NULL);
+    if (!r) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_pushstring(L, r); /* a memory error here would leak r; PATH_MAX-sized at most */
+    free(r);
+    return 1;
+}
+
+/* os.stat(path) -> {type=, size=, mode=, uid=} | nil, msg, "io" (lstat: links are "link") */
+static int l_os_stat(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_createtable(L, 0, 4);
+    const char *type = S_ISREG(st.st_mode)   ? "file"
+                       : S_ISDIR(st.st_mode) ? "dir"
+                       : S_ISLNK(st.st_mode) ? "link"
+                       : S_ISBLK(st.st_mode) ? "block"
+                       : S_ISCHR(st.st_mode) ? "char"
+                                             : "other";
+    lua_pushstring(L, type);
+    lua_setfield(L, -2, "type");
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    lua_setfield(L, -2, "size");
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    lua_setfield(L, -2, "mode");
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    lua_setfield(L, -2, "uid");
+    return 1;
+}
+
+/* os.access(path, "r"|"w"|"x"|"rw") -> boolean */
+static int l_os_access(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    const char *how = luaL_optstring(L, 2, "r");
+    int mode = 0;
+    for (; *how; how++) {
+        mode |= *how == 'r' ? R_OK : *how == 'w' ? W_OK : *how == 'x' ? X_OK : 0;
+    }
+    lua_pushboolean(L, access(path, mode ? mode : F_OK) == 0);
+    return 1;
+}
+
+/*
+ * os.open(path, mode) -> fd | nil, msg, "io": mode "r" (read), "w"
+ * (write, truncate), "wx" (write, must not exist).  For fds handed to QEMU.
+ */
+static int l_os_open(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    static const char *const modes[] = {"r", "w", "wx", NULL};
+    static const int flags[] = {O_RDONLY, O_WRONLY | O_CREAT | O_TRUNC,
+                                O_WRONLY | O_CREAT | O_EXCL};
+    int m = luaL_checkoption(L, 2, "r", modes);
+    int fd = open(path, flags[m] | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_pushinteger(L, fd);
+    return 1;
+}
+
+/* os.close(fd) */
+static int l_os_close(lua_State *L)
+{
+    lua_Integer fd = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, fd > 2, 1, "will not close a standard stream");
+    close((int)fd);
+    return 0;
+}
+
+/*
+ * os.fork() -> pid (0 in the child) | nil, msg, "io"
+ * The child is a copy of this shell: its inherited VMs are inert copies
+ * (proc.c and console.c check who owns them), and it should leave with
+ * os.exit_now() so that nothing of the parent's is torn down.
+ */
+static int l_os_fork(lua_State *L)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        return qs_pushfail(L, strerror(errno), "io");
+    }
+#ifdef __linux__
+    if (pid == 0) {
+        /* A worker ends with its parent: SIGTERM lets it close its VMs. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) {
+            _exit(1);
+        }
+    }
+#endif
+    lua_pushinteger(L, pid);
+    return 1;
+}
+
+/*
+ * os.exit_now(code): _exit, skipping atexit handlers of the parent's and
+ * lua_close (for a forked child).  The child's own children and temp dirs
+ * are released first: an error may have skipped their close, and no
+ * garbage collection will run now.
+ */
+static int l_os_exit_now(lua_State *L)
+{
+    int code = (int)luaL_optinteger(L, 1, 0);
+    fflush(stdout);
+    fflush(stderr);
+    proc_release_all();
+    _exit(code);
+    return 0;
+}
+
+/* os.pipe() -> read_fd, write_fd (close-on-exec) */
+static int l_os_pipe(lua_State *L)
+{
+    int fds[2];
+    if (pipe(fds) < 0) {
+        return qs_pushfail(L, strerror(errno), "io");
+    }
+    set_cloexec(fds[0]);
+    set_cloexec(fds[1]);
+    lua_pushinteger(L, fds[0]);
+    lua_pushinteger(L, fds[1]);
+    return 2;
+}
+
+/*
+ * os.poll(fds, timeout) -> list of readable (or hung-up) fds | nil, msg, code
+ * An empty list when the timeout passed.
+ */
+static int l_os_poll(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    double timeout = luaL_optnumber(L, 2, -1);
+    int n = (int)lua_rawlen(L, 1);
+    luaL_argcheck(L, n <= 256, 1, "too many fds");
+    struct pollfd p[256];
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        p[i].fd = (int)luaL_checkinteger(L, -1);
+        p[i].events = POLLIN;
+        p[i].revents = 0;
+        lua_pop(L, 1);
+    }
+    int ms = timeout < 0 ? -1 : (int)(timeout * 1000);
+    int r = poll(p, (nfds_t)n, ms);
+    if (r < 0) {
+        if (errno == EINTR && qs_interrupted) {
+            return qs_pushfail(L, "interrupted", "interrupted");
+        }
+        if (errno != EINTR) {
+            return qs_pushfail(L, strerror(errno), "io");
+        }
+        r = 0;
+    }
+    lua_createtable(L, r > 0 ? r : 0, 0);
+    int k = 0;
+    for (int i = 0; i < n && r > 0; i++) {
+        if (p[i].revents) {
+            lua_pushinteger(L, p[i].fd);
+            lua_rawseti(L, -2, ++k);
+        }
+    }
+    return 1;
+}
+
+/* os.read(fd) -> data ("" at EOF) | nil, msg, code: one read() of up to 64 KiB */
+static int l_os_read(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    luaL_Buffer b;
+    char *dst = luaL_buffinitsize(L, &b, 65536);
+    ssize_t n;
+    do {
+        n = read(fd, dst, 65536);
+    } while (n < 0 && errno == EINTR && !qs_interrupted);
+    if (n < 0) {
+        return qs_pushfail(L, strerror(errno), errno == EINTR ? "interrupted" : "io");
+    }
+    luaL_pushresultsize(&b, (size_t)n);
+    return 1;
+}
+
+/* os.write(fd, data) -> true | nil, msg, code: all of it */
+static int l_os_write(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    while (len > 0) {
+        ssize_t n = write(fd, s, len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return qs_pushfail(L, strerror(errno), errno == EPIPE ? "closed" : "io");
+        }
+        s += n;
+        len -= (size_t)n;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* os.waitpid(pid [, nohang]) -> status {code=, signal=, desc=} | nil (still running) */
+static int l_os_waitpid(lua_State *L)
+{
+    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    int nohang = lua_toboolean(L, 2);
+    int st;
+    pid_t r;
+    do {
+        r = waitpid(pid, &st, nohang ? WNOHANG : 0);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (r < 0) {
+        return qs_pushfail(L, strerror(errno), "io");
+    }
+    qs_push_status(L, st);
+    return 1;
+}
+
+/* os.kill(pid, signame): pid < 0 is a process group, as kill(2) */
+static int l_os_kill(lua_State *L)
+{
+    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    int sig = qs_checksignal(L, 2, "TERM");
+    luaL_argcheck(L, pid != 0 && pid != -1, 1, "refusing to signal everything");
+    lua_pushboolean(L, kill(pid, sig) == 0);
+    return 1;
+}
+
+/* os.setpgid() : this process leads its own process group */
+static int l_os_setpgid(lua_State *L)
+{
+    lua_pushboolean(L, setpgid(0, 0) == 0);
+    return 1;
+}
+
+static int l_os_getpid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
+
+/* os.isatty(fd) -> boolean */
+static int l_os_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/*
+ * os.listdir(path) -> list of names sorted bytewise (no . and ..) | nil, msg, "io"
+ * Sorted here, not through table.sort, which a script may have replaced.
+ */
+static int l_os_listdir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    DIR *d = opendir(path);
+    if (!d) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    size_t n = 0, cap = 64;
+    char **names = xmalloc(cap * sizeof *names);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        if (n == cap) {
+            cap *= 2;
+            names = xrealloc(names, cap * sizeof *names);
+        }
+        names[n++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof *names, cmp_names);
+    /* Only now touch the Lua stack: nothing above can raise. */
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushstring(L, names[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(names[i]);
+    }
+    free(names);
+    return 1;
+}
+
+/*
+ * os.mkdir(path [, parents]) -> true | nil, msg, code ("exists" when the
+ * directory is already there and parents is false).  Mode 0777 & ~umask.
+ */
+static int l_os_mkdir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int parents = lua_toboolean(L, 2);
+    if (!parents) {
+        if (mkdir(path, 0777) < 0) {
+            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)),
+                               errno == EEXIST ? "exists" : "io");
+        }
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    char *buf = xstrdup(path);
+    int rc = 0, err = 0;
+    for (char *p = buf + 1; rc == 0; p++) {
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+        char c = *p;
+        *p = '\0';
+        struct stat st;
+        if (mkdir(buf, 0777) < 0 && !(errno == EEXIST && stat(buf, &st) == 0 && S_ISDIR(st.st_mode))) {
+            err = errno == EEXIST ? ENOTDIR : errno;
+            rc = -1;
+        }
+        *p = c;
+        if (c == '\0') {
+            break;
+        }
+    }
+    if (rc < 0) {
+        lua_pushfstring(L, "%s: %s", buf, strerror(err));
+        free(buf);
+        return qs_pushfail(L, lua_tostring(L, -1), "io");
+    }
+    free(buf);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* os.rename(from, to) -> true | nil, msg, "io": atomic within a filesystem */
+static int l_os_rename(lua_State *L)
+{
+    const char *from = luaL_checkstring(L, 1);
+    const char *to = luaL_checkstring(L, 2);
+    if (rename(from, to) < 0) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s -> %s: %s", from, to, strerror(errno)), "io");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static const luaL_Reg os_funcs[] = {
+    {"access", l_os_access},   {"close", l_os_close},     {"exit_now", l_os_exit_now},
+    {"fork", l_os_fork},       {"getpid", l_os_getpid},   {"isatty", l_os_isatty},
+    {"kill", l_os_kill},       {"listdir", l_os_listdir}, {"mkdir", l_os_mkdir},
+    {"now", l_os_now},         {"open", l_os_open},       {"pipe", l_os_pipe},
+    {"poll", l_os_poll},       {"read", l_os_read},       {"realpath", l_os_realpath},
+    {"rename", l_os_rename},   {"setpgid", l_os_setpgid}, {"sleep", l_os_sleep},
+    {"stat", l_os_stat},       {"waitpid", l_os_waitpid}, {"write", l_os_write},
+    {NULL, NULL},
+};
+
+int luaopen_qshell_os(lua_State *L)
+{
+    luaL_newlib(L, os_funcs);
+    return 1;
+}

@@ -1,0 +1,78 @@
+-- qemu.sweep: many runs from one saved state, in parallel, results in one
+-- table.
+--
+--   qemu.sweep{ from = "warm.ckpt", matrix = {size = {1, 10}, limit = {1e8, 1e9}}, repeat = 2,
+--               launch = function(p) return {plugins = {{name="insn", args={limit=p.limit}}}} end,
+--               run = function(vm, p) ... return {metric = ...} end,
+--               workers = 2, out = "results.csv", resume = true }
+--
+-- The parts, each in its own file under stdlib/qemu/sweep/:
+--   plan.lua     the matrix expanded into runs with stable keys
+--   results.lua  the results file (CSV/JSONL writer, reader, formatter) and the tally
+--   source.lua   from= resolved to a checkpoint
+--   runner.lua   one run: launch from the checkpoint, the run function, its metrics
+--   local.lua    the local engine (forked workers)
+--   slurm.lua    the Slurm engine (a job array)
+-- This file checks the options, makes the plan, and hands it to an engine.
+
+local check = require "qemu.check"
+local plan = require "qemu.sweep.plan"
+local results = require "qemu.sweep.results"
+local source = require "qemu.sweep.source"
+
+local M = {}
+
+M.read = results.read
+M.format = results.format
+
+local ENGINES = { ["local"] = "qemu.sweep.local", slurm = "qemu.sweep.slurm" }
+
+local sweep_opts = {
+  from = "string", launch = "table|function", matrix = "table", ["repeat"] = check.positive,
+  run = "function", workers = check.positive, out = "string", resume = "boolean",
+  timeout = check.positive, engine = "string", progress = "boolean", slurm = "table",
+}
+
+function M.sweep(spec)
+  local fname = "qemu.sweep"
+  check.options(fname, spec, sweep_opts)
+  if not spec.run then check.bad(fname, "run= (a function(vm, params) returning metrics) is required") end
+  if not spec.from then check.bad(fname, "from= (a checkpoint directory or a savevm tag) is required") end
+  local matrix = spec.matrix or {}
+  plan.check_matrix(fname, matrix)
+  local reps = spec["repeat"] or 1
+  if math.type(reps) ~= "integer" then check.bad(fname, "repeat must be a whole number") end
+  local engine_name = spec.engine or os.getenv("QSHELL_SWEEP_ENGINE") or "local"
+  if not ENGINES[engine_name] then check.bad(fname, "engine must be \"local\" or \"slurm\"") end
+  local engine = require(ENGINES[engine_name])
+  if engine.check then engine.check(spec, fname) end
+
+  local runs, names = plan.expand(matrix, reps)
+  -- In a Slurm array task, the task runs its share; the submitter owns out.
+  local in_task = os.getenv("QSHELL_SWEEP_JOB")
+  if engine_name == "slurm" and in_task and in_task ~= "" then
+    return engine.task(spec, runs, in_task)
+  end
+
+  local out = spec.out and results.open(spec.out, names, spec.resume, fname)
+  local todo, skipped = plan.todo(runs, out and out.done)
+  local tally = results.tally(runs, out, skipped)
+  local src = #todo > 0 and source.resolve(spec, fname) or nil
+  local extra = {}
+  if #todo > 0 then
+    local ok, err = pcall(function()
+      extra = engine.run { spec = spec, runs = runs, todo = todo, source = src, tally = tally, fname = fname } or {}
+    end)
+    if not ok then
+      pcall(tally.finish, tally)
+      error(err, 0)
+    end
+  end
+  tally:finish()
+  local summary = { total = #runs, ok = tally.ok, failed = tally.failed, skipped = skipped,
+                    out = spec.out, results = tally.results, checkpoint = src and src.checkpoint }
+  for k, v in pairs(extra) do summary[k] = v end
+  return summary
+end
+
+return M

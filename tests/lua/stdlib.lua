@@ -1,0 +1,146 @@
+-- The stdlib's parts without QEMU: error classes, the OS module, the file
+-- helpers, the sweep's plan and results.
+local T = require "t"
+
+local sys = require "qshell.os"
+local fs = require "qemu.fs"
+local tmp = T.tmpdir()
+
+T.test("every error class the stdlib raises is listed in qemu.errors.classes", function()
+  local errors = require "qemu.errors"
+  local code, out = T.sh("grep -rhoE 'class = \"[A-Za-z]+\"' stdlib")
+  T.eq(code, 0)
+  local n = 0
+  for class in out:gmatch('class = "([%a]+)"') do
+    n = n + 1
+    T.ok(errors.classes[class], "class " .. class .. " is not in errors.classes")
+  end
+  T.ok(n > 30, "found the classes in the sources")
+  -- and the code mapping
+  T.eq(errors.class_for("interrupted"), "Interrupted")
+  T.eq(errors.class_for("timeout"), "Timeout")
+  T.eq(errors.class_for("exec", { exec = "MissingTool" }), "MissingTool")
+  T.eq(errors.class_for("something-new"), "IOError")
+  local e = T.raises(function() errors.from_code("x.y", "boom", "timeout") end, "Timeout", "boom")
+  T.eq(e.command, "x.y")
+end)
+
+T.test("no bare string errors: every raise in the stdlib is an error table", function()
+  local code, out = T.sh("grep -rnE 'assert\\((io\\.open|os\\.rename|sys\\.|core\\.)' stdlib")
+  T.eq(out, "", "assert() on I/O raises a bare string")
+  T.eq(code, 1)
+end)
+
+T.test("qshell.os: listdir is sorted in C, even with table.sort replaced", function()
+  for _, n in ipairs { "b", "a", "C", "a2" } do assert(io.open(tmp .. "/" .. n, "w")):close() end
+  local saved = table.sort
+  table.sort = function() error("the script's table.sort was called") end
+  local ok, list = pcall(sys.listdir, tmp)
+  table.sort = saved
+  T.ok(ok, tostring(list))
+  T.eq(table.concat(list, ","), "C,a,a2,b")
+  local none, msg, code = sys.listdir(tmp .. "/nope")
+  T.eq(none, nil)
+  T.match(msg, "nope")
+  T.eq(code, "io")
+end)
+
+T.test("qshell.os: mkdir with parents, mkdir of an existing dir, rename", function()
+  T.ok(sys.mkdir(tmp .. "/m/n/o", true))
+  T.ok(fs.is_dir(tmp .. "/m/n/o"))
+  T.ok(sys.mkdir(tmp .. "/m/n/o", true), "parents=true: an existing dir is fine")
+  local ok, _, code = sys.mkdir(tmp .. "/m")
+  T.eq(ok, nil)
+  T.eq(code, "exists")
+  assert(io.open(tmp .. "/file", "w")):close()
+  local ok2, msg = sys.mkdir(tmp .. "/file/sub", true)
+  T.eq(ok2, nil)
+  T.match(msg, "file")
+  T.ok(sys.rename(tmp .. "/file", tmp .. "/file2"))
+  T.ok(fs.exists(tmp .. "/file2") and not fs.exists(tmp .. "/file"))
+end)
+
+T.test("qemu.fs: atomic write, append, slurp errors are tables, abspath", function()
+  local p = tmp .. "/w.txt"
+  fs.write(p, "one\n")
+  fs.append(p, "two\n")
+  T.eq(fs.read(p), "one\ntwo\n")
+  T.eq(fs.first_line(p), "one")
+  T.ok(not fs.exists(p .. ".tmp"), "no temp file left")
+  local e = T.raises(function() fs.slurp(tmp .. "/none", "me") end, "IOError", "none")
+  T.eq(e.command, "me")
+  T.raises(function() fs.write(tmp .. "/no/dir/x", "y") end, "IOError")
+  T.raises(function() fs.mkdir_p(p .. "/sub") end, "IOError")
+  T.eq(fs.read(tmp .. "/none"), nil)
+  local _, cwd = T.sh("pwd -P")
+  T.eq(fs.abspath("x/y.txt"), cwd:gsub("\n", "") .. "/x/y.txt")
+  T.eq(fs.abspath("/a/b"), "/a/b")
+  local a, b = fs.scratch_file("s"), fs.scratch_file("s")
+  T.ok(a ~= b)
+  T.eq(a:sub(1, #fs.scratch()), fs.scratch())
+end)
+
+T.test("qemu.host: cores within what the machine has", function()
+  local host = require "qemu.host"
+  local _, n = T.sh("nproc")
+  local c = host.cores()
+  T.ok(c >= 1 and c <= tonumber(n), "cores " .. c .. " vs nproc " .. n)
+  T.ok(host.available_memory() > 0)
+  T.eq(host.fmt_time(125), "2:05")
+end)
+
+T.test("sweep plan: stable keys, axis order, repeats", function()
+  local plan = require "qemu.sweep.plan"
+  local runs, names = plan.expand({ size = { 1, 1e6 }, mode = { "a", "b" } }, 2)
+  T.eq(#runs, 8)
+  T.eq(table.concat(names, ","), "mode,size")
+  T.eq(runs[1].key, "mode=a;size=1#1")
+  T.eq(runs[4].key, "mode=a;size=1000000#2")
+  local todo, skipped = plan.todo(runs, { [runs[1].key] = true })
+  T.eq(#todo, 7)
+  T.eq(skipped, 1)
+  T.raises(function() plan.check_matrix("f", { status = { 1 } }) end, "BadArgument")
+  T.raises(function() plan.check_matrix("f", { x = {} }) end, "BadArgument")
+end)
+
+T.test("sweep results: a cell of 100+ characters formats (it crashed)", function()
+  local long = string.rep("x", 150)
+  local text = qemu.sweep.format({ { run = "r#1", error = long }, { run = "r#2", error = "short" },
+                                   columns = { "run", "error" } })
+  local lines = {}
+  for l in text:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  T.eq(#lines, 3)
+  T.eq(lines[2], "r#1  " .. long)
+  T.match(lines[1], "^run  error$")
+end)
+
+T.test("sweep results: CSV writer widens the header; read gives it back", function()
+  local results = require "qemu.sweep.results"
+  local plan = require "qemu.sweep.plan"
+  local runs, names = plan.expand({ n = { 1, 2 } }, 1)
+  local path = tmp .. "/res/sub/out.csv"
+  local out = results.open(path, names, false, "t")
+  local tally = results.tally(runs, out, 0)
+  tally:record { i = 1, status = "ok", wall = 0.5, metrics = { a = 1 } }
+  tally:record { i = 2, status = "failed", wall = 0.25, error = 'a "quoted", comma', metrics = nil }
+  tally:finish()
+  local rows = qemu.sweep.read(path)
+  T.eq(#rows, 2)
+  T.eq(rows[1].a, 1)
+  T.eq(rows[2].error, 'a "quoted", comma')
+  T.eq(rows[2].status, "failed")
+  T.eq(tally.ok, 1)
+  T.eq(tally.failed, 1)
+  -- a new metric in a resumed sweep widens the header
+  local out2 = results.open(path, names, true, "t")
+  T.ok(out2.done[runs[1].key] and out2.done[runs[2].key])
+  runs[1].status, runs[1].wall, runs[1].metrics = "ok", 1, { a = 2, b = 3 }
+  out2:append(runs[1])
+  rows = qemu.sweep.read(path)
+  T.eq(table.concat(rows.columns, ","), "run,repeat,n,status,wall_s,error,a,b")
+  T.eq(rows[3].b, 3)
+  T.eq(rows[1].b, nil)
+  T.raises(function() results.open(path, names, false, "t") end, "FileExists")
+end)
+
+T.run()
