@@ -126,7 +126,7 @@ struct qs_console *console_open(int fd, double t0)
     pthread_condattr_t ca;
 
     c->fd = fd;
-    c->owner = getpid();
+    c->owner = owner_mark();
     c->log_fd = -1;
     c->tee_fd = -1;
     c->at_line_start = 1;
@@ -378,9 +378,9 @@ void console_close(struct qs_console *c)
     if (!c) {
         return;
     }
-    if (c->owner != getpid()) {
+    if (owner_is_copy(c->owner)) {
         /*
-         * A copy inherited through fork(): the reader thread and the
+         * A copy inherited through fork() (owner_is_copy, util.h): the reader thread and the
          * console belong to the parent; drop our copies and nothing else
          * (its mutex may even have been held by that thread at the fork).
          */

@@ -143,7 +143,7 @@ struct qs_proc *proc_new(const char *prefix)
         swept = 1;
         proc_sweep_stale(prefix);
     }
-    p->owner = getpid();
+    p->owner = owner_mark();
     p->tmpdir = make_tmpdir(prefix);
     if (!p->tmpdir) {
         fail(p, PROC_ERR_IO, "cannot create a temp dir in %s: %s",
@@ -381,14 +381,10 @@ void proc_kill(struct qs_proc *p)
     p->pid = -1;
 }
 
-/*
- * A forked child (a sweep worker) inherits copies of its parent's procs.
- * Those belong to the parent: the child must neither kill the parent's
- * QEMU nor remove its temp dir, only let go of its copies of the fds.
- */
+/* A copy inherited through fork(): see owner_is_copy() in util.h. */
 static int inherited(const struct qs_proc *p)
 {
-    return p->owner != getpid();
+    return owner_is_copy(p->owner);
 }
 
 void proc_release(struct qs_proc *p)

@@ -225,6 +225,7 @@ static struct qmp_conn *conn_new(int fd)
     struct qmp_conn *c = xcalloc(1, sizeof *c);
     c->fd = fd;
     c->next_id = 1;
+    c->rcv_ms = -1;
     qmp_reader_init(&c->rd, 0);
     const char *log = getenv("QSHELL_LOG");
     c->log = log && *log && strcmp(log, "0") != 0;
@@ -234,7 +235,7 @@ static struct qmp_conn *conn_new(int fd)
 struct qmp_conn *qmp_open_fd(int fd)
 {
     struct qmp_conn *c = conn_new(fd);
-    if (set_nonblock(fd) < 0 || set_cloexec(fd) < 0) {
+    if (set_blocking(fd) < 0 || set_cloexec(fd) < 0) {
         fail(c, QMP_ERR_IO, "fcntl: %s", strerror(errno));
     }
     return c;
@@ -262,7 +263,6 @@ struct qmp_conn *qmp_connect(const char *path, double timeout,
         }
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
             c->fd = fd;
-            set_nonblock(fd);
             return c;
         }
         int e = errno;
@@ -313,8 +313,29 @@ static void log_traffic(const char *dir, const char *data, size_t len)
 }
 
 /*
+ * Bound each blocking recv() to ms (SO_RCVTIMEO), set only when it changes:
+ * with the default deadlines every wait uses the same slice, so a round
+ * trip costs two system calls (send, recv), as a blocking client's does.
+ */
+static int set_rcv_timeout(struct qmp_conn *c, int ms)
+{
+    if (ms == c->rcv_ms) {
+        return 0;
+    }
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+        return -1;
+    }
+    c->rcv_ms = ms;
+    return 0;
+}
+
+/*
  * One read into the parser.  `what` names the command in flight for the
- * "QEMU went away" message.
+ * "QEMU went away" message.  The socket is blocking: recv() waits at most
+ * a slice (SO_RCVTIMEO, so Ctrl-C and the deadline are looked at between
+ * slices; a signal interrupts it at once with EINTR, since socket timeouts
+ * are never restarted); a deadline already past reads without waiting.
  */
 static int read_some(struct qmp_conn *c, double deadline, const char *what)
 {
@@ -323,32 +344,51 @@ static int read_some(struct qmp_conn *c, double deadline, const char *what)
     if (c->fd < 0) {
         return fail(c, QMP_ERR_CLOSED, "the QMP connection is closed");
     }
-    if (wait_fd(c, POLLIN, deadline) < 0) {
-        return -1;
-    }
-    ssize_t n = recv(c->fd, buf, sizeof buf, 0);
-    if (n > 0) {
-        if (c->log) {
-            log_traffic("<-", buf, (size_t)n);
+    for (;;) {
+        if (c->intr && *c->intr) {
+            return fail(c, QMP_ERR_INTERRUPTED, "interrupted");
         }
-        if (qmp_reader_feed(&c->rd, buf, (size_t)n) < 0) {
-            return fail(c, QMP_ERR_PROTOCOL, "%s", c->rd.errstr);
+        int flags = 0;
+        if (deadline >= 0) {
+            double left = deadline - now_mono();
+            if (left <= 0) {
+                flags = MSG_DONTWAIT;
+            } else {
+                int ms = left * 1000 < POLL_SLICE_MS ? (int)(left * 1000) + 1 : POLL_SLICE_MS;
+                if (set_rcv_timeout(c, ms) < 0) {
+                    return fail(c, QMP_ERR_IO, "setsockopt: %s", strerror(errno));
+                }
+            }
+        } else if (set_rcv_timeout(c, POLL_SLICE_MS) < 0) {
+            return fail(c, QMP_ERR_IO, "setsockopt: %s", strerror(errno));
         }
-        return 0;
-    }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-        return 0;
-    }
-    if (n == 0 || errno == ECONNRESET) {
-        /* kill -9 of QEMU gives ECONNRESET rather than a clean EOF. */
-        const char *mid = qmp_reader_partial(&c->rd) ? " in the middle of a message" : "";
-        if (what) {
-            return fail(c, QMP_ERR_CLOSED, "QEMU closed the QMP connection%s while '%s' was in flight",
-                        mid, what);
+        ssize_t n = recv(c->fd, buf, sizeof buf, flags);
+        if (n > 0) {
+            if (c->log) {
+                log_traffic("<-", buf, (size_t)n);
+            }
+            if (qmp_reader_feed(&c->rd, buf, (size_t)n) < 0) {
+                return fail(c, QMP_ERR_PROTOCOL, "%s", c->rd.errstr);
+            }
+            return 0;
         }
-        return fail(c, QMP_ERR_CLOSED, "QEMU closed the QMP connection%s", mid);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            if (deadline >= 0 && now_mono() >= deadline) {
+                return fail(c, QMP_ERR_TIMEOUT, "timed out");
+            }
+            continue;
+        }
+        if (n == 0 || errno == ECONNRESET) {
+            /* kill -9 of QEMU gives ECONNRESET rather than a clean EOF. */
+            const char *mid = qmp_reader_partial(&c->rd) ? " in the middle of a message" : "";
+            if (what) {
+                return fail(c, QMP_ERR_CLOSED,
+                            "QEMU closed the QMP connection%s while '%s' was in flight", mid, what);
+            }
+            return fail(c, QMP_ERR_CLOSED, "QEMU closed the QMP connection%s", mid);
+        }
+        return fail(c, QMP_ERR_IO, "recv: %s", strerror(errno));
     }
-    return fail(c, QMP_ERR_IO, "recv: %s", strerror(errno));
 }
 
 /*

@@ -79,6 +79,7 @@ struct qmp_conn {
     const volatile sig_atomic_t *intr;     /* set by SIGINT, may be NULL */
     char *wbuf;                            /* reused send buffer */
     size_t wcap;
+    int rcv_ms;                            /* SO_RCVTIMEO now set, -1 unknown */
 };
 
 /* Take ownership of a connected stream socket (a socketpair end). */

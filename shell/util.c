@@ -165,10 +165,26 @@ int set_cloexec(int fd)
     return fl < 0 ? -1 : fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
 }
 
+pid_t owner_mark(void)
+{
+    return getpid();
+}
+
+int owner_is_copy(pid_t owner)
+{
+    return owner != getpid();
+}
+
 int set_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+int set_blocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 }
 
 char *make_tmpdir(const char *prefix)

@@ -8,6 +8,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #define QS_UNUSED(x) ((void)(x))
 
@@ -42,7 +43,19 @@ double deadline_after(double timeout);
 int deadline_ms(double deadline, int cap_ms);
 
 int set_cloexec(int fd);
+/*
+ * Fork-inert objects.  A sweep worker is a fork() of qshell and inherits
+ * copies of its parent's procs and consoles.  Those stay the parent's: a
+ * copy never kills the parent's QEMU, removes its temp dir or joins its
+ * console thread; releasing a copy only closes the copy's fds.  Every
+ * object that owns a process, thread or directory records its maker with
+ * owner_mark() and asks owner_is_copy() before touching any of them.
+ */
+pid_t owner_mark(void);
+int owner_is_copy(pid_t owner);
+
 int set_nonblock(int fd);
+int set_blocking(int fd);
 
 /*
  * mkdtemp under $TMPDIR (default /tmp) with the given prefix; the directory

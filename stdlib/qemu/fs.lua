@@ -25,23 +25,25 @@ function M.exists(p)
   return sys.stat(p) ~= nil
 end
 
--- A directory, or a link to one.
-function M.is_dir(p)
+-- stat() that follows a symbolic link.
+local function stat_follow(p)
   local st = sys.stat(p)
   if st and st.type == "link" then
     local real = sys.realpath(p)
     st = real and sys.stat(real)
   end
+  return st
+end
+
+-- A directory, or a link to one.
+function M.is_dir(p)
+  local st = stat_follow(p)
   return st ~= nil and st.type == "dir"
 end
 
 -- A regular file, or a link to one.
 function M.is_file(p)
-  local st = sys.stat(p)
-  if st and st.type == "link" then
-    local real = sys.realpath(p)
-    st = real and sys.stat(real)
-  end
+  local st = stat_follow(p)
   return st ~= nil and st.type == "file"
 end
 

@@ -1323,7 +1323,8 @@ static void test_connect(void)
     puts_fd(a, GREETING "{\"return\": {}, \"id\": 1}\r\n");
     CHECKF(qmp_handshake(c, 1) == 0, "handshake: %s", c->errstr);
     CHECK(fcntl(c->fd, F_GETFD) & FD_CLOEXEC);
-    CHECK(fcntl(c->fd, F_GETFL) & O_NONBLOCK);
+    /* Blocking: a reply is one recv() (bounded by SO_RCVTIMEO), no poll(). */
+    CHECK(!(fcntl(c->fd, F_GETFL) & O_NONBLOCK));
     qmp_free(c);
     close(a);
     close(l);
@@ -1353,9 +1354,22 @@ static void test_open_fd(void)
     struct qmp_conn *c = qmp_open_fd(sv[0]);
     CHECK_INT(c->err, 0);
     CHECK_INT(c->fd, sv[0]);
-    CHECK(fcntl(sv[0], F_GETFL) & O_NONBLOCK);
+    CHECK(!(fcntl(sv[0], F_GETFL) & O_NONBLOCK));
     CHECK(fcntl(sv[0], F_GETFD) & FD_CLOEXEC);
     CHECK(c->greeting == NULL);
+    /* Nothing to read: pump and a zero timeout return at once, a short
+     * timeout after about that long (not a whole slice). */
+    double t0 = now_mono();
+    CHECK_INT(qmp_pump(c), 0);
+    json_object *ev = NULL;
+    CHECK_INT(qmp_next_event(c, 0, &ev), -1);
+    CHECK_INT(c->err, QMP_ERR_TIMEOUT);
+    CHECK(now_mono() - t0 < 0.05);
+    t0 = now_mono();
+    CHECK_INT(qmp_next_event(c, 0.03, &ev), -1);
+    CHECK_INT(c->err, QMP_ERR_TIMEOUT);
+    double dt = now_mono() - t0;
+    CHECKF(dt >= 0.03 && dt < 0.2, "a 0.03 s wait took %.3f s", dt);
     qmp_free(c);
     /* qmp_free closed our end: the peer sees EOF. */
     char b;
