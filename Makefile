@@ -60,6 +60,7 @@ OBJS := $(SRCS:shell/%.c=build/%.o) build/stdlib_gen.o
 STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)
 
 UNIT_TESTS := build/test_qmp
+include tests/unit/Makefile.inc
 
 .PHONY: all test test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
 

@@ -9,9 +9,11 @@
  * (it returns a message), so no json-c reference is ever held across a Lua
  * error; conversion from JSON anchors its input in a box (lauxlib's newbox).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <json-c/json.h>
@@ -35,7 +37,7 @@ void ljson_push_null(lua_State *L)
 static void push_value(lua_State *L, json_object *o, int depth)
 {
     luaL_checkstack(L, 4, "JSON nested too deep");
-    if (depth > LJSON_MAX_DEPTH) {
+    if (depth >= LJSON_MAX_DEPTH) {
         luaL_error(L, "JSON nested deeper than %d levels", LJSON_MAX_DEPTH);
     }
     switch (json_object_get_type(o)) {
@@ -210,6 +212,13 @@ static int enc_object(struct enc *e, int idx, json_object **out)
         }
         size_t klen;
         const char *k = lua_tolstring(L, -2, &klen);
+        if (strlen(k) != klen) {
+            /* json-c keys are C strings: "a\0b" would silently become "a". */
+            json_object_put(v);
+            lua_pop(L, 2);
+            json_object_put(obj);
+            return enc_fail(e, "%s", "an object key contains a NUL byte");
+        }
         json_object_object_add(obj, k, v);
         lua_pop(L, 1);
     }
@@ -348,11 +357,68 @@ static int l_json_encode(lua_State *L)
     return 1;
 }
 
+/*
+ * json-c clamps an integer literal that does not fit in 64 bits (to
+ * INT64_MIN or UINT64_MAX) without a word, even in strict mode.  Find such
+ * a literal (outside strings) first; returns its offset, or -1.
+ */
+static long find_big_integer(const char *s, size_t len)
+{
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\') {
+                i++;
+            } else if (c == '"') {
+                in_str = 0;
+            }
+            continue;
+        }
+        if (c == '"') {
+            in_str = 1;
+            continue;
+        }
+        if (!((c >= '0' && c <= '9') || c == '-')) {
+            continue;
+        }
+        size_t start = i, j = i + (c == '-');
+        while (j < len && s[j] >= '0' && s[j] <= '9') {
+            j++;
+        }
+        int integer = j == len || !strchr(".eE", s[j]);
+        if (integer && j - start >= 19) {
+            char buf[64];
+            size_t n = j - start < sizeof buf - 1 ? j - start : sizeof buf - 1;
+            memcpy(buf, s + start, n);
+            buf[n] = '\0';
+            errno = 0;
+            if (buf[0] == '-') {
+                (void)strtoll(buf, NULL, 10);
+            } else {
+                (void)strtoull(buf, NULL, 10);
+            }
+            if (errno == ERANGE || j - start >= sizeof buf - 1) {
+                return (long)start;
+            }
+        }
+        i = j > i ? j - 1 : i;
+        while (i + 1 < len && ((s[i + 1] >= '0' && s[i + 1] <= '9') || strchr(".eE+-", s[i + 1]))) {
+            i++; /* the rest of a number (fraction, exponent) */
+        }
+    }
+    return -1;
+}
+
 /* json.decode(string) -> value; raises on malformed input */
 static int l_json_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
+    long big = find_big_integer(s, len);
+    if (big >= 0) {
+        return luaL_error(L, "json.decode: the integer at byte %d does not fit in 64 bits", (int)big + 1);
+    }
     json_tokener *tok = json_tokener_new_ex(LJSON_MAX_DEPTH);
     /* Lua strings end in '\0': include it so a bare number can finish. */
     json_object *obj = json_tokener_parse_ex(tok, s, (int)len + 1);

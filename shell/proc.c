@@ -160,10 +160,18 @@ struct qs_proc *proc_new(const char *prefix)
     return p;
 }
 
-/* Move fd to a number >= 100 so that dup2 onto 0..2+n cannot clobber it. */
+/*
+ * Move fd above the numbers dup2 will fill (0..2 and PROC_FIRST_FD..+n) so
+ * that it cannot be clobbered: to >= 100 where the fd limit allows, else
+ * just above them (a low `ulimit -n` refuses 100 with EINVAL).
+ */
 static int lift(int fd)
 {
-    return fcntl(fd, F_DUPFD_CLOEXEC, 100);
+    int r = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+    if (r < 0 && errno == EINVAL) {
+        r = fcntl(fd, F_DUPFD_CLOEXEC, PROC_FIRST_FD + PROC_MAX_SOCKS);
+    }
+    return r;
 }
 
 static void child_exec(char *const argv[], int nsocks, const int *child_ends, int nullfd,
@@ -248,8 +256,12 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
     logfd = open(p->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
     outfd = stdout_path ? open(stdout_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : logfd;
     if (nullfd < 0 || logfd < 0 || outfd < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
-        fail(p, PROC_ERR_IO, "cannot set up the child's files (%s): %s",
-             nullfd < 0 && stdin_path ? stdin_path : "log", strerror(errno));
+        int e = errno;
+        const char *what = nullfd < 0  ? (stdin_path ? stdin_path : "/dev/null")
+                           : logfd < 0 ? p->logpath
+                           : outfd < 0 ? stdout_path
+                                       : "a pipe";
+        fail(p, PROC_ERR_IO, "cannot set up the child's files (%s): %s", what, strerror(e));
         goto out;
     }
     pid_t parent = getpid();

@@ -67,6 +67,9 @@ void sig_init(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Inherited as ignored, SIGCHLD would let the kernel reap our children
+     * and every exit status would read as 0. */
+    signal(SIGCHLD, SIG_DFL);
 }
 
 void sig_set_state(lua_State *L)

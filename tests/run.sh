@@ -87,7 +87,9 @@ run_lua_dir() {
 for tier in "${tiers[@]}"; do
     case $tier in
     unit)
-        run_one build/test_qmp ${TEST_PREFIX:-} build/test_qmp
+        for t in build/test_qmp build/test_json build/test_proc; do
+            run_one $t ${TEST_PREFIX:-} $t
+        done
         run_lua_dir tests/lua
         [ -f tests/unit/fakeqmp_test.lua ] && run_one tests/unit/fakeqmp_test.lua $QSHELL tests/unit/fakeqmp_test.lua
         ;;
