@@ -13,6 +13,10 @@
  * Each command goes out in ONE write ending in "\n"; a reply is complete
  * when its line ends.  Lines starting with {"event" are skipped.  Blocking
  * read() on the socket, no poll(), no parsing: a lower bound.
+ *
+ * Built with -DWITH_JSONC (and json-c), the same client builds each command
+ * with json-c and parses each reply with json_tokener_parse: what a plain
+ * C client with the JSON library qshell uses pays.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +30,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef WITH_JSONC
+#include <json-c/json.h>
+#endif
 
 static const char *qemu_bin = "qemu-system-x86_64";
 
@@ -191,14 +199,32 @@ int main(int argc, char **argv)
         spawn(vm);
         handshake(vm);
         for (int i = -50; i < n; i++) { /* 50 warm-up round trips */
-            int len = snprintf(cmd, sizeof cmd, "{\"execute\":\"query-status\",\"id\":%d}\n", i + 100);
             double t0 = now_us();
+#ifdef WITH_JSONC
+            json_object *m = json_object_new_object();
+            json_object_object_add(m, "execute", json_object_new_string("query-status"));
+            json_object_object_add(m, "id", json_object_new_int(i + 100));
+            int len = snprintf(cmd, sizeof cmd, "%s\n", json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN));
+            json_object_put(m);
+#else
+            int len = snprintf(cmd, sizeof cmd, "{\"execute\":\"query-status\",\"id\":%d}\n", i + 100);
+#endif
             send_cmd(vm, cmd, (size_t)len);
             const char *line = read_line(vm);
+#ifdef WITH_JSONC
+            json_object *r = json_tokener_parse(line), *ret;
+            int ok = r && json_object_object_get_ex(r, "return", &ret);
+            json_object_put(r);
+            double t1 = now_us();
+            if (!ok) {
+                die("unexpected reply to query-status: %.200s", line);
+            }
+#else
             double t1 = now_us();
             if (strncmp(line, "{\"return\"", 9) != 0) {
                 die("unexpected reply to query-status: %.200s", line);
             }
+#endif
             if (i >= 0) {
                 t[i] = t1 - t0;
             }
