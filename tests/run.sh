@@ -87,7 +87,7 @@ run_lua_dir() {
 for tier in "${tiers[@]}"; do
     case $tier in
     unit)
-        for t in build/test_qmp build/test_json build/test_proc; do
+        for t in build/test_qmp build/test_json build/test_proc build/test_console; do
             run_one $t ${TEST_PREFIX:-} $t
         done
         run_lua_dir tests/lua

@@ -31,45 +31,10 @@
 
 #include "ljson.h"
 
+#include "check.h"
+
 /* ---- harness ---- */
 
-static int cur_failures;
-
-static void check_fail(const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void check_fail(const char *file, int line, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "    %s:%d: ", file, line);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    cur_failures++;
-}
-
-/* CHECK(cond) and CHECKF(cond, fmt, ...) record a failure and go on. */
-#define CHECK(cond) \
-    ((cond) ? 1 : (check_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond), 0))
-#define CHECKF(cond, ...) ((cond) ? 1 : (check_fail(__FILE__, __LINE__, __VA_ARGS__), 0))
-#define CHECK_INT(got, want)                                                              \
-    do {                                                                                  \
-        long long g_ = (long long)(got), w_ = (long long)(want);                          \
-        CHECKF(g_ == w_, "%s == %lld, expected %lld", #got, g_, w_);                      \
-    } while (0)
-#define CHECK_STR(got, want)                                                              \
-    do {                                                                                  \
-        const char *g_ = (got), *w_ = (want);                                             \
-        CHECKF(g_ && strcmp(g_, w_) == 0, "%s == \"%s\", expected \"%s\"", #got,          \
-               g_ ? g_ : "(null)", w_);                                                   \
-    } while (0)
-#define CHECK_HAS(got, needle)                                                            \
-    do {                                                                                  \
-        const char *g_ = (got), *n_ = (needle);                                           \
-        CHECKF(g_ && strstr(g_, n_), "%s == \"%s\" does not contain \"%s\"", #got,        \
-               g_ ? g_ : "(null)", n_);                                                   \
-    } while (0)
 
 /* ---- Lua helpers ---- */
 
@@ -1128,10 +1093,7 @@ static void test_from_lua_contract(void)
 
 /* ---- main ---- */
 
-static const struct test {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct unit_test tests[] = {
     {"decode: types and nested shape", test_decode_shape},
     {"decode: malformed input raises", test_decode_errors},
     {"round trip: JSON -> Lua -> JSON", test_round_trip_json},
@@ -1156,29 +1118,7 @@ static const struct test {
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : getenv("QSHELL_TEST_FILTER");
-    int passed = 0, failed = 0, skipped = 0;
 
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (filter && *filter && !strstr(tests[i].name, filter)) {
-            skipped++;
-            continue;
-        }
-        cur_failures = 0;
-        tests[i].fn();
-        if (cur_failures) {
-            failed++;
-            fprintf(stderr, "  FAIL %s (%d)\n", tests[i].name, cur_failures);
-        } else {
-            passed++;
-            if (getenv("QSHELL_TEST_VERBOSE")) {
-                fprintf(stderr, "  ok   %s\n", tests[i].name);
-            }
-        }
-    }
-    if (skipped) {
-        printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
-    } else {
-        printf("%d passed, %d failed\n", passed, failed);
-    }
-    return failed ? 1 : 0;
+    int rc = unit_run(tests, sizeof tests / sizeof tests[0], filter);
+    return rc;
 }

@@ -32,45 +32,10 @@
 #include "proc.h"
 #include "util.h"
 
+#include "check.h"
+
 /* ---- harness ---- */
 
-static int cur_failures;
-
-static void check_fail(const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void check_fail(const char *file, int line, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "    %s:%d: ", file, line);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    cur_failures++;
-}
-
-/* CHECK(cond) and CHECKF(cond, fmt, ...) record a failure and go on. */
-#define CHECK(cond) \
-    ((cond) ? 1 : (check_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond), 0))
-#define CHECKF(cond, ...) ((cond) ? 1 : (check_fail(__FILE__, __LINE__, __VA_ARGS__), 0))
-#define CHECK_INT(got, want)                                                              \
-    do {                                                                                  \
-        long long g_ = (long long)(got), w_ = (long long)(want);                          \
-        CHECKF(g_ == w_, "%s == %lld, expected %lld", #got, g_, w_);                      \
-    } while (0)
-#define CHECK_STR(got, want)                                                              \
-    do {                                                                                  \
-        const char *g_ = (got), *w_ = (want);                                             \
-        CHECKF(g_ && strcmp(g_, w_) == 0, "%s == \"%s\", expected \"%s\"", #got,          \
-               g_ ? g_ : "(null)", w_);                                                   \
-    } while (0)
-#define CHECK_HAS(got, needle)                                                            \
-    do {                                                                                  \
-        const char *g_ = (got), *n_ = (needle);                                           \
-        CHECKF(g_ && strstr(g_, n_), "%s == \"%s\" does not contain \"%s\"", #got,        \
-               g_ ? g_ : "(null)", n_);                                                   \
-    } while (0)
 
 /* ---- helpers ---- */
 
@@ -906,10 +871,7 @@ static void test_nothing_left(void)
 
 /* ---- main ---- */
 
-static const struct test {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct unit_test tests[] = {
     {"spawn: /bin/true exits 0", test_true},
     {"spawn: exit status", test_exit_status},
     {"spawn: death by signal, described", test_killed_by_signal},
@@ -934,7 +896,6 @@ static const struct test {
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : getenv("QSHELL_TEST_FILTER");
-    int passed = 0, failed = 0, skipped = 0;
 
     /* A private TMPDIR: proc.c's dirs and its stale sweep stay in it. */
     const char *base = getenv("TMPDIR");
@@ -948,32 +909,9 @@ int main(int argc, char **argv)
     setenv("TMPDIR", test_tmp, 1);
     signal(SIGPIPE, SIG_IGN);
 
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (filter && *filter && !strstr(tests[i].name, filter)) {
-            skipped++;
-            continue;
-        }
-        cur_failures = 0;
-        double t0 = now_mono();
-        tests[i].fn();
-        double dt = now_mono() - t0;
-        if (cur_failures) {
-            failed++;
-            fprintf(stderr, "  FAIL %s (%d)\n", tests[i].name, cur_failures);
-        } else {
-            passed++;
-            if (getenv("QSHELL_TEST_VERBOSE")) {
-                fprintf(stderr, "  ok   %s (%.2f s)\n", tests[i].name, dt);
-            }
-        }
-    }
+    int rc = unit_run(tests, sizeof tests / sizeof tests[0], filter);
     proc_release_all();
     remove_tree(test_tmp);
     free(tmpl);
-    if (skipped) {
-        printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
-    } else {
-        printf("%d passed, %d failed\n", passed, failed);
-    }
-    return failed ? 1 : 0;
+    return rc;
 }

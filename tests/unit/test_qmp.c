@@ -37,45 +37,10 @@
 #include "qmp.h"
 #include "util.h"
 
+#include "check.h"
+
 /* ---- harness ---- */
 
-static int cur_failures;
-
-static void check_fail(const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void check_fail(const char *file, int line, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "    %s:%d: ", file, line);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    cur_failures++;
-}
-
-/* CHECK(cond) and CHECKF(cond, fmt, ...) record a failure and go on. */
-#define CHECK(cond) \
-    ((cond) ? 1 : (check_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond), 0))
-#define CHECKF(cond, ...) ((cond) ? 1 : (check_fail(__FILE__, __LINE__, __VA_ARGS__), 0))
-#define CHECK_INT(got, want)                                                              \
-    do {                                                                                  \
-        long long g_ = (long long)(got), w_ = (long long)(want);                          \
-        CHECKF(g_ == w_, "%s == %lld, expected %lld", #got, g_, w_);                      \
-    } while (0)
-#define CHECK_STR(got, want)                                                              \
-    do {                                                                                  \
-        const char *g_ = (got), *w_ = (want);                                             \
-        CHECKF(g_ && strcmp(g_, w_) == 0, "%s == \"%s\", expected \"%s\"", #got,          \
-               g_ ? g_ : "(null)", w_);                                                   \
-    } while (0)
-#define CHECK_HAS(got, needle)                                                            \
-    do {                                                                                  \
-        const char *g_ = (got), *n_ = (needle);                                           \
-        CHECKF(g_ && strstr(g_, n_), "%s == \"%s\" does not contain \"%s\"", #got,        \
-               g_ ? g_ : "(null)", n_);                                                   \
-    } while (0)
 
 /* ---- JSON helpers ---- */
 
@@ -1386,10 +1351,7 @@ static void test_open_fd(void)
 
 /* ---- main ---- */
 
-static const struct test {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct unit_test tests[] = {
     {"reader: recorded exchange, one feed", test_exchange_whole},
     {"reader: recorded exchange, every split", test_exchange_every_split},
     {"reader: recorded exchange, byte at a time", test_exchange_byte_at_a_time},
@@ -1431,7 +1393,6 @@ static const struct peer_fn {
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : getenv("QSHELL_TEST_FILTER");
-    int passed = 0, failed = 0, skipped = 0;
 
     signal(SIGPIPE, SIG_IGN);
     if (argc > 2 && strcmp(argv[1], "--peer") == 0) {
@@ -1446,29 +1407,6 @@ int main(int argc, char **argv)
 
     /* Under QSHELL_LOG=1 qmp.c echoes traffic; the tests want it quiet. */
     unsetenv("QSHELL_LOG");
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (filter && *filter && !strstr(tests[i].name, filter)) {
-            skipped++;
-            continue;
-        }
-        cur_failures = 0;
-        double t0 = now_mono();
-        tests[i].fn();
-        double dt = now_mono() - t0;
-        if (cur_failures) {
-            failed++;
-            fprintf(stderr, "  FAIL %s (%d)\n", tests[i].name, cur_failures);
-        } else {
-            passed++;
-            if (getenv("QSHELL_TEST_VERBOSE")) {
-                fprintf(stderr, "  ok   %s (%.2f s)\n", tests[i].name, dt);
-            }
-        }
-    }
-    if (skipped) {
-        printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
-    } else {
-        printf("%d passed, %d failed\n", passed, failed);
-    }
-    return failed ? 1 : 0;
+    int rc = unit_run(tests, sizeof tests / sizeof tests[0], filter);
+    return rc;
 }
