@@ -11,6 +11,8 @@
 #
 # Switches: V=1 (full commands), WERROR=1, SAN=address,undefined, VERSION=...
 
+.DEFAULT_GOAL := all
+
 PKG_CONFIG ?= pkg-config
 LUA_PC     ?= lua5.4
 PREFIX     ?= /usr/local

@@ -37,10 +37,12 @@ void ljson_push_null(lua_State *L)
 static void push_value(lua_State *L, json_object *o, int depth)
 {
     luaL_checkstack(L, 4, "JSON nested too deep");
-    if (depth >= LJSON_MAX_DEPTH) {
+    /* depth counts the arrays and objects around o: 64 levels of them at most. */
+    json_type type = json_object_get_type(o);
+    if ((type == json_type_array || type == json_type_object) && depth >= LJSON_MAX_DEPTH) {
         luaL_error(L, "JSON nested deeper than %d levels", LJSON_MAX_DEPTH);
     }
-    switch (json_object_get_type(o)) {
+    switch (type) {
     case json_type_null:
         ljson_push_null(L);
         break;
@@ -419,7 +421,8 @@ static int l_json_decode(lua_State *L)
     if (big >= 0) {
         return luaL_error(L, "json.decode: the integer at byte %d does not fit in 64 bits", (int)big + 1);
     }
-    json_tokener *tok = json_tokener_new_ex(LJSON_MAX_DEPTH);
+    /* json-c counts depth from 0: +1 so that decode takes the 64 levels encode makes. */
+    json_tokener *tok = json_tokener_new_ex(LJSON_MAX_DEPTH + 1);
     /* Lua strings end in '\0': include it so a bare number can finish. */
     json_object *obj = json_tokener_parse_ex(tok, s, (int)len + 1);
     enum json_tokener_error jerr = json_tokener_get_error(tok);

@@ -97,6 +97,13 @@ void qmp_reader_init(struct qmp_reader *r, size_t max_msg)
     memset(r, 0, sizeof *r);
     /* QMP nests a few levels; query-qmp-schema is the deepest reply seen. */
     r->tok = json_tokener_new_ex(64);
+    /*
+     * Strict: the tokener stops at a message's last '}' whatever follows,
+     * so a message is delivered the same however the reads split the
+     * stream (the default mode eats comments after it and may hold the
+     * message back, or lose it to a stray '/').  QEMU sends strict JSON.
+     */
+    json_tokener_set_flags(r->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
     if (!r->tok) {
         abort();
     }

@@ -131,9 +131,17 @@ function M.parse_qmp(line)
     local t = args
     local parts = {}
     for p in k:gmatch("[^.]+") do parts[#parts + 1] = p end
+    if #parts == 0 then check.bad("shell", "argument %q has an empty key", w) end
     for i = 1, #parts - 1 do
-      t[parts[i]] = t[parts[i]] or {}
-      t = t[parts[i]]
+      local sub = t[parts[i]]
+      if sub == nil then
+        sub = {}
+        t[parts[i]] = sub
+      elseif type(sub) ~= "table" or json.type(sub) == "array" then
+        -- a.b=2 after a=1 or a=[1,2]: there is no object a to put b in
+        check.bad("shell", "argument %q: %s is not an object", w, table.concat(parts, ".", 1, i))
+      end
+      t = sub
     end
     t[parts[#parts]] = value(v)
   end
