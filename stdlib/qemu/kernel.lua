@@ -18,6 +18,8 @@ local host = require "qemu.host"
 
 local M = {}
 
+local is_dir, exists, read_file = fs.is_dir, fs.exists, fs.read
+
 local GIB = 1024 * 1024 * 1024
 local MEM_PER_JOB = 1.5 * GIB     -- a kernel compile job, link included, with room to spare
 local TICK = 0.1                  -- at most this many seconds between looks at make's output
@@ -44,8 +46,6 @@ local function kernel_tree(fname, src)
   end
   return sys.realpath(src) or src
 end
-
-local is_dir, exists, read_file = fs.is_dir, fs.exists, fs.read
 
 -- ---- the job count ----
 
@@ -343,26 +343,35 @@ local function make(ctx, args, what)
   local _ <close> = setmetatable({}, { __close = function() sys.close(fd) end })
   local st
   local tick = 0.01 -- short steps (a config target) end within a few ticks
-  while true do
-    drain(ctx, fd)
-    st = p:poll()
-    if st then break end
-    if ctx.deadline and sys.now() > ctx.deadline then
-      p:kill()
+  local function interrupted()
+    p:kill()
+    progress(ctx, "clear")
+    errors.raise { class = "Interrupted", command = ctx.fname, log = ctx.log,
+                   desc = "interrupted; make was stopped (log: " .. ctx.log .. ")" }
+  end
+  -- Ctrl-C lands in sys.sleep (which returns false) or, when it comes
+  -- while Lua code runs, as the interrupt hook's "interrupted!": both stop
+  -- make the same way.
+  local ok, err = pcall(function()
+    while true do
       drain(ctx, fd)
-      progress(ctx, "clear")
-      errors.raise { class = "Timeout", command = ctx.fname, log = ctx.log,
-                     desc = string.format("make %s did not finish within %g s; it was stopped (log: %s)",
-                                          table.concat(args, " "), ctx.timeout, ctx.log) }
+      st = p:poll()
+      if st then break end
+      if ctx.deadline and sys.now() > ctx.deadline then
+        p:kill()
+        drain(ctx, fd)
+        progress(ctx, "clear")
+        errors.raise { class = "Timeout", command = ctx.fname, log = ctx.log,
+                       desc = string.format("make %s did not finish within %g s; it was stopped (log: %s)",
+                                            table.concat(args, " "), ctx.timeout, ctx.log) }
+      end
+      tick = math.min(TICK, tick * 2)
+      if not sys.sleep(tick) then interrupted() end
     end
-    tick = math.min(TICK, tick * 2)
-    if not sys.sleep(tick) then
-      p:kill()
-      drain(ctx, fd)
-      progress(ctx, "clear")
-      errors.raise { class = "Interrupted", command = ctx.fname, log = ctx.log,
-                     desc = "interrupted; make was stopped (log: " .. ctx.log .. ")" }
-    end
+  end)
+  if not ok then
+    if type(err) == "string" and err:match("interrupted!$") then interrupted() end
+    error(err, 0)
   end
   drain(ctx, fd)
   if ctx.partial ~= "" then consume(ctx, "\n") end
