@@ -4,6 +4,7 @@
 #   make test       install what is missing, build, run every test tier (real QEMU)
 #   make test-unit  the fast tier: C unit tests and Lua tests without QEMU
 #   make bench      benchmarks, printed as ratios against references
+#   make fuzz       the libFuzzer targets for FUZZ_TIME s each (make test runs them 10 s each)
 #   make deps       install the distribution packages qshell needs
 #   make demo       the main job on the default guest
 #   make install    PREFIX=/usr/local DESTDIR= (make uninstall: the same files)
@@ -69,6 +70,7 @@ include tests/unit/Makefile.inc
 all: qshell plugins
 
 include plugins/Makefile.inc
+include tests/fuzz/Makefile.inc
 
 qshell: $(OBJS)
 	$(call msg,LINK,$@)
@@ -112,10 +114,10 @@ build/ptyrun: tests/tools/ptyrun.c | build/.dir
 
 TEST_TOOLS := build/fakeqmp build/ptyrun
 
-test-unit: qshell $(UNIT_TESTS) $(TEST_TOOLS)
+test-unit: qshell $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 	$(Q)tests/run.sh unit
 
-test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS)
+test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 	$(Q)tests/run.sh all
 
 # The README's commands on a bare Debian 12 root (tests/fresh.sh; needs root).
@@ -185,9 +187,9 @@ uninstall:
 	$(Q)rmdir $(D_SHARE)/scripts $(D_SHARE) $(D_PLUG) $(DESTDIR)$(PREFIX)/lib/qshell 2>/dev/null || true
 
 clean:
-	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/bench qshell
+	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/bench build/fuzz qshell
 
 format:
-	clang-format -i shell/*.c shell/*.h tests/unit/*.c
+	clang-format -i shell/*.c shell/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c
 
 -include $(wildcard build/*.d)

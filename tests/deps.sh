@@ -12,6 +12,7 @@ build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-de
 run_pkgs=(
     lua5.4 lua-lpeg qemu-system-x86 qemu-utils
     e2fsprogs busybox-static fdisk procps util-linux man-db
+    clang libclang-rt-14-dev llvm
 )
 case ${1:-all} in
 build) pkgs=("${build_pkgs[@]}") ;;

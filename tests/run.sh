@@ -91,6 +91,7 @@ for tier in "${tiers[@]}"; do
             run_one $t ${TEST_PREFIX:-} $t
         done
         run_lua_dir tests/lua
+        run_one fuzz tests/fuzz/run.sh "${FUZZ_SHORT_TIME:-10}" build/fuzz/fuzz_qmp build/fuzz/fuzz_qmpline
         [ -f tests/unit/fakeqmp_test.lua ] && run_one tests/unit/fakeqmp_test.lua $QSHELL tests/unit/fakeqmp_test.lua
         ;;
     integration) run_lua_dir tests/integration ;;
