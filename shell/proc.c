@@ -75,6 +75,44 @@ static int owner_gone(long pid)
     return 0;
 }
 
+/*
+ * Remove a dead owner's dir.  Its children (a qemu-img, a QEMU) get their
+ * PDEATHSIG a moment after it died and may still create a file while the
+ * dir goes: the owner file is removed last, and a dir that is not empty
+ * then gets the owner file back and another pass, so that a dir never
+ * loses its owner while it still holds files.
+ */
+static void remove_stale_dir(const char *dir, const char *owner, long pid, const char *host)
+{
+    for (int pass = 0; pass < 40; pass++) {
+        DIR *d = opendir(dir);
+        if (!d) {
+            return;
+        }
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+                strcmp(de->d_name, "owner") == 0) {
+                continue;
+            }
+            char *p = xasprintf("%s/%s", dir, de->d_name);
+            remove_tree(p);
+            free(p);
+        }
+        closedir(d);
+        unlink(owner);
+        if (rmdir(dir) == 0 || errno != ENOTEMPTY) {
+            return;
+        }
+        FILE *f = fopen(owner, "w");
+        if (f) {
+            fprintf(f, "%ld %s\n", pid, host);
+            fclose(f);
+        }
+        usleep(50000);
+    }
+}
+
 void proc_sweep_stale(const char *prefix)
 {
     const char *base = getenv("TMPDIR");
@@ -109,7 +147,7 @@ void proc_sweep_stale(const char *prefix)
         /* Only dirs of this host's processes: a TMPDIR may be shared. */
         gethostname(me, sizeof me - 1);
         if (pid > 0 && strcmp(host, me) == 0 && owner_gone(pid)) {
-            remove_tree(dir);
+            remove_stale_dir(dir, owner, pid, host);
         }
         free(owner);
         free(dir);

@@ -30,7 +30,7 @@ M.now = sys.now
 -- qemu.sleep(seconds): Ctrl-C interrupts it
 function M.sleep(seconds)
   if type(seconds) ~= "number" or not (seconds >= 0) or seconds == math.huge then
-    error("qemu.sleep: seconds must be a number >= 0", 2)
+    require("qemu.check").bad("qemu.sleep", "seconds must be a number >= 0")
   end
   local ok = sys.sleep(seconds)
   if not ok then require("qemu.errors").raise { class = "Interrupted", command = "qemu.sleep", desc = "interrupted!" } end

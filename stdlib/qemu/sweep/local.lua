@@ -143,7 +143,7 @@ function M.run(job)
       local ready, msg, code = sys.poll(fds, 0.5)
       if not ready then
         if code == "interrupted" then error({ interrupted = true }, 0) end
-        error(msg, 0)
+        errors.from_code(job.fname, "poll: " .. tostring(msg), code)
       end
       local readyset = {}
       for _, fd in ipairs(ready) do readyset[fd] = true end
