@@ -26,6 +26,10 @@
  * run at once (-smp or maxcpus > 1, or linux-user) it is a callback doing an
  * atomic add instead, so no execution is lost.
  *
+ * On QEMU 9.0+ (plugin API 2) inline adds to a fixed address are gone: each
+ * entry gets a scoreboard (one counter per vCPU) that an inline per-vCPU add
+ * counts into, exact with any number of vCPUs; the count is their sum.
+ *
  * Entries are never freed or moved (the inline adds hold their address);
  * the process exit reclaims them. This file exports only
  * qemu_plugin_version and qemu_plugin_install.
@@ -41,13 +45,14 @@
 #include "plugin_util.h"
 #include "qshell-plugin.h"
 
-QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+QSHELL_PLUGIN_VERSION_DEFINE
 
 #define HB_TOP_DEFAULT 20
 #define HB_INITIAL_BUCKETS 4096 /* a power of two */
 
 struct hb_block {
-    uint64_t count;          /* executions: inline add or atomic add */
+    uint64_t count;          /* executions: inline add or atomic add (API 1) */
+    struct qemu_plugin_scoreboard *sb; /* API 2: executions per vCPU */
     uint64_t pc;             /* guest virtual address of the first insn */
     size_t insns;            /* largest insn count of its translations */
     struct hb_block *next;   /* hash chain */
@@ -158,9 +163,15 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     (void)id;
     pthread_mutex_lock(&st.lock);
     b = table_get(qemu_plugin_tb_vaddr(tb), qemu_plugin_tb_n_insns(tb));
+    if (qshell_plugin_api2() && b->sb == NULL) {
+        b->sb = qemu_plugin_scoreboard_new(sizeof(uint64_t));
+    }
     pthread_mutex_unlock(&st.lock);
 
-    if (st.atomic) {
+    if (b->sb != NULL) {
+        qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
+            tb, QEMU_PLUGIN_INLINE_ADD_U64, (qemu_plugin_u64){b->sb, 0}, 1);
+    } else if (st.atomic) {
         qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec_atomic,
                                              QEMU_PLUGIN_CB_NO_REGS, b);
     } else {
@@ -210,7 +221,9 @@ static void at_exit(qemu_plugin_id_t id, void *udata)
         const struct hb_block *e;
 
         for (e = st.buckets[i]; e != NULL; e = e->next) {
-            snap[n].count = __atomic_load_n(&e->count, __ATOMIC_RELAXED);
+            snap[n].count = e->sb != NULL
+                                ? qemu_plugin_u64_sum((qemu_plugin_u64){e->sb, 0})
+                                : __atomic_load_n(&e->count, __ATOMIC_RELAXED);
             snap[n].block = e;
             n++;
         }

@@ -39,6 +39,12 @@
  * total >= limit, overshooting by less than the one block that crossed it
  * (with several vCPUs each other vCPU may add up to one block more).
  *
+ * On QEMU 9.0+ (plugin API 2) without limit=, the count is an inline
+ * per-vCPU add into a scoreboard, emitted into each block: no callback at
+ * all, exact per vCPU and thread-safe with -smp > 1.  With limit= both
+ * generations use the callbacks above (the limit needs a check per block).
+ * The result file is the same on both.
+ *
  * This file does not parse guest state, and it exports only
  * qemu_plugin_version and qemu_plugin_install.
  */
@@ -54,7 +60,7 @@
 #include "plugin_util.h"
 #include "qshell-plugin.h"
 
-QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+QSHELL_PLUGIN_VERSION_DEFINE
 
 #define INSN_CACHE_LINE 64
 /*
@@ -86,6 +92,19 @@ struct insn_state {
 static struct insn_state st = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
 };
+
+/* API 2 without a limit: the per-vCPU counts live here (NULL otherwise). */
+static struct qemu_plugin_scoreboard *sb;
+static qemu_plugin_u64 sb_insns;
+
+/* vcpu's count so far, wherever it is kept. */
+static uint64_t count_of(unsigned int vcpu)
+{
+    if (sb != NULL) {
+        return qemu_plugin_u64_get(sb_insns, vcpu);
+    }
+    return __atomic_load_n(&st.slots[vcpu].insns, __ATOMIC_RELAXED);
+}
 
 static struct insn_slot *slot_of(unsigned int vcpu)
 {
@@ -173,7 +192,7 @@ static uint64_t write_result(void)
             abort();
         }
         for (i = 0; i < n; i++) {
-            live[i] = __atomic_load_n(&st.slots[i].insns, __ATOMIC_RELAXED);
+            live[i] = count_of(i);
         }
         counts = live;
     }
@@ -252,6 +271,11 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     qemu_plugin_vcpu_udata_cb_t cb = tb_exec;
 
     (void)id;
+    if (sb != NULL) {
+        qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64,
+                                                          sb_insns, n);
+        return;
+    }
     if (st.limit && st.n_slots == 1) {
         cb = tb_exec_limit_one;
     } else if (st.limit) {
@@ -341,6 +365,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
         abort();
     }
 
+    if (qshell_plugin_api2() && !st.limit) {
+        sb = qemu_plugin_scoreboard_new(sizeof(uint64_t));
+        sb_insns = (qemu_plugin_u64){sb, 0};
+    }
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
     qemu_plugin_register_atexit_cb(id, at_exit, NULL);

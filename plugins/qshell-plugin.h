@@ -13,6 +13,16 @@
  * qemu_info_t layout must match QEMU's exactly, which is why the names
  * (including the typedefs) are QEMU's and not qshell's style. It does not
  * declare the memory, syscall, register or disassembly parts of the API.
+ *
+ * Two API generations, one .so.  QEMU 7.2 and 8.x take API version 1 (and
+ * refuse 2); 9.0 and later take 2 to 4 (and refuse 1), removed the inline
+ * ops on a fixed address and qemu_plugin_n_vcpus, and added scoreboards
+ * (per-vCPU counters that inline ops add to).  So the functions of only one
+ * generation are declared weak (NULL where this QEMU lacks them), and
+ * QSHELL_PLUGIN_VERSION_DEFINE exports version 1, turned into 2 by a
+ * constructor - which runs inside dlopen(), before QEMU reads the version -
+ * when the QEMU that loads the plugin has scoreboards.  Checked against the
+ * dynamic symbols of Debian's 7.2 and bookworm-backports' 10.0.2.
  */
 #ifndef QSHELL_QSHELL_PLUGIN_H
 #define QSHELL_QSHELL_PLUGIN_H
@@ -28,8 +38,12 @@
  */
 #define QEMU_PLUGIN_EXPORT __attribute__((visibility("default")))
 
-/* The API version these declarations describe. */
+/* The API versions these declarations describe. */
 #define QEMU_PLUGIN_VERSION 1
+#define QSHELL_PLUGIN_VERSION_V2 2
+
+/* A function of one API generation: NULL when the loading QEMU lacks it. */
+#define QSHELL_WEAK __attribute__((weak, visibility("default")))
 
 /* Opaque id QEMU gives a plugin at install time. */
 typedef uint64_t qemu_plugin_id_t;
@@ -117,20 +131,65 @@ void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,
                                           qemu_plugin_vcpu_udata_cb_t cb,
                                           enum qemu_plugin_cb_flags flags,
                                           void *userdata);
-void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
-                                              enum qemu_plugin_op op,
-                                              void *ptr, uint64_t imm);
+/* API 1 only (removed in 9.0). */
+QSHELL_WEAK void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
+                                                          enum qemu_plugin_op op,
+                                                          void *ptr, uint64_t imm);
 void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
                                             qemu_plugin_vcpu_udata_cb_t cb,
                                             enum qemu_plugin_cb_flags flags,
                                             void *userdata);
-void qemu_plugin_register_vcpu_insn_exec_inline(struct qemu_plugin_insn *insn,
-                                                enum qemu_plugin_op op,
-                                                void *ptr, uint64_t imm);
+QSHELL_WEAK void qemu_plugin_register_vcpu_insn_exec_inline(struct qemu_plugin_insn *insn,
+                                                            enum qemu_plugin_op op,
+                                                            void *ptr, uint64_t imm);
 
-/* Number of vCPUs (-1 in linux-user). */
-int qemu_plugin_n_vcpus(void);
-int qemu_plugin_n_max_vcpus(void);
+/* Number of vCPUs (-1 in linux-user); API 1 only. */
+QSHELL_WEAK int qemu_plugin_n_vcpus(void);
+QSHELL_WEAK int qemu_plugin_n_max_vcpus(void);
+
+/*
+ * API 2 (QEMU 9.0+): scoreboards.  A scoreboard holds one element per vCPU
+ * (grown by QEMU as vCPUs appear); a qemu_plugin_u64 names a uint64_t in
+ * it.  An inline per-vCPU add is emitted into the translated block and adds
+ * to the running vCPU's own element: exact and thread-safe with -smp > 1.
+ */
+struct qemu_plugin_scoreboard;
+typedef struct {
+    struct qemu_plugin_scoreboard *score;
+    size_t offset;
+} qemu_plugin_u64;
+
+QSHELL_WEAK struct qemu_plugin_scoreboard *qemu_plugin_scoreboard_new(size_t element_size);
+QSHELL_WEAK void qemu_plugin_scoreboard_free(struct qemu_plugin_scoreboard *score);
+QSHELL_WEAK void *qemu_plugin_scoreboard_find(struct qemu_plugin_scoreboard *score,
+                                              unsigned int vcpu_index);
+QSHELL_WEAK void qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(struct qemu_plugin_tb *tb,
+                                                                   enum qemu_plugin_op op,
+                                                                   qemu_plugin_u64 entry,
+                                                                   uint64_t imm);
+QSHELL_WEAK uint64_t qemu_plugin_u64_get(qemu_plugin_u64 entry, unsigned int vcpu_index);
+QSHELL_WEAK uint64_t qemu_plugin_u64_sum(qemu_plugin_u64 entry);
+/* vCPUs started so far (API 2). */
+QSHELL_WEAK int qemu_plugin_num_vcpus(void);
+
+/* Does the QEMU that loaded this plugin speak API 2 (9.0+)? */
+static inline bool qshell_plugin_api2(void)
+{
+    return qemu_plugin_scoreboard_new != NULL;
+}
+
+/*
+ * Defines the exported qemu_plugin_version: 1, or 2 when the loading QEMU
+ * has scoreboards (decided in a constructor, before QEMU reads it).
+ */
+#define QSHELL_PLUGIN_VERSION_DEFINE                                     \
+    QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;    \
+    __attribute__((constructor)) static void qshell_plugin_pick_api(void) \
+    {                                                                    \
+        if (qshell_plugin_api2()) {                                      \
+            qemu_plugin_version = QSHELL_PLUGIN_VERSION_V2;              \
+        }                                                                \
+    }
 
 /* Text to QEMU's log; shown only with `-d plugin` (stderr or -D FILE). */
 void qemu_plugin_outs(const char *string);

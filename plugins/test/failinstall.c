@@ -8,7 +8,7 @@
 
 #include "qshell-plugin.h"
 
-QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+QSHELL_PLUGIN_VERSION_DEFINE
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                            const qemu_info_t *info,
