@@ -123,6 +123,17 @@ static int l_proc_spawn(lua_State *L)
     return 1;
 }
 
+/* proc:setenv(name, value): in the child's environment only (before spawn) */
+static int l_proc_setenv(lua_State *L)
+{
+    struct lproc *lp = check_proc(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    const char *value = luaL_checkstring(L, 3);
+    luaL_argcheck(L, *name && !strchr(name, '='), 2, "bad environment variable name");
+    proc_setenv(lp->p, name, value);
+    return 0;
+}
+
 /* proc:take_socket(i) -> fd: hand over socketpair i (1-based) */
 static int l_proc_take_socket(lua_State *L)
 {
@@ -275,6 +286,7 @@ static const luaL_Reg proc_funcs[] = {
 
 static const luaL_Reg proc_methods[] = {
     {"spawn", l_proc_spawn},   {"take_socket", l_proc_take_socket},
+    {"setenv", l_proc_setenv},
     {"pid", l_proc_pid},       {"poll", l_proc_poll},
     {"wait", l_proc_wait},     {"signal", l_proc_signal},
     {"kill", l_proc_kill},     {"tmpdir", l_proc_tmpdir},

@@ -212,8 +212,45 @@ static int lift(int fd)
     return r;
 }
 
-static void child_exec(char *const argv[], int nsocks, const int *child_ends, int nullfd,
-                       int outfd, int logfd, int errfd, pid_t parent)
+void proc_setenv(struct qs_proc *p, const char *name, const char *value)
+{
+    p->env = xrealloc(p->env, (p->nenv + 2) * sizeof *p->env);
+    p->env[p->nenv++] = xasprintf("%s=%s", name, value);
+    p->env[p->nenv] = NULL;
+}
+
+/*
+ * The child's environment: ours with p->env's names replaced or added.
+ * Built before fork (the child of a threaded parent may not allocate).
+ */
+static char **child_env(const struct qs_proc *p)
+{
+    extern char **environ;
+    size_t n = 0;
+    while (environ[n]) {
+        n++;
+    }
+    char **envp = xcalloc(n + p->nenv + 1, sizeof *envp);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        int replaced = 0;
+        for (size_t j = 0; j < p->nenv && !replaced; j++) {
+            size_t len = (size_t)(strchr(p->env[j], '=') - p->env[j]) + 1;
+            replaced = strncmp(environ[i], p->env[j], len) == 0;
+        }
+        if (!replaced) {
+            envp[k++] = environ[i];
+        }
+    }
+    for (size_t j = 0; j < p->nenv; j++) {
+        envp[k++] = p->env[j];
+    }
+    envp[k] = NULL;
+    return envp;
+}
+
+static void child_exec(char *const argv[], char *const envp[], int nsocks, const int *child_ends,
+                       int nullfd, int outfd, int logfd, int errfd, pid_t parent)
 {
     int e;
     sigset_t none;
@@ -250,7 +287,11 @@ static void child_exec(char *const argv[], int nsocks, const int *child_ends, in
             goto fail;
         }
     }
-    execvp(argv[0], argv);
+    if (envp) {
+        execvpe(argv[0], argv, envp);
+    } else {
+        execvp(argv[0], argv);
+    }
 fail:
     e = errno;
     if (write(errfd, &e, sizeof e) < 0) {
@@ -271,6 +312,7 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
     int errpipe[2] = {-1, -1};
     int nullfd = -1, logfd = -1, outfd = -1;
     int rc = -1, made = 0;
+    char **envp = NULL;
 
     if (!p->tmpdir) {
         return -1; /* errstr from proc_new */
@@ -302,6 +344,7 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
         fail(p, PROC_ERR_IO, "cannot set up the child's files (%s): %s", what, strerror(e));
         goto out;
     }
+    envp = p->nenv ? child_env(p) : NULL;
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
@@ -309,7 +352,7 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
         goto out;
     }
     if (pid == 0) {
-        child_exec(argv, nsocks, child_ends, nullfd, outfd, logfd, errpipe[1], parent);
+        child_exec(argv, envp, nsocks, child_ends, nullfd, outfd, logfd, errpipe[1], parent);
     }
     p->pid = pid;
     setpgid(pid, pid); /* also here, so a signal right after fork finds the group */
@@ -330,6 +373,7 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
     }
     rc = 0;
 out:
+    free(envp);
     for (int i = 0; i < made; i++) {
         close(child_ends[i]);
         if (rc < 0) {
@@ -472,6 +516,10 @@ void proc_free(struct qs_proc *p)
     if (p->next) {
         p->next->prev = p->prev;
     }
+    for (size_t i = 0; i < p->nenv; i++) {
+        free(p->env[i]);
+    }
+    free(p->env);
     free(p->logpath);
     free(p);
 }

@@ -35,6 +35,8 @@ struct qs_proc {
     char *logpath;       /* <tmpdir>/qemu.log */
     int keep_tmp;
     pid_t owner;         /* the process that made it; a forked copy is inert */
+    char **env;          /* "NAME=value" set in the child only, NULL-ended */
+    size_t nenv;
     int err;
     char errstr[256];
     struct qs_proc *prev, *next; /* live list */
@@ -52,6 +54,8 @@ int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks);
  * qemu-img --output=json, and stdin from a file; NULL keeps the defaults. */
 int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char *stdin_path,
                   const char *stdout_path);
+/* Set NAME=value in the child's environment only (before spawn). */
+void proc_setenv(struct qs_proc *p, const char *name, const char *value);
 /* Hand over the parent end of socketpair i (the caller closes it). */
 int proc_take_sock(struct qs_proc *p, int i);
 /* 1 if the child has exited (and is now reaped), 0 if running. */

@@ -27,6 +27,11 @@ local sys = require "qshell.os"
 -- qemu.now() -> monotonic seconds, for timing experiments
 M.now = sys.now
 
+-- qemu.version([binary]) -> {major=, minor=, micro=, text=, package=, path=, plugin_api=}
+function M.version(binary)
+  return require("qemu.binary").version(binary)
+end
+
 -- qemu.sleep(seconds): Ctrl-C interrupts it
 function M.sleep(seconds)
   if type(seconds) ~= "number" or not (seconds >= 0) or seconds == math.huge then

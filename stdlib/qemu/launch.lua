@@ -220,11 +220,20 @@ end
 
 local function build_argv(opts, ctx)
   local fname = "qemu.launch"
-  local argv = { opts.binary or os.getenv("QSHELL_QEMU") or "qemu-system-x86_64" }
+  local binary = require "qemu.binary"
+  local argv = { binary.default(opts.binary) }
   local function add(...)
     for _, a in ipairs { ... } do argv[#argv + 1] = tostring(a) end
   end
   add("-nodefaults", "-display", "none")
+  -- A QEMU outside the system's (an extracted package, a prefix install)
+  -- gets its own firmware and modules, not the system QEMU's.
+  local path = binary.resolve(argv[1])
+  local tree = path and binary.tree(path)
+  if tree then
+    for _, d in ipairs(tree.data) do add("-L", d) end
+    if tree.modules then ctx.env = { QEMU_MODULE_DIR = tree.modules } end
+  end
   if opts.name then add("-name", qesc(opts.name)) end
   local accel = opts.accel or "auto"
   if accel == "auto" then
@@ -306,6 +315,7 @@ function M.launch(opts)
     p:close()
     error(argv, 0)
   end
+  for k, v in pairs(ctx.env or {}) do p:setenv(k, v) end
   local spawned, err = p:spawn(argv, ctx.sockets)
   if not spawned then
     p:close()
@@ -331,7 +341,9 @@ function M.launch(opts)
     if log ~= "" then desc = desc .. ": " .. log:gsub("\n", " | ") end
     errors.from_code(fname, desc, hcode, { overrides = { timeout = "LaunchFailed", closed = "LaunchFailed",
                                                          io = "LaunchFailed", protocol = "LaunchFailed" },
-                                           exit = st, hint = errors.hint_for(log), argv = argv })
+                                           exit = st, argv = argv,
+                                           hint = require("qemu.plugin").load_hint(log, argv[1])
+                                                  or errors.hint_for(log) })
   end
   serial = serial + 1
   local v = greeting.QMP and greeting.QMP.version and greeting.QMP.version.qemu

@@ -135,7 +135,7 @@ function M.check(path)
       errors.raise { class = "PluginError", command = fname,
                      desc = string.format("plugin %s does not export %s", path, sym),
                      hint = sym == "qemu_plugin_version"
-                       and "declare QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1; (QEMU 7.2 supports API version 1)"
+                       and "declare QEMU_PLUGIN_EXPORT int qemu_plugin_version (QEMU 7.2 and 8.x take API version 1, 9.0 and later 2 to 4; qemu.version(binary).plugin_api says)"
                        or "a plugin needs QEMU_PLUGIN_EXPORT int qemu_plugin_install(...)" }
     end
   end
@@ -144,12 +144,23 @@ end
 
 -- QEMU's plugin load errors -> the fix.
 local plugin_traps = { -- the specific before the general: QEMU prefixes them all alike
-  { "plugin requires API version", "rebuild the plugin for API version 1 (QEMU 7.2 supports versions 0 to 1)" },
+  { "plugin requires API version", "rebuild the plugin for the API version this QEMU takes (qemu.version(binary).plugin_api)" },
   { "does not declare API version", "export qemu_plugin_version from the plugin" },
   { "qemu_plugin_install returned error", "the plugin refused its arguments: see its message in the log" },
   { "Could not load plugin", "the .so could not be opened: check the path (a path without a slash is looked up by the dynamic loader)" },
 }
 for _, t in ipairs(plugin_traps) do errors.traps[#errors.traps + 1] = t end
+
+-- The hint for a plugin QEMU refused for its API version: the range this
+-- very QEMU takes, asked of it.
+function M.load_hint(log, binary)
+  if not (log or ""):find("plugin requires API version") then return nil end
+  local ok, v = pcall(require("qemu.binary").version, binary)
+  if not ok then return nil end
+  return string.format("this QEMU (%s) takes plugin API versions %d to %d: rebuild the plugin for one of them " ..
+                       "(qshell's own plugins declare 1 on QEMU 7.2/8.x and 2 on 9.0+)",
+                       v.text, v.plugin_api.min, v.plugin_api.cur)
+end
 
 -- The launch option: plugins = list of {name=|path=, args=}.
 function M.launch_args(fname, plugins, ctx, add)
