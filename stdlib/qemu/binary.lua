@@ -89,4 +89,24 @@ function M.version(binary)
   return v
 end
 
+local machines = {}
+
+-- M.machines([binary]) -> set of the machine types it has (aliases too)
+function M.machines(binary)
+  local v = M.version(binary)
+  if machines[v.path] then return machines[v.path] end
+  local st = run.run({ v.path, "-machine", "help" }, { command = "qemu.launch" })
+  local set = {}
+  for line in st.stdout:gmatch("[^\n]+") do
+    local name, rest = line:match("^(%S+)%s+(.*)$")
+    if name and name ~= "Supported" then
+      set[name] = true
+      local alias = rest:match("alias of (%S+)")
+      if alias then set[alias] = true end
+    end
+  end
+  machines[v.path] = set
+  return set
+end
+
 return M

@@ -23,9 +23,11 @@ local M = {}
 local FORMAT = 1
 local FDNAME = "qshell-ckpt"
 -- What defines the machine: a restore must not change these.
-M.machine_keys = { "binary", "machine", "cpu", "smp", "memory", "kernel", "initrd", "append", "console", "accel" }
+M.machine_keys = { "machine", "cpu", "smp", "memory", "kernel", "initrd", "append", "console", "accel" }
 -- What a restore may set freely.
+-- (binary too: a checkpoint restores on another QEMU that has its machine type.)
 M.free_keys = { plugins = true, icount = true, name = true, timeout = true, reboot = true, extra = true,
+                binary = true,
                 restore = true }
 
 local read_file = fs.read
@@ -61,12 +63,42 @@ local function migration_setup(vm)
   vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
 end
 
-local function pass_state_fd(vm, path, mode, what)
+-- Does this VM's QEMU migrate to "file:" (8.2+)?  Asked of its version.
+local function has_file_migration(vm)
+  local maj, min = (vm.version or ""):match("^(%d+)%.(%d+)")
+  maj, min = tonumber(maj), tonumber(min)
+  return maj ~= nil and (maj > 8 or (maj == 8 and min >= 2))
+end
+
+local fdsets = 0
+
+-- Hand the state file to QEMU and return the migration URI for it.  On
+-- QEMU 8.2+ "file:" over an fd set (add-fd): "fd:" to a file is deprecated
+-- there (9.1 warns).  On 7.2 "fd:" with getfd.  Returns uri, cleanup().
+local function state_uri(vm, path, mode, what)
   local fd, msg = sys.open(path, mode)
   if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
+  if has_file_migration(vm) then
+    fdsets = fdsets + 1
+    local id = 1000 + fdsets
+    local ok, r = pcall(vm.qmp, vm, "add-fd", { ["fdset-id"] = id }, { timeout = 30, fd = fd })
+    sys.close(fd)
+    if not ok then error(r, 0) end
+    return "file:/dev/fdset/" .. r["fdset-id"], function()
+      pcall(vm.qmp, vm, "remove-fd", { ["fdset-id"] = r["fdset-id"] })
+    end
+  end
   local ok, err = pcall(vm.qmp, vm, "getfd", { fdname = FDNAME }, { timeout = 30, fd = fd })
   sys.close(fd)
   if not ok then error(err, 0) end
+  return "fd:" .. FDNAME, function() end
+end
+
+-- The machine type QEMU resolved (-machine pc is pc-i440fx-<version>).
+local function machine_type(vm)
+  local ok, t = pcall(vm.qmp, vm, "qom-get", { path = "/machine", property = "type" })
+  if ok and type(t) == "string" then return (t:gsub("%-machine$", "")) end
+  return nil
 end
 
 local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonneg }
@@ -131,9 +163,17 @@ function M.make(self, dir, opts)
   -- Full speed: the default bandwidth limit (32 MiB/s) would make it crawl.
   self:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
   local state = dir .. "/state"
-  pass_state_fd(self, state, "wx", fname)
-  self:qmp("migrate", { uri = "fd:" .. FDNAME })
+  local mtype = machine_type(self)
+  local uri, release = state_uri(self, state, "wx", fname)
+  self:qmp("migrate", { uri = uri })
   wait_migration(self, fname, timeout)
+  release()
+  -- QEMU 10.0 may say "finish-migrate" for a moment after the migration
+  -- completed (7.2 says "postmigrate" at once): wait for the settled state.
+  for _ = 1, 100 do
+    if self:status() ~= "finish-migrate" then break end
+    sys.sleep(0.02)
+  end
 
   -- The VM is stopped and its images flushed: copy them.
   local mdisks = {}
@@ -171,6 +211,8 @@ function M.make(self, dir, opts)
   launch.initrd = abspath(o.initrd)
   launch.append = self:_kernel_append() or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
   launch.console = o.console ~= false
+  launch.binary = o.binary
+  launch.machine_type = mtype
   local manifest = {
     format = FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
     source_status = was, launch = launch, disks = mdisks, argv = self.argv,
@@ -273,6 +315,26 @@ function M.prepare(opts, tmpdir)
     local v = m.launch[k]
     if v ~= nil and v ~= json.null then out[k] = v end
   end
+  if out.binary == nil and m.launch.binary ~= nil and m.launch.binary ~= json.null then
+    out.binary = m.launch.binary
+  end
+  -- The machine type QEMU resolved when the state was saved (pc is
+  -- pc-i440fx-7.2 on 7.2, pc-i440fx-10.0 on 10.0: a state loads only into
+  -- the same type).  Checked against what this QEMU has.
+  local mtype = m.launch.machine_type
+  if mtype ~= nil and mtype ~= json.null then
+    local binary = require "qemu.binary"
+    local have = binary.machines(out.binary)
+    if not have[mtype] then
+      local v = binary.version(out.binary)
+      errors.raise { class = "BadArgument", command = fname,
+                     desc = string.format("restore: %s was saved by QEMU %s on machine type %s, which QEMU %s (%s) " ..
+                                          "does not have", dir, tostring(m.qemu), mtype, v.text, v.path),
+                     hint = "restore it with a QEMU that has " .. mtype .. " (binary=), or make the checkpoint again" }
+    end
+    local given = out.machine
+    out.machine = mtype .. ((type(given) == "string" and given:match("^[^,]*(,.*)$")) or "")
+  end
   out.restore = nil
   out.disks = {}
   for i, d in ipairs(m.disks) do
@@ -294,9 +356,10 @@ end
 function M.finish(vm, rctx, timeout)
   local what = "qemu.launch{restore=}"
   migration_setup(vm)
-  pass_state_fd(vm, rctx.dir .. "/" .. rctx.manifest.state.file, "r", what)
-  vm:qmp("migrate-incoming", { uri = "fd:" .. FDNAME })
+  local uri, release = state_uri(vm, rctx.dir .. "/" .. rctx.manifest.state.file, "r", what)
+  vm:qmp("migrate-incoming", { uri = uri })
   wait_migration(vm, what, timeout or 600)
+  release()
   -- Migration events are qshell's business here, not the script's.
   vm:events()
   if vm:status() ~= "running" then vm:cont() end
