@@ -9,8 +9,14 @@
 # ends with the same line.  Non-zero exit if anything failed, if a runner
 # printed no summary, or if a QEMU process or a temp dir was left behind.
 #
+# The QEMU-facing tiers (integration, guest, scripts) run once per QEMU: the
+# distribution's (7.2) and QEMU 10.0 from bookworm-backports (tests/qemu/
+# fetch.sh, cached outside the checkout); each line names the QEMU.
+#
 # Environment: TEST_PREFIX (e.g. "valgrind --error-exitcode=99 --leak-check=full"),
-# QSHELL_TEST_FILTER (run only matching test names), QSHELL_TEST_VERBOSE=1.
+# QSHELL_TEST_FILTER (run only matching test names), QSHELL_TEST_VERBOSE=1,
+# QSHELL_TEST_QEMUS="system" (only the distribution's QEMU) or a list of
+# binaries (default: "system backports").
 set -u
 cd "$(dirname "$0")/.."
 
@@ -28,6 +34,7 @@ trap 'echo "interrupted"; exit 130' INT TERM
 export TMPDIR="$work"
 export QSHELL_TEST_TMP="$work"
 export QSHELL_PATH="$PWD/tests/lib/?.lua"
+export QSHELL_DEPRECATIONS="$work/deprecations"
 QSHELL="${TEST_PREFIX:-} ./qshell"
 
 total_pass=0 total_fail=0 total_skip=0 broken=0
@@ -37,7 +44,7 @@ total_pass=0 total_fail=0 total_skip=0 broken=0
 # killed with SIGKILL.
 live_qemu() {
     local pid
-    for pid in $(pgrep -f '^qemu-system-x86_64' 2>/dev/null); do
+    for pid in $(pgrep -f '(^|/)qemu-system-x86_64( |$)' 2>/dev/null); do
         case $(ps -o stat= -p "$pid" 2>/dev/null) in
         Z*|"") continue ;;
         esac
@@ -51,13 +58,13 @@ live_qemu() {
 run_one() {
     local name=$1; shift
     local out rc line
-    printf '== %s\n' "$name"
+    printf '== %s%s\n' "$LABEL" "$name"
     out=$(timeout 900 "$@" 2>&1)
     rc=$?
     printf '%s\n' "$out" | sed 's/^/   /'
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
     if [ -z "$line" ]; then
-        echo "   !! $name printed no summary (exit $rc)"
+        echo "   !! $LABEL$name printed no summary (exit $rc)"
         broken=$((broken + 1))
         total_fail=$((total_fail + 1))
         return
@@ -84,6 +91,36 @@ run_lua_dir() {
     done
 }
 
+# The QEMUs the QEMU-facing tiers run on: "label binary" lines.
+qemus=()
+for q in ${QSHELL_TEST_QEMUS:-system backports}; do
+    case $q in
+    system) b=${QSHELL_QEMU:-qemu-system-x86_64} ;;
+    backports)
+        if ! root=$(tests/qemu/fetch.sh); then
+            echo "!! cannot get QEMU from bookworm-backports (QSHELL_TEST_QEMUS=system runs without it)"
+            broken=$((broken + 1)); total_fail=$((total_fail + 1))
+            continue
+        fi
+        b=$root/usr/bin/qemu-system-x86_64 ;;
+    *) b=$q ;;
+    esac
+    v=$("$b" --version 2>/dev/null | sed -n 's/.*version \([0-9.]*\).*/\1/p' | head -n 1)
+    qemus+=("qemu ${v:-?}|$b")
+done
+
+# per_qemu CMD...: run CMD (a tier) once per QEMU, QSHELL_QEMU set, the
+# runner names prefixed with the QEMU's version.
+LABEL=
+per_qemu() {
+    local q
+    for q in "${qemus[@]}"; do
+        LABEL="[${q%%|*}] "
+        QSHELL_QEMU=${q#*|} "$@"
+    done
+    LABEL=
+}
+
 for tier in "${tiers[@]}"; do
     case $tier in
     unit)
@@ -94,12 +131,10 @@ for tier in "${tiers[@]}"; do
         run_one fuzz tests/fuzz/run.sh "${FUZZ_SHORT_TIME:-10}" build/fuzz/fuzz_qmp build/fuzz/fuzz_qmpline
         [ -f tests/unit/fakeqmp_test.lua ] && run_one tests/unit/fakeqmp_test.lua $QSHELL tests/unit/fakeqmp_test.lua
         ;;
-    integration) run_lua_dir tests/integration ;;
+    integration) per_qemu run_lua_dir tests/integration ;;
     cli) run_lua_dir tests/cli ;;
-    guest) run_lua_dir tests/system ;;
-    scripts)
-        [ -x tests/scripts.sh ] && run_one scripts tests/scripts.sh
-        ;;
+    guest) per_qemu run_lua_dir tests/system ;;
+    scripts) per_qemu run_one scripts tests/scripts.sh ;;
     install) run_one install tests/install.sh ;;
     *) echo "unknown tier: $tier" >&2; exit 2 ;;
     esac
@@ -112,6 +147,11 @@ if [ -n "$leaked" ]; then
     echo "!! QEMU processes left behind: $leaked"
     ps -o pid,args -p $(echo $leaked | tr ' ' ',') || true
     kill -9 $leaked 2>/dev/null
+    total_fail=$((total_fail + 1))
+fi
+if [ -s "$QSHELL_DEPRECATIONS" ]; then
+    echo "!! QEMU printed deprecation warnings:"
+    sort -u "$QSHELL_DEPRECATIONS" | head -n 20 | sed 's/^/   /'
     total_fail=$((total_fail + 1))
 fi
 stale=$(find "$work" -mindepth 1 -maxdepth 1 -name 'qshell-*' 2>/dev/null)

@@ -308,7 +308,19 @@ function VM:close()
   end
   self:_close_qmp()
   if self.console then self.console:_close() end
-  if self._proc then self._proc:close() end
+  if self._proc then
+    -- QSHELL_DEPRECATIONS=FILE collects QEMU's deprecation warnings (the
+    -- test runner fails on any: qshell must not use what QEMU retires).
+    local dep = os.getenv("QSHELL_DEPRECATIONS")
+    if dep and dep ~= "" then
+      local found = {}
+      for line in self._proc:log_tail(1 << 16):gmatch("[^\n]+") do
+        if line:lower():find("deprecat") then found[#found + 1] = self.argv[1] .. ": " .. line .. "\n" end
+      end
+      if #found > 0 then pcall(require("qemu.fs").append, dep, table.concat(found)) end
+    end
+    self._proc:close()
+  end
   self._closed = true
   self.pid = nil
   for _, hook in ipairs(self._on_close) do pcall(hook, self) end
