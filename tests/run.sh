@@ -109,6 +109,10 @@ for q in ${QSHELL_TEST_QEMUS:-system backports}; do
     qemus+=("qemu ${v:-?}|$b")
 done
 
+list=
+for q in "${qemus[@]}"; do list="$list ${q#*|}"; done
+export QSHELL_TEST_QEMU_LIST=$list
+
 # per_qemu CMD...: run CMD (a tier) once per QEMU, QSHELL_QEMU set, the
 # runner names prefixed with the QEMU's version.
 LABEL=

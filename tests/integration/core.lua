@@ -22,6 +22,30 @@ T.test("launch, status, argv, version", function()
   T.eq(vm.accel, "tcg")
 end)
 
+T.test("a QEMU outside the system's gets its own firmware and modules; qemu.version asks it", function()
+  local binary = require "qemu.binary"
+  local path = binary.resolve(binary.default())
+  local v = qemu.version()
+  T.eq(v.path, path)
+  T.match(v.text, "^%d+%.%d+%.%d+$")
+  T.ok(v.plugin_api.min <= v.plugin_api.cur)
+  T.eq(v.plugin_api.cur >= 2, v.major >= 9, "plugin API 2+ exactly on QEMU 9.0+")
+  local vm <close> = qemu.launch { memory = "64M" }
+  local line = table.concat(vm.argv, " ")
+  local env = ""
+  local f = io.open("/proc/" .. vm.pid .. "/environ", "rb")
+  if f then env = f:read("a"); f:close() end
+  local tree = binary.tree(path)
+  if tree then
+    T.match(line, "%-L " .. tree.data[1]:gsub("%p", "%%%0"), "its firmware dir")
+    T.ok(env:find("QEMU_MODULE_DIR=" .. tree.modules, 1, true), "its module dir in QEMU's environment")
+  else
+    T.ok(not line:find(" %-L "), "the system QEMU gets no -L")
+    T.ok(not env:find("QEMU_MODULE_DIR=", 1, true), "nor a module dir")
+  end
+  T.raises(function() qemu.version("/nonexistent/qemu-system-x86_64") end, "LaunchFailed", "nonexistent")
+end)
+
 T.test("qmp returns the return value as tables", function()
   local vm <close> = qemu.launch { memory = "64M" }
   local r = vm:qmp("query-status")

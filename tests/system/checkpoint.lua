@@ -63,6 +63,34 @@ T.test("checkpoint then restore: the counter continues in two VMs at once; the b
   qemu.checkpoint.verify(ckpt)
 end)
 
+T.test("a checkpoint on another QEMU: restored where it has the machine type, else refused naming both", function()
+  local others = {}
+  for b in (os.getenv("QSHELL_TEST_QEMU_LIST") or ""):gmatch("%S+") do
+    if qemu.version(b).path ~= qemu.version().path then others[#others + 1] = b end
+  end
+  if #others == 0 then
+    io.stderr:write("  (one QEMU only: QSHELL_TEST_QEMU_LIST names the others)\n")
+    return
+  end
+  local m = qemu.checkpoint.read(ckpt)
+  T.match(m.launch.machine_type, "^pc%-i440fx%-%d+%.%d+$", "the resolved machine type is recorded")
+  T.eq(m.qemu, qemu.version().text)
+  for _, b in ipairs(others) do
+    local v = qemu.version(b)
+    if require("qemu.binary").machines(b)[m.launch.machine_type] then
+      local vm <close> = qemu.launch { restore = ckpt, binary = b }
+      T.eq(vm.version, v.text)
+      local n = count(vm)
+      T.ok(n >= saved, "the counter goes on from the state on QEMU " .. v.text)
+    else
+      local e = T.raises(function() qemu.launch { restore = ckpt, binary = b } end, "BadArgument")
+      T.match(e.desc, m.launch.machine_type:gsub("%p", "%%%0"))
+      T.match(e.desc, "QEMU " .. qemu.version().text:gsub("%p", "%%%0"))
+      T.match(e.desc, "QEMU " .. v.text:gsub("%p", "%%%0"))
+    end
+  end
+end)
+
 T.test("restore refuses options that change the machine", function()
   local e = T.raises(function() qemu.launch { restore = ckpt, memory = "512M" } end, "BadArgument")
   T.match(e.desc, "memory=512M differs from the checkpoint's memory=256M")
