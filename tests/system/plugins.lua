@@ -42,6 +42,23 @@ T.test("insn counts a boot and poweroff; hotblocks lists kernel blocks", functio
   T.match(vm:plugin_log(), "insn: %d+ instructions")
 end)
 
+T.test("smp=2: per-vCPU counts that add up, on this QEMU's plugin API", function()
+  local vm <close> = qemu.guest.launch { smp = 2, plugins = { { name = "insn" }, { name = "hotblocks", args = { top = 50 } } } }
+  -- work on both vCPUs: two shell loops at once
+  vm.console:run("(i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done) & (i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done); wait")
+  vm.console:send("poweroff -f\r")
+  T.eq(vm:wait { timeout = 60 }.code, 0)
+  local r = vm:plugin_result("insn")
+  T.eq(#r.vcpus, 2)
+  T.ok(r.vcpus[1] > 1e7 and r.vcpus[2] > 1e7, "both vCPUs ran: " .. r.vcpus[1] .. ", " .. r.vcpus[2])
+  T.eq(r.vcpus[1] + r.vcpus[2], r.total)
+  local h = vm:plugin_result("hotblocks")
+  local covered = 0
+  for _, b in ipairs(h.blocks) do covered = covered + b.count * b.insns end
+  T.ok(covered > 0 and covered <= r.total * 1.01,
+       string.format("the hottest blocks' instructions (%d) fit in the total (%d)", covered, r.total))
+end)
+
 T.test("two runs of the same workload from the same snapshot count alike", function()
   local system = qemu.guest.overlay(tmp .. "/insn.qcow2")
   do
