@@ -77,7 +77,7 @@ static int l_os_realpath(lua_State *L)
     return 1;
 }
 
-/* os.stat(path) -> {type=, size=, mode=, uid=} | nil, msg, "io" (lstat: links are "link") */
+/* os.stat(path) -> {type=, size=, mode=, uid=, mtime=} | nil, msg, "io" (lstat: links are "link") */
 static int l_os_stat(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -100,6 +100,8 @@ static int l_os_stat(lua_State *L)
     lua_setfield(L, -2, "mode");
     lua_pushinteger(L, (lua_Integer)st.st_uid);
     lua_setfield(L, -2, "uid");
+    lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
+    lua_setfield(L, -2, "mtime");
     return 1;
 }
 

@@ -1,13 +1,22 @@
--- qemu.checkpoint: portable checkpoints, and launch{restore=dir}.
+-- qemu.checkpoint: self-contained, verified, movable checkpoints, and
+-- launch{restore=dir}.
 --
 -- vm:checkpoint(dir) migrates the VM state to dir/state (through an fd
--- passed over QMP: no shell, no path quoting), copies every disk into dir as
--- a read-only image, and writes dir/manifest.json (launch options, QEMU
--- version, the disks with their sizes and backing files, a SHA-256 of the
--- state).  qemu.launch{restore=dir} starts a VM from it: each VM gets fresh
--- qcow2 overlays over the frozen images in its own temp dir, so any number
--- of VMs can run from one checkpoint at once (-loadvm cannot: internal
--- snapshots live in the image a VM writes).
+-- passed over QMP: no shell, no path quoting), writes every disk into dir
+-- as a compact qcow2 with no external backing (qemu-img convert: the chain
+-- flattened, internal snapshots left out), copies the kernel and initrd in,
+-- and writes dir/manifest.json with relative paths only and every file's
+-- size, mtime and SHA-256.  With {shared_base=true} a disk keeps its
+-- backing file outside (only the differences are stored) and the base is
+-- recorded by size, mtime and SHA-256.
+--
+-- qemu.launch{restore=dir} checks the files cheaply (sizes; a changed mtime
+-- gets its hash checked; a referenced base its hash, once per process), or
+-- fully with verify=true, and raises CheckpointCorrupt naming the file
+-- before anything starts.  Each VM gets fresh qcow2 overlays over the
+-- checkpoint's read-only images in its own temp dir, so any number of VMs
+-- run from one checkpoint at once, and the directory can be moved or copied
+-- anywhere (mv, cp -a) and still restores.
 
 local errors = require "qemu.errors"
 local fs = require "qemu.fs"
@@ -20,7 +29,7 @@ local config = require "qshell.config"
 
 local M = {}
 
-local FORMAT = 1
+local FORMAT = 2
 local FDNAME = "qshell-ckpt"
 -- What defines the machine: a restore must not change these.
 M.machine_keys = { "machine", "cpu", "smp", "memory", "kernel", "initrd", "append", "console", "accel" }
@@ -31,10 +40,6 @@ M.free_keys = { plugins = true, icount = true, name = true, timeout = true, rebo
                 restore = true }
 
 local read_file = fs.read
-
-local function abspath(p)
-  return p and fs.abspath(p)
-end
 
 -- Inside one of qshell's temp dirs (gone when its owner exits)?
 local function is_transient(path)
@@ -75,10 +80,21 @@ local fdsets = 0
 -- Hand the state file to QEMU and return the migration URI for it.  On
 -- QEMU 8.2+ "file:" over an fd set (add-fd): "fd:" to a file is deprecated
 -- there (9.1 warns).  On 7.2 "fd:" with getfd.  Returns uri, cleanup().
-local function state_uri(vm, path, mode, what)
+-- With mapped (QEMU 9.0+, file: only) the state is written "mapped-ram":
+-- each RAM page at its own offset, zero pages left as holes, so the file is
+-- sparse; the capability must be on for both the save and the load.
+-- Returns uri, cleanup(), mapped.
+local function state_uri(vm, path, mode, what, mapped)
   local fd, msg = sys.open(path, mode)
   if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
   if has_file_migration(vm) then
+    local maj = tonumber((vm.version or ""):match("^(%d+)")) or 0
+    mapped = mapped and maj >= 9
+    if mapped then
+      local ok, err = pcall(vm.qmp, vm, "migrate-set-capabilities",
+                            { capabilities = { { capability = "mapped-ram", state = true } } })
+      if not ok then sys.close(fd) error(err, 0) end
+    end
     fdsets = fdsets + 1
     local id = 1000 + fdsets
     local ok, r = pcall(vm.qmp, vm, "add-fd", { ["fdset-id"] = id }, { timeout = 30, fd = fd })
@@ -86,12 +102,18 @@ local function state_uri(vm, path, mode, what)
     if not ok then error(r, 0) end
     return "file:/dev/fdset/" .. r["fdset-id"], function()
       pcall(vm.qmp, vm, "remove-fd", { ["fdset-id"] = r["fdset-id"] })
-    end
+    end, mapped
+  end
+  if mapped and mode == "r" then
+    sys.close(fd)
+    errors.raise { class = "CheckpointFailed", command = what,
+                   desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
+                          tostring(vm.version) .. " cannot load" }
   end
   local ok, err = pcall(vm.qmp, vm, "getfd", { fdname = FDNAME }, { timeout = 30, fd = fd })
   sys.close(fd)
   if not ok then error(err, 0) end
-  return "fd:" .. FDNAME, function() end
+  return "fd:" .. FDNAME, function() end, false
 end
 
 -- The machine type QEMU resolved (-machine pc is pc-i440fx-<version>).
@@ -101,9 +123,25 @@ local function machine_type(vm)
   return nil
 end
 
-local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonneg }
+local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonneg, shared_base = "boolean" }
 
--- vm:checkpoint(dir [, {force=false, resume=false, timeout=600}]) -> dir
+-- SHA-256 of a file (sha256sum: no hashing in Lua).
+local function sha256(path, command)
+  return run.check({ "sha256sum", path }, { command = command }):match("^(%x+)")
+end
+
+-- {size=, mtime=, sha256=} of a file.
+local function file_record(path, command)
+  local st = sys.stat(path)
+  return { size = st.size, mtime = st.mtime, sha256 = sha256(path, command) }
+end
+
+local function copy_ro(src, dst, command)
+  run.check({ "cp", "--sparse=always", src, dst }, { command = command })
+  run.check({ "chmod", "0444", dst }, { command = command })
+end
+
+-- vm:checkpoint(dir [, {force=false, resume=false, timeout=600, shared_base=false}]) -> dir
 -- The VM is paused for the checkpoint and stays paused (QEMU's
 -- "postmigrate") unless resume=true; the checkpoint's images are copies,
 -- so the VM may go on writing its own disks either way.
@@ -115,6 +153,7 @@ function M.make(self, dir, opts)
   if not self:_owned() then
     check.bad(fname, "a checkpoint needs a VM launched by this shell (its launch options go into the manifest)")
   end
+  local t0 = sys.now()
   local st = sys.stat(dir)
   if st then
     if st.type ~= "dir" then check.bad(fname, "%s exists and is not a directory", dir) end
@@ -128,7 +167,8 @@ function M.make(self, dir, opts)
       end
       -- Only what a checkpoint consists of; anything else stays.
       for _, name in ipairs(entries) do
-        if name == "manifest.json" or name == "state" or name:match("^disk%-%d+%.%a+$") then
+        if name == "manifest.json" or name == "state" or name == "kernel" or name == "initrd"
+           or name:match("^disk%-%d+%.%a+$") then
           os.remove(dir .. "/" .. name)
         end
       end
@@ -164,7 +204,7 @@ function M.make(self, dir, opts)
   self:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
   local state = dir .. "/state"
   local mtype = machine_type(self)
-  local uri, release = state_uri(self, state, "wx", fname)
+  local uri, release, mapped = state_uri(self, state, "wx", fname, true)
   self:qmp("migrate", { uri = uri })
   wait_migration(self, fname, timeout)
   release()
@@ -174,53 +214,76 @@ function M.make(self, dir, opts)
     if self:status() ~= "finish-migrate" then break end
     sys.sleep(0.02)
   end
+  run.check({ "chmod", "0444", state }, { command = fname })
 
-  -- The VM is stopped and its images flushed: copy them.
+  -- The VM is stopped and its images flushed: write them into dir.
+  local files = { state = true }
   local mdisks = {}
   for i, d in ipairs(disks) do
-    local ext = d.drv == "qcow2" and "qcow2" or "img"
-    local name = string.format("disk-%d.%s", i - 1, ext)
+    local name = string.format("disk-%d.qcow2", i - 1)
     local dst = dir .. "/" .. name
     local info = disk.info(d.file)
-    if info.backing and is_transient(info.backing) then
-      -- Its backing file vanishes with its owner: flatten the chain.
-      run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", d.file, dst }, { command = fname })
+    local base
+    if opts.shared_base and info.backing and not is_transient(info.backing) then
+      -- Only what differs from the base; the base stays where it is and is
+      -- recorded by size, mtime and hash.
+      local bpath = info.backing
+      if bpath:sub(1, 1) ~= "/" then bpath = fs.abspath((d.file:match("^(.*)/[^/]*$") or ".") .. "/" .. bpath) end
+      local bfmt = info.backing_format or disk.detect_format(bpath)
+      run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", "-B", bpath, "-F", bfmt, d.file, dst },
+                { command = fname })
+      base = file_record(bpath, fname)
+      base.path, base.format = bpath, bfmt
     else
-      run.check({ "cp", "--sparse=always", d.file, dst }, { command = fname })
-      if info.backing and info.backing:sub(1, 1) ~= "/" then
-        local base = d.file:match("^(.*)/[^/]*$") or "."
-        run.check({ "qemu-img", "rebase", "-u", "-F", info.backing_format or "qcow2",
-                   "-b", abspath(base .. "/" .. info.backing), dst }, { command = fname })
-      end
+      -- Flattened: no backing outside dir, no internal snapshots.
+      run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", d.file, dst }, { command = fname })
     end
     run.check({ "chmod", "0444", dst }, { command = fname })
     local di = disk.info(dst)
+    files[name] = true
     mdisks[i] = {
-      file = name, format = di.format, virtual_size = di.virtual_size, actual_size = di.actual_size,
-      backing = di.backing, interface = d.opt.interface or "ide", readonly = d.opt.readonly or nil,
-      cache = d.opt.cache, source = d.file,
+      file = name, format = "qcow2", virtual_size = di.virtual_size, actual_size = di.actual_size,
+      interface = d.opt.interface or "ide", readonly = d.opt.readonly or nil, cache = d.opt.cache,
+      base = base,
     }
   end
 
-  local sum = run.check({ "sha256sum", state }, { command = fname }):match("^(%x+)")
   local o = self.options or {}
   local launch = {}
   for _, k in ipairs(M.machine_keys) do launch[k] = o[k] end
   launch.accel = self.accel
-  launch.kernel = abspath(o.kernel)
-  launch.initrd = abspath(o.initrd)
+  for _, k in ipairs { "kernel", "initrd" } do
+    if o[k] then
+      copy_ro(o[k], dir .. "/" .. k, fname)
+      launch[k] = k
+      files[k] = true
+    end
+  end
   launch.append = self:_kernel_append() or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
   launch.console = o.console ~= false
   launch.binary = o.binary
   launch.machine_type = mtype
+  local records = {}
+  for name in pairs(files) do records[name] = file_record(dir .. "/" .. name, fname) end
+  local sources = {}
+  for i, d in ipairs(disks) do sources[i] = d.file end
   local manifest = {
     format = FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
-    source_status = was, launch = launch, disks = mdisks, argv = self.argv,
-    state = { file = "state", bytes = sys.stat(state).size, sha256 = sum },
+    source = { status = was, argv = self.argv, disks = sources, kernel = o.kernel, initrd = o.initrd,
+               host = (fs.first_line("/proc/sys/kernel/hostname") or "") },
+    launch = launch, disks = mdisks,
+    state = { file = "state", mapped_ram = mapped or nil, bytes = records.state.size },
+    files = records,
   }
   fs.write(dir .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)
-  run.check({ "chmod", "0444", state }, { command = fname })
+  run.check({ "chmod", "0444", dir .. "/manifest.json" }, { command = fname })
   if opts.resume then self:cont() end
+  local total = 0
+  for _, r in pairs(records) do total = total + r.size end
+  if sys.isatty(2) then
+    io.stderr:write(string.format("checkpoint %s: %.1f MB (state %.1f MB), %.2f s\n", dir, total / 1e6,
+                                  records.state.size / 1e6, sys.now() - t0))
+  end
   return dir
 end
 
@@ -236,44 +299,107 @@ function M.read(dir, fname)
                    hint = "make one with vm:checkpoint(dir)" }
   end
   local ok, m = pcall(json.decode, text)
-  if not ok or type(m) ~= "table" or m.format ~= FORMAT or type(m.state) ~= "table" then
+  if ok and type(m) == "table" and m.format == 1 then
+    errors.raise { class = "NotACheckpoint", command = fname,
+                   desc = dir .. " is a checkpoint of an older qshell (absolute paths, no file hashes)",
+                   hint = "make it again with vm:checkpoint(dir)" }
+  end
+  if not ok or type(m) ~= "table" or m.format ~= FORMAT or type(m.state) ~= "table"
+     or type(m.files) ~= "table" or type(m.disks) ~= "table" then
     errors.raise { class = "NotACheckpoint", command = fname,
                    desc = dir .. "/manifest.json is not a qshell checkpoint manifest" }
   end
-  local st = sys.stat(dir .. "/" .. m.state.file)
-  if not st or st.size ~= m.state.bytes then
-    errors.raise { class = "NotACheckpoint", command = fname,
-                   desc = string.format("%s: the state file is %s (the manifest says %d bytes)", dir,
-                                        st and (st.size .. " bytes") or "missing", m.state.bytes) }
-  end
-  for _, d in ipairs(m.disks) do
-    if not sys.stat(dir .. "/" .. d.file) then
-      errors.raise { class = "NotACheckpoint", command = fname, desc = dir .. ": missing " .. d.file }
-    end
-    if d.backing ~= nil and d.backing ~= json.null and not sys.stat(d.backing) then
+  for name in pairs(m.files) do
+    if name:find("/") or name:sub(1, 1) == "." then
       errors.raise { class = "NotACheckpoint", command = fname,
-                     desc = string.format("%s: %s's backing file %s is gone", dir, d.file, d.backing) }
-    end
-  end
-  for _, k in ipairs { "kernel", "initrd" } do
-    local p = m.launch[k]
-    if p ~= nil and p ~= json.null and not sys.stat(p) then
-      errors.raise { class = "NotACheckpoint", command = fname,
-                     desc = string.format("%s: the %s it was launched with (%s) is gone", dir, k, p) }
+                     desc = dir .. "/manifest.json names a file outside the checkpoint: " .. name }
     end
   end
   return m
 end
 
--- qemu.checkpoint.verify(dir) -> true: the state's SHA-256 matches the manifest
+local base_ok = {} -- path|size|mtime -> true once its hash was checked
+
+local function corrupt(fname, dir, file, what)
+  errors.raise { class = "CheckpointCorrupt", command = fname,
+                 desc = string.format("%s: %s %s; nothing was started", dir, file, what),
+                 hint = "the checkpoint changed after it was made: make it again" }
+end
+
+-- Check the files against the manifest: sizes always, the hash where the
+-- mtime changed (a copy without -p) or with full=true, a referenced base's
+-- hash once per process.
+local function check_files(dir, m, full, fname)
+  for name, rec in pairs(m.files) do
+    local path = dir .. "/" .. name
+    local st = sys.stat(path)
+    if not st then corrupt(fname, dir, name, "is missing") end
+    if st.size ~= rec.size then
+      corrupt(fname, dir, name, string.format("is %d bytes, the manifest says %d", st.size, rec.size))
+    end
+    if full or st.mtime ~= rec.mtime then
+      if sha256(path, fname) ~= rec.sha256 then
+        corrupt(fname, dir, name, "does not match its SHA-256 in the manifest")
+      end
+    end
+  end
+  for _, d in ipairs(m.disks) do
+    local b = d.base
+    if b ~= nil and b ~= json.null then
+      local st = sys.stat(b.path)
+      if not st then corrupt(fname, dir, d.file, "has its base " .. b.path .. " gone") end
+      local key = string.format("%s|%d|%s", b.path, st.size, tostring(st.mtime))
+      if st.size ~= b.size then
+        corrupt(fname, dir, d.file, string.format("has its base %s changed (%d bytes, was %d)", b.path, st.size, b.size))
+      end
+      if full or not base_ok[key] then
+        if sha256(b.path, fname) ~= b.sha256 then
+          corrupt(fname, dir, d.file, "has its base " .. b.path .. " changed (its SHA-256 differs)")
+        end
+        base_ok[key] = true
+      end
+    end
+  end
+end
+
+-- qemu.checkpoint.verify(dir) -> true: every file (and a referenced base)
+-- matches its size and SHA-256 in the manifest; CheckpointCorrupt otherwise
 function M.verify(dir)
   local m = M.read(dir, "qemu.checkpoint.verify")
-  local sum = run.check({ "sha256sum", dir .. "/" .. m.state.file }, { command = "qemu.checkpoint.verify" })
-  if sum:match("^(%x+)") ~= m.state.sha256 then
-    errors.raise { class = "CheckpointCorrupt", command = "qemu.checkpoint.verify",
-                   desc = dir .. ": the state does not match its SHA-256 in the manifest" }
-  end
+  check_files(dir, m, true, "qemu.checkpoint.verify")
   return true
+end
+
+-- qemu.checkpoint.info(dir) -> {qemu=, machine_type=, created=, launch=, disks=, files=,
+--   bytes=, source=, text=}: what is in a checkpoint; info.text is a summary to print
+function M.info(dir)
+  local m = M.read(dir, "qemu.checkpoint.info")
+  local total = 0
+  for _, r in pairs(m.files) do total = total + r.size end
+  local lines = {
+    string.format("checkpoint %s", dir),
+    string.format("  made      %s by qshell %s on QEMU %s (%s)", os.date("%Y-%m-%d %H:%M:%S", m.created),
+                  tostring(m.qshell), tostring(m.qemu), tostring(m.source and m.source.host or "?")),
+    string.format("  machine   %s, accel %s, memory %s, smp %s", tostring(m.launch.machine_type),
+                  tostring(m.launch.accel), tostring(m.launch.memory or "default"),
+                  tostring(m.launch.smp or 1)),
+  }
+  if m.launch.kernel and m.launch.kernel ~= json.null then
+    lines[#lines + 1] = string.format("  kernel    %s (from %s), append %q", m.launch.kernel,
+                                      tostring(m.source and m.source.kernel), tostring(m.launch.append))
+  end
+  lines[#lines + 1] = string.format("  state     %.1f MB%s", m.files.state.size / 1e6,
+                                    m.state.mapped_ram and " (mapped-ram, sparse)" or "")
+  for i, d in ipairs(m.disks) do
+    local b = d.base ~= json.null and d.base or nil
+    lines[#lines + 1] = string.format("  disk %d    %s %.1f MB (%s virtual)%s", i - 1, d.file,
+                                      m.files[d.file].size / 1e6, tostring(d.virtual_size),
+                                      b and (", over base " .. b.path) or ", self-contained")
+  end
+  lines[#lines + 1] = string.format("  total     %.1f MB in %d files", total / 1e6, (function()
+    local n = 0 for _ in pairs(m.files) do n = n + 1 end return n end)())
+  return { qemu = m.qemu, machine_type = m.launch.machine_type, created = m.created, launch = m.launch,
+           disks = m.disks, files = m.files, bytes = total, source = m.source, text = table.concat(lines, "\n") .. "\n" }
 end
 
 local function same(a, b)
@@ -289,17 +415,32 @@ end
 function M.prepare(opts, tmpdir)
   local fname = "qemu.launch"
   local dir = opts.restore
+  if type(opts.verify) ~= "nil" and type(opts.verify) ~= "boolean" then
+    check.bad(fname, "verify must be a boolean")
+  end
   local m = M.read(dir, fname)
+  check_files(dir, m, opts.verify == true, fname)
+  -- The checkpoint's files by their real path now: it may have moved.
+  local real = sys.realpath(dir) or fs.abspath(dir)
   local out = {}
   for k, v in pairs(opts) do
     if k == "disks" then
       check.bad(fname, "restore: the disks come from the checkpoint (%s); give no disks=", dir)
     elseif k == "loadvm" then
       check.bad(fname, "restore and loadvm cannot be combined")
+    elseif k == "verify" then
+      -- checked above
     elseif not M.free_keys[k] then
       local want = m.launch[k]
       if k == "append" and type(v) == "table" then v = table.concat(v, " ") end
       if k == "accel" and v == "auto" then v = require("qemu.launch").detect_accel() end
+      if (k == "kernel" or k == "initrd") and type(v) == "string" and m.files[k] then
+        -- A file the checkpoint holds a copy of: the same file, or the same bytes.
+        local src = m.source and m.source[k]
+        if fs.abspath(v) == src or (sys.stat(v) and sha256(v, fname) == m.files[k].sha256) then
+          v = want
+        end
+      end
       if not same(v, want) then
         errors.raise { class = "BadArgument", command = fname,
                        desc = string.format("restore: %s=%s differs from the checkpoint's %s=%s; " ..
@@ -314,6 +455,10 @@ function M.prepare(opts, tmpdir)
   for _, k in ipairs(M.machine_keys) do
     local v = m.launch[k]
     if v ~= nil and v ~= json.null then out[k] = v end
+  end
+  -- kernel and initrd are files in the checkpoint
+  for _, k in ipairs { "kernel", "initrd" } do
+    if out[k] then out[k] = real .. "/" .. out[k] end
   end
   if out.binary == nil and m.launch.binary ~= nil and m.launch.binary ~= json.null then
     out.binary = m.launch.binary
@@ -338,9 +483,9 @@ function M.prepare(opts, tmpdir)
   out.restore = nil
   out.disks = {}
   for i, d in ipairs(m.disks) do
-    local base = dir .. "/" .. d.file
+    local base = real .. "/" .. d.file
     local ov = string.format("%s/restore-disk%d.qcow2", tmpdir, i - 1)
-    run.check({ "qemu-img", "create", "-q", "-f", "qcow2", "-F", d.format, "-b", abspath(base), ov },
+    run.check({ "qemu-img", "create", "-q", "-f", "qcow2", "-F", d.format, "-b", base, ov },
               { command = fname })
     out.disks[i] = { file = ov, interface = d.interface, readonly = d.readonly ~= json.null and d.readonly or nil,
                      cache = d.cache ~= json.null and d.cache or nil }
@@ -356,7 +501,8 @@ end
 function M.finish(vm, rctx, timeout)
   local what = "qemu.launch{restore=}"
   migration_setup(vm)
-  local uri, release = state_uri(vm, rctx.dir .. "/" .. rctx.manifest.state.file, "r", what)
+  local uri, release = state_uri(vm, rctx.dir .. "/" .. rctx.manifest.state.file, "r", what,
+                                 rctx.manifest.state.mapped_ram == true)
   vm:qmp("migrate-incoming", { uri = uri })
   wait_migration(vm, what, timeout or 600)
   release()

@@ -186,7 +186,7 @@ local launch_opts = {
   memory = "string|number", kernel = "string", initrd = "string", append = "string|table",
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
-  loadvm = "string", plugins = "table", restore = "string",
+  loadvm = "string", plugins = "table", restore = "string", verify = "boolean",
 }
 
 local icount_opts = {
@@ -302,6 +302,10 @@ function M.launch(opts)
   local ctx = { tmpdir = p:tmpdir(), sockets = 1, proc = p }
   local given = opts
   local rctx
+  if opts.verify ~= nil and not opts.restore then
+    p:close()
+    check.bad(fname, "verify= checks a checkpoint: it goes with restore=")
+  end
   if opts.restore then
     local ok, o, r = pcall(require("qemu.checkpoint").prepare, opts, ctx.tmpdir)
     if not ok then
