@@ -39,6 +39,14 @@
 --   qshell tests/bench/guest_bench.lua restore CKPT
 --       timed from qemu.launch{restore=CKPT} to the answer of
 --       vm.console:run("true"); prints "median_us=... n=1"
+--   qshell tests/bench/guest_bench.lua ckpt MIB DIR
+--       the default guest with MIB MiB of its RAM filled (a tmpfs file of
+--       a repeated text, not zero pages); then, on that same state: a raw
+--       QEMU migration to a file (migrate exec:cat), vm:checkpoint, its
+--       verify, and the two restores to a running VM (qemu.launch{restore=}
+--       and a plain -incoming of the raw file); prints one line
+--       raw_save_us= ckpt_us= verify_us= raw_restore_us= restore_us=
+--       raw_bytes= ckpt_bytes= ckpt_alloc=
 
 local now = require("qshell.os").now
 
@@ -230,6 +238,68 @@ elseif mode == "restore" then
   assert(st == 0, "true exited with status " .. tostring(st))
   vm:quit()
   print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
+elseif mode == "ckpt" then
+  local mib, dir = tonumber(arg[2]), assert(arg[3], "ckpt MIB DIR")
+  local g = qemu.guest.default()
+  local img = dir .. "/sys.qcow2"
+  fresh_overlay(img)
+  local vm <close> = qemu.guest.launch { system = img, memory = (mib + 192) .. "M" }
+  local _, st = vm.console:run(string.format(
+    "mount -t tmpfs -o size=%dm tmpfs /mnt && yes qshell-checkpoint-fill-pattern | head -c %d > /mnt/fill",
+    mib + 8, mib * 1048576), { timeout = 1200 })
+  assert(st == 0, "filling the guest's memory failed")
+  -- raw: QEMU's own migration to a file, then the guest goes on
+  vm:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
+  vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
+  vm:pause()
+  local raw = dir .. "/raw.state"
+  local t0 = now()
+  vm:qmp("migrate", { uri = "exec:cat > " .. raw })
+  repeat
+    local ev = vm:wait_event("MIGRATION", { timeout = 1200 })
+  until ev.data.status == "completed" or ev.data.status == "failed"
+  local raw_save = (now() - t0) * 1e6
+  vm:events()
+  -- qshell: the checkpoint of the same state, and its verify
+  t0 = now()
+  vm:checkpoint(dir .. "/ckpt")
+  local ckpt = (now() - t0) * 1e6
+  t0 = now()
+  qemu.checkpoint.verify(dir .. "/ckpt")
+  local verify = (now() - t0) * 1e6
+  local m = qemu.checkpoint.read(dir .. "/ckpt")
+  local bytes = 0
+  for _, r in pairs(m.files) do bytes = bytes + r.size end
+  local _, du = pcall(function()
+    local f = io.popen("du -sk " .. dir .. "/ckpt")
+    local s2 = f:read("a") f:close() return s2
+  end)
+  vm:quit()
+  -- restores to a running VM
+  t0 = now()
+  local r <close> = qemu.launch { restore = dir .. "/ckpt" }
+  assert(r:status() == "running")
+  local restore = (now() - t0) * 1e6
+  r:quit()
+  local ov = dir .. "/raw-overlay.qcow2"
+  os.remove(ov)
+  qemu.disk.overlay(img, ov)
+  t0 = now()
+  local rv <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append,
+                                   memory = (mib + 192) .. "M", disks = { ov },
+                                   extra = { "-incoming", "exec:cat " .. raw } }
+  while rv:status() ~= "running" do
+    local evs = rv:events()
+    for _, ev in ipairs(evs) do if ev.event == "MIGRATION" and ev.data.status == "failed" then error("raw -incoming failed") end end
+    if rv:status() == "paused" or rv:status() == "postmigrate" then rv:cont() end
+    qemu.sleep(0.002)
+  end
+  local raw_restore = (now() - t0) * 1e6
+  rv:quit()
+  print(string.format("raw_save_us=%.0f ckpt_us=%.0f verify_us=%.0f raw_restore_us=%.0f restore_us=%.0f " ..
+                      "raw_bytes=%d ckpt_bytes=%d ckpt_alloc=%d",
+                      raw_save, ckpt, verify, raw_restore, restore, require("qshell.os").stat(raw).size, bytes,
+                      (tonumber((du or ""):match("^(%d+)")) or 0) * 1024))
 else
   io.stderr:write("usage: qshell guest_bench.lua argv OVERLAY | boot OVERLAY | snapshot ROUNDS K SOCKET SNAPCLIENT\n")
   io.stderr:write("       | warm IMAGE CKPT | loadvm_argv TAG | sweep CKPT WORKERS N CMD | restore CKPT\n")
