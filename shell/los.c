@@ -393,6 +393,9 @@ static int l_os_mkdir(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
+    if (!*path) {
+        return qs_pushfail(L, "mkdir: the path is empty", "io");
+    }
     char *buf = xstrdup(path);
     int rc = 0, err = 0;
     for (char *p = buf + 1; rc == 0; p++) {

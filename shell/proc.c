@@ -214,6 +214,14 @@ static int lift(int fd)
 
 void proc_setenv(struct qs_proc *p, const char *name, const char *value)
 {
+    size_t len = strlen(name);
+    for (size_t i = 0; i < p->nenv; i++) {
+        if (strncmp(p->env[i], name, len) == 0 && p->env[i][len] == '=') {
+            free(p->env[i]);
+            p->env[i] = xasprintf("%s=%s", name, value);
+            return;
+        }
+    }
     p->env = xrealloc(p->env, (p->nenv + 2) * sizeof *p->env);
     p->env[p->nenv++] = xasprintf("%s=%s", name, value);
     p->env[p->nenv] = NULL;

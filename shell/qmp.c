@@ -103,10 +103,10 @@ void qmp_reader_init(struct qmp_reader *r, size_t max_msg)
      * stream (the default mode eats comments after it and may hold the
      * message back, or lose it to a stray '/').  QEMU sends strict JSON.
      */
-    json_tokener_set_flags(r->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
     if (!r->tok) {
         abort();
     }
+    json_tokener_set_flags(r->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
     r->max_msg = max_msg ? max_msg : QMP_MAX_MSG_DEFAULT;
 }
 

@@ -43,8 +43,8 @@ local read_file = fs.read
 
 -- Inside one of qshell's temp dirs (gone when its owner exits)?
 local function is_transient(path)
-  local base = os.getenv("TMPDIR")
-  if not base or base == "" then base = "/tmp" end
+  local base = (os.getenv("TMPDIR") or ""):gsub("/+$", "")
+  if base == "" then base = "/tmp" end
   return path:sub(1, #base + 8) == base .. "/qshell-"
 end
 
@@ -75,8 +75,6 @@ local function has_file_migration(vm)
   return maj ~= nil and (maj > 8 or (maj == 8 and min >= 2))
 end
 
-local fdsets = 0
-
 -- Hand the state file to QEMU and return the migration URI for it.  On
 -- QEMU 8.2+ "file:" over an fd set (add-fd): "fd:" to a file is deprecated
 -- there (9.1 warns).  On 7.2 "fd:" with getfd.  Returns uri, cleanup().
@@ -89,15 +87,20 @@ local function state_uri(vm, path, mode, what, mapped)
   if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
   if has_file_migration(vm) then
     local maj = tonumber((vm.version or ""):match("^(%d+)")) or 0
+    if mapped and mode == "r" and maj < 9 then
+      sys.close(fd)
+      errors.raise { class = "CheckpointFailed", command = what,
+                     desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
+                            tostring(vm.version) .. " cannot load" }
+    end
     mapped = mapped and maj >= 9
     if mapped then
       local ok, err = pcall(vm.qmp, vm, "migrate-set-capabilities",
                             { capabilities = { { capability = "mapped-ram", state = true } } })
       if not ok then sys.close(fd) error(err, 0) end
     end
-    fdsets = fdsets + 1
-    local id = 1000 + fdsets
-    local ok, r = pcall(vm.qmp, vm, "add-fd", { ["fdset-id"] = id }, { timeout = 30, fd = fd })
+    -- QEMU picks a free fd set id and says which.
+    local ok, r = pcall(vm.qmp, vm, "add-fd", {}, { timeout = 30, fd = fd })
     sys.close(fd)
     if not ok then error(r, 0) end
     return "file:/dev/fdset/" .. r["fdset-id"], function()
@@ -130,9 +133,9 @@ local function sha256(path, command)
   return run.check({ "sha256sum", path }, { command = command }):match("^(%x+)")
 end
 
--- {size=, mtime=, sha256=} of a file.
+-- {size=, mtime=, sha256=} of a file (through links).
 local function file_record(path, command)
-  local st = sys.stat(path)
+  local st = fs.stat(path)
   return { size = st.size, mtime = st.mtime, sha256 = sha256(path, command) }
 end
 
@@ -145,16 +148,31 @@ end
 -- The VM is paused for the checkpoint and stays paused (QEMU's
 -- "postmigrate") unless resume=true; the checkpoint's images are copies,
 -- so the VM may go on writing its own disks either way.
+local CKPT_FILE = function(name)
+  return name == "manifest.json" or name == "state" or name == "kernel" or name == "initrd"
+         or name:match("^disk%-%d+%.%a+$") ~= nil
+end
+
+-- Is path (a file the VM runs from) inside dir?
+local function inside(path, dir)
+  local rp = path and (sys.realpath(path) or fs.abspath(path))
+  return rp ~= nil and rp:sub(1, #dir + 1) == dir .. "/"
+end
+
 function M.make(self, dir, opts)
   local fname = "vm:checkpoint"
   check.arg(fname, 1, dir, "string")
+  if dir == "" then check.bad(fname, "the checkpoint directory is empty") end
   opts = check.options(fname, opts, ckpt_opts, 2)
   self:_live(fname)
   if not self:_owned() then
     check.bad(fname, "a checkpoint needs a VM launched by this shell (its launch options go into the manifest)")
   end
   local t0 = sys.now()
-  local st = sys.stat(dir)
+  -- Every check first: nothing in dir is touched until the new checkpoint
+  -- is complete beside it.
+  local st = fs.stat(dir)
+  local replacing = false
   if st then
     if st.type ~= "dir" then check.bad(fname, "%s exists and is not a directory", dir) end
     local entries, lerr = sys.listdir(dir)
@@ -165,20 +183,10 @@ function M.make(self, dir, opts)
                        desc = dir .. " is not empty; nothing was changed",
                        hint = "pass {force=true} to replace the checkpoint in it" }
       end
-      -- Only what a checkpoint consists of; anything else stays.
-      for _, name in ipairs(entries) do
-        if name == "manifest.json" or name == "state" or name == "kernel" or name == "initrd"
-           or name:match("^disk%-%d+%.%a+$") then
-          os.remove(dir .. "/" .. name)
-        end
-      end
+      replacing = true
     end
-  else
-    -- Missing parents are created; the checkpoint dir itself is new.
-    fs.mkdir_p(dir, fname)
   end
   local timeout = opts.timeout or 600
-  local was = self:status()
   -- Disks, in launch order (node names disk0, disk1, ...).
   local disks = {}
   for _, b in ipairs(self:qmp("query-block")) do
@@ -197,45 +205,141 @@ function M.make(self, dir, opts)
       check.bad(fname, "disk %s is snapshot=on: its writes live in a temporary file QEMU deletes", d.file)
     end
   end
+  if replacing then
+    local real = sys.realpath(dir)
+    local o = self.options or {}
+    local runs_from = self.restored_from and sys.realpath(self.restored_from) == real
+    for _, d in ipairs(disks) do
+      local info = disk.info(d.file)
+      runs_from = runs_from or inside(d.file, real) or (info.backing and inside(info.backing, real))
+    end
+    runs_from = runs_from or inside(o.kernel, real) or inside(o.initrd, real)
+    if runs_from then
+      check.bad(fname, "this VM runs from %s: replacing it would pull the files from under the VM; " ..
+                       "checkpoint it into another directory", dir)
+    end
+  end
 
-  if was == "running" then self:pause() end
-  migration_setup(self)
-  -- Full speed: the default bandwidth limit (32 MiB/s) would make it crawl.
-  self:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
-  local state = dir .. "/state"
-  local mtype = machine_type(self)
-  local uri, release, mapped = state_uri(self, state, "wx", fname, true)
-  self:qmp("migrate", { uri = uri })
-  wait_migration(self, fname, timeout)
-  release()
+  -- The new checkpoint is built in a sibling directory, then moved in.
+  local work = string.format("%s.new-%d", dir:gsub("/+$", ""), sys.getpid())
+  os.remove(work)
+  fs.mkdir_p(work, fname)
+  local was = self:status()
+  local release, mapped, mtype
+  local ok, err = pcall(function()
+    if was == "running" then self:pause() end
+    migration_setup(self)
+    -- Full speed: the default bandwidth limit (32 MiB/s) would make it crawl.
+    self:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
+    mtype = machine_type(self)
+    local uri
+    uri, release, mapped = state_uri(self, work .. "/state", "wx", fname, true)
+    self:qmp("migrate", { uri = uri })
+    wait_migration(self, fname, timeout)
+  end)
+  if release then release() end
+  if mapped then
+    -- Off again: a later migration of this VM (not to a file) would refuse it.
+    pcall(self.qmp, self, "migrate-set-capabilities",
+          { capabilities = { { capability = "mapped-ram", state = false } } })
+  end
+  if not ok then
+    -- Stop a migration still going, let it settle, and give the VM back.
+    if not self:_exited() then
+      pcall(self.qmp, self, "migrate_cancel")
+      for _ = 1, 250 do
+        local qok, info = pcall(self.qmp, self, "query-migrate")
+        local mst = qok and info.status
+        if not qok or mst == nil or mst == "cancelled" or mst == "completed" or mst == "failed" then break end
+        sys.sleep(0.02)
+      end
+      if was == "running" then pcall(self.cont, self) end
+    end
+    run.run({ "rm", "-rf", "--", work })
+    error(err, 0)
+  end
   -- QEMU 10.0 may say "finish-migrate" for a moment after the migration
   -- completed (7.2 says "postmigrate" at once): wait for the settled state.
   for _ = 1, 100 do
     if self:status() ~= "finish-migrate" then break end
     sys.sleep(0.02)
   end
-  run.check({ "chmod", "0444", state }, { command = fname })
+  local records, mdisks, launch
+  ok, err = pcall(function()
+    records, mdisks, launch = M._write_files(self, work, disks, opts, fname)
+  end)
+  if not ok then
+    run.run({ "rm", "-rf", "--", work })
+    error(err, 0)
+  end
+  launch.machine_type = mtype
+  local sources = {}
+  for i, d in ipairs(disks) do sources[i] = fs.abspath(d.file) end
+  local o = self.options or {}
+  local manifest = {
+    format = FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
+    source = { status = was, argv = self.argv, disks = sources,
+               kernel = o.kernel and fs.abspath(o.kernel), initrd = o.initrd and fs.abspath(o.initrd),
+               binary = o.binary, host = (fs.first_line("/proc/sys/kernel/hostname") or "") },
+    launch = launch, disks = mdisks,
+    state = { file = "state", mapped_ram = mapped or nil, bytes = records.state.size },
+    files = records,
+  }
+  fs.write(work .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)
+  run.check({ "chmod", "0444", work .. "/manifest.json" }, { command = fname })
 
-  -- The VM is stopped and its images flushed: write them into dir.
+  -- Into place: the old manifest goes first and the new one comes last, so
+  -- a reader sees a whole checkpoint or none.
+  fs.mkdir_p(dir, fname)
+  if replacing then
+    os.remove(dir .. "/manifest.json")
+    for _, name in ipairs(sys.listdir(dir) or {}) do
+      if CKPT_FILE(name) then os.remove(dir .. "/" .. name) end
+    end
+  end
+  for name in pairs(records) do
+    local rok, rerr = sys.rename(work .. "/" .. name, dir .. "/" .. name)
+    if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
+  end
+  local rok, rerr = sys.rename(work .. "/manifest.json", dir .. "/manifest.json")
+  if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
+  run.run({ "rm", "-rf", "--", work })
+  if opts.resume then self:cont() end
+  local total = 0
+  for _, r in pairs(records) do total = total + r.size end
+  if sys.isatty(2) then
+    io.stderr:write(string.format("checkpoint %s: %.1f MB (state %.1f MB), %.2f s\n", dir, total / 1e6,
+                                  records.state.size / 1e6, sys.now() - t0))
+  end
+  return dir
+end
+
+-- The disks, kernel and initrd into work; every file's record.
+function M._write_files(self, work, disks, opts, fname)
+  run.check({ "chmod", "0444", work .. "/state" }, { command = fname })
   local files = { state = true }
   local mdisks = {}
   for i, d in ipairs(disks) do
     local name = string.format("disk-%d.qcow2", i - 1)
-    local dst = dir .. "/" .. name
+    local dst = work .. "/" .. name
     local info = disk.info(d.file)
     local base
-    if opts.shared_base and info.backing and not is_transient(info.backing) then
-      -- Only what differs from the base; the base stays where it is and is
-      -- recorded by size, mtime and hash.
-      local bpath = info.backing
-      if bpath:sub(1, 1) ~= "/" then bpath = fs.abspath((d.file:match("^(.*)/[^/]*$") or ".") .. "/" .. bpath) end
-      local bfmt = info.backing_format or disk.detect_format(bpath)
+    local bpath = info.backing
+    if bpath and bpath:sub(1, 1) ~= "/" then
+      bpath = fs.abspath((d.file:match("^(.*)/[^/]*$") or ".") .. "/" .. bpath)
+    end
+    local binfo = opts.shared_base and bpath and not is_transient(bpath) and disk.info(bpath)
+    if binfo and not binfo.backing then
+      -- Only what differs from the base; the base (a standalone image)
+      -- stays where it is, recorded by size, mtime and hash.
+      local bfmt = info.backing_format or binfo.format
       run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", "-B", bpath, "-F", bfmt, d.file, dst },
                 { command = fname })
       base = file_record(bpath, fname)
-      base.path, base.format = bpath, bfmt
+      base.path, base.format = sys.realpath(bpath) or bpath, bfmt
     else
-      -- Flattened: no backing outside dir, no internal snapshots.
+      -- Flattened: no backing outside the checkpoint, no internal snapshots
+      -- (also a shared_base disk whose base has a backing chain of its own).
       run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", d.file, dst }, { command = fname })
     end
     run.check({ "chmod", "0444", dst }, { command = fname })
@@ -247,44 +351,25 @@ function M.make(self, dir, opts)
       base = base,
     }
   end
-
   local o = self.options or {}
   local launch = {}
   for _, k in ipairs(M.machine_keys) do launch[k] = o[k] end
   launch.accel = self.accel
   for _, k in ipairs { "kernel", "initrd" } do
     if o[k] then
-      copy_ro(o[k], dir .. "/" .. k, fname)
+      copy_ro(o[k], work .. "/" .. k, fname)
       launch[k] = k
       files[k] = true
     end
   end
+  -- The kernel command line as QEMU got it (with an added console=), and
+  -- as the script gave it: a restore may repeat either.
   launch.append = self:_kernel_append() or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
+  launch.append_given = type(o.append) == "table" and table.concat(o.append, " ") or o.append
   launch.console = o.console ~= false
-  launch.binary = o.binary
-  launch.machine_type = mtype
   local records = {}
-  for name in pairs(files) do records[name] = file_record(dir .. "/" .. name, fname) end
-  local sources = {}
-  for i, d in ipairs(disks) do sources[i] = d.file end
-  local manifest = {
-    format = FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
-    source = { status = was, argv = self.argv, disks = sources, kernel = o.kernel, initrd = o.initrd,
-               host = (fs.first_line("/proc/sys/kernel/hostname") or "") },
-    launch = launch, disks = mdisks,
-    state = { file = "state", mapped_ram = mapped or nil, bytes = records.state.size },
-    files = records,
-  }
-  fs.write(dir .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)
-  run.check({ "chmod", "0444", dir .. "/manifest.json" }, { command = fname })
-  if opts.resume then self:cont() end
-  local total = 0
-  for _, r in pairs(records) do total = total + r.size end
-  if sys.isatty(2) then
-    io.stderr:write(string.format("checkpoint %s: %.1f MB (state %.1f MB), %.2f s\n", dir, total / 1e6,
-                                  records.state.size / 1e6, sys.now() - t0))
-  end
-  return dir
+  for name in pairs(files) do records[name] = file_record(work .. "/" .. name, fname) end
+  return records, mdisks, launch
 end
 
 -- qemu.checkpoint.read(dir) -> manifest (raises when dir is not a checkpoint)
@@ -315,10 +400,29 @@ function M.read(dir, fname)
                      desc = dir .. "/manifest.json names a file outside the checkpoint: " .. name }
     end
   end
+  -- Every file the checkpoint uses is one the manifest records.
+  local used = { m.state.file }
+  for _, d in ipairs(m.disks) do used[#used + 1] = d.file end
+  for _, k in ipairs { "kernel", "initrd" } do
+    local v = m.launch and m.launch[k]
+    if v ~= nil and v ~= json.null then used[#used + 1] = v end
+  end
+  for _, name in ipairs(used) do
+    if type(name) ~= "string" or not m.files[name] then
+      errors.raise { class = "NotACheckpoint", command = fname,
+                     desc = string.format("%s/manifest.json uses %s, which it does not record", dir, tostring(name)) }
+    end
+  end
   return m
 end
 
-local base_ok = {} -- path|size|mtime -> true once its hash was checked
+local hashed = {} -- "path|size|mtime" -> SHA-256, hashed once per process
+
+local function sha256_cached(path, st, command)
+  local key = string.format("%s|%d|%s", sys.realpath(path) or path, st.size, tostring(st.mtime))
+  if not hashed[key] then hashed[key] = sha256(path, command) end
+  return hashed[key]
+end
 
 local function corrupt(fname, dir, file, what)
   errors.raise { class = "CheckpointCorrupt", command = fname,
@@ -326,19 +430,21 @@ local function corrupt(fname, dir, file, what)
                  hint = "the checkpoint changed after it was made: make it again" }
 end
 
--- Check the files against the manifest: sizes always, the hash where the
--- mtime changed (a copy without -p) or with full=true, a referenced base's
--- hash once per process.
+-- Check the files against the manifest: sizes always; the hash where the
+-- mtime changed (a copy without -p), of a referenced base, or of every
+-- file with full=true.  A file's hash is computed once per process for a
+-- given size and mtime (a sweep's runs do not hash the same file again).
 local function check_files(dir, m, full, fname)
   for name, rec in pairs(m.files) do
     local path = dir .. "/" .. name
-    local st = sys.stat(path)
+    local st = fs.stat(path)
     if not st then corrupt(fname, dir, name, "is missing") end
     if st.size ~= rec.size then
       corrupt(fname, dir, name, string.format("is %d bytes, the manifest says %d", st.size, rec.size))
     end
     if full or st.mtime ~= rec.mtime then
-      if sha256(path, fname) ~= rec.sha256 then
+      local sum = full and sha256(path, fname) or sha256_cached(path, st, fname)
+      if sum ~= rec.sha256 then
         corrupt(fname, dir, name, "does not match its SHA-256 in the manifest")
       end
     end
@@ -346,17 +452,14 @@ local function check_files(dir, m, full, fname)
   for _, d in ipairs(m.disks) do
     local b = d.base
     if b ~= nil and b ~= json.null then
-      local st = sys.stat(b.path)
+      local st = fs.stat(b.path)
       if not st then corrupt(fname, dir, d.file, "has its base " .. b.path .. " gone") end
-      local key = string.format("%s|%d|%s", b.path, st.size, tostring(st.mtime))
       if st.size ~= b.size then
         corrupt(fname, dir, d.file, string.format("has its base %s changed (%d bytes, was %d)", b.path, st.size, b.size))
       end
-      if full or not base_ok[key] then
-        if sha256(b.path, fname) ~= b.sha256 then
-          corrupt(fname, dir, d.file, "has its base " .. b.path .. " changed (its SHA-256 differs)")
-        end
-        base_ok[key] = true
+      local sum = full and sha256(b.path, fname) or sha256_cached(b.path, st, fname)
+      if sum ~= b.sha256 then
+        corrupt(fname, dir, d.file, "has its base " .. b.path .. " changed (its SHA-256 differs)")
       end
     end
   end
@@ -393,7 +496,7 @@ function M.info(dir)
   for i, d in ipairs(m.disks) do
     local b = d.base ~= json.null and d.base or nil
     lines[#lines + 1] = string.format("  disk %d    %s %.1f MB (%s virtual)%s", i - 1, d.file,
-                                      m.files[d.file].size / 1e6, tostring(d.virtual_size),
+                                      (m.files[d.file] or { size = 0 }).size / 1e6, tostring(d.virtual_size),
                                       b and (", over base " .. b.path) or ", self-contained")
   end
   lines[#lines + 1] = string.format("  total     %.1f MB in %d files", total / 1e6, (function()
@@ -419,7 +522,6 @@ function M.prepare(opts, tmpdir)
     check.bad(fname, "verify must be a boolean")
   end
   local m = M.read(dir, fname)
-  check_files(dir, m, opts.verify == true, fname)
   -- The checkpoint's files by their real path now: it may have moved.
   local real = sys.realpath(dir) or fs.abspath(dir)
   local out = {}
@@ -435,12 +537,11 @@ function M.prepare(opts, tmpdir)
       if k == "append" and type(v) == "table" then v = table.concat(v, " ") end
       if k == "accel" and v == "auto" then v = require("qemu.launch").detect_accel() end
       if (k == "kernel" or k == "initrd") and type(v) == "string" and m.files[k] then
-        -- A file the checkpoint holds a copy of: the same file, or the same bytes.
-        local src = m.source and m.source[k]
-        if fs.abspath(v) == src or (sys.stat(v) and sha256(v, fname) == m.files[k].sha256) then
-          v = want
-        end
+        -- A file the checkpoint holds a copy of: the same bytes are the same.
+        local st = fs.stat(v)
+        if st and sha256_cached(v, st, fname) == m.files[k].sha256 then v = want end
       end
+      if k == "append" and same(v, m.launch.append_given) then v = want end
       if not same(v, want) then
         errors.raise { class = "BadArgument", command = fname,
                        desc = string.format("restore: %s=%s differs from the checkpoint's %s=%s; " ..
@@ -452,6 +553,9 @@ function M.prepare(opts, tmpdir)
       out[k] = v
     end
   end
+  -- The options are right: now the files (sizes, changed mtimes, bases;
+  -- every hash with verify=true), before anything starts.
+  check_files(dir, m, opts.verify == true, fname)
   for _, k in ipairs(M.machine_keys) do
     local v = m.launch[k]
     if v ~= nil and v ~= json.null then out[k] = v end
@@ -460,9 +564,8 @@ function M.prepare(opts, tmpdir)
   for _, k in ipairs { "kernel", "initrd" } do
     if out[k] then out[k] = real .. "/" .. out[k] end
   end
-  if out.binary == nil and m.launch.binary ~= nil and m.launch.binary ~= json.null then
-    out.binary = m.launch.binary
-  end
+  -- (The binary it was made with is only information: a checkpoint moves
+  -- to machines where that path means nothing.  binary= or the default.)
   -- The machine type QEMU resolved when the state was saved (pc is
   -- pc-i440fx-7.2 on 7.2, pc-i440fx-10.0 on 10.0: a state loads only into
   -- the same type).  Checked against what this QEMU has.

@@ -2,7 +2,7 @@
 -- qshell.os.  Reads that may find nothing return nil; everything else
 -- raises an error table (IOError) naming the path, never a bare string.
 --
---   fs.exists(p), fs.is_dir(p), fs.is_file(p)
+--   fs.exists(p), fs.is_dir(p), fs.is_file(p), fs.stat(p) (through links)
 --   fs.read(p) -> text | nil           fs.first_line(p) -> line | nil
 --   fs.slurp(p, command) -> text        (raises when it cannot be read)
 --   fs.write(p, text, command)          (atomic: a temp file renamed over p)
@@ -34,6 +34,9 @@ local function stat_follow(p)
   end
   return st
 end
+
+-- stat() through a symbolic link: {type=, size=, mode=, uid=, mtime=} or nil.
+M.stat = stat_follow
 
 -- A directory, or a link to one.
 function M.is_dir(p)

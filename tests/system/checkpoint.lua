@@ -116,6 +116,23 @@ T.test("movable: copied (cp -a) and moved (mv) elsewhere, it restores; info() sa
   T.match(info.text, "self%-contained")
 end)
 
+T.test("force=true never pulls a checkpoint from under the VM restored from it; a failed checkpoint leaves the old one", function()
+  local dir = tmp .. "/forced.ckpt"
+  T.eq((T.sh("cp -a " .. ckpt .. " " .. dir)), 0)
+  local vm <close> = qemu.launch { restore = dir }
+  local e = T.raises(function() vm:checkpoint(dir, { force = true }) end, "BadArgument", "runs from")
+  T.match(e.desc, "another directory")
+  qemu.checkpoint.verify(dir)
+  -- a checkpoint that fails half-way (its migration times out) leaves the old one whole
+  local other = tmp .. "/kept.ckpt"
+  T.eq((T.sh("cp -a " .. ckpt .. " " .. other)), 0)
+  T.raises(function() vm:checkpoint(other, { force = true, timeout = 0 }) end, "Timeout")
+  qemu.checkpoint.verify(other)
+  T.eq(vm:status(), "running", "the VM goes on after the failed checkpoint")
+  local _, left = T.sh("ls -d " .. tmp .. "/kept.ckpt.new-* 2>/dev/null")
+  T.eq(left, "", "no half-made checkpoint left beside it")
+end)
+
 T.test("verified: a changed byte is refused, with verify=true even when the mtime was put back", function()
   local dir = tmp .. "/corrupt.ckpt"
   T.eq((T.sh("cp -a " .. ckpt .. " " .. dir .. " && chmod u+w " .. dir .. "/state")), 0)

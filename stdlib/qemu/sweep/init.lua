@@ -45,19 +45,19 @@ function M.sweep(spec)
   local engine_name = spec.engine or os.getenv("QSHELL_SWEEP_ENGINE") or "local"
   if not ENGINES[engine_name] then check.bad(fname, "engine must be \"local\" or \"slurm\"") end
   local engine = require(ENGINES[engine_name])
-  if engine.check then engine.check(spec, fname) end
-
   local runs, names = plan.expand(matrix, reps)
-  -- In a Slurm array task, the task runs its share; the submitter owns out.
+  -- In a Slurm array task, the task runs its share (a compute node need
+  -- not have sbatch); the submitter owns out.
   local in_task = os.getenv("QSHELL_SWEEP_JOB")
   if engine_name == "slurm" and in_task and in_task ~= "" then
     return engine.task(spec, runs, in_task)
   end
+  if engine.check then engine.check(spec, fname) end
 
   local out = spec.out and results.open(spec.out, names, spec.resume, fname)
   local todo, skipped = plan.todo(runs, out and out.done)
   local tally = results.tally(runs, out, skipped)
-  local src = #todo > 0 and source.resolve(spec, fname) or nil
+  local src = #todo > 0 and source.resolve(spec, fname, engine.shared_dir and engine.shared_dir(spec)) or nil
   local extra = {}
   if #todo > 0 then
     local ok, err = pcall(function()

@@ -121,6 +121,8 @@ function M.run(job)
   local function replace(k, res)
     local w = workers[k]
     w.dead = true
+    sys.close(w.task)
+    sys.close(w.result)
     running = running - 1
     res.i, res.status, res.wall = w.busy, "failed", sys.now() - w.started
     tally:record(res)

@@ -83,6 +83,12 @@ function M.check(spec, fname)
   end
 end
 
+-- Where a checkpoint made for the tasks goes: beside the results, which
+-- every node sees.
+function M.shared_dir(spec)
+  return (spec.slurm and spec.slurm.dir) or (spec.out and (spec.out .. ".slurm"))
+end
+
 -- The submitting side.
 function M.run(j)
   local fname, spec, tally, todo = j.fname, j.spec, j.tally, j.todo

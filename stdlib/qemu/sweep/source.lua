@@ -14,8 +14,10 @@ local M = {}
 
 local count = 0
 
--- M.resolve(spec, fname) -> {checkpoint=dir, from_tag=bool}
-function M.resolve(spec, fname)
+-- M.resolve(spec, fname [, where]) -> {checkpoint=dir, from_tag=bool}
+-- where: the directory a checkpoint made from a tag goes into (an engine
+-- whose runs are on other machines gives one they see), else the scratch dir.
+function M.resolve(spec, fname, where)
   if fs.is_dir(spec.from) then
     require("qemu.checkpoint").read(spec.from, fname)
     return { checkpoint = spec.from, from_tag = false }
@@ -30,7 +32,8 @@ function M.resolve(spec, fname)
   local lopts = {}
   for k, v in pairs(base) do if k ~= "plugins" then lopts[k] = v end end
   count = count + 1
-  local dir = string.format("%s/sweep-from-%s-%d", fs.scratch(), spec.from, count)
+  local dir = string.format("%s/sweep-from-%s-%d", where or fs.scratch(), spec.from, count)
+  if where then fs.mkdir_p(where, fname) end
   fs.mkdir_p(dir .. ".disks", fname)
   lopts.disks = {}
   for i, d in ipairs(base.disks) do
