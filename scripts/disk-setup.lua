@@ -26,9 +26,11 @@ print(string.format("data disk %s: %s, %.1f MB virtual, %.1f MB on disk", disk, 
                     info.virtual_size / 1e6, info.actual_size / 1e6))
 
 local vm <close> = qemu.guest.launch { disks = { disk } }
-local _, st = vm.console:run("mkdir -p /mnt/data && mount /dev/sdb /mnt/data")
+-- By its label: -hdb is usually /dev/sdb, but the kernel names disks in the
+-- order its probes finish, which a loaded host can swap.
+local _, st = vm.console:run("mkdir -p /mnt/data && mount $(findfs LABEL=data) /mnt/data")
 assert(st == 0, "mount failed")
-print("mounted /dev/sdb on /mnt/data: " .. vm.console:run("df -h /mnt/data | tail -1"))
+print("mounted LABEL=data on /mnt/data: " .. vm.console:run("df -h /mnt/data | tail -1"))
 
 local bad = 0
 for file, sum in pairs(want) do

@@ -19,7 +19,10 @@ BUSYBOX=${BUSYBOX:-/bin/busybox}
 ROOT_USER=root
 ROOT_PASSWORD=qshell
 ROOT_MIB=64                       # ext4 size; the partition starts at 1 MiB (sector 2048)
-ROOT_DEV=/dev/sda1                # the system disk as -hda (IDE, default pc machine)
+# The root by its filesystem label: the kernel names IDE disks in the order
+# its (asynchronous) sd probes finish, so on a loaded host -hda can become
+# sdb; the label finds it whatever it is called, on IDE or virtio alike.
+ROOT_DEV=LABEL=qshell-root
 APPEND="console=ttyS0 root=$ROOT_DEV panic=-1 nokaslr"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -274,7 +277,7 @@ lstr() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
 	echo "  initrd = \"initrd.img\","
 	echo "  system = \"system.qcow2\",           -- first disk (-hda); a second disk (-hdb) is /dev/sdb"
 	echo "  append = $(lstr "$APPEND"),"
-	echo "  root = $(lstr "$ROOT_DEV"),             -- root=/dev/vda1 when the system disk is virtio"
+	echo "  root = $(lstr "$ROOT_DEV"),"
 	echo "  machine = \"pc\",                     -- IDE disks; the kernel has no AHCI driver (q35)"
 	echo "  memory = \"256M\","
 	echo "  user = $(lstr "$ROOT_USER"),"

@@ -11,9 +11,9 @@ local function sh_ok(cmd)
   return out
 end
 
-T.test("boot with root=/dev/sda1, log in, run commands", function()
+T.test("boot with root=LABEL=qshell-root, log in, run commands", function()
   local vm <close> = qemu.guest.launch {}
-  T.match(table.concat(vm.argv, " "), "%-append console=ttyS0 root=/dev/sda1")
+  T.match(table.concat(vm.argv, " "), "%-append console=ttyS0 root=LABEL=qshell%-root")
   local out, st = vm.console:run("uname -r")
   T.eq(out, g.kernel_version)
   T.eq(st, 0)
@@ -24,8 +24,8 @@ T.test("boot with root=/dev/sda1, log in, run commands", function()
   T.eq(out, "one\ntwo;three")
   T.eq(st, 7)
   out = vm.console:run("cat /proc/cmdline")
-  T.match(out, "root=/dev/sda1")
-  T.match(vm.console:run("mount"), "/dev/sda1 on / type ext4")
+  T.match(out, "root=LABEL=qshell%-root")
+  T.match(vm.console:run("mount"), "/dev/sd%a1 on / type ext4")
 end)
 
 T.test("stale output never satisfies a later run", function()
@@ -41,11 +41,11 @@ end)
 T.test("append as a list; console=ttyS0 added when missing", function()
   local vm <close> = qemu.launch {
     kernel = g.kernel, initrd = g.initrd, memory = g.memory,
-    append = { "root=/dev/sda1", "panic=-1", "nokaslr" },
+    append = { "root=LABEL=qshell-root", "panic=-1", "nokaslr" },
     disks = { qemu.guest.overlay() },
   }
   local line = table.concat(vm.argv, " ")
-  T.match(line, "%-append root=/dev/sda1 panic=%-1 nokaslr console=ttyS0")
+  T.match(line, "%-append root=LABEL=qshell%-root panic=%-1 nokaslr console=ttyS0")
   vm.console:login { user = g.user, password = g.password }
   T.match(vm.console:run("cat /proc/cmdline"), "console=ttyS0")
 end)
@@ -58,7 +58,8 @@ T.test("a data disk from a host directory as hdb: contents verified in the guest
   sh_ok("mkfs.ext4 -q -F -L data -d " .. src .. " " .. raw .. " 16M && qemu-img convert -O qcow2 " .. raw .. " " .. img)
   local vm <close> = qemu.guest.launch { disks = { img } }
   T.match(table.concat(vm.argv, " "), "index=1")
-  local _, st = vm.console:run("mkdir -p /mnt/data && mount /dev/sdb /mnt/data")
+  -- by its label: -hdb is sdb unless the sd probes finished out of order
+  local _, st = vm.console:run("mkdir -p /mnt/data && mount $(findfs LABEL=data) /mnt/data")
   T.eq(st, 0)
   local out = vm.console:run("sha256sum /mnt/data/sub/blob")
   T.eq(out:match("^(%x+)"), want)
@@ -122,7 +123,7 @@ end)
 
 T.test("no initrd: Unable to mount root fs -> QEMUExited with a root= hint", function()
   local vm <close> = qemu.launch {
-    kernel = g.kernel, memory = g.memory, append = "root=/dev/sda1 panic=-1",
+    kernel = g.kernel, memory = g.memory, append = "root=LABEL=qshell-root panic=-1",
     disks = { qemu.guest.overlay() },
   }
   local e = T.raises(function() vm.console:expect("login:", 60) end, "QEMUExited")
