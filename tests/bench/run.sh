@@ -58,7 +58,7 @@ trap cleanup EXIT
 
 build() {
     mkdir -p "$OUT"
-    [ -x "$QSHELL" ] || make -s qshell || die "cannot build qshell"
+    make -s qshell plugins || die "cannot build qshell"
     local c
     for c in qmpclient startup bootharness snapclient; do
         "$CC" -O2 -Wall -o "$OUT/$c" "tests/bench/$c.c" || die "cannot build $c"
