@@ -248,25 +248,26 @@ elseif mode == "ckpt" then
     "mount -t tmpfs -o size=%dm tmpfs /mnt && yes qshell-checkpoint-fill-pattern | head -c %d > /mnt/fill",
     mib + 8, mib * 1048576), { timeout = 1200 })
   assert(st == 0, "filling the guest's memory failed")
-  -- raw: QEMU's own migration to a file, then the guest goes on
+  -- qshell: the checkpoint of this state (the guest goes on after it), and its verify
+  vm:pause()
+  local t0 = now()
+  vm:checkpoint(dir .. "/ckpt", { resume = true })
+  local ckpt = (now() - t0) * 1e6
+  t0 = now()
+  qemu.checkpoint.verify(dir .. "/ckpt")
+  local verify = (now() - t0) * 1e6
+  -- raw: QEMU's own migration of the same state to a file
   vm:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
   vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
   vm:pause()
+  vm:events()
   local raw = dir .. "/raw.state"
-  local t0 = now()
+  t0 = now()
   vm:qmp("migrate", { uri = "exec:cat > " .. raw })
   repeat
     local ev = vm:wait_event("MIGRATION", { timeout = 1200 })
   until ev.data.status == "completed" or ev.data.status == "failed"
   local raw_save = (now() - t0) * 1e6
-  vm:events()
-  -- qshell: the checkpoint of the same state, and its verify
-  t0 = now()
-  vm:checkpoint(dir .. "/ckpt")
-  local ckpt = (now() - t0) * 1e6
-  t0 = now()
-  qemu.checkpoint.verify(dir .. "/ckpt")
-  local verify = (now() - t0) * 1e6
   local m = qemu.checkpoint.read(dir .. "/ckpt")
   local bytes = 0
   for _, r in pairs(m.files) do bytes = bytes + r.size end
@@ -300,6 +301,17 @@ elseif mode == "ckpt" then
                       "raw_bytes=%d ckpt_bytes=%d ckpt_alloc=%d",
                       raw_save, ckpt, verify, raw_restore, restore, require("qshell.os").stat(raw).size, bytes,
                       (tonumber((du or ""):match("^(%d+)")) or 0) * 1024))
+elseif mode == "work" then
+  -- a CPU-bound guest workload from the warm checkpoint, with or without insn
+  local ckpt, plugin = assert(arg[2], "work CKPT [insn]"), arg[3]
+  local vm <close> = qemu.launch { restore = ckpt, plugins = plugin == "insn" and { { name = "insn" } } or nil }
+  vm.console:run("true")
+  local t0 = now()
+  local _, st = vm.console:run("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done", { timeout = 600 })
+  local dt = (now() - t0) * 1e6
+  assert(st == 0, "the workload failed")
+  vm:quit()
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
 else
   io.stderr:write("usage: qshell guest_bench.lua argv OVERLAY | boot OVERLAY | snapshot ROUNDS K SOCKET SNAPCLIENT\n")
   io.stderr:write("       | warm IMAGE CKPT | loadvm_argv TAG | sweep CKPT WORKERS N CMD | restore CKPT\n")

@@ -245,6 +245,18 @@ bench_plugin_on() {
         "$v" "$(awk -v v="$with" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$without" 'BEGIN { print v / 1e6 }')" "$r" \
         "$target" "$count" "$(awk -v n="$count" -v t="$with" 'BEGIN { print n / t }')" \
         "$(awk -v n="$count" -v t="$without" 'BEGIN { print n / t }')"
+    # The steady state: a CPU-bound loop in the guest, from the warm checkpoint.
+    need_warm
+    section "TCG plugin overhead on QEMU $v: a CPU-bound guest loop from a checkpoint, insn vs none ($BOOT_ROUNDS x 1 run)"
+    local wplain=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt")
+    local winsn=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" insn)
+    alternate "loop with insn" winsn "loop without" wplain
+    r=$(ratio "$A_MED" "$B_MED")
+    case $v in [0-8].*) target="(API 1: a callback per block)" ;;
+    *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
+    printf 'insn plugin on QEMU %s, CPU-bound loop: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
+        "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
+        "$r" "$target"
 }
 
 # ---- sweep and restore: checkpoints vs -loadvm ----
