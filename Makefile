@@ -22,7 +22,7 @@ CC         ?= cc
 CFLAGS     ?= -O2 -g
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
-PKGS := $(LUA_PC) json-c libedit
+PKGS := $(LUA_PC) json-c libedit libcrypto
 
 # The package flags are computed by a rule, after the build packages are
 # installed: GNU make builds an included makefile that is missing or out of
@@ -57,7 +57,7 @@ msg = @printf '  %-6s %s\n' $(1) $(2)
 endif
 
 CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c shell/console.c
-SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/los.c shell/lconsole.c \
+SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/los.c shell/lhash.c shell/lconsole.c \
         shell/luaenv.c shell/meta.c shell/repl.c shell/main.c
 OBJS := $(SRCS:shell/%.c=build/%.o) build/stdlib_gen.o
 STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)

@@ -1,8 +1,8 @@
 /*
  * los.c - Lua module "qshell.os": the POSIX calls the stdlib needs that
  * have no C core of their own (Lua keeps io and os apart from its objects
- * for the same reason).  Time (now, sleep), files (stat, access, realpath,
- * listdir, mkdir, rename, open, close), and the process primitives of the
+ * for the same reason).  Time (now, sleep), files (stat, access, chmod,
+ * realpath, listdir, mkdir, rename, open, close), and the process primitives of the
  * sweep's local workers (fork, exit_now, pipe, poll, read, write, waitpid,
  * kill, setpgid, getpid, isatty).
  *
@@ -77,7 +77,7 @@ static int l_os_realpath(lua_State *L)
     return 1;
 }
 
-/* os.stat(path) -> {type=, size=, mode=, uid=, mtime=} | nil, msg, "io" (lstat: links are "link") */
+/* os.stat(path) -> {type=, size=, mode=, uid=, mtime=, alloc=} | nil, msg, "io" (lstat: links are "link") */
 static int l_os_stat(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -102,6 +102,21 @@ static int l_os_stat(lua_State *L)
     lua_setfield(L, -2, "uid");
     lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
     lua_setfield(L, -2, "mtime");
+    lua_pushinteger(L, (lua_Integer)st.st_blocks * 512);
+    lua_setfield(L, -2, "alloc");
+    return 1;
+}
+
+/* os.chmod(path, mode) -> true | nil, msg, "io" */
+static int l_os_chmod(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer mode = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "not a file mode");
+    if (chmod(path, (mode_t)mode) < 0) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -437,7 +452,7 @@ static int l_os_rename(lua_State *L)
 }
 
 static const luaL_Reg os_funcs[] = {
-    {"access", l_os_access},   {"close", l_os_close},     {"exit_now", l_os_exit_now},
+    {"access", l_os_access},   {"chmod", l_os_chmod},     {"close", l_os_close},     {"exit_now", l_os_exit_now},
     {"fork", l_os_fork},       {"getpid", l_os_getpid},   {"isatty", l_os_isatty},
     {"kill", l_os_kill},       {"listdir", l_os_listdir}, {"mkdir", l_os_mkdir},
     {"now", l_os_now},         {"open", l_os_open},       {"pipe", l_os_pipe},

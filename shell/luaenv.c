@@ -335,6 +335,8 @@ int luaenv_init(lua_State *L)
     luaL_requiref(L, "qshell.proc.core", luaopen_qshell_proc_core, 0);
     luaL_requiref(L, "qshell.console.core", luaopen_qshell_console_core, 0);
     luaL_requiref(L, "qshell.os", luaopen_qshell_os, 0);
+    lua_pop(L, 1);
+    luaL_requiref(L, "qshell.hash", luaopen_qshell_hash, 0);
     lua_pop(L, 5);
     preload_stdlib(L);
     push_config(L);

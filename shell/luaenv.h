@@ -56,6 +56,7 @@ void qs_push_status(lua_State *L, int status);
 
 int luaopen_qshell_json(lua_State *L);
 int luaopen_qshell_os(lua_State *L);
+int luaopen_qshell_hash(lua_State *L);
 int luaopen_qshell_qmp_core(lua_State *L);
 int luaopen_qshell_proc_core(lua_State *L);
 int luaopen_qshell_console_core(lua_State *L);

@@ -8,7 +8,7 @@
 set -u
 
 # libc6-dev is only a Recommends of gcc: without it there is no <stdio.h>.
-build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-dev)
+build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-dev libssl-dev)
 run_pkgs=(
     lua5.4 lua-lpeg qemu-system-x86 qemu-utils
     e2fsprogs busybox-static fdisk procps util-linux man-db

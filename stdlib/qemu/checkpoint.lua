@@ -25,6 +25,7 @@ local run = require "qemu.run"
 local disk = require "qemu.disk"
 local json = require "qshell.json"
 local sys = require "qshell.os"
+local hash = require "qshell.hash"
 local config = require "qshell.config"
 
 local M = {}
@@ -75,25 +76,21 @@ local function has_file_migration(vm)
   return maj ~= nil and (maj > 8 or (maj == 8 and min >= 2))
 end
 
--- Hand the state file to QEMU and return the migration URI for it.  On
--- QEMU 8.2+ "file:" over an fd set (add-fd): "fd:" to a file is deprecated
--- there (9.1 warns).  On 7.2 "fd:" with getfd.  Returns uri, cleanup().
--- With mapped (QEMU 9.0+, file: only) the state is written "mapped-ram":
--- each RAM page at its own offset, zero pages left as holes, so the file is
--- sparse; the capability must be on for both the save and the load.
--- Returns uri, cleanup(), mapped.
-local function state_uri(vm, path, mode, what, mapped)
-  local fd, msg = sys.open(path, mode)
+-- Hand a checkpoint's state file to QEMU for an incoming migration and
+-- return the URI for it, and a cleanup().  On QEMU 8.2+ "file:" over an fd
+-- set (add-fd); on 7.2 "fd:" with getfd.  A mapped-ram state (written by
+-- earlier versions of qshell on QEMU 9.0+: each RAM page at its own
+-- offset) needs the capability on, and a QEMU that has it.
+local function load_uri(vm, path, mapped, what)
+  local maj = tonumber((vm.version or ""):match("^(%d+)")) or 0
+  if mapped and maj < 9 then
+    errors.raise { class = "CheckpointFailed", command = what,
+                   desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
+                          tostring(vm.version) .. " cannot load" }
+  end
+  local fd, msg = sys.open(path, "r")
   if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
   if has_file_migration(vm) then
-    local maj = tonumber((vm.version or ""):match("^(%d+)")) or 0
-    if mapped and mode == "r" and maj < 9 then
-      sys.close(fd)
-      errors.raise { class = "CheckpointFailed", command = what,
-                     desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
-                            tostring(vm.version) .. " cannot load" }
-    end
-    mapped = mapped and maj >= 9
     if mapped then
       local ok, err = pcall(vm.qmp, vm, "migrate-set-capabilities",
                             { capabilities = { { capability = "mapped-ram", state = true } } })
@@ -105,18 +102,12 @@ local function state_uri(vm, path, mode, what, mapped)
     if not ok then error(r, 0) end
     return "file:/dev/fdset/" .. r["fdset-id"], function()
       pcall(vm.qmp, vm, "remove-fd", { ["fdset-id"] = r["fdset-id"] })
-    end, mapped
-  end
-  if mapped and mode == "r" then
-    sys.close(fd)
-    errors.raise { class = "CheckpointFailed", command = what,
-                   desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
-                          tostring(vm.version) .. " cannot load" }
+    end
   end
   local ok, err = pcall(vm.qmp, vm, "getfd", { fdname = FDNAME }, { timeout = 30, fd = fd })
   sys.close(fd)
   if not ok then error(err, 0) end
-  return "fd:" .. FDNAME, function() end, false
+  return "fd:" .. FDNAME, function() end
 end
 
 -- The machine type QEMU resolved (-machine pc is pc-i440fx-<version>).
@@ -128,20 +119,18 @@ end
 
 local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonneg, shared_base = "boolean" }
 
--- SHA-256 of a file (sha256sum: no hashing in Lua).
+-- SHA-256 of a file, in this process (libcrypto).
 local function sha256(path, command)
-  return run.check({ "sha256sum", path }, { command = command }):match("^(%x+)")
+  local sum, err, code = hash.sha256(path)
+  if not sum then errors.from_code(command, err, code) end
+  return sum
 end
 
--- {size=, mtime=, sha256=} of a file (through links).
-local function file_record(path, command)
-  local st = fs.stat(path)
-  return { size = st.size, mtime = st.mtime, sha256 = sha256(path, command) }
-end
-
-local function copy_ro(src, dst, command)
-  run.check({ "cp", "--sparse=always", src, dst }, { command = command })
-  run.check({ "chmod", "0444", dst }, { command = command })
+-- A background hash's result, or its error raised.
+local function job_result(job, command)
+  local sum, size, code = job:wait()
+  if not sum then errors.from_code(command, size, code) end
+  return sum, size
 end
 
 -- vm:checkpoint(dir [, {force=false, resume=false, timeout=600, shared_base=false}]) -> dir
@@ -196,7 +185,7 @@ function M.make(self, dir, opts)
       local lopt = idx and self.options.disks and self.options.disks[idx + 1]
       if type(lopt) == "string" then lopt = { file = lopt } end
       disks[#disks + 1] = { index = idx or #disks, node = ins["node-name"], file = ins.file,
-                            drv = ins.drv, ro = ins.ro, opt = lopt or {} }
+                            drv = ins.drv, ro = ins.ro, opt = lopt or {}, image = ins.image or {} }
     end
   end
   table.sort(disks, function(a, b) return a.index < b.index end)
@@ -225,25 +214,33 @@ function M.make(self, dir, opts)
   os.remove(work)
   fs.mkdir_p(work, fname)
   local was = self:status()
-  local release, mapped, mtype
+  local plan, sink, mtype, state_sum, state_size
   local ok, err = pcall(function()
+    -- Paused, QEMU has flushed the disks, and nothing writes them until the
+    -- VM goes on: qemu-img copies them while QEMU saves the RAM (two cores
+    -- at work, not one after the other), and the kernel and initrd are
+    -- copied and hashed in threads meanwhile.
     if was == "running" then self:pause() end
+    plan = M._start_files(self, work, disks, opts, fname)
     migration_setup(self)
     -- Full speed: the default bandwidth limit (32 MiB/s) would make it crawl.
     self:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
     mtype = machine_type(self)
-    local uri
-    uri, release, mapped = state_uri(self, work .. "/state", "wx", fname, true)
-    self:qmp("migrate", { uri = uri })
+    -- The state goes through a pipe into a thread that writes and hashes
+    -- it as it comes ("fd:" with a pipe: every QEMU has it, none deprecates
+    -- it; zero pages are not in the stream, so the file is compact).
+    local serr, scode
+    sink, serr, scode = hash.sink(work .. "/state")
+    if not sink then errors.from_code(fname, serr, scode) end
+    self:qmp("getfd", { fdname = FDNAME }, { timeout = 30, fd = sink:fd() })
+    sink:close_input()
+    self:qmp("migrate", { uri = "fd:" .. FDNAME })
     wait_migration(self, fname, timeout)
+    state_sum, state_size = job_result(sink, fname)
   end)
-  if release then release() end
-  if mapped then
-    -- Off again: a later migration of this VM (not to a file) would refuse it.
-    pcall(self.qmp, self, "migrate-set-capabilities",
-          { capabilities = { { capability = "mapped-ram", state = false } } })
-  end
   if not ok then
+    if sink then sink:close() end
+    M._abandon_files(plan)
     -- Stop a migration still going, let it settle, and give the VM back.
     if not self:_exited() then
       pcall(self.qmp, self, "migrate_cancel")
@@ -253,6 +250,7 @@ function M.make(self, dir, opts)
         if not qok or mst == nil or mst == "cancelled" or mst == "completed" or mst == "failed" then break end
         sys.sleep(0.02)
       end
+      pcall(self.qmp, self, "closefd", { fdname = FDNAME })
       if was == "running" then pcall(self.cont, self) end
     end
     run.run({ "rm", "-rf", "--", work })
@@ -266,9 +264,19 @@ function M.make(self, dir, opts)
   end
   local records, mdisks, launch
   ok, err = pcall(function()
-    records, mdisks, launch = M._write_files(self, work, disks, opts, fname)
+    records, mdisks, launch = M._finish_files(self, work, plan, fname)
+    records.state = { size = state_size, sha256 = state_sum }
+    for name, r in pairs(records) do
+      local fst = fs.stat(work .. "/" .. name)
+      if fst.size ~= r.size then
+        errors.raise { class = "CheckpointFailed", command = fname,
+                       desc = string.format("%s: %d bytes written, %d on disk", name, r.size, fst.size) }
+      end
+      r.mtime = fst.mtime
+    end
   end)
   if not ok then
+    M._abandon_files(plan)
     run.run({ "rm", "-rf", "--", work })
     error(err, 0)
   end
@@ -282,11 +290,11 @@ function M.make(self, dir, opts)
                kernel = o.kernel and fs.abspath(o.kernel), initrd = o.initrd and fs.abspath(o.initrd),
                binary = o.binary, host = (fs.first_line("/proc/sys/kernel/hostname") or "") },
     launch = launch, disks = mdisks,
-    state = { file = "state", mapped_ram = mapped or nil, bytes = records.state.size },
+    state = { file = "state", bytes = records.state.size },
     files = records,
   }
   fs.write(work .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)
-  run.check({ "chmod", "0444", work .. "/manifest.json" }, { command = fname })
+  sys.chmod(work .. "/manifest.json", 292) -- 0444
 
   -- Into place: the old manifest goes first and the new one comes last, so
   -- a reader sees a whole checkpoint or none.
@@ -314,40 +322,88 @@ function M.make(self, dir, opts)
   return dir
 end
 
--- The disks, kernel and initrd into work; every file's record.
-function M._write_files(self, work, disks, opts, fname)
-  run.check({ "chmod", "0444", work .. "/state" }, { command = fname })
-  local files = { state = true }
-  local mdisks = {}
+-- Start writing the disks, kernel and initrd into work: a qemu-img process
+-- per disk, a thread per copy (hashed on the way).  What the disks are
+-- comes from QEMU's query-block (no qemu-img info).  Returns the plan
+-- M._finish_files completes.
+function M._start_files(self, work, disks, opts, fname)
+  local plan = { converts = {}, copies = {}, bases = {} }
   for i, d in ipairs(disks) do
     local name = string.format("disk-%d.qcow2", i - 1)
     local dst = work .. "/" .. name
-    local info = disk.info(d.file)
-    local base
-    local bpath = info.backing
+    local img = d.image
+    local bpath = img["full-backing-filename"] or img["backing-filename"]
     if bpath and bpath:sub(1, 1) ~= "/" then
       bpath = fs.abspath((d.file:match("^(.*)/[^/]*$") or ".") .. "/" .. bpath)
     end
-    local binfo = opts.shared_base and bpath and not is_transient(bpath) and disk.info(bpath)
-    if binfo and not binfo.backing then
+    local bimg = img["backing-image"]
+    local c = { name = name, dst = dst, virtual_size = img["virtual-size"], opt = d.opt }
+    if opts.shared_base and bpath and bimg and not bimg["backing-filename"] and not is_transient(bpath) then
       -- Only what differs from the base; the base (a standalone image)
       -- stays where it is, recorded by size, mtime and hash.
-      local bfmt = info.backing_format or binfo.format
-      run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", "-B", bpath, "-F", bfmt, d.file, dst },
-                { command = fname })
-      base = file_record(bpath, fname)
-      base.path, base.format = sys.realpath(bpath) or bpath, bfmt
+      local bfmt = img["backing-filename-format"] or bimg.format
+      c.argv = { "qemu-img", "convert", "-U", "-O", "qcow2", "-B", bpath, "-F", bfmt, d.file, dst }
+      c.base = { path = sys.realpath(bpath) or bpath, format = bfmt }
+      local st = fs.stat(c.base.path)
+      c.base.size, c.base.mtime = st and st.size, st and st.mtime
+      local job, jerr, jcode = hash.file(c.base.path)
+      if not job then errors.from_code(fname, jerr, jcode) end
+      plan.bases[#plan.bases + 1] = job
+      c.base_job = job
     else
       -- Flattened: no backing outside the checkpoint, no internal snapshots
       -- (also a shared_base disk whose base has a backing chain of its own).
-      run.check({ "qemu-img", "convert", "-U", "-O", "qcow2", d.file, dst }, { command = fname })
+      c.argv = { "qemu-img", "convert", "-U", "-O", "qcow2", d.file, dst }
     end
-    run.check({ "chmod", "0444", dst }, { command = fname })
-    local di = disk.info(dst)
-    files[name] = true
+    c.job = run.start(c.argv, { command = fname })
+    plan.converts[i] = c
+  end
+  local o = self.options or {}
+  for _, k in ipairs { "kernel", "initrd" } do
+    if o[k] then
+      local job, err, code = hash.copy(o[k], work .. "/" .. k, 292) -- 0444
+      if not job then errors.from_code(fname, err, code) end
+      plan.copies[k] = job
+    end
+  end
+  return plan
+end
+
+-- Stop whatever a failed checkpoint left running.
+function M._abandon_files(plan)
+  if not plan then return end
+  for _, c in ipairs(plan.converts) do c.job:kill() end
+  for _, job in pairs(plan.copies) do job:close() end
+  for _, job in ipairs(plan.bases) do job:close() end
+end
+
+-- Wait for the files M._start_files began; hash the disks (side by side).
+-- Returns every file's record, the manifest's disks, its launch options.
+function M._finish_files(self, work, plan, fname)
+  local records, mdisks, disk_jobs = {}, {}, {}
+  for i, c in ipairs(plan.converts) do
+    c.job:check()
+    sys.chmod(c.dst, 292) -- 0444
+    local job, err, code = hash.file(c.dst)
+    if not job then errors.from_code(fname, err, code) end
+    disk_jobs[i] = job
+  end
+  for k, job in pairs(plan.copies) do
+    local sum, size = job_result(job, fname)
+    records[k] = { size = size, sha256 = sum }
+  end
+  for i, c in ipairs(plan.converts) do
+    local sum, size = job_result(disk_jobs[i], fname)
+    records[c.name] = { size = size, sha256 = sum }
+    local base
+    if c.base then
+      base = c.base
+      base.sha256 = job_result(c.base_job, fname)
+    end
     mdisks[i] = {
-      file = name, format = "qcow2", virtual_size = di.virtual_size, actual_size = di.actual_size,
-      interface = d.opt.interface or "ide", readonly = d.opt.readonly or nil, cache = d.opt.cache,
+      file = c.name, format = "qcow2", virtual_size = c.virtual_size,
+      actual_size = fs.stat(c.dst).alloc,
+      interface = c.opt.interface or "ide", readonly = c.opt.readonly or nil, cache = c.opt.cache,
       base = base,
     }
   end
@@ -355,20 +411,12 @@ function M._write_files(self, work, disks, opts, fname)
   local launch = {}
   for _, k in ipairs(M.machine_keys) do launch[k] = o[k] end
   launch.accel = self.accel
-  for _, k in ipairs { "kernel", "initrd" } do
-    if o[k] then
-      copy_ro(o[k], work .. "/" .. k, fname)
-      launch[k] = k
-      files[k] = true
-    end
-  end
+  for k in pairs(plan.copies) do launch[k] = k end
   -- The kernel command line as QEMU got it (with an added console=), and
   -- as the script gave it: a restore may repeat either.
   launch.append = self:_kernel_append() or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
   launch.append_given = type(o.append) == "table" and table.concat(o.append, " ") or o.append
   launch.console = o.console ~= false
-  local records = {}
-  for name in pairs(files) do records[name] = file_record(work .. "/" .. name, fname) end
   return records, mdisks, launch
 end
 
@@ -604,8 +652,8 @@ end
 function M.finish(vm, rctx, timeout)
   local what = "qemu.launch{restore=}"
   migration_setup(vm)
-  local uri, release = state_uri(vm, rctx.dir .. "/" .. rctx.manifest.state.file, "r", what,
-                                 rctx.manifest.state.mapped_ram == true)
+  local uri, release = load_uri(vm, rctx.dir .. "/" .. rctx.manifest.state.file,
+                                rctx.manifest.state.mapped_ram == true, what)
   vm:qmp("migrate-incoming", { uri = uri })
   wait_migration(vm, what, timeout or 600)
   release()

@@ -6,9 +6,13 @@ local errors = require "qemu.errors"
 
 local M = {}
 
--- M.run(argv [, {timeout=, command=, stdin=path}]) -> {code=, signal=, desc=, stdout=, stderr=}
--- Raises only when the program cannot be started or is interrupted.
-function M.run(argv, opts)
+-- A started program: job:finish() collects it like run() (run() is start
+-- + finish), job:kill() stops it.  Several run side by side this way.
+local Job = {}
+Job.__index = Job
+
+-- M.start(argv [, {command=, stdin=path}]) -> job; raises when it cannot start.
+function M.start(argv, opts)
   opts = opts or {}
   local p, msg = proc.new("qshell-run")
   if not p then errors.from_code(opts.command or argv[1], msg, "io") end
@@ -18,13 +22,20 @@ function M.run(argv, opts)
     p:close()
     errors.from_code(opts.command or argv[1], err, code, { hint = opts.exec_hint })
   end
-  local st, werr, wcode = p:wait(opts.timeout)
+  return setmetatable({ p = p, out = out, argv = argv, opts = opts }, Job)
+end
+
+-- job:finish([timeout]) -> {code=, signal=, desc=, stdout=, stderr=}
+function Job:finish(timeout)
+  local p, opts = self.p, self.opts
+  self.done = true
+  local st, werr, wcode = p:wait(timeout or opts.timeout)
   if not st then
     p:kill()
     p:close()
-    errors.from_code(opts.command or argv[1], werr, wcode)
+    errors.from_code(opts.command or self.argv[1], werr, wcode)
   end
-  local f = io.open(out, "rb")
+  local f = io.open(self.out, "rb")
   st.stdout = f and f:read("a") or ""
   if f then f:close() end
   st.stderr = p:log_tail(1 << 20)
@@ -32,10 +43,27 @@ function M.run(argv, opts)
   return st
 end
 
--- M.check(argv, opts) -> stdout; a non-zero exit raises with its stderr.
-function M.check(argv, opts)
+-- job:check([timeout]) -> stdout; a non-zero exit raises as M.check does.
+function Job:check(timeout)
+  return M.checked(self.argv, self:finish(timeout), self.opts)
+end
+
+function Job:kill()
+  if self.done then return end
+  self.done = true
+  self.p:kill()
+  self.p:close()
+end
+
+-- M.run(argv [, {timeout=, command=, stdin=path}]) -> {code=, signal=, desc=, stdout=, stderr=}
+-- Raises only when the program cannot be started or is interrupted.
+function M.run(argv, opts)
+  return M.start(argv, opts):finish()
+end
+
+-- The stdout of a finished program, or its error when it exited non-zero.
+function M.checked(argv, st, opts)
   opts = opts or {}
-  local st = M.run(argv, opts)
   if st.code ~= 0 then
     local err = (st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", "")
     errors.raise { class = opts.class or "CommandFailed", command = opts.command or argv[1],
@@ -43,6 +71,11 @@ function M.check(argv, opts)
                    hint = errors.hint_for(err), exit = st }
   end
   return st.stdout
+end
+
+-- M.check(argv, opts) -> stdout; a non-zero exit raises with its stderr.
+function M.check(argv, opts)
+  return M.checked(argv, M.run(argv, opts), opts)
 end
 
 -- Is a program on PATH?

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# tests/qemu/source.sh [SUITE] - QEMU's source tree, as the distribution ships
+# it (the Debian source package of qemu in SUITE, default bookworm, with
+# Debian's patches applied), fetched with an apt configuration of our own
+# (deb-src for SUITE; the system's apt is not touched) and unpacked into
+#   CACHE/qemu-src/<version>/qemu    (CACHE: $QSHELL_CACHE or ~/.cache/qshell)
+# Prints the tree's path.  A second run with the same version available is a
+# look-up only.  Progress goes to stderr.
+set -euo pipefail
+
+SUITE=${1:-bookworm}
+cache=${QSHELL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qshell}/qemu-src
+log() { printf 'source.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+command -v apt-get >/dev/null || die "needs apt-get (Debian)"
+command -v dpkg-source >/dev/null || die "needs dpkg-source (apt-get install dpkg-dev)"
+
+apt=$cache/apt-$SUITE
+mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc"
+mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 'Origin: Debian' 2>/dev/null |
+    grep -v security | head -n 1)
+[ -n "$mirror" ] || mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' | grep -v security | head -n 1)
+[ -n "$mirror" ] || die "no Debian package source configured (apt-get update first)"
+echo "deb-src $mirror $SUITE main" > "$apt/etc/sources.list"
+opts=(-o "Dir::Etc::sourcelist=$apt/etc/sources.list" -o Dir::Etc::sourceparts=/dev/null
+      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1
+      -o APT::Sandbox::User=root -q)
+if [ -z "$(find "$apt/lists" -maxdepth 1 -name '*Sources*' -mmin -1440 2>/dev/null | head -n 1)" ]; then
+    log "apt-get update (deb-src $SUITE)"
+    apt-get "${opts[@]}" update >/dev/null 2>"$apt/update.err" || { cat "$apt/update.err" >&2; die "apt-get update failed"; }
+fi
+ver=$(apt-cache "${opts[@]}" showsrc --only-source qemu 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n 1)
+[ -n "$ver" ] || die "no source package qemu in $SUITE"
+dir=$cache/$(printf '%s' "$ver" | tr -c 'A-Za-z0-9._-' '_')
+tree=$dir/qemu
+if [ -f "$dir/complete" ] && [ -f "$tree/include/qemu/qemu-plugin.h" ]; then
+    echo "$tree"
+    exit 0
+fi
+log "QEMU $ver source from $SUITE into $dir"
+rm -rf "$dir"
+mkdir -p "$dir/dl"
+(cd "$dir/dl" && apt-get "${opts[@]}" source --download-only "qemu=$ver" >/dev/null) || die "apt-get source failed"
+dsc=$(ls "$dir"/dl/*.dsc | head -n 1)
+dpkg-source --no-check -x "$dsc" "$tree" >/dev/null || die "dpkg-source -x $dsc failed"
+rm -rf "$dir/dl"
+[ -f "$tree/include/qemu/qemu-plugin.h" ] || die "$tree has no include/qemu/qemu-plugin.h"
+echo "$ver" > "$dir/version"
+touch "$dir/complete"
+echo "$tree"
