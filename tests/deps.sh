@@ -13,6 +13,7 @@ run_pkgs=(
     lua5.4 lua-lpeg qemu-system-x86 qemu-utils
     e2fsprogs busybox-static fdisk procps util-linux man-db
     clang libclang-rt-14-dev llvm
+    dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev
 )
 case ${1:-all} in
 build) pkgs=("${build_pkgs[@]}") ;;

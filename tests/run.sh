@@ -4,7 +4,10 @@
 # Tiers: unit (C unit tests, Lua tests without QEMU, the fake QMP peer),
 # integration (real qemu-system-x86_64), cli (the binary from outside),
 # guest (tests/system: booting the Linux guest fixture), scripts (the example scripts),
-# install (make install into a temp prefix, used with the source tree gone), all.
+# source (a QEMU built from the distribution's source and run from its build
+# tree: tests/qemu/build.sh, cached outside the checkout, ~9 minutes the first
+# time), install (make install into a temp prefix, used with the source tree
+# gone), all.
 # Every runner prints "N passed, N failed[, N skipped]"; this sums them and
 # ends with the same line.  Non-zero exit if anything failed, if a runner
 # printed no summary, or if a QEMU process or a temp dir was left behind.
@@ -23,7 +26,7 @@ cd "$(dirname "$0")/.."
 tiers=("$@")
 [ ${#tiers[@]} -eq 0 ] && tiers=(all)
 if [ "${tiers[0]}" = all ]; then
-    tiers=(unit integration cli guest scripts install)
+    tiers=(unit integration cli guest source scripts install)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qshell-tests.XXXXXX")
@@ -139,6 +142,13 @@ for tier in "${tiers[@]}"; do
     cli) run_lua_dir tests/cli ;;
     guest) per_qemu run_lua_dir tests/system ;;
     scripts) per_qemu run_one scripts tests/scripts.sh ;;
+    source)
+        if b=$(tests/qemu/build.sh); then
+            QSHELL_TEST_QEMU_SOURCE=$b run_lua_dir tests/source
+        else
+            echo "!! cannot build QEMU from source (tests/qemu/build.sh)"
+            broken=$((broken + 1)); total_fail=$((total_fail + 1))
+        fi ;;
     install) run_one install tests/install.sh ;;
     *) echo "unknown tier: $tier" >&2; exit 2 ;;
     esac

@@ -2,13 +2,16 @@
 -- nothing assumes the distribution's 7.2.
 --
 --   qemu.version([binary]) -> {major=, minor=, micro=, text="10.0.2", package=,
---                              path=, plugin_api={min=, cur=}, file_migration=}
+--                              path=, plugin_api={min=, cur=}, file_migration=,
+--                              build_tree=SOURCE_DIR or nil}
 --
 -- A binary outside the system's QEMU (a package extracted somewhere, an
 -- install under a prefix) finds the system's firmware and modules unless it
 -- is told otherwise; launch() adds -L for the firmware beside it and
 -- QEMU_MODULE_DIR for its modules (see M.tree).  A QEMU build tree
--- (./build/qemu-system-x86_64) finds its own, and gets nothing added.
+-- (./build/qemu-system-x86_64) finds its own firmware when the source has
+-- it; a source without the prebuilt blobs (a distribution's source
+-- package: Debian removes them) gets the system's firmware through -L.
 
 local sys = require "qshell.os"
 local errors = require "qemu.errors"
@@ -33,9 +36,41 @@ function M.resolve(binary)
   return found and sys.realpath(found) or nil
 end
 
--- For a binary at ROOT/usr/bin (or PREFIX/bin) that is not the system's:
--- {data = {dirs for -L}, modules = dir or nil}; nil when nothing is needed.
+local SYSTEM_FIRMWARE = { "/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu" }
+
+-- A QEMU build tree: dir holds build.ninja (meson) and config-host.mak.
+-- Returns {data=, modules=nil, build_tree=true, source=} or nil.
+local function build_tree(dir)
+  if not (fs.is_file(dir .. "/build.ninja") and fs.is_file(dir .. "/config-host.mak")) then return nil end
+  local src
+  for line in (fs.read(dir .. "/config-host.mak") or ""):gmatch("[^\n]+") do
+    src = src or line:match("^SRC_PATH=(.+)$")
+  end
+  local t = { data = {}, build_tree = true, source = src }
+  -- Where the tree's own firmware would be: the build's install bundle
+  -- (QEMU 7.1+ looks there by itself) and the source's pc-bios.
+  local own = { dir .. "/pc-bios", src and (src .. "/pc-bios") }
+  local found = fs.is_file(dir .. "/qemu-bundle/usr/local/share/qemu/bios-256k.bin")
+  for _, d in ipairs(own) do found = found or fs.is_file(d .. "/bios-256k.bin") end
+  if not found then
+    for _, d in ipairs(SYSTEM_FIRMWARE) do
+      if fs.is_dir(d) then t.data[#t.data + 1] = d end
+    end
+  end
+  return t
+end
+
+-- For a binary that is not the system's: {data = {dirs for -L}, modules =
+-- dir or nil}; nil when nothing is needed.  A binary at ROOT/usr/bin (or
+-- PREFIX/bin) beside ROOT/usr/share/qemu gets that tree's firmware and
+-- modules; a binary in a QEMU build tree the system's firmware when the
+-- tree has none.
 function M.tree(path)
+  local dir = path:match("^(.*)/[^/]+$")
+  if dir and dir ~= "/usr/bin" then
+    local bt = build_tree(dir)
+    if bt then return bt end
+  end
   local bindir = path:match("^(.*)/bin/[^/]+$")
   if not bindir or bindir == "/usr" or bindir == "" then return nil end
   if not fs.is_dir(bindir .. "/share/qemu") then return nil end
@@ -81,6 +116,9 @@ function M.version(binary)
   local v = { major = tonumber(maj), minor = tonumber(min), micro = tonumber(mic), path = path,
               package = text:match("%((.-)%)") }
   v.text = string.format("%d.%d.%d", v.major, v.minor, v.micro)
+  -- Where it runs from: a QEMU build tree (its source dir), or not.
+  local t = M.tree(path)
+  if t and t.build_tree then v.build_tree = t.source or path:match("^(.*)/[^/]+$") end
   v.plugin_api = M.plugin_api(v)
   -- migrate to "file:" (with a passed fd through add-fd) exists since 8.2;
   -- "fd:" to a file is deprecated from 9.1.

@@ -616,18 +616,10 @@ function M.prepare(opts, tmpdir)
   -- to machines where that path means nothing.  binary= or the default.)
   -- The machine type QEMU resolved when the state was saved (pc is
   -- pc-i440fx-7.2 on 7.2, pc-i440fx-10.0 on 10.0: a state loads only into
-  -- the same type).  Checked against what this QEMU has.
+  -- the same type).  A QEMU without it refuses to start: M.launch_failed
+  -- says why (asking the QEMU only then, not on every restore).
   local mtype = m.launch.machine_type
   if mtype ~= nil and mtype ~= json.null then
-    local binary = require "qemu.binary"
-    local have = binary.machines(out.binary)
-    if not have[mtype] then
-      local v = binary.version(out.binary)
-      errors.raise { class = "BadArgument", command = fname,
-                     desc = string.format("restore: %s was saved by QEMU %s on machine type %s, which QEMU %s (%s) " ..
-                                          "does not have", dir, tostring(m.qemu), mtype, v.text, v.path),
-                     hint = "restore it with a QEMU that has " .. mtype .. " (binary=), or make the checkpoint again" }
-    end
     local given = out.machine
     out.machine = mtype .. ((type(given) == "string" and given:match("^[^,]*(,.*)$")) or "")
   end
@@ -645,6 +637,23 @@ function M.prepare(opts, tmpdir)
   for _, a in ipairs(opts.extra or {}) do extra[#extra + 1] = a end
   out.extra = extra
   return out, { dir = dir, manifest = m }
+end
+
+-- QEMU did not start for a restore: when the cause is the checkpoint's
+-- machine type, which this QEMU lacks, raise that (naming both versions).
+function M.launch_failed(rctx, binary_path, log)
+  local m = rctx.manifest
+  local mtype = m.launch.machine_type
+  if mtype == nil or mtype == json.null then return end
+  local binary = require "qemu.binary"
+  local ok, have = pcall(binary.machines, binary_path)
+  if not ok or have[mtype] then return end
+  local v = binary.version(binary_path)
+  errors.raise { class = "BadArgument", command = "qemu.launch",
+                 desc = string.format("restore: %s was saved by QEMU %s on machine type %s, which QEMU %s (%s) " ..
+                                      "does not have", rctx.dir, tostring(m.qemu), mtype, v.text, v.path),
+                 hint = "restore it with a QEMU that has " .. mtype .. " (binary=), or make the checkpoint again",
+                 log = log }
 end
 
 -- After QEMU is up (waiting for its incoming migration): feed it the state,

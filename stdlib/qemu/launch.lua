@@ -334,6 +334,7 @@ function M.launch(opts)
     local log = p:log_tail(2000):gsub("%s+$", "")
     q:close()
     p:close()
+    if rctx then require("qemu.checkpoint").launch_failed(rctx, argv[1], log) end
     local desc
     if st then
       desc = string.format("QEMU %s during start-up", st.desc)
