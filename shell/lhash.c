@@ -7,20 +7,22 @@
  *   hash.sha256(path) -> hex, size | nil, msg, code
  *   hash.file(path) -> job                  hash a file in a thread
  *   hash.copy(src, dst [, mode]) -> job     copy into a new file, hashing
- *   hash.sink(dst [, mode]) -> job          a pipe; what is written into it
- *                                           goes to a new file dst, hashed
- *   job:fd() -> the sink's write end (give it to QEMU: fd: migration)
- *   job:close_input()   close that end here (QEMU keeps its own copy)
+ *   hash.follow(path) -> job                hash a file while another process
+ *                                           appends to it (QEMU migrating
+ *                                           into it), as it grows
+ *   job:close_input()   the writer is done: hash to the end and stop
  *   job:wait([timeout]) -> hex, size | nil, msg, code
  *   job:cancel()        stop the thread (wait then says "cancelled")
  *   job:close()         cancel if still running, join, close every fd
  *
  * A job owns one thread, which only reads, writes and hashes: no Lua, no
- * signals (they stay with the main thread).  New files are created with
+ * signals (they stay with the main thread).  Following a file is safe for
+ * a writer that only appends (QEMU's migration stream): the bytes below the
+ * file's size are final when a read sees them.  New files are created with
  * O_EXCL: nothing is overwritten.  wait() gives up on Ctrl-C like every
  * other blocking call ("interrupted"); the thread is cancelled then.
  */
-#define _GNU_SOURCE /* F_SETPIPE_SZ, pipe2 */
+#define _GNU_SOURCE /* pipe2 */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -47,13 +49,13 @@
 struct hjob {
     pthread_t th;
     int running;       /* a thread was started and not joined yet */
-    int in_fd;         /* what is read: a file, or the sink pipe's read end */
+    int in_fd;         /* the file read */
     int out_fd;        /* the copy, or -1 */
-    int wfd;           /* the sink pipe's write end while this side holds it, or -1 */
-    int stop[2];       /* a byte in stop[1] stops the thread */
+    int stop[2];       /* a byte in stop[1] wakes a following thread */
     int done[2];       /* the thread writes a byte into done[1] when it ends */
-    int is_pipe;       /* in_fd is a pipe: poll it together with stop[0] */
-    atomic_int cancel; /* set by cancel(), seen by a thread reading a file */
+    int follow;        /* in_fd grows: at its end, wait for more or for input_done */
+    atomic_int input_done; /* follow: the writer is done */
+    atomic_int cancel; /* set by cancel() */
     /* results, read after the join */
     int err;           /* errno of the failure, 0 when none */
     const char *op;    /* "read" | "write" | "hash" | "cancelled" */
@@ -67,6 +69,13 @@ static void close_fd(int *fd)
     if (*fd >= 0) {
         close(*fd);
         *fd = -1;
+    }
+}
+
+static void wake(struct hjob *j)
+{
+    if (j->stop[1] >= 0 && write(j->stop[1], "x", 1) < 0) {
+        /* a byte is already there */
     }
 }
 
@@ -96,29 +105,12 @@ static int pump(struct hjob *j, unsigned char *buf)
         j->op = "hash";
         return -1;
     }
-    int rc = 0;
+    int rc = 0, final = 0;
     for (;;) {
         if (atomic_load(&j->cancel)) {
             j->op = "cancelled";
             rc = -1;
             break;
-        }
-        if (j->is_pipe) {
-            struct pollfd pf[2] = {{.fd = j->in_fd, .events = POLLIN}, {.fd = j->stop[0], .events = POLLIN}};
-            if (poll(pf, 2, -1) < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                j->err = errno;
-                j->op = "read";
-                rc = -1;
-                break;
-            }
-            if (pf[1].revents) {
-                j->op = "cancelled";
-                rc = -1;
-                break;
-            }
         }
         ssize_t n = read(j->in_fd, buf, CHUNK);
         if (n < 0) {
@@ -131,7 +123,21 @@ static int pump(struct hjob *j, unsigned char *buf)
             break;
         }
         if (n == 0) {
-            break;
+            if (!j->follow) {
+                break;
+            }
+            /* At the end for now.  The writer done: one more read sees
+             * what it wrote last (input_done is set after its last write). */
+            if (final) {
+                break;
+            }
+            if (atomic_load(&j->input_done)) {
+                final = 1;
+                continue;
+            }
+            struct pollfd pf = {.fd = j->stop[0], .events = POLLIN};
+            (void)poll(&pf, 1, 2);
+            continue;
         }
         EVP_DigestUpdate(ctx, buf, (size_t)n);
         if (j->out_fd >= 0 && write_all(j->out_fd, buf, (size_t)n) < 0) {
@@ -171,7 +177,7 @@ static struct hjob *new_job(lua_State *L, const char *name)
 {
     struct hjob *j = lua_newuserdatauv(L, sizeof *j, 0);
     memset(j, 0, sizeof *j);
-    j->in_fd = j->out_fd = j->wfd = -1;
+    j->in_fd = j->out_fd = -1;
     j->stop[0] = j->stop[1] = j->done[0] = j->done[1] = -1;
     snprintf(j->name, sizeof j->name, "%s", name);
     luaL_setmetatable(L, HASH_MT);
@@ -201,15 +207,12 @@ static void job_release(struct hjob *j)
 {
     if (j->running) {
         atomic_store(&j->cancel, 1);
-        if (j->stop[1] >= 0 && write(j->stop[1], "x", 1) < 0) {
-            /* already stopping */
-        }
+        wake(j);
         pthread_join(j->th, NULL);
         j->running = 0;
     }
     close_fd(&j->in_fd);
     close_fd(&j->out_fd);
-    close_fd(&j->wfd);
     close_fd(&j->stop[0]);
     close_fd(&j->stop[1]);
     close_fd(&j->done[0]);
@@ -263,29 +266,15 @@ static int l_hash_copy(lua_State *L)
     return 1;
 }
 
-/* hash.sink(dst [, mode=0444]) -> job | nil, msg, code */
-static int l_hash_sink(lua_State *L)
+/* hash.follow(path) -> job | nil, msg, "io" */
+static int l_hash_follow(lua_State *L)
 {
-    const char *dst = luaL_checkstring(L, 1);
-    int mode = (int)luaL_optinteger(L, 2, 0444);
-    struct hjob *j = new_job(L, dst);
-    j->out_fd = open_new(dst, mode);
-    if (j->out_fd < 0) {
-        int e = errno;
-        job_release(j);
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", dst, strerror(e)), e == EEXIST ? "exists" : "io");
-    }
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0) {
-        return fail_errno(L, j, "pipe");
-    }
-    j->in_fd = p[0];
-    j->wfd = p[1];
-    j->is_pipe = 1;
-    /* Fewer, larger reads: QEMU writes the state as fast as it can. */
-    (void)fcntl(p[1], F_SETPIPE_SZ, CHUNK);
-    if (start(j) < 0) {
-        return fail_errno(L, j, dst);
+    const char *path = luaL_checkstring(L, 1);
+    struct hjob *j = new_job(L, path);
+    j->follow = 1;
+    j->in_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (j->in_fd < 0 || start(j) < 0) {
+        return fail_errno(L, j, path);
     }
     return 1;
 }
@@ -295,21 +284,12 @@ static struct hjob *check_job(lua_State *L)
     return luaL_checkudata(L, 1, HASH_MT);
 }
 
-/* job:fd() -> the sink's write end, or nil once closed here */
-static int l_job_fd(lua_State *L)
-{
-    struct hjob *j = check_job(L);
-    if (j->wfd < 0) {
-        lua_pushnil(L);
-    } else {
-        lua_pushinteger(L, j->wfd);
-    }
-    return 1;
-}
-
+/* job:close_input(): the followed file's writer is done */
 static int l_job_close_input(lua_State *L)
 {
-    close_fd(&check_job(L)->wfd);
+    struct hjob *j = check_job(L);
+    atomic_store(&j->input_done, 1);
+    wake(j);
     return 0;
 }
 
@@ -317,9 +297,7 @@ static int l_job_cancel(lua_State *L)
 {
     struct hjob *j = check_job(L);
     atomic_store(&j->cancel, 1);
-    if (j->stop[1] >= 0 && write(j->stop[1], "x", 1) < 0) {
-        /* already stopping */
-    }
+    wake(j);
     return 0;
 }
 
@@ -341,7 +319,6 @@ static int l_job_wait(lua_State *L)
     struct hjob *j = check_job(L);
     double timeout = luaL_optnumber(L, 2, -1);
     if (j->running) {
-        close_fd(&j->wfd); /* this side writes nothing: EOF comes when QEMU closes its copy */
         double deadline = timeout >= 0 ? now_mono() + timeout : 0;
         for (;;) {
             if (qs_interrupted) {
@@ -417,11 +394,11 @@ static int l_hash_sha256(lua_State *L)
 
 static const luaL_Reg hash_funcs[] = {
     {"sha256", l_hash_sha256}, {"file", l_hash_file}, {"copy", l_hash_copy},
-    {"sink", l_hash_sink},     {NULL, NULL},
+    {"follow", l_hash_follow}, {NULL, NULL},
 };
 
 static const luaL_Reg job_methods[] = {
-    {"fd", l_job_fd},     {"close_input", l_job_close_input}, {"cancel", l_job_cancel},
+    {"close_input", l_job_close_input}, {"cancel", l_job_cancel},
     {"wait", l_job_wait}, {"close", l_job_close},             {NULL, NULL},
 };
 

@@ -123,6 +123,18 @@ static int l_proc_spawn(lua_State *L)
     return 1;
 }
 
+/* proc:pass_file(path) -> the child's fd number for it | nil, msg, code (before spawn) */
+static int l_proc_pass_file(lua_State *L)
+{
+    struct lproc *lp = check_proc(L, 1);
+    const char *path = luaL_checkstring(L, 2);
+    if (proc_pass_file(lp->p, path) < 0) {
+        return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));
+    }
+    lua_pushinteger(L, PROC_PASS_FD);
+    return 1;
+}
+
 /* proc:setenv(name, value): in the child's environment only (before spawn) */
 static int l_proc_setenv(lua_State *L)
 {
@@ -286,7 +298,7 @@ static const luaL_Reg proc_funcs[] = {
 
 static const luaL_Reg proc_methods[] = {
     {"spawn", l_proc_spawn},   {"take_socket", l_proc_take_socket},
-    {"setenv", l_proc_setenv},
+    {"setenv", l_proc_setenv}, {"pass_file", l_proc_pass_file},
     {"pid", l_proc_pid},       {"poll", l_proc_poll},
     {"wait", l_proc_wait},     {"signal", l_proc_signal},
     {"kill", l_proc_kill},     {"tmpdir", l_proc_tmpdir},

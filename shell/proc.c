@@ -175,6 +175,7 @@ struct qs_proc *proc_new(const char *prefix)
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         p->socks[i] = -1;
     }
+    p->pass_fd = -1;
     prefix = prefix ? prefix : "qshell";
     static int swept;
     if (!swept) {
@@ -258,7 +259,7 @@ static char **child_env(const struct qs_proc *p)
 }
 
 static void child_exec(char *const argv[], char *const envp[], int nsocks, const int *child_ends,
-                       int nullfd, int outfd, int logfd, int errfd, pid_t parent)
+                       int passfd, int nullfd, int outfd, int logfd, int errfd, pid_t parent)
 {
     int e;
     sigset_t none;
@@ -282,6 +283,7 @@ static void child_exec(char *const argv[], char *const envp[], int nsocks, const
 
     int hi[PROC_MAX_SOCKS];
     int hnull = lift(nullfd), hout = lift(outfd), hlog = lift(logfd);
+    int hpass = passfd >= 0 ? lift(passfd) : -1;
     for (int i = 0; i < nsocks; i++) {
         hi[i] = lift(child_ends[i]);
     }
@@ -294,6 +296,9 @@ static void child_exec(char *const argv[], char *const envp[], int nsocks, const
         if (hi[i] < 0 || dup2(hi[i], PROC_FIRST_FD + i) < 0) {
             goto fail;
         }
+    }
+    if (passfd >= 0 && (hpass < 0 || dup2(hpass, PROC_PASS_FD) < 0)) {
+        goto fail;
     }
     if (envp) {
         execvpe(argv[0], argv, envp);
@@ -360,7 +365,7 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
         goto out;
     }
     if (pid == 0) {
-        child_exec(argv, envp, nsocks, child_ends, nullfd, outfd, logfd, errpipe[1], parent);
+        child_exec(argv, envp, nsocks, child_ends, p->pass_fd, nullfd, outfd, logfd, errpipe[1], parent);
     }
     p->pid = pid;
     setpgid(pid, pid); /* also here, so a signal right after fork finds the group */
@@ -382,6 +387,10 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
     rc = 0;
 out:
     free(envp);
+    if (p->pass_fd >= 0) {
+        close(p->pass_fd); /* the child has its copy */
+        p->pass_fd = -1;
+    }
     for (int i = 0; i < made; i++) {
         close(child_ends[i]);
         if (rc < 0) {
@@ -406,6 +415,22 @@ out:
         close(errpipe[1]);
     }
     return rc;
+}
+
+int proc_pass_file(struct qs_proc *p, const char *path)
+{
+    if (p->pid > 0 || p->reaped) {
+        return fail(p, PROC_ERR_IO, "process already started");
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return fail(p, PROC_ERR_IO, "%s: %s", path, strerror(errno));
+    }
+    if (p->pass_fd >= 0) {
+        close(p->pass_fd);
+    }
+    p->pass_fd = fd;
+    return 0;
 }
 
 int proc_take_sock(struct qs_proc *p, int i)
@@ -497,6 +522,10 @@ void proc_release(struct qs_proc *p)
         p->keep_tmp = 1;
     }
     proc_kill(p);
+    if (p->pass_fd >= 0) {
+        close(p->pass_fd);
+        p->pass_fd = -1;
+    }
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         if (p->socks[i] >= 0) {
             close(p->socks[i]);

@@ -95,6 +95,52 @@ end
 
 local cache = {}
 
+-- What `--version` said, remembered across processes (a QEMU takes 60-70 ms
+-- to say it; a restore asks before it starts QEMU): one line per binary,
+-- "path<TAB>size<TAB>mtime<TAB>first line", in the user's cache dir.  A
+-- binary replaced in place has another size or mtime, and is asked again.
+local seen_file
+local function seen_path()
+  local base = os.getenv("XDG_CACHE_HOME")
+  if not base or base == "" then
+    local home = os.getenv("HOME")
+    if not home or home == "" then return nil end
+    base = home .. "/.cache"
+  end
+  return base .. "/qshell/qemu-versions"
+end
+
+local function seen_key(path)
+  local st = sys.stat(path)
+  return st and string.format("%s\t%d\t%.9f", path, st.size, st.mtime)
+end
+
+local function seen_get(key)
+  if seen_file == nil then
+    seen_file = {}
+    local p = seen_path()
+    for line in ((p and fs.read(p)) or ""):gmatch("[^\n]+") do
+      local k, text = line:match("^(.-\t.-\t.-)\t(.*)$")
+      if k then seen_file[k] = text end
+    end
+  end
+  return seen_file[key]
+end
+
+local function seen_put(key, text)
+  local p = seen_path()
+  if not p or text:find("[\t\n]") then return end
+  seen_file[key] = text
+  pcall(function()
+    fs.mkdir_p(p:match("^(.*)/[^/]+$"), "qemu.version")
+    local f = io.open(p, "a")
+    if f then
+      f:write(key, "\t", text, "\n")
+      f:close()
+    end
+  end)
+end
+
 -- qemu.version([binary]) -> what `binary --version` says, parsed.
 function M.version(binary)
   local b = M.default(binary)
@@ -105,14 +151,19 @@ function M.version(binary)
                    hint = "is QEMU installed? (make deps) or give binary= / QSHELL_QEMU" }
   end
   if cache[path] then return cache[path] end
-  local argv = { path, "--version" }
-  local st = run.run(argv, { command = "qemu.version" })
-  local text = st.stdout ~= "" and st.stdout or st.stderr
-  local maj, min, mic = text:match("version (%d+)%.(%d+)%.(%d+)")
-  if st.code ~= 0 or not maj then
-    errors.raise { class = "LaunchFailed", command = "qemu.version",
-                   desc = path .. " --version: " .. (text:gsub("%s+$", "")) }
+  local key = seen_key(path)
+  local text = key and seen_get(key)
+  if not text then
+    local st = run.run({ path, "--version" }, { command = "qemu.version" })
+    text = st.stdout ~= "" and st.stdout or st.stderr
+    if st.code ~= 0 or not text:match("version (%d+)%.(%d+)%.(%d+)") then
+      errors.raise { class = "LaunchFailed", command = "qemu.version",
+                     desc = path .. " --version: " .. (text:gsub("%s+$", "")) }
+    end
+    text = text:match("^[^\n]*")
+    if key then seen_put(key, text) end
   end
+  local maj, min, mic = text:match("version (%d+)%.(%d+)%.(%d+)")
   local v = { major = tonumber(maj), minor = tonumber(min), micro = tonumber(mic), path = path,
               package = text:match("%((.-)%)") }
   v.text = string.format("%d.%d.%d", v.major, v.minor, v.micro)

@@ -76,26 +76,12 @@ local function has_file_migration(vm)
   return maj ~= nil and (maj > 8 or (maj == 8 and min >= 2))
 end
 
--- Hand a checkpoint's state file to QEMU for an incoming migration and
--- return the URI for it, and a cleanup().  On QEMU 8.2+ "file:" over an fd
--- set (add-fd); on 7.2 "fd:" with getfd.  A mapped-ram state (written by
--- earlier versions of qshell on QEMU 9.0+: each RAM page at its own
--- offset) needs the capability on, and a QEMU that has it.
-local function load_uri(vm, path, mapped, what)
-  local maj = tonumber((vm.version or ""):match("^(%d+)")) or 0
-  if mapped and maj < 9 then
-    errors.raise { class = "CheckpointFailed", command = what,
-                   desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
-                          tostring(vm.version) .. " cannot load" }
-  end
-  local fd, msg = sys.open(path, "r")
-  if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
+-- Hand an open state file (fd) to QEMU and return the migration URI for
+-- it, and a release().  On QEMU 8.2+ "file:" over an fd set (add-fd: "fd:"
+-- to a file is deprecated there, 9.1 warns); on 7.2 "fd:" with getfd.  The
+-- fd is closed here either way (QEMU has its own copy).
+local function pass_fd(vm, fd)
   if has_file_migration(vm) then
-    if mapped then
-      local ok, err = pcall(vm.qmp, vm, "migrate-set-capabilities",
-                            { capabilities = { { capability = "mapped-ram", state = true } } })
-      if not ok then sys.close(fd) error(err, 0) end
-    end
     -- QEMU picks a free fd set id and says which.
     local ok, r = pcall(vm.qmp, vm, "add-fd", {}, { timeout = 30, fd = fd })
     sys.close(fd)
@@ -107,7 +93,26 @@ local function load_uri(vm, path, mapped, what)
   local ok, err = pcall(vm.qmp, vm, "getfd", { fdname = FDNAME }, { timeout = 30, fd = fd })
   sys.close(fd)
   if not ok then error(err, 0) end
-  return "fd:" .. FDNAME, function() end
+  return "fd:" .. FDNAME, function() pcall(vm.qmp, vm, "closefd", { fdname = FDNAME }) end
+end
+
+-- The URI for loading a checkpoint's state file.  A mapped-ram state
+-- (written by earlier versions of qshell on QEMU 9.0+: each RAM page at its
+-- own offset) needs the capability on, and a QEMU that has it.
+local function load_uri(vm, path, mapped, what)
+  -- (Only mapped-ram states come here: the others load as QEMU starts.)
+  local maj = tonumber((vm.version or ""):match("^(%d+)")) or 0
+  if mapped and maj < 9 then
+    errors.raise { class = "CheckpointFailed", command = what,
+                   desc = "the checkpoint's state is mapped-ram (QEMU 9.0+), which QEMU " ..
+                          tostring(vm.version) .. " cannot load" }
+  end
+  if mapped then
+    vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "mapped-ram", state = true } } })
+  end
+  local fd, msg = sys.open(path, "r")
+  if not fd then errors.raise { class = "IOError", command = what, desc = msg } end
+  return pass_fd(vm, fd)
 end
 
 -- The machine type QEMU resolved (-machine pc is pc-i440fx-<version>).
@@ -214,30 +219,39 @@ function M.make(self, dir, opts)
   os.remove(work)
   fs.mkdir_p(work, fname)
   local was = self:status()
-  local plan, sink, mtype, state_sum, state_size
+  local plan, sink, release, mtype, state_sum, state_size
   local ok, err = pcall(function()
     -- Paused, QEMU has flushed the disks, and nothing writes them until the
     -- VM goes on: qemu-img copies them while QEMU saves the RAM (two cores
     -- at work, not one after the other), and the kernel and initrd are
     -- copied and hashed in threads meanwhile.
     if was == "running" then self:pause() end
-    plan = M._start_files(self, work, disks, opts, fname)
     migration_setup(self)
     -- Full speed: the default bandwidth limit (32 MiB/s) would make it crawl.
     self:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
     mtype = machine_type(self)
-    -- The state goes through a pipe into a thread that writes and hashes
-    -- it as it comes ("fd:" with a pipe: every QEMU has it, none deprecates
-    -- it; zero pages are not in the stream, so the file is compact).
-    local serr, scode
-    sink, serr, scode = hash.sink(work .. "/state")
-    if not sink then errors.from_code(fname, serr, scode) end
-    self:qmp("getfd", { fdname = FDNAME }, { timeout = 30, fd = sink:fd() })
-    sink:close_input()
-    self:qmp("migrate", { uri = "fd:" .. FDNAME })
+    -- QEMU writes the state into the file itself (the fastest way: a pipe
+    -- to another process is 2-4 times slower), and a thread hashes it as
+    -- it grows (the stream only appends; zero pages are not in it, so the
+    -- file is compact).
+    local fd, oerr = sys.open(work .. "/state", "wx")
+    if not fd then errors.raise { class = "IOError", command = fname, desc = oerr } end
+    local ferr, fcode
+    sink, ferr, fcode = hash.follow(work .. "/state")
+    if not sink then
+      sys.close(fd)
+      errors.from_code(fname, ferr, fcode)
+    end
+    local uri
+    uri, release = pass_fd(self, fd)
+    self:qmp("migrate", { uri = uri })
+    plan = M._start_files(self, work, disks, opts, fname)
     wait_migration(self, fname, timeout)
+    sink:close_input()
     state_sum, state_size = job_result(sink, fname)
+    sys.chmod(work .. "/state", 292) -- 0444
   end)
+  if release then release() end
   if not ok then
     if sink then sink:close() end
     M._abandon_files(plan)
@@ -250,7 +264,6 @@ function M.make(self, dir, opts)
         if not qok or mst == nil or mst == "cancelled" or mst == "completed" or mst == "failed" then break end
         sys.sleep(0.02)
       end
-      pcall(self.qmp, self, "closefd", { fdname = FDNAME })
       if was == "running" then pcall(self.cont, self) end
     end
     run.run({ "rm", "-rf", "--", work })
@@ -311,7 +324,7 @@ function M.make(self, dir, opts)
   end
   local rok, rerr = sys.rename(work .. "/manifest.json", dir .. "/manifest.json")
   if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
-  run.run({ "rm", "-rf", "--", work })
+  os.remove(work) -- empty now
   if opts.resume then self:cont() end
   local total = 0
   for _, r in pairs(records) do total = total + r.size end
@@ -633,10 +646,33 @@ function M.prepare(opts, tmpdir)
     out.disks[i] = { file = ov, interface = d.interface, readonly = d.readonly ~= json.null and d.readonly or nil,
                      cache = d.cache ~= json.null and d.cache or nil }
   end
-  local extra = { "-incoming", "defer" }
+  return out, { dir = dir, manifest = m, state = real .. "/" .. m.state.file }
+end
+
+-- The -incoming arguments of a restore, before QEMU starts (proc p): the
+-- state file is passed open, and QEMU loads it while it starts up, as
+-- `-incoming file:PATH` would (8.2+: an fd set, -add-fd; 7.2: fd:N).  A
+-- mapped-ram state (QEMU 9.0+, from earlier versions of qshell) needs the
+-- capability set first: -incoming defer, and M.finish loads it over QMP.
+-- Returns the launch's extra list.
+function M.incoming(rctx, p, opts)
+  local what = "qemu.launch{restore=}"
+  local extra
+  if rctx.manifest.state.mapped_ram == true then
+    rctx.deferred = true
+    extra = { "-incoming", "defer" }
+  else
+    local v = require("qemu.binary").version(opts.binary)
+    local n, err, code = p:pass_file(rctx.state)
+    if not n then errors.from_code(what, err, code) end
+    if v.file_migration then
+      extra = { "-add-fd", string.format("fd=%d,set=%d", n, n), "-incoming", "file:/dev/fdset/" .. n }
+    else
+      extra = { "-incoming", "fd:" .. n }
+    end
+  end
   for _, a in ipairs(opts.extra or {}) do extra[#extra + 1] = a end
-  out.extra = extra
-  return out, { dir = dir, manifest = m }
+  return extra
 end
 
 -- QEMU did not start for a restore: when the cause is the checkpoint's
@@ -656,20 +692,32 @@ function M.launch_failed(rctx, binary_path, log)
                  log = log }
 end
 
--- After QEMU is up (waiting for its incoming migration): feed it the state,
--- then resume the guest.
+-- After QEMU is up: wait for the state it is loading (M.incoming), or feed
+-- it a deferred one; then the guest runs.
 function M.finish(vm, rctx, timeout)
   local what = "qemu.launch{restore=}"
-  migration_setup(vm)
-  local uri, release = load_uri(vm, rctx.dir .. "/" .. rctx.manifest.state.file,
-                                rctx.manifest.state.mapped_ram == true, what)
-  vm:qmp("migrate-incoming", { uri = uri })
-  wait_migration(vm, what, timeout or 600)
-  release()
-  -- Migration events are qshell's business here, not the script's.
-  vm:events()
+  if rctx.deferred then
+    migration_setup(vm)
+    local uri, release = load_uri(vm, rctx.state, true, what)
+    vm:qmp("migrate-incoming", { uri = uri })
+    wait_migration(vm, what, timeout or 600)
+    release()
+    -- Migration events are qshell's business here, not the script's.
+    vm:events()
+  else
+    -- QEMU runs the guest by itself once the state is in ("inmigrate"
+    -- until then); a state it cannot load makes it exit, which the QMP
+    -- calls here report with QEMU's own message.
+    local deadline = sys.now() + (timeout or 600)
+    while vm:status() == "inmigrate" do
+      if sys.now() > deadline then
+        errors.raise { class = "Timeout", command = what,
+                       desc = string.format("the state of %s was not loaded after %g s", rctx.dir, timeout or 600) }
+      end
+      sys.sleep(0.002)
+    end
+  end
   if vm:status() ~= "running" then vm:cont() end
-  vm:events()
   vm.restored_from = rctx.dir
 end
 

@@ -313,6 +313,12 @@ function M.launch(opts)
       error(o, 0)
     end
     opts, rctx = o, r
+    ok, o = pcall(require("qemu.checkpoint").incoming, rctx, p, opts)
+    if not ok then
+      p:close()
+      error(o, 0)
+    end
+    opts.extra = o
   end
   local ok, argv = pcall(build_argv, opts, ctx)
   if not ok then

@@ -41,16 +41,22 @@
 --       vm.console:run("true"); prints "median_us=... n=1"
 --   qshell tests/bench/guest_bench.lua ckpt MIB DIR
 --       the default guest with MIB MiB of its RAM filled (a tmpfs file of
---       a repeated text, not zero pages); then, on that same state: a raw
---       QEMU migration to a file (migrate exec:cat), vm:checkpoint, its
---       verify, and the two restores to a running VM (qemu.launch{restore=}
---       and a plain -incoming of the raw file); prints one line
+--       a repeated text, not zero pages); then, on that same state, in
+--       turn for BENCH_CKPT_ROUNDS rounds (default 3): vm:checkpoint and a
+--       raw QEMU migration to a file (migrate file:PATH on 8.2+, exec:cat >
+--       PATH before); the verify; and in turn the two restores to a running
+--       VM (qemu.launch{restore=} and a plain -incoming of the raw file);
+--       prints one line of medians
 --       raw_save_us= ckpt_us= verify_us= raw_restore_us= restore_us=
---       raw_bytes= ckpt_bytes= ckpt_alloc=
+--       raw_bytes= ckpt_bytes= ckpt_alloc= rounds=
 
 local now = require("qshell.os").now
 
 local mode = arg[1]
+
+local function run_rm(path)
+  assert(os.execute("rm -rf -- '" .. path:gsub("'", "'\\''") .. "'"))
+end
 
 local function fresh_overlay(path)
   os.remove(path)
@@ -248,59 +254,83 @@ elseif mode == "ckpt" then
     "mount -t tmpfs -o size=%dm tmpfs /mnt && yes qshell-checkpoint-fill-pattern | head -c %d > /mnt/fill",
     mib + 8, mib * 1048576), { timeout = 1200 })
   assert(st == 0, "filling the guest's memory failed")
-  -- qshell: the checkpoint of this state (the guest goes on after it), and its verify
-  vm:pause()
+  -- Rounds of each, in turn, on the same state (the guest is paused for
+  -- both, and goes on between rounds); medians.
+  local rounds = tonumber(os.getenv("BENCH_CKPT_ROUNDS") or "3")
+  local function median(t)
+    table.sort(t)
+    local n = #t
+    return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
+  end
+  -- raw: QEMU's own migration of the same state to a file, the way a user
+  -- types it: "file:PATH" where QEMU has it (8.2+), else "exec:cat > PATH"
+  local has_file = qemu.version().file_migration
+  local ckpts, raws = {}, {}
+  local ckpt_dir, raw
+  for r = 1, rounds do
+    -- qshell: the checkpoint of this state (the guest goes on after it)
+    if ckpt_dir then run_rm(ckpt_dir) end
+    ckpt_dir = string.format("%s/ckpt-%d", dir, r)
+    vm:pause()
+    local t0 = now()
+    vm:checkpoint(ckpt_dir, { resume = true })
+    ckpts[r] = (now() - t0) * 1e6
+    vm:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
+    vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
+    vm:pause()
+    vm:events()
+    if raw then os.remove(raw) end
+    raw = string.format("%s/raw-%d.state", dir, r)
+    t0 = now()
+    vm:qmp("migrate", { uri = has_file and ("file:" .. raw) or ("exec:cat > " .. raw) })
+    repeat
+      local ev = vm:wait_event("MIGRATION", { timeout = 1200 })
+    until ev.data.status == "completed" or ev.data.status == "failed"
+    raws[r] = (now() - t0) * 1e6
+    vm:cont()
+  end
   local t0 = now()
-  vm:checkpoint(dir .. "/ckpt", { resume = true })
-  local ckpt = (now() - t0) * 1e6
-  t0 = now()
-  qemu.checkpoint.verify(dir .. "/ckpt")
+  qemu.checkpoint.verify(ckpt_dir)
   local verify = (now() - t0) * 1e6
-  -- raw: QEMU's own migration of the same state to a file
-  vm:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
-  vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
-  vm:pause()
-  vm:events()
-  local raw = dir .. "/raw.state"
-  t0 = now()
-  vm:qmp("migrate", { uri = "exec:cat > " .. raw })
-  repeat
-    local ev = vm:wait_event("MIGRATION", { timeout = 1200 })
-  until ev.data.status == "completed" or ev.data.status == "failed"
-  local raw_save = (now() - t0) * 1e6
-  local m = qemu.checkpoint.read(dir .. "/ckpt")
+  local m = qemu.checkpoint.read(ckpt_dir)
   local bytes = 0
-  for _, r in pairs(m.files) do bytes = bytes + r.size end
+  for _, rec in pairs(m.files) do bytes = bytes + rec.size end
   local _, du = pcall(function()
-    local f = io.popen("du -sk " .. dir .. "/ckpt")
+    local f = io.popen("du -sk " .. ckpt_dir)
     local s2 = f:read("a") f:close() return s2
   end)
   vm:quit()
-  -- restores to a running VM
-  t0 = now()
-  local r <close> = qemu.launch { restore = dir .. "/ckpt" }
-  assert(r:status() == "running")
-  local restore = (now() - t0) * 1e6
-  r:quit()
+  -- restores to a running VM, in turn
+  local restores, raw_restores = {}, {}
   local ov = dir .. "/raw-overlay.qcow2"
-  os.remove(ov)
-  qemu.disk.overlay(img, ov)
-  t0 = now()
-  local rv <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append,
-                                   memory = (mib + 192) .. "M", disks = { ov },
-                                   extra = { "-incoming", "exec:cat " .. raw } }
-  while rv:status() ~= "running" do
-    local evs = rv:events()
-    for _, ev in ipairs(evs) do if ev.event == "MIGRATION" and ev.data.status == "failed" then error("raw -incoming failed") end end
-    if rv:status() == "paused" or rv:status() == "postmigrate" then rv:cont() end
-    qemu.sleep(0.002)
+  for r = 1, rounds do
+    t0 = now()
+    do
+      local rv <close> = qemu.launch { restore = ckpt_dir }
+      assert(rv:status() == "running")
+      restores[r] = (now() - t0) * 1e6
+      rv:quit()
+    end
+    os.remove(ov)
+    qemu.disk.overlay(img, ov)
+    t0 = now()
+    local rv <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append,
+                                     memory = (mib + 192) .. "M", disks = { ov },
+                                     extra = { "-incoming", has_file and ("file:" .. raw) or ("exec:cat " .. raw) } }
+    while rv:status() ~= "running" do
+      local evs = rv:events()
+      for _, ev in ipairs(evs) do if ev.event == "MIGRATION" and ev.data.status == "failed" then error("raw -incoming failed") end end
+      if rv:status() == "paused" or rv:status() == "postmigrate" then rv:cont() end
+      qemu.sleep(0.002)
+    end
+    raw_restores[r] = (now() - t0) * 1e6
+    rv:quit()
   end
-  local raw_restore = (now() - t0) * 1e6
-  rv:quit()
   print(string.format("raw_save_us=%.0f ckpt_us=%.0f verify_us=%.0f raw_restore_us=%.0f restore_us=%.0f " ..
-                      "raw_bytes=%d ckpt_bytes=%d ckpt_alloc=%d",
-                      raw_save, ckpt, verify, raw_restore, restore, require("qshell.os").stat(raw).size, bytes,
-                      (tonumber((du or ""):match("^(%d+)")) or 0) * 1024))
+                      "raw_bytes=%d ckpt_bytes=%d ckpt_alloc=%d rounds=%d",
+                      median(raws), median(ckpts), verify, median(raw_restores), median(restores),
+                      require("qshell.os").stat(raw).size, bytes,
+                      (tonumber((du or ""):match("^(%d+)")) or 0) * 1024, rounds))
 elseif mode == "work" then
   -- a CPU-bound guest workload from the warm checkpoint, with or without insn
   local ckpt, plugin = assert(arg[2], "work CKPT [insn]"), arg[3]

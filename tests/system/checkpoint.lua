@@ -61,7 +61,10 @@ T.test("checkpoint then restore: the counter continues in two VMs at once; the b
   a.console:run("echo from-a > /root/who; sync")
   -- (the guest's background counter may print into the output: look at the last line)
   T.match(b.console:run("cat /root/who 2>/dev/null || echo none"), "none$")
-  T.match(table.concat(a.argv, " "), "%-incoming defer")
+  -- the state is passed open and loads as QEMU starts (no path, no defer)
+  local argv = table.concat(a.argv, " ")
+  T.ok(argv:match("%-incoming fd:%d+") or argv:match("%-incoming file:/dev/fdset/%d+"), argv)
+  T.ok(not argv:find(ckpt .. "/state", 1, true), "the state file is not named in argv")
   a:close()
   b:close()
   T.eq(sha(ckpt .. "/state"), before.state)
@@ -196,6 +199,42 @@ T.test("lean: a VM's internal snapshots are not copied into its checkpoint", fun
   T.eq(#(di.snapshots or {}), 0, "no internal snapshot in the checkpoint's disk")
   T.ok(m.files[m.disks[1].file].size < 20e6,
        "the checkpoint's disk is small: " .. m.files[m.disks[1].file].size .. " bytes")
+end)
+
+T.test("a mapped-ram state (QEMU 9.0+, as earlier versions of qshell wrote it) restores", function()
+  if qemu.version().major < 9 then
+    io.stderr:write("  (mapped-ram: QEMU 9.0+ only; this is " .. qemu.version().text .. ")\n")
+    return
+  end
+  local dir = tmp .. "/mapped.ckpt"
+  local vm <close> = qemu.guest.launch {}
+  vm.console:run("echo mapped-mark > /tmp/mark")
+  vm:pause()
+  -- the same idle guest saved twice: the checkpoint, then (resumed, still
+  -- idle) QEMU's mapped-ram migration in place of its state
+  vm:checkpoint(dir, { resume = true })
+  vm:pause()
+  local raw = tmp .. "/mapped.state"
+  vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "mapped-ram", state = true } } })
+  vm:qmp("migrate", { uri = "file:" .. raw })
+  repeat qemu.sleep(0.05) until vm:qmp("query-migrate").status == "completed"
+  vm:close()
+  local m = qemu.json.decode(slurp(dir .. "/manifest.json"))
+  local size = require("qshell.os").stat(raw).size
+  T.eq((T.sh(string.format("chmod u+w %s %s/manifest.json && mv %s %s/state && chmod 0444 %s/state",
+                           dir, dir, raw, dir, dir))), 0)
+  m.state.mapped_ram = true
+  m.files.state = { size = size, sha256 = sha(dir .. "/state"),
+                    mtime = require("qshell.os").stat(dir .. "/state").mtime }
+  local f = assert(io.open(dir .. "/manifest.json", "w"))
+  f:write(qemu.json.encode(m))
+  f:close()
+  qemu.checkpoint.verify(dir)
+  local r <close> = qemu.launch { restore = dir }
+  T.match(table.concat(r.argv, " "), "%-incoming defer")
+  local out, st = r.console:run("cat /tmp/mark")
+  T.eq(st, 0)
+  T.match(out, "mapped%-mark")
 end)
 
 T.test("restore refuses options that change the machine", function()
