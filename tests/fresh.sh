@@ -10,7 +10,9 @@
 # 2. A fresh copy of it per run, with the checkout's committed files (git
 #    archive HEAD) in /root/qshell.
 # 3. In a private mount and PID namespace (unshare): /proc, /sys, /dev, a new
-#    /dev/pts instance and a tmpfs /tmp mounted, then chroot.  Everything is
+#    /dev/pts instance and a tmpfs /tmp mounted, the host's caches of what
+#    does not change bound in (apt archives, QEMU 10.0 packages, QEMU source
+#    and its build: tests/qemu/*.sh), then chroot.  Everything is
 #    unmounted, and every process started inside (daemons included) is
 #    killed, when the namespace ends - also on an error or Ctrl-C.
 # 4. Inside: `apt-get install make` where make is missing (the one step the
@@ -134,7 +136,7 @@ t1=$(date +%s)
 set +e
 unshare --mount --pid --fork --propagation private -- bash -c '
 set -e
-root=$1 archives=$2; shift 2
+root=$1 archives=$2 qcache=$3; shift 3
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
@@ -142,9 +144,15 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
 mount --bind "$root/dev/pts/ptmx" "$root/dev/ptmx"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount --bind "$archives" "$root/var/cache/apt/archives"
+# The tests cache what does not change outside the checkout (QEMU 10.0
+# packages, QEMU source and its build): shared with the host, like apt archives.
+for d in qemu qemu-src; do
+    mkdir -p "$qcache/$d" "$root/root/.cache/qshell/$d"
+    mount --bind "$qcache/$d" "$root/root/.cache/qshell/$d"
+done
 exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/bash -c "$0" inner "$@"
-' "$inner" "$root" "$cache/apt-archives" "${cmds[@]}" > "$work/run.log" 2>&1
+' "$inner" "$root" "$cache/apt-archives" "${cache%/fresh}" "${cmds[@]}" > "$work/run.log" 2>&1
 rc=$?
 set -e
 cat "$work/run.log"

@@ -47,7 +47,7 @@
 --       PATH before); the verify; and in turn the two restores to a running
 --       VM (qemu.launch{restore=} and a plain -incoming of the raw file);
 --       prints one line of medians
---       raw_save_us= ckpt_us= verify_us= raw_restore_us= restore_us=
+--       raw_save_us= ckpt_us= verify_us= hash_us= raw_restore_us= restore_us=
 --       raw_bytes= ckpt_bytes= ckpt_alloc= rounds=
 
 local now = require("qshell.os").now
@@ -292,6 +292,10 @@ elseif mode == "ckpt" then
   local t0 = now()
   qemu.checkpoint.verify(ckpt_dir)
   local verify = (now() - t0) * 1e6
+  -- the floor of a hashed checkpoint: SHA-256 of its state alone
+  t0 = now()
+  require("qshell.hash").sha256(ckpt_dir .. "/state")
+  local hash_state = (now() - t0) * 1e6
   local m = qemu.checkpoint.read(ckpt_dir)
   local bytes = 0
   for _, rec in pairs(m.files) do bytes = bytes + rec.size end
@@ -326,9 +330,9 @@ elseif mode == "ckpt" then
     raw_restores[r] = (now() - t0) * 1e6
     rv:quit()
   end
-  print(string.format("raw_save_us=%.0f ckpt_us=%.0f verify_us=%.0f raw_restore_us=%.0f restore_us=%.0f " ..
+  print(string.format("raw_save_us=%.0f ckpt_us=%.0f verify_us=%.0f hash_us=%.0f raw_restore_us=%.0f restore_us=%.0f " ..
                       "raw_bytes=%d ckpt_bytes=%d ckpt_alloc=%d rounds=%d",
-                      median(raws), median(ckpts), verify, median(raw_restores), median(restores),
+                      median(raws), median(ckpts), verify, hash_state, median(raw_restores), median(restores),
                       require("qshell.os").stat(raw).size, bytes,
                       (tonumber((du or ""):match("^(%d+)")) or 0) * 1024, rounds))
 elseif mode == "work" then
