@@ -19,22 +19,10 @@ log() { printf 'fetch.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 command -v apt-get >/dev/null && command -v dpkg >/dev/null || die "needs apt-get and dpkg (Debian)"
 
+. "$(dirname "$0")/apt.sh"
 apt=$cache/apt-$SUITE
-mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc"
-# The host's Debian mirror, with the suite asked for.
-mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 'Origin: Debian' 2>/dev/null |
-    grep -v security | head -n 1)
-[ -n "$mirror" ] || mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' | grep -v security | head -n 1)
-[ -n "$mirror" ] || die "no Debian package source configured (apt-get update first)"
-echo "deb $mirror $SUITE main" > "$apt/etc/sources.list"
-opts=(-o "Dir::Etc::sourcelist=$apt/etc/sources.list" -o Dir::Etc::sourceparts=/dev/null
-      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1
-      -o APT::Sandbox::User=root -q)
-# Lists at most a day old are good enough.
-if [ -z "$(find "$apt/lists" -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -n 1)" ]; then
-    log "apt-get update ($SUITE)"
-    apt-get "${opts[@]}" update >/dev/null 2>"$apt/update.err" || { cat "$apt/update.err" >&2; die "apt-get update failed"; }
-fi
+private_apt "$apt" deb "$SUITE"
+opts=("${apt_opts[@]}")
 ver=$(apt-cache "${opts[@]}" show --no-all-versions qemu-system-x86 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
 [ -n "$ver" ] || die "qemu-system-x86 is not in $SUITE"
 # The version as a directory name (no ':' '+' '~': paths end up in QEMU options).

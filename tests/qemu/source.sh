@@ -15,20 +15,10 @@ die() { log "error: $*"; exit 1; }
 command -v apt-get >/dev/null || die "needs apt-get (Debian)"
 command -v dpkg-source >/dev/null || die "needs dpkg-source (apt-get install dpkg-dev)"
 
+. "$(dirname "$0")/apt.sh"
 apt=$cache/apt-$SUITE
-mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc"
-mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 'Origin: Debian' 2>/dev/null |
-    grep -v security | head -n 1)
-[ -n "$mirror" ] || mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' | grep -v security | head -n 1)
-[ -n "$mirror" ] || die "no Debian package source configured (apt-get update first)"
-echo "deb-src $mirror $SUITE main" > "$apt/etc/sources.list"
-opts=(-o "Dir::Etc::sourcelist=$apt/etc/sources.list" -o Dir::Etc::sourceparts=/dev/null
-      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1
-      -o APT::Sandbox::User=root -q)
-if [ -z "$(find "$apt/lists" -maxdepth 1 -name '*Sources*' -mmin -1440 2>/dev/null | head -n 1)" ]; then
-    log "apt-get update (deb-src $SUITE)"
-    apt-get "${opts[@]}" update >/dev/null 2>"$apt/update.err" || { cat "$apt/update.err" >&2; die "apt-get update failed"; }
-fi
+private_apt "$apt" deb-src "$SUITE"
+opts=("${apt_opts[@]}")
 ver=$(apt-cache "${opts[@]}" showsrc --only-source qemu 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n 1)
 [ -n "$ver" ] || die "no source package qemu in $SUITE"
 dir=$cache/$(printf '%s' "$ver" | tr -c 'A-Za-z0-9._-' '_')
