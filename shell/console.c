@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,6 +83,48 @@ static void log_bytes(struct qs_console *c, const char *p, size_t n)
     }
 }
 
+/* Keep the last bytes the guest sent (lock held). */
+static void remember_last(struct qs_console *c, const char *p, size_t n)
+{
+    size_t cap = sizeof c->last;
+    if (n >= cap) {
+        memcpy(c->last, p + n - cap, cap);
+        c->last_len = cap;
+        return;
+    }
+    if (c->last_len + n > cap) {
+        size_t keep = cap - n;
+        memmove(c->last, c->last + c->last_len - keep, keep);
+        c->last_len = keep;
+    }
+    memcpy(c->last + c->last_len, p, n);
+    c->last_len += n;
+}
+
+/*
+ * Each log starts on a line of its own: a log opened in append mode over
+ * a file whose last byte is not '\n' (the previous boot's "login: ") gets
+ * one first.  A file we cannot read back (opened write-only) is left as is.
+ */
+static void log_start_line(int fd)
+{
+    struct stat st;
+    char last;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+        pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
+        write_all(fd, "\n", 1);
+    }
+}
+
+/* End the log's open line, if any, before the log stops (lock held). */
+static void log_end_line(struct qs_console *c)
+{
+    if (c->log_fd >= 0 && !c->at_line_start) {
+        write_all(c->log_fd, "\n", 1);
+        c->at_line_start = 1;
+    }
+}
+
 static void *reader(void *arg)
 {
     struct qs_console *c = arg;
@@ -94,6 +137,7 @@ static void *reader(void *arg)
         }
         pthread_mutex_lock(&c->lock);
         if (n <= 0) {
+            log_end_line(c);
             c->eof = 1;
             c->read_errno = n < 0 ? errno : 0;
             pthread_cond_broadcast(&c->grew);
@@ -101,6 +145,7 @@ static void *reader(void *arg)
             return NULL;
         }
         sb_add(&c->buf, buf, (size_t)n);
+        remember_last(c, buf, (size_t)n);
         if (c->buf.len > CONSOLE_WINDOW) {
             size_t drop = c->buf.len - CONSOLE_WINDOW / 2;
             sb_consume(&c->buf, drop);
@@ -242,12 +287,27 @@ int console_set_log(struct qs_console *c, const char *path)
 {
     int fd = -1;
     if (path) {
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        /*
+         * A regular file (or a new one) is opened for reading too, only to
+         * look at its last byte (log_start_line); a FIFO or a terminal
+         * write-only, as before.
+         */
+        struct stat pst;
+        int rw = stat(path, &pst) != 0 || S_ISREG(pst.st_mode);
+        fd = open(path, (rw ? O_RDWR : O_WRONLY) | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fd < 0 && rw && (errno == EACCES || errno == EPERM)) {
+            fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        }
         if (fd < 0) {
             return fail(c, CONSOLE_ERR_IO, "cannot open %s: %s", path, strerror(errno));
         }
     }
     pthread_mutex_lock(&c->lock);
+    /* The old log's open line ends first: the new log may be the same file. */
+    log_end_line(c);
+    if (fd >= 0) {
+        log_start_line(fd);
+    }
     int old = c->log_fd;
     c->log_fd = fd;
     c->at_line_start = 1;
@@ -268,6 +328,36 @@ static void on_winch(int sig)
     winch = 1;
 }
 
+/* Does the guest's output so far end with the prompt?  Terminal control
+ * sequences after it do not count: line editors send some after the
+ * prompt (busybox asks for the cursor position, ESC [ 6 n). */
+static int prompt_waiting(struct qs_console *c, const char *prompt)
+{
+    size_t k = strlen(prompt);
+    char last[sizeof c->last];
+    pthread_mutex_lock(&c->lock);
+    size_t n = c->last_len;
+    memcpy(last, c->last, n);
+    pthread_mutex_unlock(&c->lock);
+    for (;;) {
+        /* ESC [ parameters (0x20-0x3f) final byte (0x40-0x7e) */
+        size_t i = n;
+        if (i == 0 || last[i - 1] < 0x40 || last[i - 1] > 0x7e) {
+            break;
+        }
+        i--;
+        while (i > 0 && last[i - 1] >= 0x20 && last[i - 1] <= 0x3f) {
+            i--;
+        }
+        if (i >= 2 && last[i - 1] == '[' && last[i - 2] == 0x1b) {
+            n = i - 2;
+        } else {
+            break;
+        }
+    }
+    return k > 0 && n >= k && memcmp(last + n - k, prompt, k) == 0;
+}
+
 static void tell_size(struct qs_console *c, int fd)
 {
     struct winsize ws;
@@ -278,7 +368,7 @@ static void tell_size(struct qs_console *c, int fd)
     }
 }
 
-int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, int size,
+int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, const char *prompt,
                    const volatile sig_atomic_t *intr)
 {
     struct termios saved, raw;
@@ -315,9 +405,8 @@ int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, int 
     }
     pthread_mutex_unlock(&c->lock);
 
-    if (size && is_tty) {
-        tell_size(c, in_fd);
-    }
+    /* A size to send when a shell prompt is waiting. */
+    int size_pending = prompt && is_tty;
     for (;;) {
         if (intr && *intr) {
             rc = fail(c, CONSOLE_ERR_INTERRUPTED, "interrupted");
@@ -332,9 +421,11 @@ int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, int 
         }
         if (winch) {
             winch = 0;
-            if (size && is_tty) {
-                tell_size(c, in_fd);
-            }
+            size_pending = prompt && is_tty;
+        }
+        if (size_pending && prompt_waiting(c, prompt)) {
+            size_pending = 0;
+            tell_size(c, in_fd);
         }
         struct pollfd p = {.fd = in_fd, .events = POLLIN};
         int n = poll(&p, 1, SLICE_MS);
@@ -403,6 +494,7 @@ void console_close(struct qs_console *c)
         close(c->fd);
     }
     if (c->log_fd >= 0) {
+        log_end_line(c); /* (the reader did it at EOF, unless it never ran) */
         close(c->log_fd);
     }
     sb_free(&c->buf);

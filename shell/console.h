@@ -45,6 +45,8 @@ struct qs_console {
     double t0;                 /* monotonic time of start, for log stamps */
     int tee_fd;                /* -1, or the terminal while attached */
     pid_t owner;               /* a forked copy has no reader thread */
+    char last[64];             /* the last bytes received (attach: is a prompt waiting?) */
+    size_t last_len;
     int err;
     char errstr[160];
 };
@@ -64,12 +66,16 @@ int console_set_log(struct qs_console *c, const char *path);
 /*
  * Interactive session: the terminal in raw mode, keys to the guest,
  * guest output to the terminal, until the escape byte (Ctrl-] = 0x1d),
- * EOF of the guest or of the terminal.  With tell_size, the guest's shell
- * is sent "stty rows R cols C" at the start and on every window resize, so
- * full-screen programs in the guest fit the terminal.  The terminal mode is
- * restored on every path.  Returns 0, or -1 with err set.
+ * EOF of the guest or of the terminal.  With a prompt (the guest shell's,
+ * e.g. "# "), the shell is sent "stty rows R cols C" at the start and after
+ * every window resize, so full-screen programs fit the terminal -- but only
+ * when the guest's last output ends with that prompt (a shell is waiting
+ * for a line, and nothing was typed since): a size that changes while a
+ * program runs is sent when the prompt is back, never typed into the
+ * program.  The terminal mode is restored on every path.  Returns 0, or -1
+ * with err set.
  */
-int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, int tell_size,
+int console_attach(struct qs_console *c, int in_fd, int out_fd, int escape, const char *prompt,
                    const volatile sig_atomic_t *intr);
 void console_close(struct qs_console *c);
 

@@ -150,15 +150,17 @@ static int l_console_log(lua_State *L)
     return 1;
 }
 
-/* console:attach([escape [, tell_size]]) -> true | nil, msg, code */
+/* console:attach([escape [, prompt]]) -> true | nil, msg, code
+ * prompt: the guest shell's prompt; the terminal's size is sent only
+ * while it is waiting (nil: never). */
 static int l_console_attach(lua_State *L)
 {
     struct lconsole *lc = check_console(L, 1);
     lua_Integer esc = luaL_optinteger(L, 2, 0x1d);
-    int size = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
+    const char *prompt = luaL_optstring(L, 3, NULL);
     luaL_argcheck(L, esc >= 0 && esc < 256, 2, "escape must be a byte");
     fflush(stdout);
-    if (console_attach(lc->c, STDIN_FILENO, STDOUT_FILENO, (int)esc, size, &qs_interrupted) <
+    if (console_attach(lc->c, STDIN_FILENO, STDOUT_FILENO, (int)esc, prompt, &qs_interrupted) <
         0) {
         return console_fail(L, lc->c);
     }

@@ -2,7 +2,7 @@
  * los.c - Lua module "qshell.os": the POSIX calls the stdlib needs that
  * have no C core of their own (Lua keeps io and os apart from its objects
  * for the same reason).  Time (now, sleep), files (stat, access, chmod,
- * realpath, listdir, mkdir, rename, open, close), and the process primitives of the
+ * realpath, listdir, mkdir, rename, open, close, diff_blocks), and the process primitives of the
  * sweep's local workers (fork, exit_now, pipe, poll, read, write, waitpid,
  * kill, setpgid, getpid, isatty).
  *
@@ -451,8 +451,175 @@ static int l_os_rename(lua_State *L)
     return 1;
 }
 
+/*
+ * os.diff_blocks(a, b [, blocksize=4096]) -> {{offset, length}, ...}, bytes_read
+ *   | nil, msg, code
+ * Where files a and b differ, in whole blocks of blocksize bytes (the last
+ * block cut at the end of the longer file), adjacent blocks joined into one
+ * range, in offset order.  Bytes past the end of the shorter file count as
+ * zeros, as in a hole.  Holes that both files have are skipped unread
+ * (SEEK_DATA/SEEK_HOLE): comparing two sparse copies of a disk image reads
+ * only their data.  bytes_read says how much of the two files was read.
+ */
+#define DIFF_CHUNK (1 << 20)
+
+struct diff_file {
+    int fd;
+    off_t size;
+};
+
+struct diff_range {
+    off_t off, len;
+};
+
+/* The first offset >= pos where f may hold data; end when it holds none. */
+static off_t diff_next_data(const struct diff_file *f, off_t pos, off_t end)
+{
+    if (pos >= f->size) {
+        return end;
+    }
+    off_t r = lseek(f->fd, pos, SEEK_DATA);
+    if (r < 0) {
+        /* ENXIO: only a hole is left; any other error (no SEEK_DATA on this
+         * file system): treat everything as data */
+        return errno == ENXIO ? end : pos;
+    }
+    return r;
+}
+
+/* The first offset >= pos in a hole of f (pos itself when pos is in one). */
+static off_t diff_next_hole(const struct diff_file *f, off_t pos)
+{
+    if (pos >= f->size) {
+        return pos;
+    }
+    off_t r = lseek(f->fd, pos, SEEK_HOLE);
+    return r < 0 ? f->size : r;
+}
+
+/* n bytes at off into buf, zeros past the end of the file; -1 on error. */
+static int diff_read(const struct diff_file *f, char *buf, size_t n, off_t off, off_t *nread)
+{
+    size_t got = 0;
+    while (got < n && off + (off_t)got < f->size) {
+        ssize_t r = pread(f->fd, buf + got, n - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR && !qs_interrupted) {
+            continue;
+        }
+        if (r < 0) {
+            return -1;
+        }
+        if (r == 0) {
+            break;
+        }
+        got += (size_t)r;
+    }
+    *nread += (off_t)got;
+    memset(buf + got, 0, n - got);
+    return 0;
+}
+
+static int l_os_diff_blocks(lua_State *L)
+{
+    const char *names[2] = {luaL_checkstring(L, 1), luaL_checkstring(L, 2)};
+    lua_Integer bs = luaL_optinteger(L, 3, 4096);
+    luaL_argcheck(L, bs > 0 && bs <= DIFF_CHUNK, 3, "the block size must be 1 byte to 1 MiB");
+    size_t chunk = (size_t)(DIFF_CHUNK - DIFF_CHUNK % bs);
+    /* The buffers belong to Lua: nothing malloc'd is held while this may raise. */
+    char *buf = lua_newuserdatauv(L, 2 * chunk, 0);
+    struct diff_file f[2] = {{.fd = -1}, {.fd = -1}};
+    struct diff_range *ranges = NULL;
+    size_t n = 0, cap = 0;
+    off_t nread = 0;
+    const char *fail = NULL, *code = "io";
+    int err = 0;
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        f[i].fd = open(names[i], O_RDONLY | O_CLOEXEC);
+        if (f[i].fd < 0 || fstat(f[i].fd, &st) < 0) {
+            err = errno, fail = names[i];
+            goto out;
+        }
+        f[i].size = st.st_size;
+    }
+    off_t end = f[0].size > f[1].size ? f[0].size : f[1].size;
+    for (off_t pos = 0; pos < end;) {
+        off_t da = diff_next_data(&f[0], pos, end), db = diff_next_data(&f[1], pos, end);
+        off_t m = da < db ? da : db;
+        if (m >= end) {
+            break;
+        }
+        /* [start, stop): block-aligned, where either file holds data */
+        off_t start = m - m % bs;
+        off_t ha = diff_next_hole(&f[0], m), hb = diff_next_hole(&f[1], m);
+        off_t stop = ha > hb ? ha : hb;
+        stop = stop % bs ? stop + (bs - stop % bs) : stop;
+        if (stop > end) {
+            stop = end;
+        }
+        for (off_t off = start; off < stop; off += (off_t)chunk) {
+            if (qs_interrupted) {
+                fail = "diff_blocks", code = "interrupted", err = EINTR;
+                goto out;
+            }
+            size_t len = stop - off < (off_t)chunk ? (size_t)(stop - off) : chunk;
+            for (int i = 0; i < 2; i++) {
+                if (diff_read(&f[i], buf + i * chunk, len, off, &nread) < 0) {
+                    err = errno, fail = names[i];
+                    goto out;
+                }
+            }
+            for (size_t b = 0; b < len; b += (size_t)bs) {
+                size_t blen = len - b < (size_t)bs ? len - b : (size_t)bs;
+                if (memcmp(buf + b, buf + chunk + b, blen) == 0) {
+                    continue;
+                }
+                off_t boff = off + (off_t)b;
+                if (n > 0 && ranges[n - 1].off + ranges[n - 1].len == boff) {
+                    ranges[n - 1].len += (off_t)blen;
+                    continue;
+                }
+                if (n == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    ranges = xrealloc(ranges, cap * sizeof *ranges);
+                }
+                ranges[n].off = boff;
+                ranges[n++].len = (off_t)blen;
+            }
+        }
+        pos = stop;
+    }
+out:
+    for (int i = 0; i < 2; i++) {
+        if (f[i].fd >= 0) {
+            close(f[i].fd);
+        }
+    }
+    if (fail) {
+        free(ranges);
+        if (strcmp(code, "interrupted") == 0) {
+            return qs_pushfail(L, "interrupted", code);
+        }
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", fail, strerror(err)), code);
+    }
+    /* Only now build the result (listdir's rule: nothing above raises). */
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_createtable(L, 2, 0);
+        lua_pushinteger(L, (lua_Integer)ranges[i].off);
+        lua_rawseti(L, -2, 1);
+        lua_pushinteger(L, (lua_Integer)ranges[i].len);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    free(ranges);
+    lua_pushinteger(L, (lua_Integer)nread);
+    return 2;
+}
+
 static const luaL_Reg os_funcs[] = {
-    {"access", l_os_access},   {"chmod", l_os_chmod},     {"close", l_os_close},     {"exit_now", l_os_exit_now},
+    {"access", l_os_access},   {"chmod", l_os_chmod},     {"close", l_os_close},
+    {"diff_blocks", l_os_diff_blocks},                    {"exit_now", l_os_exit_now},
     {"fork", l_os_fork},       {"getpid", l_os_getpid},   {"isatty", l_os_isatty},
     {"kill", l_os_kill},       {"listdir", l_os_listdir}, {"mkdir", l_os_mkdir},
     {"now", l_os_now},         {"open", l_os_open},       {"pipe", l_os_pipe},

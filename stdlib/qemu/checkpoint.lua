@@ -324,6 +324,10 @@ function M.make(self, dir, opts)
   end
   local rok, rerr = sys.rename(work .. "/manifest.json", dir .. "/manifest.json")
   if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
+  -- A shared base backs the checkpoint's disk: qemu.image.customize must not write into it.
+  for _, d in ipairs(mdisks) do
+    if d.base then require("qemu.backing").record(d.base.path, dir .. "/" .. d.file) end
+  end
   os.remove(work) -- empty now
   if opts.resume then self:cont() end
   local total = 0
@@ -430,6 +434,7 @@ function M._finish_files(self, work, plan, fname)
   launch.append = self:_kernel_append() or (type(o.append) == "table" and table.concat(o.append, " ") or o.append)
   launch.append_given = type(o.append) == "table" and table.concat(o.append, " ") or o.append
   launch.console = o.console ~= false
+  launch.net = o.net or nil
   return records, mdisks, launch
 end
 
@@ -574,6 +579,13 @@ local function same(a, b)
   return a == b
 end
 
+-- The NIC model a net= option (or a manifest's) gives the machine, or nil.
+local function nic_model(net)
+  if net == nil or net == false or net == json.null then return nil end
+  if type(net) == "table" and type(net.model) == "string" then return net.model end
+  return "virtio-net-pci"
+end
+
 -- Launch options for a restore: the checkpoint's machine, the caller's
 -- free options, fresh overlays in tmpdir.  Returns opts, restore context.
 function M.prepare(opts, tmpdir)
@@ -593,6 +605,19 @@ function M.prepare(opts, tmpdir)
       check.bad(fname, "restore and loadvm cannot be combined")
     elseif k == "verify" then
       -- checked above
+    elseif k == "net" then
+      -- The NIC is the machine's (its state is in the checkpoint); the
+      -- user network's host side (forwards, restrict, hostname) is not, so
+      -- runs from one checkpoint may forward different host ports.
+      local want = nic_model(m.launch.net)
+      if nic_model(v) ~= want then
+        errors.raise { class = "BadArgument", command = fname,
+                       desc = string.format("restore: net= gives %s, the checkpoint's machine has %s",
+                                            nic_model(v) and ("a " .. nic_model(v) .. " NIC") or "no NIC",
+                                            want and ("a " .. want .. " NIC") or "none"),
+                       hint = "keep the checkpoint's NIC model (leave net= out to reuse its network options)" }
+      end
+      out.net = v
     elseif not M.free_keys[k] then
       local want = m.launch[k]
       if k == "append" and type(v) == "table" then v = table.concat(v, " ") end
@@ -621,6 +646,7 @@ function M.prepare(opts, tmpdir)
     local v = m.launch[k]
     if v ~= nil and v ~= json.null then out[k] = v end
   end
+  if out.net == nil and nic_model(m.launch.net) then out.net = m.launch.net end
   -- kernel and initrd are files in the checkpoint
   for _, k in ipairs { "kernel", "initrd" } do
     if out[k] then out[k] = real .. "/" .. out[k] end

@@ -142,15 +142,71 @@ function Console:flush()
   return buf
 end
 
-local run_opts = { timeout = check.nonneg, prompt = "string" }
+local run_opts = { timeout = check.nonneg, prompt = "string", strip_ansi = "boolean",
+                   kernel_messages = "boolean" }
 
 local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
--- console:run(cmd [, {timeout=, prompt=}]) -> output, status
+-- Terminal escapes: CSI (colours, cursor moves, modes), OSC (titles), and
+-- the two-byte ones.
+local function strip_ansi(s)
+  s = s:gsub("\27%[[0-9;:<=>?]*[ -/]*[@-~]", "")
+  s = s:gsub("\27%][^\7\27]*\7", ""):gsub("\27%][^\7\27]*\27\\", "")
+  s = s:gsub("\27[()][%w]", ""):gsub("\27[=>78cDEHM]", "")
+  return s
+end
+Console.strip_ansi = strip_ansi
+
+-- The lines the console printed last (consumed or not), for the checks
+-- that look at what is on the screen now.
+function Console:_printed(buf)
+  return self._recent:sub(-400) .. (buf or self._c:peek())
+end
+
+-- Does s end with suffix, give or take kernel messages printed after it
+-- ("[   23.456789] random: crng init done")?  A getty's or a shell's
+-- prompt is the last thing they print before they wait.
+local function ends_with(s, suffix)
+  if suffix == "" then return false end
+  local at, from = nil, 1
+  while true do
+    local i = s:find(suffix, from, true)
+    if not i then break end
+    at, from = i, i + 1
+  end
+  if not at then return false end
+  local rest = s:sub(at + #suffix):gsub("%[%s*%d+%.%d+%][^\n]*\n?", "")
+  return rest:match("^%s*$") ~= nil
+end
+
+-- After a timeout or Ctrl-C: end the guest command (^C) and wait until its
+-- shell reads lines again, so the next run() works.  Returns nil or why not.
+function Console:_interrupt(id)
+  local ok, err = pcall(function()
+    self._c:send("\3", 5)
+    sys.sleep(0.2)
+    local r = "__qs" .. id .. "r"
+    local ok2 = self._c:send(string.format("\r[ -n \"$__qsk\" ] && echo $__qsk 2>/dev/null >/proc/sys/kernel/printk; " ..
+                                           "printf '%%s%%s\\n' __qs %sr\r", id), 5)
+    if not ok2 then error("send failed", 0) end
+    local buf, _, e = self:_wait_for("console:run (interrupting)", function(b)
+      return b:find(r .. "\r?\n")
+    end, 10)
+    self:_consume(e, buf)
+  end)
+  if not ok then return errors.is(err, "Timeout") and "the guest command does not end on ^C" or tostring(err) end
+  return nil
+end
+
+-- console:run(cmd [, {timeout=, prompt=, strip_ansi=, kernel_messages=}]) -> output, status
 -- The command runs in the guest's shell between two markers the echo of the
 -- typed line cannot contain; output from before the call is discarded.
+-- While it runs, the kernel's console log level is lowered (as root), so
+-- kernel messages stay in the guest's dmesg instead of the output;
+-- kernel_messages=true leaves them.  A timeout or Ctrl-C interrupts the
+-- command (^C) and waits for the shell before raising.
 function Console:run(cmd, opts)
   check.arg("console:run", 1, cmd, "string")
   opts = check.options("console:run", opts, run_opts, 2)
@@ -159,52 +215,145 @@ function Console:run(cmd, opts)
   local b, e = "__qs" .. id .. "b", "__qs" .. id .. "e"
   self:flush()
   -- printf '%s%s' splits each marker in the typed line; eval keeps the
-  -- command's own ';', '#' and newlines to itself.
-  self:send(string.format("printf '%%s%%s\\n' __qs %sb; eval %s; printf '%%s%%s%%d\\n' __qs %se $?\r",
-                          id, shell_quote(cmd), id))
+  -- command's own ';', '#' and newlines to itself.  The console log level
+  -- is read, lowered to 1 and put back with shell builtins only.
+  local quiet = opts.kernel_messages ~= true
+  local line
+  if quiet then
+    line = string.format("read __qsk __qsr 2>/dev/null </proc/sys/kernel/printk; " ..
+                         "echo 1 2>/dev/null >/proc/sys/kernel/printk; printf '%%s%%s\\n' __qs %sb; eval %s; " ..
+                         "__qss=$?; printf '%%s%%s%%d\\n' __qs %se $__qss; " ..
+                         "[ -n \"$__qsk\" ] && echo $__qsk 2>/dev/null >/proc/sys/kernel/printk\r",
+                         id, shell_quote(cmd), id)
+  else
+    line = string.format("printf '%%s%%s\\n' __qs %sb; eval %s; printf '%%s%%s%%d\\n' __qs %se $?\r",
+                         id, shell_quote(cmd), id)
+  end
+  self:send(line)
   local what = string.format("console:run(%q)", cmd)
   local timeout = opts.timeout or DEFAULT_TIMEOUT
-  local buf, _, s_end, e_start, e_end, status = self:_wait_for(what, function(buf)
+  local lp = self._login_prompt or "login: "
+  local ok, buf, _, s_end, e_start, e_end, status = pcall(self._wait_for, self, what, function(buf)
     local s1, s2 = buf:find(b .. "\r?\n", 1)
     if not s1 then return nil end
     local t1, t2, st = buf:find(e .. "(%d+)\r?\n", s2 + 1)
-    if not t1 then return nil end
+    if not t1 then
+      -- The command ended the shell: a getty asks for a login again.
+      local tail = buf:sub(s2 + 1)
+      if ends_with(tail, lp) then
+        local l1 = s2
+        repeat local i = buf:find(lp, l1 + 1, true); if i then l1 = i end until not i
+        return s1, s2, l1, nil, "exit"
+      end
+      return nil
+    end
     return s1, s2, t1, t2, st
   end, timeout)
-  local out = buf:sub(s_end + 1, e_start - 1):gsub("\r\n", "\n"):gsub("\r", "")
+  if not ok then
+    local err = buf
+    if errors.is(err, "Timeout") or err == "interrupted!" or errors.is(err, "Interrupted") then
+      local why = self:_interrupt(id)
+      if type(err) == "table" then
+        err.desc = err.desc .. (why and ("\nthe command could not be interrupted: " .. why)
+                                or "\nthe command was interrupted (^C); the shell is ready for the next run()")
+      end
+    end
+    error(err, 0)
+  end
+  if status == "exit" then
+    -- leave the login prompt for console:login
+    self:_consume(e_start - 1, buf)
+    self._shell_ready = false
+    errors.raise { class = "ShellExited", command = what,
+                   desc = "the command ended the guest's shell: the console shows the login prompt again",
+                   hint = "run it in a subshell to get its status: run(\"(" .. cmd:gsub("\n.*", "") ..
+                          ")\"); console:login{...} logs in again" }
+  end
+  local out = buf:sub(s_end + 1, e_start - 1):gsub("\r\n", "\n")
   out = out:gsub("\n$", "")
+  if opts.strip_ansi then out = strip_ansi(out) end
   self:_consume(e_end, buf)
   if opts.prompt then self:expect(opts.prompt, { timeout = timeout, plain = true }) end
   return out, tonumber(status)
 end
 
 local login_opts = { user = "string", password = "string", timeout = check.nonneg,
-                     login_prompt = "string", prompt = "string" }
+                     login_prompt = "string", prompt = "string", setup = "boolean" }
 
--- console:login{user=, password=, timeout=, login_prompt=, prompt=}
--- Waits for the login prompt, logs in, and waits for the shell prompt.
+-- What every login sets up in the guest's shell: no pager (systemctl and
+-- git would wait in less), no bracketed paste.  Quiet when a shell lacks it.
+local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " ..
+              "bind 'set enable-bracketed-paste off' 2>/dev/null; true"
+
+-- console:login{user=, password=, timeout=, login_prompt=, prompt=, setup=true}
+-- Logs in at the login prompt: a fresh one, one a script already waited
+-- for (expect), or none at all when a getty logged in by itself
+-- ("(automatic login)") or a shell prompt is already waiting.
 function Console:login(opts)
   opts = check.options("console:login", opts, login_opts)
   local timeout = opts.timeout or 60
-  self:expect(opts.login_prompt or "login: ", { timeout = timeout, plain = true })
-  self:send((opts.user or "root") .. "\r")
-  if opts.password then
-    self:expect("Password: ", { timeout = 10, plain = true })
-    self:send(opts.password .. "\r")
-  end
+  local lp = opts.login_prompt or "login: "
   local prompt = opts.prompt or "# "
+  local user = opts.user or "root"
+  self._login_prompt, self._prompt = lp, prompt
   local what = "console:login"
-  local _, _, _, which = self:_wait_for(what, function(buf)
-    local s, e = buf:find("Login incorrect", 1, true)
-    if s then return s, e, "bad" end
-    s, e = buf:find(prompt, 1, true)
-    if s then return s, e, "ok" end
-  end, timeout)
-  if which == "bad" then
-    errors.raise { class = "LoginFailed", command = what,
-                   desc = "the guest said: Login incorrect (user " .. (opts.user or "root") .. ")" }
+  -- 1. A login prompt as the last thing printed (then quiet for a moment:
+  -- an autologin getty prints "(automatic login)" right after it), an
+  -- autologin, or a shell prompt already waiting.
+  local state
+  while not state do
+    local _, _, _, which = self:_wait_for(what, function(buf)
+      local text = self:_printed(buf)
+      if text:find(lp .. user .. " (automatic login)", 1, true) or text:find("(automatic login)", 1, true) then
+        return 1, 1, "auto"
+      end
+      if ends_with(text, lp) then return 1, 1, "login" end
+      if ends_with(text, prompt) then return 1, 1, "shell" end
+    end, timeout)
+    local before = self._c:stats()
+    sys.sleep(0.3)
+    if self._c:stats() == before then state = which end
+  end
+  if state == "login" then
+    self:flush()
+    self:send(user .. "\r")
+  end
+  if state == "auto" then
+    local buf = self._c:peek()
+    local _, e = buf:find("(automatic login)", 1, true)
+    if e then self:_consume(e, buf) end
+  end
+  -- 2. The password, when asked, then the shell prompt or a refusal.
+  local sent_pw = false
+  while state ~= "shell" do
+    local buf, s, e, which = self:_wait_for(what, function(buf)
+      local s, e = buf:find("Login incorrect", 1, true)
+      if s then return s, e, "bad" end
+      s, e = buf:find("assword: ", 1, true)
+      if s and not sent_pw then return s, e, "password" end
+      s, e = buf:find(prompt, 1, true)
+      if s then return s, e, "ok" end
+    end, timeout)
+    if which == "bad" then
+      errors.raise { class = "LoginFailed", command = what,
+                     desc = "the guest said: Login incorrect (user " .. user .. ")",
+                     hint = opts.password and "check password=" or "the user needs a password= here" }
+    elseif which == "password" then
+      if not opts.password then
+        errors.raise { class = "LoginFailed", command = what,
+                       desc = "the guest asks for " .. user .. "'s password and none was given",
+                       hint = "password= on console:login, or on qemu.guest.launch for another image" }
+      end
+      self:_consume(e, buf)
+      self:send(opts.password .. "\r")
+      sent_pw = true
+    else
+      state = "shell"
+    end
   end
   self:flush()
+  self._shell_ready = true
+  if opts.setup ~= false then self:run(SETUP, { timeout = timeout }) end
 end
 
 -- console:log(path | nil): append everything the guest prints from now on,
@@ -223,7 +372,7 @@ end
 
 function Console:attach()
   io.stderr:write(string.format("[attached to %s's console; Ctrl-] returns]\r\n", self._vm.name))
-  local ok, msg, code = self._c:attach(0x1d, true)
+  local ok, msg, code = self._c:attach(0x1d, self._prompt or "# ")
   io.stderr:write("\r\n[detached]\n")
   if not ok then self:_fail("vm:attach", msg, code, 0) end
 end

@@ -131,6 +131,8 @@ function M.create(path, size, opts)
   if size ~= nil then args[#args + 1] = tostring(M.parse_size(size, fname)) end
   if opts.force and exists(path) then os.remove(path) end
   qemu_img(fname, args)
+  -- qemu.image.customize refuses to write into a file overlays depend on
+  if opts.backing then require("qemu.backing").record(opts.backing, path) end
   return path
 end
 
@@ -274,8 +276,34 @@ function M.delete_snapshot(path, tag)
 end
 
 local populate_opts = { from = "string", fs = "string", size = "string|number", partition = "boolean",
-                        label = "string", format = "string", force = "boolean" }
-local FS = { ext2 = true, ext3 = true, ext4 = true }
+                        label = "string", format = "string", force = "boolean",
+                        fat = function(v)
+                          if v == 12 or v == 16 or v == 32 then return true end
+                          return false, "must be 12, 16 or 32"
+                        end }
+-- Filesystem names -> the family that builds them ("fat" is vfat's alias).
+local FS = { ext2 = "ext", ext3 = "ext", ext4 = "ext", vfat = "vfat", fat = "vfat" }
+local ALIGN = 1048576 -- the partition's start: 1 MiB, as fdisk aligns it
+
+-- A program by name: PATH, then the sbin directories a non-root PATH
+-- lacks (mkfs.*, sfdisk).  Raises MissingTool naming the package.
+local function tool(fname, name, package, why)
+  local p = run.which(name)
+  if not p then
+    for _, d in ipairs { "/usr/sbin", "/sbin" } do
+      if sys.access(d .. "/" .. name, "x") then
+        p = d .. "/" .. name
+        break
+      end
+    end
+  end
+  if not p then
+    errors.raise { class = "MissingTool", command = fname,
+                   desc = string.format("%s needs %s, which is not installed (package %s)", why, name, package),
+                   hint = "apt-get install " .. package .. " (make deps installs it)" }
+  end
+  return p
+end
 
 -- Bytes used by a directory tree (du), for the default filesystem size.
 local function tree_bytes(dir)
@@ -283,66 +311,214 @@ local function tree_bytes(dir)
   return tonumber(out:match("^(%d+)")) or 0
 end
 
+-- The label each filesystem can hold: ext 16 bytes as given; FAT 11
+-- characters, stored in upper case (what DOS and Windows write, and what
+-- mkfs.fat warns about otherwise), without the characters FAT forbids.
+local function check_label(fname, family, label)
+  if label == nil then return nil end
+  if label == "" then check.bad(fname, "label is empty") end
+  if label:find("[%c]") then check.bad(fname, "label %q has a control character", label) end
+  if family == "ext" then
+    if #label > 16 then check.bad(fname, "label %q is longer than 16 bytes (the most ext2/3/4 keep)", label) end
+    return label
+  end
+  if #label > 11 then check.bad(fname, "label %q is longer than 11 characters (the most FAT keeps)", label) end
+  if label:find('[^\32-\126]') or label:find('[%*%?%.,;:/\\|%+=<>%[%]"]') then
+    check.bad(fname, "label %q: a FAT label is ASCII without any of *?.,;:/\\|+=<>[]\"", label)
+  end
+  return label:upper()
+end
+
+-- Walk a tree bound for FAT: refuse what FAT cannot hold (names with
+-- characters it forbids, two names that differ only in case, special
+-- files, links to directories, files of 4 GiB or more) before anything is
+-- written, and estimate the space it takes (each file rounded up to an
+-- 8 KiB cluster, the largest mkfs.fat picks below 8 GiB).
+local FAT_MAX_FILE = 4294967295
+local function fat_tree(fname, dir, rel)
+  local names, err = sys.listdir(dir)
+  if not names then errors.raise { class = "IOError", command = fname, desc = err } end
+  local bytes, seen = 8192, {}
+  for _, name in ipairs(names) do
+    local path, shown = dir .. "/" .. name, (rel and rel .. "/" or "") .. name
+    local function refuse(why)
+      errors.raise { class = "BadArgument", command = fname,
+                     desc = string.format("from: %s %s, which FAT cannot hold", shown, why) }
+    end
+    if name:find('[%c"%*/:<>%?\\|]') then refuse('has one of the characters "*/:<>?\\| or a control character') end
+    if name:find("[%. ]$") then refuse("ends with a dot or a space") end
+    local low = name:lower()
+    if seen[low] then refuse("differs only in case from " .. seen[low] .. " (FAT names ignore case)") end
+    seen[low] = name
+    local st = sys.stat(path)
+    if not st then refuse("vanished while it was read") end
+    if st.type == "link" then
+      st = files.stat(path)
+      if not st then refuse("is a dangling symbolic link") end
+      if st.type == "dir" then refuse("is a symbolic link to a directory (FAT has no links)") end
+    end
+    if st.type == "dir" then
+      bytes = bytes + fat_tree(fname, path, shown)
+    elseif st.type == "file" then
+      if st.size > FAT_MAX_FILE then refuse("is 4 GiB or larger") end
+      bytes = bytes + (st.size + 8191) // 8192 * 8192
+    else
+      refuse("is a special file (" .. st.type .. ")")
+    end
+  end
+  return bytes, names
+end
+
+-- The FAT a boot sector at offset describes: 12, 16 or 32.
+local function fat_bits(fname, raw, offset)
+  local f = io.open(raw, "rb")
+  local head = ""
+  if f then
+    f:seek("set", offset)
+    head = f:read(90) or ""
+    f:close()
+  end
+  if head:sub(83, 87) == "FAT32" then return 32 end
+  local t = head:sub(55, 59)
+  if t == "FAT16" then return 16 end
+  if t == "FAT12" then return 12 end
+  errors.raise { class = "DiskError", command = fname, desc = "mkfs.fat wrote no FAT boot sector in " .. raw }
+end
+
+-- MBR partition types: Linux, and FAT by its width (FAT32 and FAT16 with
+-- LBA addressing, FAT12).
+local MBR_TYPE = { ext = "83", [32] = "c", [16] = "e", [12] = "1" }
+
+-- One MBR partition from 1 MiB to the end, of the given type, written
+-- after the filesystem (sfdisk wipes nothing: --wipe never).
+local function partition_table(fname, sf, raw, ptype)
+  local script = raw .. ".sfdisk"
+  files.write(script, string.format("label: dos\nstart=%d, type=%s\n", ALIGN // 512, ptype), fname)
+  local st = run.run({ sf, "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never",
+                       "--wipe-partitions", "never", raw },
+                     { command = fname, stdin = script })
+  os.remove(script)
+  if st.code ~= 0 then
+    errors.raise { class = "DiskError", command = fname, desc = "sfdisk failed: " .. st.stderr }
+  end
+end
+
+local function make_ext(fname, tools, raw, opts, label, offset, fs_bytes)
+  local args = { tools.mkfs, "-q", "-F" }
+  if label then
+    args[#args + 1] = "-L"
+    args[#args + 1] = label
+  end
+  if offset > 0 then
+    args[#args + 1] = "-E"
+    args[#args + 1] = "offset=" .. offset
+  end
+  args[#args + 1] = "-d"
+  args[#args + 1] = opts.from
+  args[#args + 1] = raw
+  args[#args + 1] = tostring(fs_bytes // 1024) .. "k"
+  run.check(args, { command = fname, class = "DiskError", exec_hint = "is e2fsprogs installed? (make deps)" })
+  return "ext"
+end
+
+-- mkfs.fat on the region, then mcopy the tree's top entries into its root
+-- (mcopy -s recurses; -m keeps mtimes; -Q stops at the first error).
+local function make_vfat(fname, tools, raw, opts, label, offset, fs_bytes, top)
+  local args = { tools.mkfs }
+  if opts.fat then
+    args[#args + 1] = "-F"
+    args[#args + 1] = tostring(opts.fat)
+  end
+  if label then
+    args[#args + 1] = "-n"
+    args[#args + 1] = label
+  end
+  if offset > 0 then
+    -- hidden sectors = the sectors before the partition, as on a real disk
+    args[#args + 1] = "--offset=" .. offset // 512
+    args[#args + 1] = "-h"
+    args[#args + 1] = tostring(offset // 512)
+  end
+  args[#args + 1] = raw
+  args[#args + 1] = tostring(fs_bytes // 1024)
+  run.check(args, { command = fname, class = "DiskError" })
+  if #top > 0 then
+    local cp = { tools.mcopy, "-s", "-Q", "-m", "-i", raw .. "@@" .. offset }
+    for _, name in ipairs(top) do cp[#cp + 1] = opts.from .. "/" .. name end
+    cp[#cp + 1] = "::/"
+    local st = run.run(cp, { command = fname })
+    if st.code ~= 0 then
+      local err = ((st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", ""))
+      errors.raise { class = "DiskError", command = fname, desc = "mcopy " .. st.desc .. ": " .. err,
+                     hint = err:find("Disk full") and
+                       "the filesystem is too small for the files: give a larger size= (or leave size out to size it from the directory)"
+                       or nil }
+    end
+  end
+  return fat_bits(fname, raw, offset)
+end
+
 -- qemu.disk.populate(path, {from=dir, fs="ext4", size=, partition=false,
---   label=, format="qcow2", force=false}) -> path
--- A filesystem filled from a host directory (mkfs -d): no mount, no nbd.
--- With partition=true the disk gets an MBR with one partition at 1 MiB
--- (the guest sees /dev/sdX1).
+--   label=, fat=, format="qcow2", force=false}) -> path
+-- A filesystem filled from a host directory: ext2/3/4 with mkfs -d, FAT
+-- with mkfs.fat and mcopy; no mount, no nbd, no root.  size is the disk's
+-- (rounded up to a whole MiB); with partition=true the disk gets an MBR
+-- with one partition from 1 MiB to its end (the guest sees /dev/sdX1).
 function M.populate(path, opts)
   local fname = "qemu.disk.populate"
   opts = check.options(fname, opts, populate_opts, 2)
   check_new(fname, path, opts.force)
   if not opts.from then check.bad(fname, "from= (a host directory) is required") end
-  local st = sys.stat(opts.from)
+  local st = files.stat(opts.from)
   if not st or st.type ~= "dir" then
     errors.raise { class = "BadArgument", command = fname, desc = "from: not a directory: " .. opts.from }
   end
   local fs = opts.fs or "ext4"
-  if not FS[fs] then check.bad(fname, "fs %q is not supported (ext2, ext3, ext4)", fs) end
+  local family = FS[fs]
+  if not family then check.bad(fname, "fs %q is not supported (ext2, ext3, ext4, vfat)", fs) end
+  if opts.fat and family ~= "vfat" then check.bad(fname, "fat= goes with fs=\"vfat\"") end
+  local label = check_label(fname, family, opts.label)
+  -- Every program first: a missing one is named before anything is written.
+  local tools = {}
+  if family == "vfat" then
+    tools.mkfs = tool(fname, "mkfs.vfat", "dosfstools", "fs=\"vfat\"")
+    tools.mcopy = tool(fname, "mcopy", "mtools", "fs=\"vfat\"")
+  else
+    tools.mkfs = tool(fname, "mkfs." .. fs, "e2fsprogs", "fs=\"" .. fs .. "\"")
+  end
+  if opts.partition then tools.sfdisk = tool(fname, "sfdisk", "fdisk", "partition=true") end
   local format = opts.format or "qcow2"
+  local offset = opts.partition and ALIGN or 0
+  -- A tree for FAT is checked whatever the size (what it cannot hold is
+  -- refused now); the size it needs is an estimate with room to spare.
+  local top, need
+  if family == "vfat" then
+    need, top = fat_tree(fname, opts.from)
+    need = math.floor(need * 1.15) + (8 << 20)
+  elseif not opts.size then
+    need = math.floor(tree_bytes(opts.from) * 1.3) + (8 << 20)
+  end
   local bytes
   if opts.size then
-    bytes = M.parse_size(opts.size, fname)
+    bytes = (M.parse_size(opts.size, fname) + ALIGN - 1) // ALIGN * ALIGN
+    if bytes <= offset then
+      check.bad(fname, "size %s leaves no room for a partition after the 1 MiB gap", tostring(opts.size))
+    end
   else
-    bytes = math.max(16 << 20, math.floor(tree_bytes(opts.from) * 1.3) + (8 << 20))
+    bytes = math.max(16 << 20, (need + ALIGN - 1) // ALIGN * ALIGN) + offset
   end
-  bytes = (bytes + 1048575) // 1048576 * 1048576
+  local fs_bytes = bytes - offset
   local raw = format == "raw" and path or (files.scratch_file("populate", ".raw"))
-  local offset = opts.partition and 1048576 or 0
-  local total = bytes + offset
   local ok, err = pcall(function()
     if format == "raw" and opts.force then os.remove(path) end
-    run.check({ "truncate", "-s", tostring(total), raw }, { command = fname })
-    if opts.partition then
-      local sf = run.which("sfdisk")
-      if not sf then
-        errors.raise { class = "MissingTool", command = fname, desc = "partition=true needs sfdisk",
-                       hint = "apt-get install fdisk" }
-      end
-      -- sfdisk reads its script from stdin.
-      local script = raw .. ".sfdisk"
-      files.write(script, "label: dos\nstart=2048, type=83\n", fname)
-      local st2 = run.run({ sf, "--quiet", "--no-reread", "--no-tell-kernel", raw },
-                          { command = fname, stdin = script })
-      os.remove(script)
-      if st2.code ~= 0 then
-        errors.raise { class = "DiskError", command = fname, desc = "sfdisk failed: " .. st2.stderr }
-      end
+    run.check({ "truncate", "-s", tostring(bytes), raw }, { command = fname })
+    local kind
+    if family == "vfat" then
+      kind = make_vfat(fname, tools, raw, opts, label, offset, fs_bytes, top)
+    else
+      kind = make_ext(fname, tools, raw, opts, label, offset, fs_bytes)
     end
-    local args = { "mkfs." .. fs, "-q", "-F" }
-    if opts.label then
-      args[#args + 1] = "-L"
-      args[#args + 1] = opts.label
-    end
-    if offset > 0 then
-      args[#args + 1] = "-E"
-      args[#args + 1] = "offset=" .. offset
-    end
-    args[#args + 1] = "-d"
-    args[#args + 1] = opts.from
-    args[#args + 1] = raw
-    args[#args + 1] = tostring(bytes // 1024) .. "k"
-    run.check(args, { command = fname, class = "DiskError", exec_hint = "is e2fsprogs installed? (make deps)" })
+    if opts.partition then partition_table(fname, tools.sfdisk, raw, MBR_TYPE[kind]) end
     if format ~= "raw" then
       if opts.force then os.remove(path) end
       qemu_img(fname, { "convert", "-f", "raw", "-O", format, raw, path })

@@ -28,6 +28,7 @@ M.classes = {
   HMPError = "an HMP command failed (QEMU reports these as successes)",
   -- guests and consoles
   LoginFailed = "the console login did not reach a shell prompt",
+  ShellExited = "a console:run command ended the guest's shell (it is at its login prompt)",
   ConsoleOverflow = "the guest printed more than the console keeps unread",
   NotBuilt = "the default guest is not built and could not be",
   -- snapshots, checkpoints, sweeps
@@ -45,6 +46,8 @@ M.classes = {
   NotExt = "the image holds no ext2/3/4 file system to edit",
   ImageInUse = "the image is held by a running QEMU",
   CustomizeFailed = "customizing an image failed",
+  BuildFailed = "building a distribution image (mmdebstrap) failed",
+  NoKernel = "the image has no kernel in /boot",
   PluginError = "a TCG plugin could not be found, loaded or read",
   NotAKernelTree = "src= is not a Linux source tree",
   NotConfigured = "the kernel tree has no .config",

@@ -187,6 +187,7 @@ local launch_opts = {
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
   loadvm = "string", plugins = "table", restore = "string", verify = "boolean",
+  net = "boolean|table",
 }
 
 local icount_opts = {
@@ -208,6 +209,84 @@ local function icount_arg(fname, v, accel)
   spec[#spec + 1] = "sleep=" .. (v.sleep and "on" or "off")
   if v.align then spec[#spec + 1] = "align=on" end
   return table.concat(spec, ",")
+end
+
+-- net = true | {model="virtio-net-pci", forward={{host=, guest=, proto="tcp",
+-- address="127.0.0.1"}, ...}, restrict=false, hostname=}: one NIC on QEMU's
+-- user-mode network (slirp: no root, no host setup), as
+-- -nic user,model=M[,restrict=on][,hostname=H][,hostfwd=tcp:127.0.0.1:8080-:80]...
+-- Forwards listen on 127.0.0.1 unless address= says otherwise ("0.0.0.0":
+-- every interface).
+local net_opts = { model = "string", forward = "table", restrict = "boolean", hostname = "string" }
+local forward_opts = { host = "number", guest = "number", proto = "string", address = "string" }
+
+local function port(fname, what, v)
+  if math.type(v) ~= "integer" or v < 1 or v > 65535 then
+    check.bad(fname, "%s must be a port number 1..65535, got %s", what, tostring(v))
+  end
+  return v
+end
+
+local function ipv4(s)
+  local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return false end
+  for _, x in ipairs { a, b, c, d } do
+    if #x > 3 or tonumber(x) > 255 then return false end
+  end
+  return true
+end
+
+function M.net_arg(fname, net)
+  if net == true then net = {} end
+  check.options(fname .. " net", net, net_opts)
+  local model = net.model or "virtio-net-pci"
+  if not model:match("^[%w_%-]+$") then
+    check.bad(fname, "net.model %q is not a device name (e.g. \"virtio-net-pci\", \"e1000\")", model)
+  end
+  local spec = { "user", "model=" .. model }
+  if net.restrict then spec[#spec + 1] = "restrict=on" end
+  if net.hostname then
+    if not net.hostname:match("^[%w][%w%-%.]*$") or #net.hostname > 253 then
+      check.bad(fname, "net.hostname %q is not a host name (letters, digits, - and .)", net.hostname)
+    end
+    spec[#spec + 1] = "hostname=" .. net.hostname
+  end
+  if net.forward ~= nil then
+    if not is_list(net.forward) then
+      check.bad(fname, "net.forward must be a list: {{host=8080, guest=80}, ...}")
+    end
+    local seen = {}
+    for i, f in ipairs(net.forward) do
+      local what = string.format("net.forward[%d]", i)
+      if type(f) ~= "table" then check.bad(fname, "%s must be a table {host=, guest=, proto=, address=}", what) end
+      check.options(fname .. " " .. what, f, forward_opts)
+      local proto = f.proto or "tcp"
+      if proto ~= "tcp" and proto ~= "udp" then check.bad(fname, '%s.proto must be "tcp" or "udp"', what) end
+      if f.host == nil or f.guest == nil then check.bad(fname, "%s needs host= and guest= ports", what) end
+      port(fname, what .. ".host", f.host)
+      port(fname, what .. ".guest", f.guest)
+      local addr = f.address or "127.0.0.1"
+      if not ipv4(addr) then check.bad(fname, "%s.address %q is not an IPv4 address", what, addr) end
+      local k = proto .. ":" .. f.host
+      if seen[k] then check.bad(fname, "%s: host port %s/%d is forwarded twice", what, proto, f.host) end
+      seen[k] = true
+      spec[#spec + 1] = string.format("hostfwd=%s:%s:%d-:%d", proto, addr, f.host, f.guest)
+    end
+  end
+  return table.concat(spec, ",")
+end
+
+-- A launch with net= that failed: is it because this QEMU has no user
+-- networking (built without libslirp)?  Asked of the binary only then.
+local function check_user_net(fname, binary)
+  local ok, st = pcall(require("qemu.run").run, { binary, "-netdev", "help" }, { command = fname })
+  if not ok or st.code ~= 0 then return end
+  for line in st.stdout:gmatch("[^\n]+") do
+    if line:match("^%s*user%s*$") then return end
+  end
+  errors.raise { class = "LaunchFailed", command = fname,
+                 desc = binary .. " has no user networking (it was built without libslirp), which net= needs",
+                 hint = "use a QEMU built with libslirp (Debian's qemu-system-x86 is), or leave net= out" }
 end
 
 -- Hooks later modules add to launch: option name -> {check=, argv=fn(opts, ctx)}.
@@ -284,6 +363,7 @@ local function build_argv(opts, ctx)
   if opts.disks then
     for _, a in ipairs(disk_args(fname, opts.disks)) do add(a) end
   end
+  if opts.net then add("-nic", M.net_arg(fname, opts.net)) end
   if opts.loadvm then add("-loadvm", check_loadvm(fname, opts)) end
   if opts.plugins then require("qemu.plugin").launch_args(fname, opts.plugins, ctx, add) end
   if opts.extra then
@@ -349,6 +429,7 @@ function M.launch(opts)
     else
       desc = hmsg
     end
+    if st and opts.net then check_user_net(fname, argv[1]) end
     if log ~= "" then desc = desc .. ": " .. log:gsub("\n", " | ") end
     errors.from_code(fname, desc, hcode, { overrides = { timeout = "LaunchFailed", closed = "LaunchFailed",
                                                          io = "LaunchFailed", protocol = "LaunchFailed" },

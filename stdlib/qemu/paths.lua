@@ -55,6 +55,13 @@ function M.guest_dir()
   return data .. "/qshell/guest"
 end
 
+-- qshell's cache (rebuildable files: QEMU version answers, built images,
+-- the registry of backing files): $XDG_CACHE_HOME/qshell or ~/.cache/qshell.
+function M.cache_dir()
+  local base = env("XDG_CACHE_HOME") or ((env("HOME") or "/root") .. "/.cache")
+  return base .. "/qshell"
+end
+
 -- The guest builder script (build.sh OUTDIR), or nil when it is not there.
 function M.guest_builder()
   local l = M.layout()

@@ -26,10 +26,28 @@ function M.start(argv, opts)
 end
 
 -- job:finish([timeout]) -> {code=, signal=, desc=, stdout=, stderr=}
+-- With opts.progress (a function), it is called every second with the
+-- tail of the program's stderr while it runs.
 function Job:finish(timeout)
   local p, opts = self.p, self.opts
   self.done = true
-  local st, werr, wcode = p:wait(timeout or opts.timeout)
+  timeout = timeout or opts.timeout
+  local st, werr, wcode
+  if opts.progress then
+    local deadline = timeout and require("qshell.os").now() + timeout
+    repeat
+      local slice = 1
+      if deadline then slice = math.max(0, math.min(1, deadline - require("qshell.os").now())) end
+      st, werr, wcode = p:wait(slice)
+      if not st and wcode == "timeout" and (not deadline or require("qshell.os").now() < deadline) then
+        opts.progress(p:log_tail(4096))
+      else
+        break
+      end
+    until false
+  else
+    st, werr, wcode = p:wait(timeout)
+  end
   if not st then
     p:kill()
     p:close()

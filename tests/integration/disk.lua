@@ -123,13 +123,144 @@ T.test("populate: ext4 from a host directory, plain and partitioned", function()
   local pp = d.populate(tmp .. "/popp.raw", { from = src, partition = true, size = "20M", format = "raw" })
   code, out = T.sh("sfdisk -d " .. pp)
   T.match(out, "start=%s*2048")
-  T.eq(d.info(pp).virtual_size, 21 << 20)
+  T.eq(d.info(pp).virtual_size, 20 << 20, "size= is the disk's size, partition included")
   T.raises(function() d.populate(tmp .. "/x.qcow2", { from = tmp .. "/nodir" }) end, "BadArgument", "not a directory")
-  T.raises(function() d.populate(tmp .. "/x.qcow2", { from = src, fs = "vfat" }) end, "BadArgument", "not supported")
+  T.raises(function() d.populate(tmp .. "/x.qcow2", { from = src, fs = "btrfs" }) end, "BadArgument", "not supported")
   assert(T.sh("head -c 3000000 /dev/urandom > " .. src .. "/big") == 0)
   local e = T.raises(function() d.populate(tmp .. "/x.qcow2", { from = src, size = "1M" }) end, "DiskError")
   T.match(e.hint, "larger size=")
   T.ok(not T.exists(tmp .. "/x.qcow2"), "nothing left after a failure")
+end)
+
+T.test("populate: size= is the disk's size, the partition fills the rest", function()
+  local src = tmp .. "/tree3"
+  assert(T.sh("mkdir -p " .. src .. " && echo three > " .. src .. "/f") == 0)
+  local p = d.populate(tmp .. "/three.raw", { from = src, size = "3G", partition = true, format = "raw" })
+  T.eq(d.info(p).virtual_size, 3 << 30)
+  local _, out = T.sh("sfdisk -d " .. p)
+  T.match(out, "start=%s*2048, size=%s*" .. ((3 << 30) - (1 << 20)) // 512 .. ", type=83")
+  -- the filesystem at the partition's offset (unix_io's "?offset=")
+  local code, cat = T.sh("debugfs -R 'cat /f' '" .. p .. "?offset=1048576'")
+  T.eq(code, 0)
+  T.match(cat, "three")
+  -- unpartitioned: the filesystem is the whole disk
+  local q = d.populate(tmp .. "/three.qcow2", { from = src, size = "3G" })
+  T.eq(d.info(q).virtual_size, 3 << 30)
+  T.raises(function() d.populate(tmp .. "/tiny.raw", { from = src, size = "1M", partition = true }) end,
+           "BadArgument", "no room")
+end)
+
+-- A tree with what FAT holds: long names, spaces, a subdirectory, a link
+-- (copied as its file), an empty directory.
+local function fat_src(name)
+  local src = tmp .. "/" .. name
+  assert(T.sh("mkdir -p " .. src .. "/sub/deep " .. src .. "/empty && printf 'hello\\n' > " .. src .. "/a.txt" ..
+              " && printf 'spaces and a long name\\n' > '" .. src .. "/A long name, with spaces.txt'" ..
+              " && printf 'deep\\n' > " .. src .. "/sub/deep/f.bin && ln -s a.txt " .. src .. "/link") == 0)
+  return src
+end
+
+T.test("populate fs=\"vfat\": files, names, label read back with mtools", function()
+  local src = fat_src("fat1")
+  local p = d.populate(tmp .. "/fat.raw", { from = src, fs = "vfat", label = "cidata", format = "raw" })
+  T.eq(d.info(p).format, "raw")
+  T.ok(d.info(p).virtual_size >= 16 << 20, "default size")
+  local code, out = T.sh("mtype -i " .. p .. " ::/a.txt")
+  T.eq(code, 0)
+  T.eq(out, "hello\n")
+  T.eq(select(2, T.sh("mtype -i " .. p .. " '::/A long name, with spaces.txt'")), "spaces and a long name\n")
+  T.eq(select(2, T.sh("mtype -i " .. p .. " ::/sub/deep/f.bin")), "deep\n")
+  T.eq(select(2, T.sh("mtype -i " .. p .. " ::/link")), "hello\n", "a link is copied as its file")
+  code, out = T.sh("mdir -i " .. p .. " ::/")
+  T.match(out, "empty%s+<DIR>")
+  T.match(out, "A long name, with spaces%.txt")
+  -- FAT stores the label in upper case
+  code, out = T.sh("mlabel -s -i " .. p .. " ::")
+  T.match(out, "Volume label is CIDATA%s*$")
+  code, out = T.sh("blkid -o value -s LABEL " .. p)
+  T.eq(out, "CIDATA\n")
+  code, out = T.sh("blkid -o value -s TYPE " .. p)
+  T.eq(out, "vfat\n")
+  -- qcow2 (the default format) and the alias fs="fat"
+  local q = d.populate(tmp .. "/fat.qcow2", { from = src, fs = "fat", size = "40M" })
+  T.eq(d.info(q).format, "qcow2")
+  T.eq(d.info(q).virtual_size, 40 << 20)
+  assert(T.sh("qemu-img convert -O raw " .. q .. " " .. tmp .. "/fatq.raw") == 0)
+  T.eq(select(2, T.sh("mtype -i " .. tmp .. "/fatq.raw ::/sub/deep/f.bin")), "deep\n")
+end)
+
+T.test("populate fs=\"vfat\" partition=true: an MBR partition of type 0x0c at 1 MiB", function()
+  local src = fat_src("fat2")
+  local p = d.populate(tmp .. "/fatp.qcow2", { from = src, fs = "vfat", fat = 32, partition = true,
+                                               size = "64M", label = "ESP" })
+  T.eq(d.info(p).virtual_size, 64 << 20)
+  local raw = tmp .. "/fatp.raw"
+  assert(T.sh("qemu-img convert -O raw " .. p .. " " .. raw) == 0)
+  local _, out = T.sh("sfdisk -d " .. raw)
+  T.match(out, "start=%s*2048, size=%s*" .. (63 << 20) // 512 .. ", type=c\n")
+  T.eq(select(2, T.sh("mtype -i " .. raw .. "@@1M ::/a.txt")), "hello\n")
+  T.eq(select(2, T.sh("mtype -i " .. raw .. "@@1M ::/sub/deep/f.bin")), "deep\n")
+  T.match(select(2, T.sh("mlabel -s -i " .. raw .. "@@1M ::")), "Volume label is ESP")
+  -- a FAT32 boot sector, its hidden sectors the 2048 before the partition
+  local f = assert(io.open(raw, "rb"))
+  f:seek("set", 1 << 20)
+  local boot = f:read(512)
+  f:close()
+  T.eq(boot:sub(83, 87), "FAT32")
+  T.eq(string.unpack("<I4", boot, 29), 2048)
+  -- FAT16 (what mkfs.fat picks for a small disk) is type 0x0e
+  local p16 = d.populate(tmp .. "/fat16.raw", { from = src, fs = "vfat", partition = true, size = "40M",
+                                                format = "raw" })
+  T.match(select(2, T.sh("sfdisk -d " .. p16)), "type=e\n")
+end)
+
+T.test("populate: labels and trees a filesystem cannot hold are refused before anything is written", function()
+  local src = fat_src("fat3")
+  local function bad(opts, pattern, class)
+    opts.from = opts.from or src
+    T.raises(function() d.populate(tmp .. "/bad.raw", opts) end, class or "BadArgument", pattern)
+    T.ok(not T.exists(tmp .. "/bad.raw"), "nothing written")
+  end
+  bad({ fs = "vfat", label = "TWELVE_CHARS" }, "longer than 11")
+  bad({ fs = "vfat", label = "a.b" }, "FAT label")
+  bad({ fs = "vfat", label = "caf\xc3\xa9" }, "FAT label")
+  bad({ fs = "ext4", label = "seventeen_chars_x" }, "longer than 16")
+  bad({ fs = "ext4", label = "" }, "empty")
+  bad({ fs = "ext4", fat = 32 }, "fat= goes with")
+  bad({ fs = "vfat", fat = 24 }, "12, 16 or 32")
+  -- trees FAT cannot hold: a shell line that makes one in @, what the error says
+  for _, c in ipairs {
+    { "clash", "mkdir -p @/d && echo 1 > @/d/Readme && echo 2 > @/d/README", "d/Readme differs only in case from README" },
+    { "colon", "mkdir -p @ && echo 1 > '@/a:b'", "a:b has one of the characters" },
+    { "fifo", "mkdir -p @ && mkfifo @/p", "special file" },
+    { "dangling", "mkdir -p @ && ln -s nowhere @/l", "dangling" },
+    { "dirlink", "mkdir -p @/d && ln -s d @/l", "link to a directory" },
+  } do
+    local dir = tmp .. "/" .. c[1]
+    assert(T.sh((c[2]:gsub("@", dir))) == 0)
+    bad({ fs = "vfat", from = dir }, c[3])
+  end
+  -- too small for the files: mcopy's "Disk full", with the fix
+  local big = tmp .. "/bigfat"
+  assert(T.sh("mkdir -p " .. big .. " && head -c 3000000 /dev/urandom > " .. big .. "/big") == 0)
+  local e = T.raises(function() d.populate(tmp .. "/bad.raw", { from = big, fs = "vfat", size = "2M", format = "raw" }) end,
+                     "DiskError", "Disk full")
+  T.match(e.hint, "larger size=")
+  T.ok(not T.exists(tmp .. "/bad.raw"), "nothing left after a failure")
+end)
+
+T.test("populate fs=\"vfat\" without mtools: MissingTool naming the package", function()
+  local empty = tmp .. "/nopath"
+  assert(T.sh("mkdir -p " .. empty) == 0)
+  local code, out = T.sh("PATH=" .. empty .. " ./qshell -e '" ..
+    "local ok, e = pcall(qemu.disk.populate, \"" .. tmp .. "/nomt.raw\", {from=\"" .. tmp .. "\", fs=\"vfat\", format=\"raw\"}) " ..
+    "print(e.class, e.desc, e.hint)'")
+  T.eq(code, 0, out)
+  T.match(out, "^MissingTool")
+  T.match(out, "mcopy")
+  T.match(out, "package mtools")
+  T.match(out, "apt%-get install mtools")
+  T.ok(not T.exists(tmp .. "/nomt.raw"), "nothing written")
 end)
 
 T.test("nbd_attach: a clear error when the nbd module is missing", function()

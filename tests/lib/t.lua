@@ -18,6 +18,15 @@ function T.cleanup(fn)
   cleanups[#cleanups + 1] = fn
 end
 
+-- T.keep(vm) -> vm: a VM the file's tests share (a guest that takes long to
+-- boot); it outlives each test and is closed after the last.
+local kept = {}
+function T.keep(vm)
+  kept[vm] = true
+  cleanups[#cleanups + 1] = function() vm:close() end
+  return vm
+end
+
 function T.test(name, fn)
   tests[#tests + 1] = { name = name, fn = fn }
 end
@@ -131,7 +140,9 @@ function T.run()
         io.stderr:write(string.format("  FAIL %s: %s: %s\n", script, t.name, err))
       end
       -- A test must not leave VMs behind for the next one.
-      for _, vm in ipairs(qemu.vms()) do pcall(vm.close, vm) end
+      for _, vm in ipairs(qemu.vms()) do
+        if not kept[vm] then pcall(vm.close, vm) end
+      end
     end
   end
   for _, fn in ipairs(cleanups) do

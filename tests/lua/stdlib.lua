@@ -60,6 +60,55 @@ T.test("qshell.os: mkdir with parents, mkdir of an existing dir, rename", functi
   T.ok(fs.exists(tmp .. "/file2") and not fs.exists(tmp .. "/file"))
 end)
 
+T.test("qshell.os: diff_blocks gives the changed blocks and reads only data", function()
+  -- files with holes: bytes written at offsets, then extended to a size
+  local function make(p, writes, size)
+    local f = assert(io.open(p, "wb"))
+    for _, w in ipairs(writes) do
+      f:seek("set", w[1])
+      f:write(w[2])
+    end
+    f:close()
+    if size then T.eq((T.sh("truncate -s " .. size .. " " .. p)), 0) end
+    return p
+  end
+  local MiB = 1 << 20
+  local same = string.rep("x", 8192)
+  local a = make(tmp .. "/da", { { MiB, same } }, "64M")
+  local b = make(tmp .. "/db", {
+    { MiB, same }, { MiB + 5, "y" }, { MiB + 4097, "y" }, -- two adjacent blocks: one range
+    { 40 * MiB + 100, string.rep("z", 100) },             -- data where a has a hole
+    { 50 * MiB, string.rep("\0", 4096) },                -- zeros written where a has a hole: equal
+  }, "64M")
+  local r, n = sys.diff_blocks(a, b)
+  T.eq(#r, 2)
+  T.eq(r[1][1], MiB)
+  T.eq(r[1][2], 8192)
+  T.eq(r[2][1], 40 * MiB)
+  T.eq(r[2][2], 4096)
+  T.ok(n < MiB, "the holes of two 64 MiB files are not read: read " .. n)
+  T.eq(#sys.diff_blocks(a, a), 0)
+  -- past the end of the shorter file is zeros; the last block is cut at the end
+  local c = make(tmp .. "/dc", { { MiB, same }, { 64 * MiB + 10, "tail" } })
+  r = sys.diff_blocks(a, c)
+  T.eq(#r, 1)
+  T.eq(r[1][1], 64 * MiB)
+  T.eq(r[1][2], 14)
+  T.eq(#sys.diff_blocks(a, make(tmp .. "/dd", { { MiB, same } }, "32M")), 0, "a shorter file of zeros")
+  -- block sizes other than 4096
+  local x, y = make(tmp .. "/dx", { { 0, "abcdef" } }), make(tmp .. "/dy", { { 0, "abXdeY" } })
+  r = sys.diff_blocks(x, y, 1)
+  T.eq(#r, 2)
+  T.eq(r[1][1] .. "+" .. r[1][2] .. "," .. r[2][1] .. "+" .. r[2][2], "2+1,5+1")
+  r = sys.diff_blocks(x, y, 4)
+  T.eq(r[1][1] .. "+" .. r[1][2], "0+6")
+  local none, msg, code = sys.diff_blocks(tmp .. "/nope", a)
+  T.eq(none, nil)
+  T.match(msg, "nope")
+  T.eq(code, "io")
+  T.ok(not pcall(sys.diff_blocks, a, b, 0), "a block size of 0 is misuse")
+end)
+
 T.test("qemu.fs: atomic write, append, slurp errors are tables, abspath", function()
   local p = tmp .. "/w.txt"
   fs.write(p, "one\n")

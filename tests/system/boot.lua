@@ -156,6 +156,8 @@ T.test("vm:attach through a pseudo-terminal", function()
     print(before == after and "MODE-RESTORED" or ("MODE-CHANGED " .. before .. " " .. after))
     -- what we typed reached the guest
     print("GUEST-SAW", vm.console:run("cat /tmp/typed"))
+    -- a resize while a program ran reached the shell, not the program
+    print("GUEST-CAT", vm.console:run("cat /tmp/catin"))
   ]])
   f:close()
   local ptys = tmp .. "/attach.pty"
@@ -171,10 +173,20 @@ resize 40 120
 sleep 500
 send stty size\r
 expect 40 120
+send cat > /tmp/catin\r
+sleep 500
+resize 50 130
+sleep 500
+send hello\r
+send \x04
+sleep 500
+send stty size\r
+expect 50 130
 send \x1d
 expect detached
 expect MODE-RESTORED
 expect GUEST-SAW	typed-text
+expect GUEST-CAT	hello
 wait 0
 ]])
   f:close()

@@ -106,10 +106,100 @@ static void test_fork_copy_is_inert(void)
     close(peer);
 }
 
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        return strdup("");
+    }
+    char *buf = calloc(1, 65536);
+    size_t n = fread(buf, 1, 65535, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static void put_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Does s end with suffix? */
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/*
+ * console:log(path) appends: each log starts on a line of its own (the
+ * previous boot's "login: " is ended first), and a line still open when
+ * the log is switched, or when the guest goes away, is ended too.
+ */
+static void test_log_lines(void)
+{
+    char dir[256];
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/qshell-test-console-XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    char a[300], b[300], e[300];
+    snprintf(a, sizeof a, "%s/a.log", dir);
+    snprintf(b, sizeof b, "%s/b.log", dir);
+    snprintf(e, sizeof e, "%s/empty.log", dir);
+    put_file(a, "boot 1\nlogin: ");
+    put_file(e, "");
+
+    int peer;
+    struct qs_console *c = open_pair(&peer);
+    size_t have = 0;
+    CHECK_INT(console_set_log(c, a), 0);
+    CHECK_INT(write(peer, "boot 2\nlogin: ", 14), 14);
+    CHECK_INT(console_wait(c, have += 13, 2, NULL), 0);
+    /* switched while "login: " is open: a ends the line; b was new */
+    CHECK_INT(console_set_log(c, b), 0);
+    CHECK_INT(write(peer, "x\n", 2), 2);
+    CHECK_INT(console_wait(c, have += 2, 2, NULL), 0);
+    char *s = slurp(a);
+    CHECKF(strncmp(s, "boot 1\nlogin: \n[", 16) == 0, "a.log starts \"%.40s\"", s);
+    CHECKF(strstr(s, "] boot 2\n[") && ends_with(s, "] login: \n"), "a.log is \"%s\"", s);
+    free(s);
+    /* the same file again while a line is open: one newline, not two */
+    CHECK_INT(write(peer, "part", 4), 4);
+    CHECK_INT(console_wait(c, have += 4, 2, NULL), 0);
+    CHECK_INT(console_set_log(c, b), 0);
+    /* an empty file gets nothing before its first line */
+    CHECK_INT(console_set_log(c, e), 0);
+    CHECK_INT(write(peer, "last: ", 6), 6);
+    CHECK_INT(console_wait(c, have += 6, 2, NULL), 0);
+    /* the guest goes away mid-line: the line is ended */
+    close(peer);
+    CHECK_INT(console_wait(c, have + 10, 2, NULL), -1);
+    console_close(c);
+    s = slurp(b);
+    CHECKF(s[0] == '[' && ends_with(s, "] x\n") == 0 && ends_with(s, "] part\n") &&
+               strstr(s, "\n\n") == NULL,
+           "b.log is \"%s\"", s);
+    free(s);
+    s = slurp(e);
+    CHECKF(s[0] == '[' && ends_with(s, "] last: \n") && strchr(s, '\n') == s + strlen(s) - 1,
+           "empty.log is \"%s\"", s);
+    free(s);
+    unlink(a);
+    unlink(b);
+    unlink(e);
+    rmdir(dir);
+}
+
 static const struct unit_test tests[] = {
     {"output, waits, send, EOF", test_output_and_wait},
     {"Ctrl-C ends a wait", test_interrupt},
     {"fork: a copy's close leaves the parent's console working", test_fork_copy_is_inert},
+    {"log: each log and each boot starts on its own line", test_log_lines},
 };
 
 int main(int argc, char **argv)
