@@ -145,8 +145,9 @@ mount --bind "$root/dev/pts/ptmx" "$root/dev/ptmx"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount --bind "$archives" "$root/var/cache/apt/archives"
 # The tests cache what does not change outside the checkout (QEMU 10.0
-# packages, QEMU source and its build): shared with the host, like apt archives.
-for d in qemu qemu-src; do
+# packages, QEMU source and its build, the Debian image of the distro tier):
+# shared with the host, like apt archives.
+for d in qemu qemu-src images; do
     mkdir -p "$qcache/$d" "$root/root/.cache/qshell/$d"
     mount --bind "$qcache/$d" "$root/root/.cache/qshell/$d"
 done

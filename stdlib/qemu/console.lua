@@ -251,7 +251,12 @@ function Console:run(cmd, opts)
   end, timeout)
   if not ok then
     local err = buf
-    if errors.is(err, "Timeout") or err == "interrupted!" or errors.is(err, "Interrupted") then
+    -- Ctrl-C arrives as the interrupt hook's "...: interrupted!" string
+    -- (or an Interrupted error from a wait in C)
+    if type(err) == "string" and err:match("interrupted!$") then
+      err = errors.new { class = "Interrupted", command = what, desc = "interrupted!" }
+    end
+    if errors.is(err, "Timeout") or errors.is(err, "Interrupted") then
       local why = self:_interrupt(id)
       if type(err) == "table" then
         err.desc = err.desc .. (why and ("\nthe command could not be interrupted: " .. why)
@@ -278,14 +283,20 @@ function Console:run(cmd, opts)
 end
 
 local login_opts = { user = "string", password = "string", timeout = check.nonneg,
-                     login_prompt = "string", prompt = "string", setup = "boolean" }
+                     login_prompt = "string", prompt = "string", setup = "boolean", wait_boot = "boolean" }
+
+-- On a systemd guest, until the boot is over: services still starting
+-- write to the console themselves (cloud-init, systemd's status lines),
+-- and what they write is no kernel message the log level can hold back.
+local WAIT_BOOT = "[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && " ..
+                  "systemctl is-system-running --wait >/dev/null 2>&1; true"
 
 -- What every login sets up in the guest's shell: no pager (systemctl and
 -- git would wait in less), no bracketed paste.  Quiet when a shell lacks it.
 local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " ..
               "bind 'set enable-bracketed-paste off' 2>/dev/null; true"
 
--- console:login{user=, password=, timeout=, login_prompt=, prompt=, setup=true}
+-- console:login{user=, password=, timeout=, login_prompt=, prompt=, setup=true, wait_boot=true}
 -- Logs in at the login prompt: a fresh one, one a script already waited
 -- for (expect), or none at all when a getty logged in by itself
 -- ("(automatic login)") or a shell prompt is already waiting.
@@ -354,6 +365,7 @@ function Console:login(opts)
   self:flush()
   self._shell_ready = true
   if opts.setup ~= false then self:run(SETUP, { timeout = timeout }) end
+  if opts.wait_boot ~= false then self:run(WAIT_BOOT, { timeout = math.max(timeout, 300) }) end
 end
 
 -- console:log(path | nil): append everything the guest prints from now on,

@@ -25,10 +25,14 @@ local M = {}
 -- What every image gets: an init, a kernel and an initrd that finds disks
 -- on IDE and virtio, and what the network setup needs.
 local BASE_PACKAGES = { "systemd-sysv", "udev", "linux-image-cloud-amd64", "initramfs-tools",
-                        "iproute2", "dbus" }
+                        "iproute2", "dbus", "e2fsprogs" }
+-- What a package needs to work on first boot that Debian does not pull
+-- in (mmdebstrap installs no Recommends): cloud-init's locale module runs
+-- update-locale, its resizefs module resize2fs (e2fsprogs, in every image).
+local COMPANIONS = { ["cloud-init"] = { "locales" } }
 local ROOT_LABEL = "qshell-root"
 -- Bump when the image layout changes: cached images are rebuilt.
-local LAYOUT = 1
+local LAYOUT = 2
 
 local function validate_users(v)
   if type(v) ~= "table" then return false, "must be a list of {name=, password=, groups=, shell=}" end
@@ -303,7 +307,10 @@ function M.build(opts)
     if p ~= "linux-image-cloud-amd64" then pk[#pk + 1] = p end
   end
   pk[#pk + 1] = opts.kernel_package
-  for _, p in ipairs(opts.packages) do pk[#pk + 1] = p end
+  for _, p in ipairs(opts.packages) do
+    pk[#pk + 1] = p
+    for _, c in ipairs(COMPANIONS[p] or {}) do pk[#pk + 1] = c end
+  end
   local argv = { "mmdebstrap", "--mode=root", "--variant=apt", "--include=" .. table.concat(pk, ","),
                  opts.suite, tree }
   if opts.mirror then argv[#argv + 1] = opts.mirror end

@@ -138,6 +138,12 @@ function M.launch(opts)
   if opts.console == false and opts.login ~= false then
     check.bad("qemu.guest.launch", "logging in needs the console: with console=false pass login=false too")
   end
+  -- Another image booted with a kernel of its own: none of the default
+  -- guest's settings (its prompt names its host) apply.
+  local other = opts.system and not opts.guest and opts.kernel
+  if other then
+    g = { user = "root", login_prompt = "login: ", prompt = "# ", memory = "1G" }
+  end
   local system = opts.system or M.overlay(nil, g)
   lopts.kernel = lopts.kernel or g.kernel
   lopts.initrd = lopts.initrd or g.initrd

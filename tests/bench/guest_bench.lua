@@ -58,15 +58,20 @@ local function run_rm(path)
   assert(os.execute("rm -rf -- '" .. path:gsub("'", "'\\''") .. "'"))
 end
 
+-- BENCH_GUEST=DIR: the argv, boot and rt modes use the guest in DIR
+-- (qemu.guest.load; e.g. the Debian image of the distro tier) instead of
+-- the default one.
+local guest = os.getenv("BENCH_GUEST") and qemu.guest.load(os.getenv("BENCH_GUEST")) or nil
+
 local function fresh_overlay(path)
   os.remove(path)
-  qemu.guest.overlay(path) -- qemu-img create -q -f qcow2 -F qcow2 -b system.qcow2 path
+  qemu.guest.overlay(path, guest) -- qemu-img create -q -f qcow2 -F qcow2 -b system.qcow2 path
 end
 
 if mode == "argv" then
   local path = assert(arg[2], "argv OVERLAY")
   fresh_overlay(path)
-  local vm <close> = qemu.guest.launch { login = false, system = path }
+  local vm <close> = qemu.guest.launch { login = false, system = path, guest = guest }
   for _, a in ipairs(vm.argv) do
     assert(not a:find("\n"), "argv word with a newline")
     print(a)
@@ -80,14 +85,35 @@ elseif mode == "boot" then
   local with_insn = arg[3] == "insn"
   fresh_overlay(path)
   local t0 = now()
-  local vm <close> = qemu.guest.launch { login = false, system = path,
+  local vm <close> = qemu.guest.launch { login = false, system = path, guest = guest,
                                          plugins = with_insn and { { name = "insn" } } or nil }
-  vm.console:expect("login: ", 120)
+  vm.console:expect("login: ", 180)
   local dt = (now() - t0) * 1e6
   vm:quit()
   local insns = with_insn and vm:plugin_result("insn").total or 0
   os.remove(path)
   print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1 insns=%d", dt, dt, dt, insns))
+elseif mode == "rt" then
+  -- rt ROUNDS K: the guest booted and logged in, then ROUNDS rounds of K
+  -- vm.console:run("true"); prints the round medians as "median_us=..."
+  local rounds, k = tonumber(arg[2]), tonumber(arg[3])
+  assert(rounds and k, "rt ROUNDS K")
+  local vm <close> = qemu.guest.launch { guest = guest }
+  for _ = 1, 5 do vm.console:run("true") end
+  local meds = {}
+  for r = 1, rounds do
+    local t = {}
+    for i = 1, k do
+      local t0 = now()
+      vm.console:run("true")
+      t[i] = (now() - t0) * 1e6
+    end
+    table.sort(t)
+    meds[r] = t[(k + 1) // 2]
+  end
+  table.sort(meds)
+  local m = meds[(rounds + 1) // 2]
+  print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=%d", m, m, meds[1], rounds * k))
 elseif mode == "snapshot" then
   local rounds, k, sock, client = tonumber(arg[2]), tonumber(arg[3]), arg[4], arg[5]
   assert(rounds and k and sock and client, "snapshot ROUNDS K SOCKET SNAPCLIENT")

@@ -16,7 +16,8 @@
 # round), BENCH_BOOT_ROUNDS (5 rounds of one boot per side), BENCH_SNAP (6
 # savevm+loadvm per side per round), BENCH_SWEEP_N (16 runs per sweep),
 # BENCH_SWEEP_ROUNDS (3 rounds of the three sweeps), BENCH_RESTORE_ROUNDS (5
-# rounds of one restore per side), BENCH_ONLY="startup qmp_rt" (a subset),
+# rounds of one restore per side), BENCH_ONLY="startup qmp_rt" (a subset;
+# "distro" builds the Debian image of the distro tier once, ~2.5 min),
 # BENCH_VERBOSE=1 (rounds).
 
 # The command arrays are passed to `alternate` by name (local -n).
@@ -167,22 +168,48 @@ need_guest() {
 
 bench_boot() {
     need_guest
-    section "guest boot to login prompt: qemu.guest.launch{login=false} + expect(\"login: \") vs a C harness on the same argv ($BOOT_ROUNDS x 1 boot)"
+    boot_vs_harness "guest" "$ROOT/build/guest"
+}
+
+# boot_vs_harness NAME GUESTDIR: qshell's boot to the login prompt against
+# the C harness on the same argv (BENCH_GUEST selects the guest).
+boot_vs_harness() {
+    local name=$1 dir=$2
+    section "$name boot to login prompt: qemu.guest.launch{login=false} + expect(\"login: \") vs a C harness on the same argv ($BOOT_ROUNDS x 1 boot)"
     local overlay=$OUT/boot-overlay.qcow2 argv
     # The exact argv of a qshell launch on that overlay path; both sides
     # re-create the overlay before each boot, outside the timed region.
-    mapfile -t argv < <("$QSHELL" tests/bench/guest_bench.lua argv "$overlay")
+    mapfile -t argv < <(BENCH_GUEST=$dir "$QSHELL" tests/bench/guest_bench.lua argv "$overlay")
     [ "${#argv[@]}" -gt 10 ] || die "could not read the guest's argv from qshell"
     if [ "$VERBOSE" = 1 ]; then echo "    argv: ${argv[*]}"; fi
-    local hc=("$OUT/bootharness" "$overlay" "$ROOT/build/guest/system.qcow2" "${argv[@]}")
-    local qs=("$QSHELL" tests/bench/guest_bench.lua boot "$overlay")
+    local hc=("$OUT/bootharness" "$overlay" "$dir/system.qcow2" "${argv[@]}")
+    local qs=(env BENCH_GUEST="$dir" "$QSHELL" tests/bench/guest_bench.lua boot "$overlay")
     local ROUNDS=$BOOT_ROUNDS
     alternate "qshell boot" qs "C harness boot" hc
     local q=$A_MED c=$B_MED r
     r=$(ratio "$q" "$c")
-    printf 'guest boot to login prompt: qshell %.2f s, harness %.2f s, ratio %sx (target <= 1.05x) %s\n' \
-        "$(awk -v v="$q" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$c" 'BEGIN { print v / 1e6 }')" \
+    printf '%s boot to login prompt: qshell %.2f s, harness %.2f s, ratio %sx (target <= 1.05x) %s\n' \
+        "$name" "$(awk -v v="$q" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$c" 'BEGIN { print v / 1e6 }')" \
         "$r" "$(verdict "$r <= 1.05")"
+}
+
+# The Debian 12 image of the distro tier (built once, cached): its boot
+# against the C harness, and console:run("true") on it and on the busybox
+# guest (bash and systemd vs busybox ash: the same protocol, another shell).
+bench_distro() {
+    need_guest
+    local dir out
+    dir=$("$QSHELL" -e 'print(qemu.image.build(dofile("tests/lib/distro_spec.lua")).dir)') ||
+        die "cannot build the Debian image"
+    boot_vs_harness "Debian 12" "$dir"
+    section "console:run(\"true\") round trip, logged in (3 rounds x 50, median)"
+    local d b
+    out=$(BENCH_GUEST=$dir "$QSHELL" tests/bench/guest_bench.lua rt 3 50) || die "rt on Debian failed: $out"
+    d=$(sed -n 's/^median_us=\([0-9.]*\).*/\1/p' <<<"$out")
+    out=$("$QSHELL" tests/bench/guest_bench.lua rt 3 50) || die "rt on the default guest failed: $out"
+    b=$(sed -n 's/^median_us=\([0-9.]*\).*/\1/p' <<<"$out")
+    printf 'run("true"): Debian 12 (bash) %s ms, default guest (busybox ash) %s ms, ratio %sx\n' \
+        "$(ms "$d")" "$(ms "$b")" "$(ratio "$d" "$b")"
 }
 
 bench_snapshot() {
@@ -416,7 +443,7 @@ bench_checkpoint() {
     done
 }
 
-BENCHES=(startup qmp_rt launch boot snapshot plugin sweep restore checkpoint)
+BENCHES=(startup qmp_rt launch boot snapshot plugin sweep restore checkpoint distro)
 
 build
 start=$SECONDS

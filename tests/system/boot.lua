@@ -194,4 +194,27 @@ wait 0
   T.eq(code, 0, "ptyrun: " .. out .. err)
 end)
 
+T.test("Ctrl-C during console:run interrupts the guest command too; the next run() works", function()
+  local script = tmp .. "/ctrlc.lua"
+  local ready = tmp .. "/ctrlc.ready"
+  local f = assert(io.open(script, "w"))
+  f:write(string.format([[
+    local vm <close> = qemu.guest.launch{}
+    io.open(%q, "w"):close()
+    local ok, e = pcall(vm.console.run, vm.console, "sleep 100; echo not-interrupted", { timeout = 60 })
+    print("CAUGHT", ok, tostring(e))
+    print("AFTER", vm.console:run("echo after"))
+    print("PS", (vm.console:run("ps | grep -c 'sleep 100'")))
+  ]], ready))
+  f:close()
+  local code, out = T.sh(string.format(
+    "./qshell run %s & p=$!; for i in $(seq 600); do [ -e %s ] && break; sleep 0.1; done; sleep 1; kill -INT $p; wait $p",
+    script, ready))
+  T.eq(code, 0, out)
+  T.match(out, "CAUGHT\tfalse\t[^\n]*interrupted")
+  T.match(out, "AFTER\tafter\t0")
+  -- only the grep itself matches: the sleep is gone
+  T.match(out, "PS\t1\n")
+end)
+
 T.run()
