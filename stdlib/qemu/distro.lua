@@ -32,7 +32,7 @@ local BASE_PACKAGES = { "systemd-sysv", "udev", "linux-image-cloud-amd64", "init
 local COMPANIONS = { ["cloud-init"] = { "locales" } }
 local ROOT_LABEL = "qshell-root"
 -- Bump when the image layout changes: cached images are rebuilt.
-local LAYOUT = 2
+local LAYOUT = 3
 
 local function validate_users(v)
   if type(v) ~= "table" then return false, "must be a list of {name=, password=, groups=, shell=}" end
@@ -125,6 +125,38 @@ local function build_failure(st, opts)
                  desc = "mmdebstrap " .. st.desc .. ":\n" .. table.concat(lines, "\n", math.max(1, #lines - 9)) }
 end
 
+-- A package name that does not exist, found in a second, not after
+-- mmdebstrap's minute: when the suite is the host's own and no mirror= is
+-- given, the host's apt lists know the same packages (when they are fresh:
+-- they must know systemd-sysv).
+local function precheck_packages(opts, what)
+  if opts.mirror or #opts.packages == 0 or not run.which("apt-cache") then return end
+  local rel = files.read("/etc/os-release") or ""
+  if rel:match("VERSION_CODENAME=([%w%-]+)") ~= opts.suite then return end
+  local argv = { "apt-cache", "policy", "systemd-sysv" }
+  for _, p in ipairs(opts.packages) do argv[#argv + 1] = p end
+  local st = run.run(argv, { command = what })
+  if st.code ~= 0 then return end
+  local known = {}
+  local name
+  for line in st.stdout:gmatch("[^\n]+") do
+    local n = line:match("^(%S+):$")
+    if n then name = n end
+    local cand = line:match("^%s+Candidate: (.+)$")
+    if name and cand then known[name] = cand ~= "(none)" end
+  end
+  if not known["systemd-sysv"] then return end  -- stale or empty lists: let mmdebstrap say
+  for _, p in ipairs(opts.packages) do
+    if not known[p] then
+      errors.raise { class = "BuildFailed", command = what,
+                     desc = string.format("package %s does not exist in %s (the host's apt lists for %s do not know it)",
+                                          p, opts.suite, opts.suite),
+                     hint = "check the name with `apt-cache search " .. p .. "`; a package of another component " ..
+                            "or archive needs mirror=" }
+    end
+  end
+end
+
 -- The newest of a list of "vmlinuz-VERSION" names: Debian version order
 -- is close enough to comparing the numeric fields in turn.
 local function newest(names, prefix)
@@ -205,6 +237,13 @@ local function configure(tree, opts, what)
                      desc = string.format("cannot add user %s: %s", u.name, (st.stderr:gsub("%s+$", ""))) }
     end
     if u.password then set_password(u.name, u.password) end
+  end
+  if files.is_file(tree .. "/usr/sbin/locale-gen") then
+    -- The locale cloud images have (and cloud-init sets: update-locale
+    -- refuses a locale that is not generated).
+    local gen = files.read(tree .. "/etc/locale.gen") or ""
+    files.write(tree .. "/etc/locale.gen", gen .. "en_US.UTF-8 UTF-8\n", what)
+    chroot({ "locale-gen" })
   end
   if opts.network then
     -- systemd-networkd with DHCP on every ethernet link: `net=true` on
@@ -299,6 +338,11 @@ function M.build(opts)
                    desc = "building a system disk needs root (mmdebstrap's root mode, to own the files as root)",
                    hint = "run it once as root (sudo qshell run ...); the image it makes needs no root to boot" }
   end
+  precheck_packages(opts, what)
+  local created = not files.is_dir(out)
+  local function drop_out()
+    if created then run.run({ "rm", "-rf", "--", out }, { command = what }) end
+  end
   files.mkdir_p(out, what)
   os.remove(stamp)
   local tree = files.scratch() .. "/image-tree"
@@ -335,6 +379,7 @@ function M.build(opts)
   os.remove(empty)
   if st.code ~= 0 then
     run.run({ "rm", "-rf", tree }, { command = what })
+    drop_out()
     build_failure(st, opts)
   end
   local ok, err = pcall(function()
@@ -364,7 +409,10 @@ function M.build(opts)
     }, what)
   end)
   run.run({ "rm", "-rf", tree }, { command = what })
-  if not ok then error(err, 0) end
+  if not ok then
+    drop_out()
+    error(err, 0)
+  end
   files.write(stamp, key, what)
   return require("qemu.guest").load(out)
 end

@@ -431,7 +431,10 @@ The Lua API (README.md has the manual):
   vm:status() vm:pause() vm:cont() vm:quit() vm:kill() vm:wait() vm:close() vm:attach()
   vm:savevm(tag, {replace=}) vm:loadvm(tag) vm:delvm(tag) vm:snapshots()
   vm.console:run(cmd) vm.console:expect(pattern, timeout) vm.console:send(text) vm.console:log(path)
+  vm.console:login{user=, password=}  qemu.launch{net=true|{forward={{host=, guest=}}}}
   qemu.disk.create/info/amend/convert/resize/overlay/snapshots/delete_snapshot/populate/nbd_attach
+  qemu.image.build{suite=, packages=} -> guest  qemu.image.kernel(image)  qemu.image.cloud_init{out=}
+  qemu.image.customize(path, {...})  qemu.guest.load(dir)  qemu.guest.launch{guest=}
   qemu.json.encode/decode  qemu.null  qemu.vms()  qemu.sleep(s)  qemu.now()
 ]]
 

@@ -46,10 +46,18 @@ T.test("image.build: bad input and a missing package are clear errors", function
   T.raises(function() qemu.image.build { hostname = "no spaces" } end, "BadArgument", "hostname")
   T.raises(function() qemu.image.build { users = { { name = "Bad Name" } } } end, "BadArgument", "users")
   T.raises(function() qemu.image.build { packages = { "Not-A-Package" } } end, "BadArgument", "package name")
+  local t = T.now()
   local e = T.raises(function()
     qemu.image.build { packages = { "qshell-no-such-package" }, out = tmp .. "/nopkg" }
   end, "BuildFailed", "qshell%-no%-such%-package")
   T.match(tostring(e), "does not exist")
+  T.ok(T.now() - t < 10, "known at once from the host's apt lists")
+  -- a mirror that cannot be reached, and one without the suite: mmdebstrap's words, made plain
+  e = T.raises(function()
+    qemu.image.build { mirror = "http://127.0.0.1:9/debian", out = tmp .. "/nomirror" }
+  end, "BuildFailed", "cannot be reached")
+  T.match(e.hint, "mirror=")
+  T.ok(not T.exists(tmp .. "/nomirror"), "a failed build leaves no directory it made")
   T.raises(function() qemu.guest.load(tmp) end, "BadArgument", "no guest description")
 end)
 
