@@ -109,6 +109,21 @@ T.test("qshell.os: diff_blocks gives the changed blocks and reads only data", fu
   T.ok(not pcall(sys.diff_blocks, a, b, 0), "a block size of 0 is misuse")
 end)
 
+T.test("console: ANSI escapes stripped; guest and image options checked before anything starts", function()
+  local strip = require("qemu.console").strip_ansi
+  T.eq(strip("\27[0;1;31m\226\151\143\27[0m unit \27]0;title\7done\27[?2004l"), "\226\151\143 unit done")
+  T.eq(strip("a\rb\n"), "a\rb\n")
+  T.raises(function() qemu.guest.launch { guest = 5 } end, "BadArgument", "guest=")
+  T.raises(function() qemu.guest.launch { guest = {}, login = false } end, "BadArgument", "guest=")
+  T.raises(function() qemu.guest.launch { password = 1 } end, "BadArgument", "password")
+  T.raises(function() qemu.guest.load("/nonexistent-qshell-guest") end, "BadArgument", "no guest description")
+  T.raises(function() qemu.image.build { suite = "Not A Suite" } end, "BadArgument", "suite")
+  T.raises(function() qemu.image.build { size = "100M" } end, "BadArgument", "512M")
+  T.raises(function() qemu.image.build { users = { { name = "ok", password = "a:b" } } } end, "BadArgument", "colon")
+  T.raises(function() qemu.image.kernel("/nonexistent.qcow2") end, "BadArgument", "no such image")
+  T.raises(function() qemu.image.kernel("/x", { outt = "y" }) end, "BadArgument", "outt")
+end)
+
 T.test("qemu.fs: atomic write, append, slurp errors are tables, abspath", function()
   local p = tmp .. "/w.txt"
   fs.write(p, "one\n")
