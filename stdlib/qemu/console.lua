@@ -182,14 +182,15 @@ local function ends_with(s, suffix)
 end
 
 -- After a timeout or Ctrl-C: end the guest command (^C) and wait until its
--- shell reads lines again, so the next run() works.  Returns nil or why not.
+-- shell reads lines again (putting the console log level back), so the
+-- next run() works.  Returns nil or why not.
 function Console:_interrupt(id)
   local ok, err = pcall(function()
     self._c:send("\3", 5)
     sys.sleep(0.2)
     local r = "__qs" .. id .. "r"
-    local ok2 = self._c:send(string.format("\r[ -n \"$__qsk\" ] && echo $__qsk 2>/dev/null >/proc/sys/kernel/printk; " ..
-                                           "printf '%%s%%s\\n' __qs %sr\r", id), 5)
+    local restore = self._klevel and string.format("echo %d 2>/dev/null >/proc/sys/kernel/printk; ", self._klevel) or ""
+    local ok2 = self._c:send(string.format("\r%sprintf '%%s%%s\\n' __qs %sr\r", restore, id), 5)
     if not ok2 then error("send failed", 0) end
     local buf, _, e = self:_wait_for("console:run (interrupting)", function(b)
       return b:find(r .. "\r?\n")
@@ -200,31 +201,43 @@ function Console:_interrupt(id)
   return nil
 end
 
+-- The kernel's console log level, read once per console (nil: not yet;
+-- false: unreadable, e.g. not root: then it is left alone).  run() puts
+-- back this value, not what it finds: a command that ends the shell
+-- cannot leave the level lowered for the next one to "restore".
+function Console:_kernel_level()
+  if self._klevel == nil then
+    self._klevel = false
+    local out = self:run("cat /proc/sys/kernel/printk 2>/dev/null", { kernel_messages = true })
+    local level = tonumber(out:match("^%s*(%d+)"))
+    if level and level > 1 then self._klevel = level end
+  end
+  return self._klevel
+end
+
 -- console:run(cmd [, {timeout=, prompt=, strip_ansi=, kernel_messages=}]) -> output, status
 -- The command runs in the guest's shell between two markers the echo of the
 -- typed line cannot contain; output from before the call is discarded.
--- While it runs, the kernel's console log level is lowered (as root), so
--- kernel messages stay in the guest's dmesg instead of the output;
+-- While it runs, the kernel's console log level is 1 (as root), so kernel
+-- messages stay in the guest's dmesg instead of the output;
 -- kernel_messages=true leaves them.  A timeout or Ctrl-C interrupts the
 -- command (^C) and waits for the shell before raising.
 function Console:run(cmd, opts)
   check.arg("console:run", 1, cmd, "string")
   opts = check.options("console:run", opts, run_opts, 2)
+  local klevel = opts.kernel_messages ~= true and self:_kernel_level()
   self._n = self._n + 1
   local id = string.format("%x%x%d", os.time() & 0xffff, math.random(0, 0xfffff), self._n)
   local b, e = "__qs" .. id .. "b", "__qs" .. id .. "e"
   self:flush()
   -- printf '%s%s' splits each marker in the typed line; eval keeps the
-  -- command's own ';', '#' and newlines to itself.  The console log level
-  -- is read, lowered to 1 and put back with shell builtins only.
-  local quiet = opts.kernel_messages ~= true
+  -- command's own ';', '#' and newlines to itself.  The log level is set
+  -- with shell builtins only.
   local line
-  if quiet then
-    line = string.format("read __qsk __qsr 2>/dev/null </proc/sys/kernel/printk; " ..
-                         "echo 1 2>/dev/null >/proc/sys/kernel/printk; printf '%%s%%s\\n' __qs %sb; eval %s; " ..
-                         "__qss=$?; printf '%%s%%s%%d\\n' __qs %se $__qss; " ..
-                         "[ -n \"$__qsk\" ] && echo $__qsk 2>/dev/null >/proc/sys/kernel/printk\r",
-                         id, shell_quote(cmd), id)
+  if klevel then
+    line = string.format("echo 1 2>/dev/null >/proc/sys/kernel/printk; printf '%%s%%s\\n' __qs %sb; eval %s; " ..
+                         "__qss=$?; printf '%%s%%s%%d\\n' __qs %se $__qss; echo %d 2>/dev/null >/proc/sys/kernel/printk\r",
+                         id, shell_quote(cmd), id, klevel)
   else
     line = string.format("printf '%%s%%s\\n' __qs %sb; eval %s; printf '%%s%%s%%d\\n' __qs %se $?\r",
                          id, shell_quote(cmd), id)
@@ -233,14 +246,15 @@ function Console:run(cmd, opts)
   local what = string.format("console:run(%q)", cmd)
   local timeout = opts.timeout or DEFAULT_TIMEOUT
   local lp = self._login_prompt or "login: "
-  local ok, buf, _, s_end, e_start, e_end, status = pcall(self._wait_for, self, what, function(buf)
+  local function find(buf)
     local s1, s2 = buf:find(b .. "\r?\n", 1)
     if not s1 then return nil end
     local t1, t2, st = buf:find(e .. "(%d+)\r?\n", s2 + 1)
     if not t1 then
-      -- The command ended the shell: a getty asks for a login again.
+      -- The command ended the shell: a getty asks for a login again (or
+      -- logs in again by itself).
       local tail = buf:sub(s2 + 1)
-      if ends_with(tail, lp) then
+      if ends_with(tail, lp) or tail:find("(automatic login)", 1, true) then
         local l1 = s2
         repeat local i = buf:find(lp, l1 + 1, true); if i then l1 = i end until not i
         return s1, s2, l1, nil, "exit"
@@ -248,7 +262,21 @@ function Console:run(cmd, opts)
       return nil
     end
     return s1, s2, t1, t2, st
-  end, timeout)
+  end
+  local deadline = sys.now() + timeout
+  local ok, buf, s_end, e_start, e_end, status
+  while true do
+    local r = table.pack(pcall(self._wait_for, self, what, find, math.max(0, deadline - sys.now())))
+    ok, buf = r[1], r[2]
+    if not ok then break end
+    s_end, e_start, e_end, status = r[4], r[5], r[6], r[7]
+    if status ~= "exit" then break end
+    -- A login prompt after the command started: the shell ended -- unless
+    -- more comes (a command that printed one).
+    local before = self._c:stats()
+    sys.sleep(0.5)
+    if self._c:stats() == before then break end
+  end
   if not ok then
     local err = buf
     -- Ctrl-C arrives as the interrupt hook's "...: interrupted!" string
@@ -258,9 +286,13 @@ function Console:run(cmd, opts)
     end
     if errors.is(err, "Timeout") or errors.is(err, "Interrupted") then
       local why = self:_interrupt(id)
-      if type(err) == "table" then
-        err.desc = err.desc .. (why and ("\nthe command could not be interrupted: " .. why)
-                                or "\nthe command was interrupted (^C); the shell is ready for the next run()")
+      err.desc = err.desc .. (why and ("\nthe command could not be interrupted: " .. why)
+                              or "\nthe command was interrupted (^C); the shell is ready for the next run()")
+      if not why and klevel and errors.is(err, "Timeout") and not err.hint then
+        -- the kernel's words were held back from the console: the traps
+        -- (an RCU stall, ...) are looked for in its log instead
+        local dok, kmsg = pcall(self.run, self, "dmesg 2>/dev/null | tail -n 40", { timeout = 10, kernel_messages = true })
+        if dok then err.hint = errors.hint_for(kmsg) end
       end
     end
     error(err, 0)
@@ -308,22 +340,35 @@ function Console:login(opts)
   local user = opts.user or "root"
   self._login_prompt, self._prompt = lp, prompt
   local what = "console:login"
-  -- 1. A login prompt as the last thing printed (then quiet for a moment:
-  -- an autologin getty prints "(automatic login)" right after it), an
-  -- autologin, or a shell prompt already waiting.
+  -- 1. A shell prompt already waiting, an autologin, or a login prompt as
+  -- the last thing printed (then quiet for a moment: an autologin getty
+  -- prints "(automatic login)" right after it).  A prompt that something
+  -- else printed after (a late boot message) is asked for again with an
+  -- empty line once the console is quiet.
+  local deadline = sys.now() + timeout
   local state
+  local function find(buf)
+    local text = self:_printed(buf)
+    if ends_with(text, prompt) then return 1, 1, "shell" end
+    if text:find("(automatic login)", 1, true) then return 1, 1, "auto" end
+    if ends_with(text, lp) then return 1, 1, "login" end
+  end
   while not state do
-    local _, _, _, which = self:_wait_for(what, function(buf)
-      local text = self:_printed(buf)
-      if text:find(lp .. user .. " (automatic login)", 1, true) or text:find("(automatic login)", 1, true) then
-        return 1, 1, "auto"
-      end
-      if ends_with(text, lp) then return 1, 1, "login" end
-      if ends_with(text, prompt) then return 1, 1, "shell" end
-    end, timeout)
-    local before = self._c:stats()
-    sys.sleep(0.3)
-    if self._c:stats() == before then state = which end
+    local left = deadline - sys.now()
+    local ok, r1, _, _, which = pcall(self._wait_for, self, what, find, math.max(0, math.min(3, left)))
+    if ok then
+      local before = self._c:stats()
+      sys.sleep(0.3)
+      if self._c:stats() == before then state = which end
+    elseif errors.is(r1, "Timeout") and left > 3 then
+      -- quiet for 3 s without a prompt at the end: a getty's prompt among
+      -- the last lines is printed again by an empty line
+      if self:_printed():sub(-400):find(lp, 1, true) then self._c:send("\r", 5) end
+    elseif errors.is(r1, "Timeout") then
+      self:_fail(what, "timed out", "timeout", timeout)
+    else
+      error(r1, 0)
+    end
   end
   if state == "login" then
     self:flush()
@@ -365,7 +410,19 @@ function Console:login(opts)
   self:flush()
   self._shell_ready = true
   if opts.setup ~= false then self:run(SETUP, { timeout = timeout }) end
-  if opts.wait_boot ~= false then self:run(WAIT_BOOT, { timeout = math.max(timeout, 300) }) end
+  if opts.wait_boot ~= false then
+    local limit = math.max(timeout, 300)
+    local ok, err = pcall(self.run, self, WAIT_BOOT, { timeout = limit })
+    if not ok then
+      if errors.is(err, "Timeout") then
+        errors.raise { class = "Timeout", command = what,
+                       desc = string.format("logged in, but the guest's boot did not finish within %g s " ..
+                                            "(systemctl is-system-running --wait)", limit),
+                       hint = "`systemctl list-jobs` in the guest shows what it waits for; wait_boot=false skips the wait" }
+      end
+      error(err, 0)
+    end
+  end
 end
 
 -- console:log(path | nil): append everything the guest prints from now on,

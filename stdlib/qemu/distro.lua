@@ -77,7 +77,7 @@ local function key_of(opts)
                   "mirror=" .. (opts.mirror or ""), "kernel=" .. opts.kernel_package,
                   "hostname=" .. opts.hostname, "root_password=" .. (opts.root_password or ""),
                   "network=" .. tostring(opts.network), "noupgrades=" .. tostring(opts.disable_auto_upgrades),
-                  "append=" .. (opts.append or "") }
+                  "append=" .. (opts.append or ""), "memory=" .. (opts.memory or "") }
   local pk = {}
   for _, p in ipairs(opts.packages) do pk[#pk + 1] = p end
   table.sort(pk)
@@ -339,12 +339,25 @@ function M.build(opts)
                    hint = "run it once as root (sudo qshell run ...); the image it makes needs no root to boot" }
   end
   precheck_packages(opts, what)
-  local created = not files.is_dir(out)
-  local function drop_out()
-    if created then run.run({ "rm", "-rf", "--", out }, { command = what }) end
+  -- A rebuild replaces the disk that overlays and checkpoints may read
+  -- their unchanged clusters from.
+  if files.is_file(out .. "/system.qcow2") and not opts.force then
+    local users = require("qemu.backing").overlays_of(out .. "/system.qcow2")
+    if #users > 0 then
+      errors.raise { class = "ImageInUse", command = what,
+                     desc = string.format("%s/system.qcow2 is the backing file of %s: rebuilding it would change what " ..
+                                          "they read (corrupting them); nothing was changed", out, table.concat(users, ", ")),
+                     hint = "build into another out=, or pass force=true when those overlays can go" }
+    end
   end
-  files.mkdir_p(out, what)
-  os.remove(stamp)
+  -- Built beside out and moved into place whole: a failed or interrupted
+  -- build leaves out as it was.
+  local work = out .. ".qshell-build"
+  run.run({ "rm", "-rf", "--", work }, { command = what })
+  files.mkdir_p(work, what)
+  local function drop_work()
+    run.run({ "rm", "-rf", "--", work }, { command = what })
+  end
   local tree = files.scratch() .. "/image-tree"
   local pk = {}
   for _, p in ipairs(BASE_PACKAGES) do
@@ -379,7 +392,7 @@ function M.build(opts)
   os.remove(empty)
   if st.code ~= 0 then
     run.run({ "rm", "-rf", tree }, { command = what })
-    drop_out()
+    drop_work()
     build_failure(st, opts)
   end
   local ok, err = pcall(function()
@@ -395,25 +408,39 @@ function M.build(opts)
       errors.raise { class = "BuildFailed", command = what, desc = "the system has no initrd for " .. kver,
                      hint = "initramfs-tools is in every image; did a package remove it?" }
     end
-    copy(tree .. "/boot/" .. kname, out .. "/vmlinuz", what)
-    copy(tree .. "/boot/initrd.img-" .. kver, out .. "/initrd.img", what)
-    os.remove(out .. "/system.qcow2")
-    disk.populate(out .. "/system.qcow2", { from = tree, fs = "ext4", size = opts.bytes, partition = true,
-                                            label = ROOT_LABEL, force = true })
-    write_description(out, {
+    copy(tree .. "/boot/" .. kname, work .. "/vmlinuz", what)
+    copy(tree .. "/boot/initrd.img-" .. kver, work .. "/initrd.img", what)
+    disk.populate(work .. "/system.qcow2", { from = tree, fs = "ext4", size = opts.bytes, partition = true,
+                                             label = ROOT_LABEL })
+    write_description(work, {
       kernel = "vmlinuz", initrd = "initrd.img", system = "system.qcow2",
       append = "root=LABEL=" .. ROOT_LABEL .. " console=ttyS0 nokaslr" .. (opts.append and (" " .. opts.append) or ""),
       memory = opts.memory or "1G", user = "root", password = opts.root_password,
       login_prompt = "login: ", prompt = "# ", kernel_version = kver, suite = opts.suite,
       hostname = opts.hostname, packages = opts.packages,
     }, what)
+    files.write(work .. "/inputs.stamp", key, what)
+    if files.is_dir(out) then
+      local old = out .. ".qshell-old"
+      run.run({ "rm", "-rf", "--", old }, { command = what })
+      local rok, rerr = sys.rename(out, old)
+      if not rok then errors.raise { class = "IOError", command = what, desc = rerr } end
+      rok, rerr = sys.rename(work, out)
+      if not rok then
+        sys.rename(old, out)
+        errors.raise { class = "IOError", command = what, desc = rerr }
+      end
+      run.run({ "rm", "-rf", "--", old }, { command = what })
+    else
+      local rok, rerr = sys.rename(work, out)
+      if not rok then errors.raise { class = "IOError", command = what, desc = rerr } end
+    end
   end)
   run.run({ "rm", "-rf", tree }, { command = what })
   if not ok then
-    drop_out()
+    drop_work()
     error(err, 0)
   end
-  files.write(stamp, key, what)
   return require("qemu.guest").load(out)
 end
 
@@ -510,7 +537,8 @@ function M.kernel(image_path, opts)
     files.mkdir_p(out, what)
     local function dump(name, dst)
       os.remove(dst)
-      local st = run.run({ "debugfs", "-R", "dump " .. bootdir .. "/" .. name .. " " .. dst, fs }, { command = what })
+      local function q(p) return p:find('[%s"]') and ('"' .. p:gsub('"', '\\"') .. '"') or p end
+      local st = run.run({ "debugfs", "-R", "dump " .. q(bootdir .. "/" .. name) .. " " .. q(dst), fs }, { command = what })
       local s = sys.stat(dst)
       if st.code ~= 0 or not s or s.size == 0 then
         errors.raise { class = "CustomizeFailed", command = what,

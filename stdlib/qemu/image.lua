@@ -1192,15 +1192,21 @@ local function virt_errors(st)
   return table.concat(errs, "\n")
 end
 
-local function customize_virt(path, opts, what)
+-- virt-customize and what its appliance needs, checked before anything
+-- is written (the debugfs edits of a mixed call run first).
+local function virt_ready(opts, what)
   local vc = run.which("virt-customize")
   if not vc then
     errors.raise { class = "MissingTool", command = what,
-                   desc = "install=, uninstall= and run= need virt-customize, which is not installed",
+                   desc = "install=, uninstall= and run= need virt-customize, which is not installed; nothing was changed",
                    hint = "apt-get install libguestfs-tools (about 110 packages); the file edits alone " ..
                           "(root_password, write, users, enable, ..., disable_auto_upgrades) need no libguestfs" }
   end
-  local env = appliance_env(opts, what)
+  return vc, appliance_env(opts, what)
+end
+
+local function customize_virt(path, opts, what)
+  local vc, env = virt_ready(opts, what)
   local argv = {}
   local function add(...) for _, w in ipairs { ... } do argv[#argv + 1] = w end end
   if #env > 0 then add(run.which("env") or "/usr/bin/env", table.unpack(env)) end
@@ -1323,6 +1329,7 @@ function M.customize(path, opts)
   refuse_in_use(path, disk.info(path).format, what)
   if not opts.force then refuse_backing(path, what) end
   if backend == "virt-customize" or needs_guest then
+    virt_ready(opts, what)
     if #edits > 0 then
       -- the debugfs-only edits first, with the written files (a unit
       -- written here can be enabled); the rest through virt-customize

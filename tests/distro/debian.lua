@@ -58,6 +58,17 @@ T.test("image.build: bad input and a missing package are clear errors", function
   end, "BuildFailed", "cannot be reached")
   T.match(e.hint, "mirror=")
   T.ok(not T.exists(tmp .. "/nomirror"), "a failed build leaves no directory it made")
+  -- a rebuild of a disk an overlay still uses is refused, before any work
+  local old = tmp .. "/oldimage"
+  sys.mkdir(old)
+  qemu.disk.create(old .. "/system.qcow2", "64M")
+  local f = assert(io.open(old .. "/inputs.stamp", "w"))
+  f:write("other inputs\n")
+  f:close()
+  local ov = qemu.disk.overlay(old .. "/system.qcow2", tmp .. "/on-old.qcow2")
+  e = T.raises(function() qemu.image.build { out = old, hostname = "rebuilt" } end, "ImageInUse", "backing file of")
+  T.match(tostring(e), "on%-old%.qcow2")
+  T.eq(qemu.disk.info(ov).backing, old .. "/system.qcow2")
   T.raises(function() qemu.guest.load(tmp) end, "BadArgument", "no guest description")
 end)
 
@@ -86,8 +97,9 @@ do
   f:write("hello from the host\n")
   f:close()
 end
-local data = qemu.disk.populate(tmp .. "/data.qcow2", { from = data_dir, fs = "ext4" })
-local fat = qemu.disk.populate(tmp .. "/fat.qcow2", { from = data_dir, fs = "vfat" })
+-- found by label: the kernel names IDE disks in the order its probes end
+local data = qemu.disk.populate(tmp .. "/data.qcow2", { from = data_dir, fs = "ext4", label = "qsdata" })
+local fat = qemu.disk.populate(tmp .. "/fat.qcow2", { from = data_dir, fs = "vfat", label = "QSFAT" })
 
 -- The host end of the network test: a listener on a free port.
 local port = 20000 + (sys.getpid() % 20000)
@@ -115,10 +127,10 @@ T.test("kernel messages never land in run() output; they stay in dmesg and the c
   T.eq(st, 0)
   T.match((c:run("dmesg | grep -c qshell-kmsg-during")), "^1$")
   -- the mount message from the cheat sheet's data disk
-  T.eq(c:run("mount /dev/sdb /mnt && cat /mnt/hello.txt"), "hello from the host")
+  T.eq(c:run("mount LABEL=qsdata /mnt && cat /mnt/hello.txt"), "hello from the host")
   T.eq(c:run("umount /mnt"), "")
   -- and the vfat one (populate's fs="vfat")
-  T.eq(c:run("mount -t vfat /dev/sdc /mnt && cat /mnt/hello.txt && umount /mnt"), "hello from the host")
+  T.eq(c:run("mount -t vfat LABEL=QSFAT /mnt && cat /mnt/hello.txt && umount /mnt"), "hello from the host")
   -- a message between two commands goes to the console and its log
   c:run("(sleep 1; echo qshell-kmsg-between > /dev/kmsg) >/dev/null 2>&1 &")
   qemu.sleep(3)
@@ -168,6 +180,8 @@ T.test("a wrong password is LoginFailed; the right one then logs in", function()
   T.raises(function() c:login { password = "wrong" } end, "LoginFailed", "Login incorrect")
   c:login { password = "qshell", timeout = 60 }
   T.eq((c:run("whoami")), "root")
+  -- the shells that ended mid-command left the console log level as it was
+  T.match((c:run("cut -f1 /proc/sys/kernel/printk", { kernel_messages = true })), "^[4-8]$")
 end)
 
 T.test("networking: net=true gives DHCP on QEMU's user network; the guest reaches the host", function()
@@ -253,6 +267,10 @@ T.test("customize an overlay (hostname, users, units, autologin), boot it with i
   T.eq((v.console:run("id -nG bob | tr ' ' '\\n' | sort | tr '\\n' ' '")), "adm bob ")
   T.eq((v.console:run("cat /run/qshell-hello")), "hi")
   T.eq((v.console:run("systemctl is-enabled cron.service 2>&1; true")), "masked")
+  -- exit under an autologin getty: ShellExited, and login{} finds the new shell
+  T.raises(function() v.console:run("exit") end, "ShellExited")
+  v.console:login {}
+  T.eq((v.console:run("whoami")), "root")
   v.console:send("poweroff\r")
   T.eq(v:wait { timeout = 120 }.code, 0)
   local r = v:plugin_result("insn")

@@ -300,6 +300,11 @@ T.test("bad input: newline in a password, not ext4, snapshots kept, packages wit
   if not require("qemu.run").which("virt-customize") then
     local e = T.raises(function() qemu.image.customize(img, { install = { "vim" } }) end, "MissingTool")
     T.match(e.hint, "libguestfs%-tools")
+    -- a mixed call: the debugfs part does not run when the rest cannot
+    local before = require("qshell.hash").sha256(img)
+    e = T.raises(function() qemu.image.customize(img, { hostname = "mixed", install = { "vim" } }) end, "MissingTool")
+    T.match(e.desc, "nothing was changed")
+    T.eq(require("qshell.hash").sha256(img), before, "the image is as it was")
   end
   T.raises(function() qemu.image.customize(img, { install = { "vim" }, backend = "debugfs" }) end, "BadArgument")
   T.raises(function() qemu.image.customize(img, { hostname = "x", backend = "virt-customize" }) end, "BadArgument",
