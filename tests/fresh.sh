@@ -131,6 +131,10 @@ for c in "$@"; do
 done
 EOF
 )
+# Inside, the distro tier is left out (QSHELL_TEST_SKIP): its Debian image
+# would come from the host's cache, its checks are the ones the host's
+# make test runs, and what a bare machine needs for it (mmdebstrap) is in
+# tests/deps.sh like the rest; it would cost 3 to 4 minutes.
 log "running in $root"
 t1=$(date +%s)
 set +e
@@ -146,10 +150,7 @@ mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount --bind "$archives" "$root/var/cache/apt/archives"
 # The tests cache what does not change outside the checkout (QEMU 10.0
 # packages, QEMU source and its build): shared with the host, like apt
-# archives.  The distro tier is left out inside (QSHELL_TEST_SKIP): its
-# Debian image would come from this same cache, its checks are the ones the
-# host's make test has just run, and what a bare machine needs for it
-# (mmdebstrap) is in tests/deps.sh like the rest; it would cost 4 minutes.
+# archives.  (No apostrophes in this block: it is one single-quoted word.)
 for d in qemu qemu-src; do
     mkdir -p "$qcache/$d" "$root/root/.cache/qshell/$d"
     mount --bind "$qcache/$d" "$root/root/.cache/qshell/$d"
