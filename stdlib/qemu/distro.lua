@@ -487,14 +487,10 @@ function M.kernel(image_path, opts)
                      desc = image_path .. " has no ext2/3/4 filesystem" ..
                             (opts.partition and (" in partition " .. opts.partition) or "") .. " to read /boot from" }
     end
+    local dfs = image._debugfs
     local function ls(fs, dir)
-      local st = run.run({ "debugfs", "-R", "ls -p " .. dir, fs }, { command = what })
       local names = {}
-      for line in st.stdout:gmatch("[^\n]+") do
-        -- /ino/mode/uid/gid/name/size/
-        local name = line:match("^/%d+/%d+/%d+/%d+/([^/]*)/")
-        if name and name ~= "." and name ~= ".." then names[#names + 1] = name end
-      end
+      for _, e in ipairs(dfs.list_dir(fs, dir, what)) do names[#names + 1] = e.name end
       return names
     end
     local function fs_uuid(off)
@@ -537,8 +533,8 @@ function M.kernel(image_path, opts)
     files.mkdir_p(out, what)
     local function dump(name, dst)
       os.remove(dst)
-      local function q(p) return p:find('[%s"]') and ('"' .. p:gsub('"', '\\"') .. '"') or p end
-      local st = run.run({ "debugfs", "-R", "dump " .. q(bootdir .. "/" .. name) .. " " .. q(dst), fs }, { command = what })
+      local st = run.run({ "debugfs", "-R", "dump " .. dfs.quote(bootdir .. "/" .. name) .. " " .. dfs.quote(dst), fs },
+                         { command = what })
       local s = sys.stat(dst)
       if st.code ~= 0 or not s or s.size == 0 then
         errors.raise { class = "CustomizeFailed", command = what,

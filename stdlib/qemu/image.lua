@@ -1346,6 +1346,9 @@ function M.customize(path, opts)
   return customize_debugfs(path, opts, what)
 end
 
+-- The debugfs helpers qemu.image.kernel reads images with (distro.lua).
+M._debugfs = { quote = debugfs_quote, list_dir = list_dir }
+
 -- Building distribution images, reading their kernels, cloud-init seeds:
 -- stdlib/qemu/distro.lua and stdlib/qemu/cloudinit.lua.
 function M.build(opts) return require("qemu.distro").build(opts) end

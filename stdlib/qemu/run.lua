@@ -3,6 +3,7 @@
 
 local proc = require "qshell.proc.core"
 local errors = require "qemu.errors"
+local sys = require "qshell.os"
 
 local M = {}
 
@@ -34,12 +35,12 @@ function Job:finish(timeout)
   timeout = timeout or opts.timeout
   local st, werr, wcode
   if opts.progress then
-    local deadline = timeout and require("qshell.os").now() + timeout
+    local deadline = timeout and sys.now() + timeout
     repeat
       local slice = 1
-      if deadline then slice = math.max(0, math.min(1, deadline - require("qshell.os").now())) end
+      if deadline then slice = math.max(0, math.min(1, deadline - sys.now())) end
       st, werr, wcode = p:wait(slice)
-      if not st and wcode == "timeout" and (not deadline or require("qshell.os").now() < deadline) then
+      if not st and wcode == "timeout" and (not deadline or sys.now() < deadline) then
         opts.progress(p:log_tail(4096))
       else
         break
