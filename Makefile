@@ -143,8 +143,8 @@ $(CONFIG_MK): Makefile tests/deps.sh | build/.dir
 	printf 'PKG_CFLAGS := %s\nPKG_LIBS := %s\n' "$$cflags" "$$libs" > $@.tmp && mv $@.tmp $@
 
 # The default guest: rebuilt only when its inputs change (build.sh checks).
-guest: deps
-	$(Q)tests/guest/build.sh build/guest
+guest: deps $(QS_ROI_HELPER)
+	$(Q)QSHELL_ROI_HELPER=$(QS_ROI_HELPER) tests/guest/build.sh build/guest
 
 # The main job on the default guest: warm up and checkpoint, then a sweep
 # of 8 runs from that checkpoint with 2 workers; prints the results table.
@@ -154,7 +154,8 @@ demo: deps all guest
 	$(Q)./qshell run scripts/sweep.lua build/demo/warm.ckpt build/demo/results.csv
 
 # Installed layout (qemu/paths.lua finds it from the binary's location):
-#   PREFIX/bin/qshell, PREFIX/lib/qshell/plugins/*.so,
+#   PREFIX/bin/qshell, PREFIX/lib/qshell/plugins/*.so, PREFIX/lib/qshell/qshell-roi
+#   (the guest's ROI helper), PREFIX/include/qshell-roi.h,
 #   PREFIX/share/qshell/guest/ (the guest builder and its inputs),
 #   PREFIX/share/qshell/scripts/*.lua, PREFIX/share/man/man1/qshell.1
 # uninstall removes exactly these files, then the directories install made
@@ -166,12 +167,15 @@ D_BIN    = $(DESTDIR)$(PREFIX)/bin
 D_PLUG   = $(DESTDIR)$(PREFIX)/lib/qshell/plugins
 D_SHARE  = $(DESTDIR)$(PREFIX)/share/qshell
 D_MAN1   = $(DESTDIR)$(PREFIX)/share/man/man1
+D_INC    = $(DESTDIR)$(PREFIX)/include
 
 install: qshell plugins
 	$(call msg,INSTALL,$(DESTDIR)$(PREFIX))
 	$(Q)install -d $(D_BIN) $(D_PLUG) $(D_SHARE)/scripts $(D_MAN1)
 	$(Q)install -m 755 qshell $(D_BIN)/qshell
 	$(Q)for p in $(INST_PLUGINS); do install -m 644 $(QS_PLUGIN_OUT)/$$p $(D_PLUG)/$$p || exit 1; done
+	$(Q)install -m 755 $(QS_ROI_HELPER) $(D_PLUG)/../qshell-roi
+	$(Q)install -D -m 644 roi/qshell-roi.h $(D_INC)/qshell-roi.h
 	$(Q)for f in $(GUEST_FILES); do \
 	    if [ -x tests/guest/$$f ]; then m=755; else m=644; fi; \
 	    install -D -m $$m tests/guest/$$f $(D_SHARE)/guest/$$f || exit 1; done
@@ -181,13 +185,14 @@ install: qshell plugins
 uninstall:
 	$(call msg,RM,$(DESTDIR)$(PREFIX))
 	$(Q)rm -f $(D_BIN)/qshell $(D_MAN1)/qshell.1 $(addprefix $(D_PLUG)/,$(INST_PLUGINS)) \
+	    $(D_PLUG)/../qshell-roi $(D_INC)/qshell-roi.h \
 	    $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)) $(addprefix $(D_SHARE)/scripts/,$(EXAMPLES))
 	$(Q)for d in $(sort $(dir $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)))); do \
 	    while [ "$$d" != "$(D_SHARE)/" ] && rmdir "$$d" 2>/dev/null; do d=$$(dirname "$$d")/; done; done
 	$(Q)rmdir $(D_SHARE)/scripts $(D_SHARE) $(D_PLUG) $(DESTDIR)$(PREFIX)/lib/qshell 2>/dev/null || true
 
 clean:
-	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/bench build/fuzz qshell
+	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/roi build/bench build/fuzz qshell
 
 format:
 	clang-format -i shell/*.c shell/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c

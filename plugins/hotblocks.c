@@ -9,6 +9,11 @@
  *            FILE.tmp and rename): the top N blocks by execution count,
  *            hottest first (ties by pc), and K distinct block addresses seen.
  * top=N      how many blocks to list (default 20).
+ * roi=on     count only while a region of interest is open (the markers of
+ *            roi/qshell-roi.h; any id): a block counts when it starts with
+ *            an ROI open. Each block then gets a callback (an atomic add
+ *            behind a check), slower than the inline adds below.
+ * events=PATH   ROI marker events, as the insn plugin writes them.
  * A one-line summary goes to qemu_plugin_outs() (shown with `-d plugin`).
  *
  * Blocks are keyed by their guest virtual start address alone. QEMU may
@@ -42,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "plugin_roi.h"
 #include "plugin_util.h"
 #include "qshell-plugin.h"
 
@@ -68,6 +74,7 @@ struct hb_state {
     const char *out;         /* result path (points into argv), or NULL */
     uint64_t top;
     bool atomic;             /* count with atomic callbacks, not inline */
+    bool roi_only;           /* roi=on: count only inside ROIs */
     pthread_mutex_t lock;    /* guards the table below */
     struct hb_block **buckets;
     size_t n_buckets;        /* a power of two */
@@ -156,19 +163,66 @@ static void tb_exec_atomic(unsigned int vcpu, void *udata)
     __atomic_fetch_add(&b->count, 1, __ATOMIC_RELAXED);
 }
 
+/* roi=on: count the block only while an ROI is open. */
+static void tb_exec_roi(unsigned int vcpu, void *udata)
+{
+    struct hb_block *b = udata;
+
+    (void)vcpu;
+    if (roi_any_open()) {
+        __atomic_fetch_add(&b->count, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* A marker executed: udata is op << 16 | id. */
+static void roi_exec(unsigned int vcpu, void *udata)
+{
+    uintptr_t u = (uintptr_t)udata;
+    unsigned int id = u & 0xffffu;
+    bool begin = ((u >> 16) & 0xfu) == ROI_OP_BEGIN;
+
+    pthread_mutex_lock(&st.lock);
+    if (begin ? roi_enter(id) : roi_leave(id)) {
+        roi_event("\"roi\":%u,\"event\":\"%s\",\"vcpu\":%u", id,
+                  begin ? "begin" : "end", vcpu);
+    }
+    pthread_mutex_unlock(&st.lock);
+}
+
+static void tb_find_markers(struct qemu_plugin_tb *tb)
+{
+    size_t i, n = qemu_plugin_tb_n_insns(tb);
+
+    for (i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        unsigned int op, id;
+
+        if (roi_marker(insn, &op, &id)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, roi_exec, QEMU_PLUGIN_CB_NO_REGS,
+                                                   (void *)((uintptr_t)op << 16 | id));
+        }
+    }
+}
+
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     struct hb_block *b;
 
     (void)id;
+    if (st.roi_only || roi.events != NULL) {
+        tb_find_markers(tb);
+    }
     pthread_mutex_lock(&st.lock);
     b = table_get(qemu_plugin_tb_vaddr(tb), qemu_plugin_tb_n_insns(tb));
-    if (qshell_plugin_api2() && b->sb == NULL) {
+    if (qshell_plugin_api2() && !st.roi_only && b->sb == NULL) {
         b->sb = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     }
     pthread_mutex_unlock(&st.lock);
 
-    if (b->sb != NULL) {
+    if (st.roi_only) {
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec_roi,
+                                             QEMU_PLUGIN_CB_NO_REGS, b);
+    } else if (b->sb != NULL) {
         qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
             tb, QEMU_PLUGIN_INLINE_ADD_U64, (qemu_plugin_u64){b->sb, 0}, 1);
     } else if (st.atomic) {
@@ -225,7 +279,9 @@ static void at_exit(qemu_plugin_id_t id, void *udata)
                                 ? qemu_plugin_u64_sum((qemu_plugin_u64){e->sb, 0})
                                 : __atomic_load_n(&e->count, __ATOMIC_RELAXED);
             snap[n].block = e;
-            n++;
+            if (snap[n].count > 0 || !st.roi_only) {
+                n++; /* with roi=on, blocks run only outside ROIs are left out */
+            }
         }
     }
     qsort(snap, n, sizeof(*snap), snap_cmp);
@@ -241,7 +297,8 @@ static void at_exit(qemu_plugin_id_t id, void *udata)
                 "\"count\":%" PRIu64 "}", i ? "," : "", snap[i].block->pc,
                 snap[i].block->insns, snap[i].count);
     }
-    fprintf(f, "],\"total_blocks\":%zu}\n", n);
+    fprintf(f, "],\"total_blocks\":%zu,\"roi\":%s}\n", n,
+            st.roi_only ? "true" : "false");
     if (fclose(f) != 0) {
         abort();
     }
@@ -265,6 +322,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                            const qemu_info_t *info,
                                            int argc, char **argv)
 {
+    const char *events = NULL;
     int i;
 
     for (i = 0; i < argc; i++) {
@@ -279,9 +337,19 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
             if (plugin_arg_u64("hotblocks", "top", val, 1, &st.top) != 0) {
                 return -1;
             }
+        } else if (plugin_arg_match(argv[i], "roi", &val)) {
+            if (!qemu_plugin_bool_parse("roi", val, &st.roi_only)) {
+                fprintf(stderr, "hotblocks: bad value for roi: '%s' (want on or off)\n", val);
+                return -1;
+            }
+        } else if (plugin_arg_match(argv[i], "events", &val)) {
+            events = val;
         } else {
-            return plugin_arg_unknown("hotblocks", argv[i], "out, top");
+            return plugin_arg_unknown("hotblocks", argv[i], "out, top, roi, events");
         }
+    }
+    if (roi_setup("hotblocks", info, events) != 0) {
+        return -1;
     }
 
     st.atomic = !info->system_emulation || info->system.max_vcpus > 1;

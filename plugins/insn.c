@@ -9,6 +9,20 @@
  *            rename, so a reader never sees half a file).
  * limit=N    once N instructions have run, write the result (counts frozen
  *            at that moment) and end QEMU as if it got SIGTERM; see below.
+ * limit_roi=ID  count the limit inside region of interest ID only (summed
+ *            over its entries): stop after N instructions of the workload.
+ * events=PATH   write a JSON line per ROI marker to PATH (plugin_roi.h).
+ *
+ * Regions of interest (roi/qshell-roi.h): between a begin and an end marker
+ * of an id, every vCPU's instructions count for that id as well ("rois" in
+ * the result: per id the instructions, per vCPU, how often it was entered,
+ * whether it is still open).  The counts are taken as differences of the
+ * running per-vCPU counts at the two markers, so ROIs cost nothing between
+ * markers: only the marker instructions get a callback.  The marking vCPU's
+ * count is exact to the instruction (the marker knows how many instructions
+ * of its block come after it); another vCPU's is exact to its current
+ * block.  The begin marker itself is outside the region, the end marker too:
+ * an empty region counts 0.
  * A one-line summary goes to qemu_plugin_outs() (shown with `-d plugin`).
  *
  * Counting is per translation block: each block gets an execution callback
@@ -57,6 +71,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "plugin_roi.h"
 #include "plugin_util.h"
 #include "qshell-plugin.h"
 
@@ -75,9 +90,19 @@ struct insn_slot {
     char pad[INSN_CACHE_LINE - sizeof(uint64_t)];
 };
 
+/* One region of interest: sums over its closed entries, and the open one. */
+struct insn_roi {
+    uint64_t *start;         /* n_slots counts at the begin marker */
+    uint64_t *sum;           /* n_slots counts over closed entries */
+    uint64_t entries;        /* begin markers that opened it */
+    uint64_t unbalanced;     /* a begin while open, an end while closed */
+};
+
 struct insn_state {
     const char *out;         /* result path (points into argv), or NULL */
     uint64_t limit;          /* 0: no limit */
+    int64_t limit_roi;       /* -1: the limit counts everything */
+    uint64_t limit_at;       /* atomic: the count that hits the limit */
     struct insn_slot *slots; /* one per possible vCPU */
     unsigned int n_slots;
     unsigned int n_vcpus;    /* highest vCPU index initialised, plus one */
@@ -87,9 +112,12 @@ struct insn_state {
     pthread_mutex_t lock;
     bool frozen;
     uint64_t *frozen_vcpus;  /* n_slots counts as they were at the limit */
+    struct insn_roi **rois;  /* ROI_IDS entries, made at first use (lock) */
+    unsigned int n_rois;     /* ids used */
 };
 
 static struct insn_state st = {
+    .limit_roi = -1,
     .lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
@@ -136,6 +164,37 @@ static unsigned int vcpus_to_report(void)
 }
 
 /*
+ * The "rois" list: per id used, its instructions (closed entries, plus the
+ * open one up to counts[]), per vCPU. Caller holds st.lock.
+ */
+static void rois_json(FILE *f, const uint64_t *counts, unsigned int n)
+{
+    unsigned int id, v, k = 0;
+
+    for (id = 0; st.n_rois > 0 && id < ROI_IDS; id++) {
+        const struct insn_roi *r = st.rois[id];
+        uint64_t total = 0;
+        bool open = roi_is_open(id);
+
+        if (r == NULL) {
+            continue;
+        }
+        for (v = 0; v < n; v++) {
+            total += r->sum[v] + (open ? counts[v] - r->start[v] : 0);
+        }
+        fprintf(f, "%s{\"id\":%u,\"insns\":%llu,\"vcpus\":[", k++ ? "," : "", id,
+                (unsigned long long)total);
+        for (v = 0; v < n; v++) {
+            fprintf(f, "%s%llu", v ? "," : "",
+                    (unsigned long long)(r->sum[v] + (open ? counts[v] - r->start[v] : 0)));
+        }
+        fprintf(f, "],\"entries\":%llu,\"open\":%s,\"unbalanced\":%llu}",
+                (unsigned long long)r->entries, open ? "true" : "false",
+                (unsigned long long)r->unbalanced);
+    }
+}
+
+/*
  * Build the JSON result from counts[0..n) into a malloc'd string. Caller
  * holds st.lock.
  */
@@ -164,7 +223,15 @@ static char *result_json(const uint64_t *counts, unsigned int n,
     } else {
         fprintf(f, "null");
     }
-    fprintf(f, ",\"stopped\":%s}\n", st.frozen ? "true" : "false");
+    fprintf(f, ",\"limit_roi\":");
+    if (st.limit_roi >= 0) {
+        fprintf(f, "%lld", (long long)st.limit_roi);
+    } else {
+        fprintf(f, "null");
+    }
+    fprintf(f, ",\"stopped\":%s,\"rois\":[", st.frozen ? "true" : "false");
+    rois_json(f, counts, n);
+    fprintf(f, "],\"roi_events_dropped\":%llu}\n", (unsigned long long)roi.dropped);
     if (fclose(f) != 0) {
         abort();
     }
@@ -244,7 +311,8 @@ static void tb_exec(unsigned int vcpu, void *udata)
 /* Block executed, one vCPU: its own slot is the total. */
 static void tb_exec_limit_one(unsigned int vcpu, void *udata)
 {
-    if (slot_add(vcpu, (uintptr_t)udata) >= st.limit) {
+    if (slot_add(vcpu, (uintptr_t)udata) >=
+        __atomic_load_n(&st.limit_at, __ATOMIC_RELAXED)) {
         limit_reached();
     }
 }
@@ -260,8 +328,115 @@ static void tb_exec_limit_many(unsigned int vcpu, void *udata)
     uint64_t n = (uintptr_t)udata;
 
     slot_add(vcpu, n);
-    if (__atomic_add_fetch(&st.progress, n, __ATOMIC_ACQ_REL) >= st.limit) {
+    if (__atomic_add_fetch(&st.progress, n, __ATOMIC_ACQ_REL) >=
+        __atomic_load_n(&st.limit_at, __ATOMIC_RELAXED)) {
         limit_reached();
+    }
+}
+
+/* The ROI record for id, made at first use. Caller holds st.lock. */
+static struct insn_roi *roi_get(unsigned int id)
+{
+    struct insn_roi *r = st.rois[id];
+
+    if (r == NULL) {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL || (r->start = calloc(st.n_slots, sizeof(uint64_t))) == NULL ||
+            (r->sum = calloc(st.n_slots, sizeof(uint64_t))) == NULL) {
+            abort();
+        }
+        st.rois[id] = r;
+        st.n_rois++;
+    }
+    return r;
+}
+
+/*
+ * A marker executed on vcpu. udata: the id (bits 0-15), the op (16-19) and
+ * how many instructions of its block follow it (20-), which the block's
+ * count, added when the block started, already includes.
+ */
+static void roi_exec(unsigned int vcpu, void *udata)
+{
+    uintptr_t u = (uintptr_t)udata;
+    unsigned int id = u & 0xffffu, op = (u >> 16) & 0xfu;
+    uint64_t after = u >> 20;
+    unsigned int n = vcpus_to_report(), v;
+    struct insn_roi *r;
+    uint64_t entry = 0, total = 0;
+
+    pthread_mutex_lock(&st.lock);
+    if (st.frozen) {
+        pthread_mutex_unlock(&st.lock);
+        return;
+    }
+    r = roi_get(id);
+    if (op == ROI_OP_BEGIN) {
+        if (!roi_enter(id)) {
+            r->unbalanced++;
+            pthread_mutex_unlock(&st.lock);
+            return;
+        }
+        r->entries++;
+        for (v = 0; v < st.n_slots; v++) {
+            r->start[v] = v < n ? count_of(v) : 0;
+        }
+        if (vcpu < st.n_slots) {
+            r->start[vcpu] -= after; /* the count just after the marker */
+        }
+        if (st.limit_roi == (int64_t)id) {
+            uint64_t done = 0, base;
+
+            for (v = 0; v < st.n_slots; v++) {
+                done += r->sum[v];
+            }
+            base = st.n_slots == 1 ? r->start[0]
+                                   : __atomic_load_n(&st.progress, __ATOMIC_RELAXED) - after;
+            __atomic_store_n(&st.limit_at, base + (st.limit > done ? st.limit - done : 1),
+                             __ATOMIC_RELAXED);
+        }
+        roi_event("\"roi\":%u,\"event\":\"begin\",\"vcpu\":%u", id, vcpu);
+    } else {
+        if (!roi_leave(id)) {
+            r->unbalanced++;
+            pthread_mutex_unlock(&st.lock);
+            return;
+        }
+        for (v = 0; v < n && v < st.n_slots; v++) {
+            /* the count just before the marker */
+            uint64_t now = count_of(v) - (v == vcpu ? after + 1 : 0);
+            uint64_t d = now - r->start[v];
+
+            r->sum[v] += d;
+            entry += d;
+        }
+        for (v = 0; v < st.n_slots; v++) {
+            total += r->sum[v];
+        }
+        if (st.limit_roi == (int64_t)id) {
+            __atomic_store_n(&st.limit_at, UINT64_MAX, __ATOMIC_RELAXED);
+        }
+        roi_event("\"roi\":%u,\"event\":\"end\",\"vcpu\":%u,\"insns\":%llu,\"total\":%llu",
+                  id, vcpu, (unsigned long long)entry, (unsigned long long)total);
+    }
+    pthread_mutex_unlock(&st.lock);
+}
+
+/* Give each ROI marker of the block its callback. */
+static void tb_find_markers(struct qemu_plugin_tb *tb, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        unsigned int op, id;
+
+        if (roi_marker(insn, &op, &id)) {
+            uintptr_t u = (uintptr_t)(n - i - 1) << 20 | (uintptr_t)op << 16 | id;
+
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, roi_exec, QEMU_PLUGIN_CB_NO_REGS,
+                                                   (void *)u);
+        }
     }
 }
 
@@ -271,6 +446,7 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     qemu_plugin_vcpu_udata_cb_t cb = tb_exec;
 
     (void)id;
+    tb_find_markers(tb, n);
     if (sb != NULL) {
         qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64,
                                                           sb_insns, n);
@@ -331,6 +507,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                            const qemu_info_t *info,
                                            int argc, char **argv)
 {
+    const char *events = NULL;
     void *mem;
     int i;
 
@@ -346,9 +523,36 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
             if (plugin_arg_u64("insn", "limit", val, 1, &st.limit) != 0) {
                 return -1;
             }
+        } else if (plugin_arg_match(argv[i], "limit_roi", &val)) {
+            uint64_t r;
+
+            if (plugin_arg_u64("insn", "limit_roi", val, 0, &r) != 0) {
+                return -1;
+            }
+            if (r >= ROI_IDS) {
+                fprintf(stderr, "insn: bad value for limit_roi: '%s' (an ROI id is 0 to %u)\n",
+                        val, ROI_IDS - 1);
+                return -1;
+            }
+            st.limit_roi = (int64_t)r;
+        } else if (plugin_arg_match(argv[i], "events", &val)) {
+            events = val;
         } else {
-            return plugin_arg_unknown("insn", argv[i], "out, limit");
+            return plugin_arg_unknown("insn", argv[i], "out, limit, limit_roi, events");
         }
+    }
+    if (st.limit_roi >= 0 && !st.limit) {
+        fprintf(stderr, "insn: limit_roi=%lld needs limit=N (the instructions to run in it)\n",
+                (long long)st.limit_roi);
+        return -1;
+    }
+    st.limit_at = st.limit_roi >= 0 ? UINT64_MAX : st.limit;
+    if (roi_setup("insn", info, events) != 0) {
+        return -1;
+    }
+    st.rois = calloc(ROI_IDS, sizeof(*st.rois));
+    if (st.rois == NULL) {
+        abort();
     }
 
     st.n_slots = INSN_USER_SLOTS;

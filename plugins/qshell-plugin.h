@@ -125,6 +125,8 @@ size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *
 qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+/* An instruction's length in bytes (its bytes: see plugin_roi.h). */
+size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
 
 /* Execution: registered from the translation callback. */
 void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb,

@@ -135,20 +135,33 @@ static int l_os_access(lua_State *L)
 
 /*
  * os.open(path, mode) -> fd | nil, msg, "io": mode "r" (read), "w"
- * (write, truncate), "wx" (write, must not exist).  For fds handed to QEMU.
+ * (write, truncate), "wx" (write, must not exist), "rn" (read, non-blocking:
+ * the read end of a FIFO opens without waiting for a writer).  For fds
+ * handed to QEMU, and the FIFOs plugins write to.
  */
 static int l_os_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    static const char *const modes[] = {"r", "w", "wx", NULL};
+    static const char *const modes[] = {"r", "w", "wx", "rn", NULL};
     static const int flags[] = {O_RDONLY, O_WRONLY | O_CREAT | O_TRUNC,
-                                O_WRONLY | O_CREAT | O_EXCL};
+                                O_WRONLY | O_CREAT | O_EXCL, O_RDONLY | O_NONBLOCK};
     int m = luaL_checkoption(L, 2, "r", modes);
     int fd = open(path, flags[m] | O_CLOEXEC, 0644);
     if (fd < 0) {
         return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
     }
     lua_pushinteger(L, fd);
+    return 1;
+}
+
+/* os.mkfifo(path) -> true | nil, msg, "io" (mode 0600) */
+static int l_os_mkfifo(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    if (mkfifo(path, 0600) < 0) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -270,7 +283,8 @@ static int l_os_read(lua_State *L)
         n = read(fd, dst, 65536);
     } while (n < 0 && errno == EINTR && !qs_interrupted);
     if (n < 0) {
-        return qs_pushfail(L, strerror(errno), errno == EINTR ? "interrupted" : "io");
+        return qs_pushfail(L, strerror(errno), errno == EINTR ? "interrupted"
+                                               : errno == EAGAIN ? "again" : "io");
     }
     luaL_pushresultsize(&b, (size_t)n);
     return 1;
@@ -622,6 +636,7 @@ static const luaL_Reg os_funcs[] = {
     {"diff_blocks", l_os_diff_blocks},                    {"exit_now", l_os_exit_now},
     {"fork", l_os_fork},       {"getpid", l_os_getpid},   {"isatty", l_os_isatty},
     {"kill", l_os_kill},       {"listdir", l_os_listdir}, {"mkdir", l_os_mkdir},
+    {"mkfifo", l_os_mkfifo},
     {"now", l_os_now},         {"open", l_os_open},       {"pipe", l_os_pipe},
     {"poll", l_os_poll},       {"read", l_os_read},       {"realpath", l_os_realpath},
     {"rename", l_os_rename},   {"setpgid", l_os_setpgid}, {"sleep", l_os_sleep},

@@ -72,8 +72,19 @@ local build_opts = {
   memory = "string", force = "boolean", append = "string",
 }
 
+-- The static ROI helper every image gets as /usr/local/bin/qshell-roi.
+local function roi_helper(what)
+  local path = paths.roi_helper()
+  if not files.is_file(path) then
+    errors.raise { class = "BuildFailed", command = what,
+                   desc = "no qshell-roi helper at " .. path,
+                   hint = "`make` builds build/roi/qshell-roi (or set QSHELL_ROI_HELPER)" }
+  end
+  return path
+end
+
 local function key_of(opts)
-  local parts = { "layout=" .. LAYOUT, "suite=" .. opts.suite, "size=" .. opts.bytes,
+  local parts = { "roi=" .. require("qshell.hash").sha256(roi_helper("qemu.image.build")), "layout=" .. LAYOUT, "suite=" .. opts.suite, "size=" .. opts.bytes,
                   "mirror=" .. (opts.mirror or ""), "kernel=" .. opts.kernel_package,
                   "hostname=" .. opts.hostname, "root_password=" .. (opts.root_password or ""),
                   "network=" .. tostring(opts.network), "noupgrades=" .. tostring(opts.disable_auto_upgrades),
@@ -207,6 +218,8 @@ local function configure(tree, opts, what)
   files.write(tree .. "/etc/fstab", "LABEL=" .. ROOT_LABEL .. "\t/\text4\terrors=remount-ro\t0\t1\n", what)
   -- systemd-firstboot would ask on the console otherwise
   files.write(tree .. "/etc/machine-id", "", what)
+  copy(roi_helper(what), tree .. "/usr/local/bin/qshell-roi", what)
+  sys.chmod(tree .. "/usr/local/bin/qshell-roi", tonumber("755", 8))
   local function chroot(argv, stdin)
     local a = { "chroot", tree }
     for _, w in ipairs(argv) do a[#a + 1] = w end

@@ -24,7 +24,8 @@ local function build(dir)
                    hint = "set QSHELL_GUEST_DIR to a built guest, or reinstall qshell (`make install`)" }
   end
   io.stderr:write("qshell: building the default guest in " .. dir .. " (once)\n")
-  local st = run.run({ builder, dir }, { command = "qemu.guest.default", timeout = 1800 })
+  local st = run.run({ "env", "QSHELL_ROI_HELPER=" .. paths.roi_helper(), builder, dir },
+                     { command = "qemu.guest.default", timeout = 1800 })
   if st.code ~= 0 then
     local err = (st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", "")
     errors.raise { class = "NotBuilt", command = "qemu.guest.default",

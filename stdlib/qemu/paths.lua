@@ -2,13 +2,15 @@
 -- (config.exe), never from a path compiled in.  Two layouts:
 --
 --   build tree   TOP/qshell        TOP/build/plugins   TOP/tests/guest/build.sh
+--                                  TOP/build/roi/qshell-roi
 --                                  guest built into TOP/build/guest (by `make guest`)
 --   installed    PREFIX/bin/qshell PREFIX/lib/qshell/plugins
+--                                  PREFIX/lib/qshell/qshell-roi
 --                                  PREFIX/share/qshell/guest/build.sh
 --                                  guest built into $XDG_DATA_HOME/qshell/guest
 --
 -- Environment overrides, for tests and unusual installs: QSHELL_PLUGIN_DIR,
--- QSHELL_GUEST_DIR (where the default guest is or is built).
+-- QSHELL_GUEST_DIR (where the default guest is or is built), QSHELL_ROI_HELPER.
 
 local config = require "qshell.config"
 
@@ -43,6 +45,16 @@ function M.plugin_dir()
   local l = M.layout()
   if l.kind == "tree" then return l.top .. "/build/plugins" end
   return l.prefix .. "/lib/qshell/plugins"
+end
+
+-- The static qshell-roi helper that marks regions of interest in a guest
+-- (installed into the default guest and into qemu.image.build's images).
+function M.roi_helper()
+  local o = env("QSHELL_ROI_HELPER")
+  if o then return o end
+  local l = M.layout()
+  if l.kind == "tree" then return l.top .. "/build/roi/qshell-roi" end
+  return l.prefix .. "/lib/qshell/qshell-roi"
 end
 
 -- The directory the default guest is built into and read from.

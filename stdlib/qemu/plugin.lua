@@ -171,6 +171,7 @@ function M.launch_args(fname, plugins, ctx, add)
                    hint = 'use accel="tcg" with plugins' }
   end
   ctx.plugins = {}
+  local specs = {}
   for i, spec in ipairs(plugins) do
     if type(spec) ~= "table" then check.bad(fname, "plugins[%d] must be a table {name=|path=, args=}", i) end
     check.options(string.format("%s plugins[%d]", fname, i), spec, spec_opts)
@@ -186,8 +187,15 @@ function M.launch_args(fname, plugins, ctx, add)
       s.args.out = string.format("%s/%s-%d.json", ctx.tmpdir, spec.name, i)
     end
     ctx.plugins[#ctx.plugins + 1] = { name = spec.name or path:match("([^/]+)$"), path = path, out = s.args.out }
-    add("-plugin", M.arg(s))
+    specs[i] = s
   end
+  -- The guest's ROI markers reach vm:wait_roi through one plugin's events= FIFO.
+  local fifo = require("qemu.roi").plan(fname, specs, ctx.tmpdir)
+  if fifo then
+    ctx.after = ctx.after or {}
+    ctx.after[#ctx.after + 1] = function(vm) require("qemu.roi").attach(vm, fifo) end
+  end
+  for _, s in ipairs(specs) do add("-plugin", M.arg(s)) end
   if #plugins > 0 then
     -- qemu_plugin_outs() text only appears with -d plugin: send it to a file.
     ctx.plugin_log = ctx.tmpdir .. "/plugin.log"

@@ -342,6 +342,11 @@ function VM:snapshots() return require("qemu.snapshot").snapshots(self) end
 -- in a directory that qemu.launch{restore=} starts from.
 function VM:checkpoint(dir, opts) return require("qemu.checkpoint").make(self, dir, opts) end
 
+-- Regions of interest (stdlib/qemu/roi.lua): the guest's ROI markers, as
+-- the VM's insn (or hotblocks) plugin reports them.
+function VM:wait_roi(id, opts) return require("qemu.roi").wait(self, id, opts) end
+function VM:roi_events() return require("qemu.roi").events(self) end
+
 -- vm:plugin_log() -> the text the VM's plugins printed (qemu_plugin_outs)
 function VM:plugin_log()
   if not self._plugin_log then check.bad("vm:plugin_log", "this VM has no plugins") end

@@ -8,7 +8,9 @@
 #   OUTDIR/cache/        the downloaded kernel .deb
 # Usage: build.sh [-f] OUTDIR      (-f: rebuild even when the stamp matches)
 # Environment: GUEST_EXTRA_MODULES="mod ..." adds kernel modules (with their
-# dependencies) to the initramfs and the root filesystem; BUSYBOX=path of a static busybox.
+# dependencies) to the initramfs and the root filesystem; BUSYBOX=path of a static busybox;
+# QSHELL_ROI_HELPER=path of the static qshell-roi helper (installed as /usr/bin/qshell-roi;
+# default: build/roi/qshell-roi of the source tree, or PREFIX/lib/qshell/qshell-roi).
 set -euo pipefail
 
 KERNEL_META=linux-image-cloud-amd64
@@ -54,6 +56,14 @@ if command -v ldd >/dev/null && ldd "$BUSYBOX" >/dev/null 2>&1; then
 	die "$BUSYBOX is dynamically linked; the guest needs a static one (apt-get install busybox-static)"
 fi
 bb() { "$BUSYBOX" "$@"; }
+ROI_HELPER=${QSHELL_ROI_HELPER:-}
+if [ -z "$ROI_HELPER" ]; then
+	for f in "$here/../../build/roi/qshell-roi" "$here/../../../lib/qshell/qshell-roi"; do
+		[ -x "$f" ] && ROI_HELPER=$f && break
+	done
+fi
+[ -n "$ROI_HELPER" ] && [ -x "$ROI_HELPER" ] ||
+	die "no qshell-roi helper${ROI_HELPER:+ at $ROI_HELPER} (make builds build/roi/qshell-roi; or set QSHELL_ROI_HELPER)"
 
 # One build at a time per OUTDIR.
 if command -v flock >/dev/null; then
@@ -89,6 +99,7 @@ inputs() {
 	echo "kernel $pkg $ver"
 	echo "busybox $bb_pkgver $(sha256sum <"$BUSYBOX" | cut -d' ' -f1)"
 	echo "modules" $MODULES $EXTRA_MODULES
+	echo "roi-helper $(sha256sum <"$ROI_HELPER" | cut -d' ' -f1)"
 	(cd "$here" && find build.sh initramfs rootfs \( -type f -o -type l \) -print | LC_ALL=C sort |
 		while IFS= read -r f; do
 			if [ -L "$f" ]; then echo "link $f -> $(readlink "$f")"; else
@@ -232,6 +243,7 @@ mkdir -p "$rfs"/{dev,proc,sys,tmp,root,mnt,run,home,var/log,var/tmp,etc/init.d}
 ln -s ../run "$rfs/var/run"
 cp -R "$here/rootfs/." "$rfs/"
 cp -R "$stage/lib" "$rfs/"
+install -m 755 "$ROI_HELPER" "$rfs/usr/bin/qshell-roi"
 hash=$(bb mkpasswd -m sha512 "$ROOT_PASSWORD" 2>/dev/null) ||
 	hash=$(openssl passwd -6 "$ROOT_PASSWORD") || die "cannot hash the root password"
 case $hash in '$6$'*) ;; *) die "unexpected password hash: $hash" ;; esac
