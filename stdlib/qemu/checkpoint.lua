@@ -37,7 +37,7 @@ M.machine_keys = { "machine", "cpu", "smp", "memory", "kernel", "initrd", "appen
 -- What a restore may set freely.
 -- (binary too: a checkpoint restores on another QEMU that has its machine type.)
 M.free_keys = { plugins = true, icount = true, name = true, timeout = true, reboot = true, extra = true,
-                binary = true,
+                binary = true, paused = true,
                 restore = true }
 
 local read_file = fs.read
@@ -743,7 +743,7 @@ function M.finish(vm, rctx, timeout)
       sys.sleep(0.002)
     end
   end
-  if vm:status() ~= "running" then vm:cont() end
+  if vm:status() ~= "running" and not vm.options.paused then vm:cont() end
   vm.restored_from = rctx.dir
 end
 

@@ -187,7 +187,7 @@ local launch_opts = {
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
   loadvm = "string", plugins = "table", restore = "string", verify = "boolean",
-  net = "boolean|table",
+  net = "boolean|table", paused = "boolean",
 }
 
 local icount_opts = {
@@ -327,6 +327,9 @@ local function build_argv(opts, ctx)
   if opts.memory then add("-m", opts.memory) end
   if opts.icount ~= nil then add("-icount", icount_arg(fname, opts.icount, accel)) end
   if not opts.reboot then add("-no-reboot") end
+  -- paused=true: the guest runs at vm:cont() (after a restore too), so a
+  -- script can send console input first (exact, repeatable runs).
+  if opts.paused then add("-S") end
   add("-chardev", "socket,id=qmp,fd=" .. MONITOR_FD, "-mon", "chardev=qmp,mode=control")
   if opts.console ~= false then
     -- The guest's ttyS0 on socketpair 2, connected before QEMU starts:

@@ -1,7 +1,8 @@
 -- qemu.sweep.runner: one run of a sweep, the same under every engine.
 -- The VM is qemu.launch{restore=checkpoint, ...the run's launch options}
 -- in its own overlay; the run function's metrics (or its error) come back
--- as a result {i=, status="ok"|"failed", metrics=, error=, wall=}.
+-- as a result {i=, status="ok"|"failed", metrics=, error=, wall=}, with a
+-- roi<ID>_insns column per region of interest when the insn plugin ran.
 
 local sys = require "qshell.os"
 local plan = require "qemu.sweep.plan"
@@ -38,12 +39,30 @@ local function check_metrics(m)
   return m
 end
 
+-- The per-ROI columns of a run whose VM had the insn plugin: roi<ID>_insns
+-- for every region of interest the guest marked (QEMU is ended first if
+-- the run left it running: the plugin writes its result at exit).
+local function roi_metrics(vm, m)
+  local has
+  for _, p in ipairs(vm.plugins or {}) do
+    if p.name == "insn" and p.out then has = true end
+  end
+  if not has then return m end
+  if not vm:_exited() then vm:quit() end
+  local res = vm:plugin_result("insn")
+  for _, roi in ipairs(res.rois or {}) do
+    local k = string.format("roi%d_insns", roi.id)
+    if m[k] == nil then m[k] = roi.insns end
+  end
+  return m
+end
+
 -- M.run(spec, source, r) -> result; never raises (a failed run is a result).
 function M.run(spec, source, r)
   local t0 = sys.now()
   local ok, res = pcall(function()
     local vm <close> = qemu.launch(M.launch_options(spec, r.params, source))
-    return check_metrics(spec.run(vm, r.params))
+    return roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
   end)
   local out = { i = r.i, wall = sys.now() - t0 }
   if ok then
