@@ -362,12 +362,16 @@ elseif mode == "ckpt" then
                       require("qshell.os").stat(raw).size, bytes,
                       (tonumber((du or ""):match("^(%d+)")) or 0) * 1024, rounds))
 elseif mode == "work" then
-  -- a CPU-bound guest workload from the warm checkpoint, with or without insn
-  local ckpt, plugin = assert(arg[2], "work CKPT [insn]"), arg[3]
-  local vm <close> = qemu.launch { restore = ckpt, plugins = plugin == "insn" and { { name = "insn" } } or nil }
+  -- a CPU-bound guest workload from the warm checkpoint, with or without
+  -- insn; "roi": insn, with the workload marked as ROI 1 by the helper
+  local ckpt, plugin = assert(arg[2], "work CKPT [insn|roi]"), arg[3]
+  local vm <close> = qemu.launch { restore = ckpt, plugins = (plugin == "insn" or plugin == "roi") and { { name = "insn" } } or nil }
   vm.console:run("true")
+  local cmd = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"
+  if plugin == "roi" then cmd = "qshell-roi begin 1; " .. cmd .. "; qshell-roi end 1" end
   local t0 = now()
-  local _, st = vm.console:run("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done", { timeout = 600 })
+  local _, st = vm.console:run(cmd, { timeout = 600 })
+  if plugin == "roi" then assert(vm:wait_roi(1, { timeout = 5 }).insns > 1e8, "the ROI counted the loop") end
   local dt = (now() - t0) * 1e6
   assert(st == 0, "the workload failed")
   vm:quit()

@@ -284,6 +284,16 @@ bench_plugin_on() {
     printf 'insn plugin on QEMU %s, CPU-bound loop: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
         "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
         "$r" "$target"
+    # ROI mode: the same loop marked as a region of interest by the guest helper.
+    section "TCG plugin overhead on QEMU $v: the loop as an ROI (qshell-roi begin/end), insn vs none ($BOOT_ROUNDS x 1 run)"
+    local wroi=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" roi)
+    alternate "ROI loop with insn" wroi "loop without" wplain
+    r=$(ratio "$A_MED" "$B_MED")
+    case $v in [0-8].*) target="(API 1: a callback per block)" ;;
+    *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
+    printf 'insn plugin on QEMU %s, CPU-bound loop as an ROI: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
+        "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
+        "$r" "$target"
 }
 
 # ---- sweep and restore: checkpoints vs -loadvm ----

@@ -25,7 +25,7 @@ end)
 T.test("insn counts a boot and poweroff; hotblocks lists kernel blocks", function()
   local vm <close> = qemu.guest.launch { plugins = { { name = "insn" }, { name = "hotblocks", args = { top = 5 } } } }
   local line = table.concat(vm.argv, " ")
-  T.match(line, "%-plugin [^ ]*libinsn%.so,out=")
+  T.match(line, "%-plugin [^ ]*libinsn%.so,events=[^ ]*,out=")
   T.match(line, "%-d plugin %-D ")
   vm.console:send("poweroff -f\r")
   T.eq(vm:wait { timeout = 60 }.code, 0)
