@@ -190,6 +190,7 @@ uninstall:
 	$(Q)for d in $(sort $(dir $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)))); do \
 	    while [ "$$d" != "$(D_SHARE)/" ] && rmdir "$$d" 2>/dev/null; do d=$$(dirname "$$d")/; done; done
 	$(Q)rmdir $(D_SHARE)/scripts $(D_SHARE) $(D_PLUG) $(DESTDIR)$(PREFIX)/lib/qshell 2>/dev/null || true
+	$(Q)rmdir $(D_INC) 2>/dev/null || true
 
 clean:
 	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/roi build/bench build/fuzz qshell

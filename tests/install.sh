@@ -25,7 +25,8 @@ if out=$(make -C "$src" -j2 install PREFIX="$prefix" 2>&1); then ok; else bad "m
 if out=$(make -C "$src" -s install DESTDIR="$tmp/stage" PREFIX=/opt/qs 2>&1) &&
     [ -x "$tmp/stage/opt/qs/bin/qshell" ] && [ -f "$tmp/stage/opt/qs/lib/qshell/plugins/libinsn.so" ] &&
     [ -x "$tmp/stage/opt/qs/share/qshell/guest/build.sh" ] && [ -f "$tmp/stage/opt/qs/share/man/man1/qshell.1" ] &&
-    [ -f "$tmp/stage/opt/qs/share/qshell/scripts/warmup.lua" ] && [ ! -e /opt/qs ]; then
+    [ -f "$tmp/stage/opt/qs/share/qshell/scripts/warmup.lua" ] && [ ! -e /opt/qs ] &&
+    [ -x "$tmp/stage/opt/qs/lib/qshell/qshell-roi" ] && [ -f "$tmp/stage/opt/qs/include/qshell-roi.h" ]; then
     ok
 else
     bad "make install DESTDIR= stages every file under DESTDIR/PREFIX" "$out$(find "$tmp/stage" | head)"

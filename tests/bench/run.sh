@@ -251,7 +251,7 @@ bench_plugin() {
 }
 
 # bench_plugin_on BINARY: the insn plugin's overhead on one QEMU.  API 1
-# (7.2, 8.x) counts with a callback per block; API 2 (9.0+) with inline
+# (7.2, 8.x) with one vCPU counts with an inline add per block; API 2 (9.0+) with inline
 # per-vCPU adds into a scoreboard (target <= 1.05x).
 bench_plugin_on() {
     local v
@@ -266,7 +266,7 @@ bench_plugin_on() {
     count=$("${insn[@]}" | sed -n 's/.*insns=\([0-9]*\).*/\1/p')
     [ -n "$count" ] || die "the insn plugin reported no count"
     r=$(ratio "$with" "$without")
-    case $v in [0-8].*) target="(API 1: a callback per block)" ;;
+    case $v in [0-8].*) target="(API 1, one vCPU: an inline add per block)" ;;
     *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
     printf 'insn plugin on QEMU %s: boot %.2f s with, %.2f s without, overhead ratio %sx %s; %s instructions, %.0f M insn/s with the plugin vs %.0f M insn/s without\n' \
         "$v" "$(awk -v v="$with" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$without" 'BEGIN { print v / 1e6 }')" "$r" \
@@ -279,7 +279,7 @@ bench_plugin_on() {
     local winsn=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" insn)
     alternate "loop with insn" winsn "loop without" wplain
     r=$(ratio "$A_MED" "$B_MED")
-    case $v in [0-8].*) target="(API 1: a callback per block)" ;;
+    case $v in [0-8].*) target="(API 1, one vCPU: an inline add per block)" ;;
     *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
     printf 'insn plugin on QEMU %s, CPU-bound loop: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
         "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
@@ -289,7 +289,7 @@ bench_plugin_on() {
     local wroi=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" roi)
     alternate "ROI loop with insn" wroi "loop without" wplain
     r=$(ratio "$A_MED" "$B_MED")
-    case $v in [0-8].*) target="(API 1: a callback per block)" ;;
+    case $v in [0-8].*) target="(API 1, one vCPU: an inline add per block)" ;;
     *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
     printf 'insn plugin on QEMU %s, CPU-bound loop as an ROI: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
         "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \

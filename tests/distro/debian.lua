@@ -240,7 +240,7 @@ T.test("checkpoint, two restores at once, and a sweep from it", function()
   T.eq(got[5], 10)
 end)
 
-T.test("customize an overlay (hostname, users, units, autologin), boot it with icount and the insn plugin", function()
+T.test("customize an overlay (hostname, users, units, autologin), boot it with icount, the insn plugin and an ROI", function()
   local o = qemu.disk.overlay(g.system, tmp .. "/custom.qcow2")
   local base_hash = require("qshell.hash").sha256(g.system)
   qemu.image.customize(o, {
@@ -267,6 +267,11 @@ T.test("customize an overlay (hostname, users, units, autologin), boot it with i
   T.eq((v.console:run("id -nG bob | tr ' ' '\\n' | sort | tr '\\n' ' '")), "adm bob ")
   T.eq((v.console:run("cat /run/qshell-hello")), "hi")
   T.eq((v.console:run("systemctl is-enabled cron.service 2>&1; true")), "masked")
+  -- the ROI helper every built image has, seen by the insn plugin
+  T.eq((v.console:run("command -v qshell-roi")), "/usr/local/bin/qshell-roi")
+  v.console:run("qshell-roi begin 4; ls -R /etc >/dev/null; qshell-roi end 4")
+  local roi4 = v:wait_roi(4, { timeout = 60 }).insns
+  T.ok(roi4 > 1e5, "ls -R /etc inside ROI 4: " .. roi4)
   -- exit under an autologin getty: ShellExited, and login{} finds the new shell
   T.raises(function() v.console:run("exit") end, "ShellExited")
   v.console:login {}
@@ -275,6 +280,8 @@ T.test("customize an overlay (hostname, users, units, autologin), boot it with i
   T.eq(v:wait { timeout = 120 }.code, 0)
   local r = v:plugin_result("insn")
   T.ok(r.total > 1e9, "a systemd boot is billions of instructions, got " .. r.total)
+  T.eq(r.rois[1].id, 4)
+  T.eq(r.rois[1].insns, roi4)
 end)
 
 T.test("cloud-init: a NoCloud seed sets the user, password and hostname, and runs runcmd", function()
