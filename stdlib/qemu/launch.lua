@@ -301,6 +301,7 @@ local function build_argv(opts, ctx)
   local fname = "qemu.launch"
   local binary = require "qemu.binary"
   local argv = { binary.default(opts.binary) }
+  ctx.binary = argv[1] -- plugins built here are checked against its API
   local function add(...)
     for _, a in ipairs { ... } do argv[#argv + 1] = tostring(a) end
   end

@@ -182,6 +182,7 @@ function M.launch_args(fname, plugins, ctx, add)
     for k, v in pairs(spec.args or {}) do s.args[k] = v end
     local path = spec.path or M.find(spec.name or "")
     M.check(path)
+    if ctx.binary then require("qemu.plugin_build").check_api(path, ctx.binary) end
     -- The project's plugins write their result to the VM's temp dir unless told otherwise.
     if spec.name and s.args.out == nil then
       s.args.out = string.format("%s/%s-%d.json", ctx.tmpdir, spec.name, i)
@@ -202,5 +203,27 @@ function M.launch_args(fname, plugins, ctx, add)
     add("-d", "plugin", "-D", ctx.plugin_log)
   end
 end
+
+-- Plugins compiled from C against a QEMU source tree (QEMU's contrib
+-- plugins among them) and readers for their text reports live in
+-- qemu.plugin_build, loaded on first use.
+local function pb() return require "qemu.plugin_build" end
+function M.build(opts) return pb().build(opts) end                  -- {src=, qemu_src=, name=, cflags=, binary=} -> .so
+function M.contrib(name, opts) return pb().contrib(name, opts) end  -- QEMU's contrib/plugins/<name>.c -> .so
+function M.contrib_names(opts) return pb().contrib_names(opts) end
+function M.source(binary) return pb().source(binary) end            -- the QEMU source tree for binary
+function M.api_of(path) return pb().api_of(path) end
+function M.check_api(path, binary) return pb().check_api(path, binary) end
+function M.parse(name, text) return pb().parse(name, text) end      -- a plugin's text report -> table
+function M.result(text, name) return pb().result(text, name) end
+function M.parser_name(name) return pb().parser_name(name) end
+-- qemu.plugin.parsers: the readers by plugin name (a script may add one).
+setmetatable(M, { __index = function(_, k) if k == "parsers" then return pb().parsers end end })
+-- A plugin built against another QEMU's header may fail in dlopen, before
+-- QEMU reads its API version: it calls a qemu_plugin_* function this QEMU
+-- lacks.  Ahead of the general "Could not load plugin" trap.
+table.insert(errors.traps, 1, { "undefined symbol: qemu_plugin_",
+  "the plugin was built against another QEMU's plugin API (it calls a qemu_plugin_* function this QEMU lacks): " ..
+  "rebuild it against this QEMU's source (qemu.plugin.build/contrib with binary= or qemu_src=)" })
 
 return M

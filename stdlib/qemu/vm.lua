@@ -358,8 +358,10 @@ function VM:plugin_log()
   return text
 end
 
--- vm:plugin_result(name) -> the JSON result a plugin wrote to its out= file
--- (read after QEMU ended: quit, wait or kill; before vm:close()).
+-- vm:plugin_result(name) -> the JSON result a plugin wrote to its out= file,
+-- or a contrib plugin's report read from the plugin log (cache, execlog,
+-- howvec, hotpages: stdlib/qemu/plugin_build.lua), as a table (read after
+-- QEMU ended: quit, wait or kill; before vm:close()).
 function VM:plugin_result(name)
   check.arg("vm:plugin_result", 1, name, "string")
   for _, p in ipairs(self.plugins or {}) do
@@ -380,7 +382,15 @@ function VM:plugin_result(name)
       return v
     end
   end
-  check.bad("vm:plugin_result", "no plugin named %s with an out= file in this VM", name)
+  -- QEMU's contrib plugins print their report into the plugin log: read it there.
+  local pb = require "qemu.plugin_build"
+  for _, p in ipairs(self.plugins or {}) do
+    local parser = pb.parser_name(p.path)
+    if not p.out and (p.name == name or parser == pb.parser_name(name)) and pb.parsers[parser] then
+      return pb.result(self:plugin_log(), p.path)
+    end
+  end
+  check.bad("vm:plugin_result", "no plugin named %s with an out= file or a report this shell reads in this VM", name)
 end
 
 -- vm:attach(): the guest's serial console in this terminal (raw mode;
