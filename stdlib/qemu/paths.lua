@@ -38,23 +38,25 @@ function M.layout()
   return layout
 end
 
--- The directory of the project's plugins (libinsn.so, ...).
-function M.plugin_dir()
-  local o = env("QSHELL_PLUGIN_DIR")
+-- One of qshell's own built files: $VAR, else its place in the build tree
+-- or under the install prefix.
+local function own(var, tree_rel, prefix_rel)
+  local o = env(var)
   if o then return o end
   local l = M.layout()
-  if l.kind == "tree" then return l.top .. "/build/plugins" end
-  return l.prefix .. "/lib/qshell/plugins"
+  if l.kind == "tree" then return l.top .. "/" .. tree_rel end
+  return l.prefix .. "/" .. prefix_rel
+end
+
+-- The directory of the project's plugins (libinsn.so, ...).
+function M.plugin_dir()
+  return own("QSHELL_PLUGIN_DIR", "build/plugins", "lib/qshell/plugins")
 end
 
 -- The static qshell-roi helper that marks regions of interest in a guest
 -- (installed into the default guest and into qemu.image.build's images).
 function M.roi_helper()
-  local o = env("QSHELL_ROI_HELPER")
-  if o then return o end
-  local l = M.layout()
-  if l.kind == "tree" then return l.top .. "/build/roi/qshell-roi" end
-  return l.prefix .. "/lib/qshell/qshell-roi"
+  return own("QSHELL_ROI_HELPER", "build/roi/qshell-roi", "lib/qshell/qshell-roi")
 end
 
 -- The directory the default guest is built into and read from.

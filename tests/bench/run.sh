@@ -266,34 +266,37 @@ bench_plugin_on() {
     count=$("${insn[@]}" | sed -n 's/.*insns=\([0-9]*\).*/\1/p')
     [ -n "$count" ] || die "the insn plugin reported no count"
     r=$(ratio "$with" "$without")
-    case $v in [0-8].*) target="(API 1, one vCPU: an inline add per block)" ;;
-    *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
+    target=$(plugin_target "$v" "$r")
     printf 'insn plugin on QEMU %s: boot %.2f s with, %.2f s without, overhead ratio %sx %s; %s instructions, %.0f M insn/s with the plugin vs %.0f M insn/s without\n' \
         "$v" "$(awk -v v="$with" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$without" 'BEGIN { print v / 1e6 }')" "$r" \
         "$target" "$count" "$(awk -v n="$count" -v t="$with" 'BEGIN { print n / t }')" \
         "$(awk -v n="$count" -v t="$without" 'BEGIN { print n / t }')"
-    # The steady state: a CPU-bound loop in the guest, from the warm checkpoint.
+    # The steady state: a CPU-bound loop in the guest, from the warm checkpoint,
+    # plain and marked as a region of interest by the guest helper.
     need_warm
-    section "TCG plugin overhead on QEMU $v: a CPU-bound guest loop from a checkpoint, insn vs none ($BOOT_ROUNDS x 1 run)"
     local wplain=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt")
     local winsn=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" insn)
-    alternate "loop with insn" winsn "loop without" wplain
-    r=$(ratio "$A_MED" "$B_MED")
-    case $v in [0-8].*) target="(API 1, one vCPU: an inline add per block)" ;;
-    *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
-    printf 'insn plugin on QEMU %s, CPU-bound loop: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
-        "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
-        "$r" "$target"
-    # ROI mode: the same loop marked as a region of interest by the guest helper.
-    section "TCG plugin overhead on QEMU $v: the loop as an ROI (qshell-roi begin/end), insn vs none ($BOOT_ROUNDS x 1 run)"
     local wroi=("$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" roi)
-    alternate "ROI loop with insn" wroi "loop without" wplain
+    loop_overhead "$v" "a CPU-bound guest loop from a checkpoint" "CPU-bound loop" winsn wplain
+    loop_overhead "$v" "the loop as an ROI (qshell-roi begin/end)" "CPU-bound loop as an ROI" wroi wplain
+}
+
+# plugin_target VERSION RATIO: what the ratio is held to on that QEMU.
+plugin_target() {
+    case $1 in [0-8].*) echo "(API 1, one vCPU: an inline add per block)" ;;
+    *) echo "(target <= 1.05x) $(verdict "$2 <= 1.05")" ;; esac
+}
+
+# loop_overhead VERSION TITLE LABEL WITH_ARRAY WITHOUT_ARRAY: one loop
+# benchmark with the insn plugin against none, and its ratio line.
+loop_overhead() {
+    local v=$1 title=$2 label=$3 r
+    section "TCG plugin overhead on QEMU $v: $title, insn vs none ($BOOT_ROUNDS x 1 run)"
+    alternate "$label with insn" "$4" "$label without" "$5"
     r=$(ratio "$A_MED" "$B_MED")
-    case $v in [0-8].*) target="(API 1, one vCPU: an inline add per block)" ;;
-    *) target="(target <= 1.05x) $(verdict "$r <= 1.05")" ;; esac
-    printf 'insn plugin on QEMU %s, CPU-bound loop as an ROI: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
-        "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
-        "$r" "$target"
+    printf 'insn plugin on QEMU %s, %s: %.2f s with, %.2f s without, overhead ratio %sx %s\n' \
+        "$v" "$label" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
+        "$r" "$(plugin_target "$v" "$r")"
 }
 
 # ---- sweep and restore: checkpoints vs -loadvm ----
