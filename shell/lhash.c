@@ -5,6 +5,7 @@
  * hashes its files while QEMU and qemu-img are still writing the others.
  *
  *   hash.sha256(path) -> hex, size | nil, msg, code
+ *   hash.string(s) -> hex                   SHA-256 of a string
  *   hash.file(path) -> job                  hash a file in a thread
  *   hash.copy(src, dst [, mode]) -> job     copy into a new file, hashing
  *   hash.follow(path) -> job                hash a file while another process
@@ -392,8 +393,22 @@ static int l_hash_sha256(lua_State *L)
     return 2;
 }
 
+/* hash.string(s) -> hex: the SHA-256 of a string (a setup's identity) */
+static int l_hash_string(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(s, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != sizeof md) {
+        return luaL_error(L, "SHA-256 failed");
+    }
+    push_hex(L, md);
+    return 1;
+}
+
 static const luaL_Reg hash_funcs[] = {
-    {"sha256", l_hash_sha256}, {"file", l_hash_file}, {"copy", l_hash_copy},
+    {"sha256", l_hash_sha256}, {"string", l_hash_string}, {"file", l_hash_file}, {"copy", l_hash_copy},
     {"follow", l_hash_follow}, {NULL, NULL},
 };
 

@@ -35,6 +35,12 @@ static const char usage_text[] =
     "       qshell [options] sweep [--slurm] SCRIPT [ARGS...]\n"
     "                                             run a script whose qemu.sweep calls go\n"
     "                                             to Slurm (a job array) or stay local\n"
+    "       qshell [options] sweep --rerun RESULTS ROW\n"
+    "                                             run one row of a sweep's results again\n"
+    "                                             from what it records; say what differs\n"
+    "       qshell [options] results FILE... [OPTIONS]\n"
+    "                                             summary, comparison, figure or live view\n"
+    "                                             of sweep results (qshell results --help)\n"
     "       qshell [options] attach SOCKET        shell on a QEMU started with\n"
     "                                             -qmp unix:SOCKET,server=on,wait=off\n"
     "options:\n"
@@ -52,11 +58,12 @@ struct opts {
     const char *codes[64];
     int ncodes;
     int interactive;
-    const char *mode;   /* "script", "attach", "repl" */
-    const char *target; /* script path or socket */
+    const char *mode;   /* "script", "attach", "repl", "cli" */
+    const char *target; /* script path, socket, or the Lua module of a "cli" command */
     int script_index;   /* index of the script in argv */
     int argc;
     char **argv;
+    int exit_code; /* what a "cli" command returned */
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -107,10 +114,25 @@ static int parse_args(int argc, char **argv, struct opts *o, struct qs_state *st
                 return usage_error("'run' needs a script%s", "");
             }
             i++;
+        } else if (strcmp(argv[i], "results") == 0) {
+            /* qshell results ...: a command written in Lua, given its args */
+            o->mode = "cli";
+            o->target = "qemu.results.cli";
+            o->script_index = i;
+            return -1;
         } else if (strcmp(argv[i], "sweep") == 0) {
             /* qshell sweep [--slurm|--local] SCRIPT [ARGS]: the script's
              * qemu.sweep calls use that engine. */
             i++;
+            if (i < argc && strcmp(argv[i], "--rerun") == 0) {
+                if (argc - i != 3) {
+                    return usage_error("'sweep --rerun' needs a results file and a row%s", "");
+                }
+                o->mode = "cli";
+                o->target = "qemu.sweep.rerun";
+                o->script_index = i;
+                return -1;
+            }
             if (i < argc && (strcmp(argv[i], "--slurm") == 0 || strcmp(argv[i], "--local") == 0)) {
                 setenv("QSHELL_SWEEP_ENGINE", argv[i] + 2, 1);
                 i++;
@@ -213,6 +235,30 @@ static int pmain(lua_State *L)
             return 0;
         }
     }
+    if (strcmp(o->mode, "cli") == 0) {
+        /* require(module).main({args after the command}) -> exit status */
+        static const char call[] = "local m, a = ...; return require(m).main(a)";
+        int s = luaL_loadbuffer(L, call, sizeof call - 1, "=(qshell)");
+        lua_pushstring(L, o->target);
+        lua_createtable(L, o->argc - o->script_index - 1, 0);
+        for (int i = o->script_index + 1; i < o->argc; i++) {
+            lua_pushstring(L, o->argv[i]);
+            lua_rawseti(L, -2, i - o->script_index);
+        }
+        if (s != LUA_OK) {
+            lua_pop(L, 2);
+            qs_report(L, s);
+            return 0;
+        }
+        if (qs_report(L, qs_docall(L, 2, 1)) != LUA_OK) {
+            return 0;
+        }
+        o->exit_code = (int)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        shutdown_vms(L);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     if (strcmp(o->mode, "script") == 0) {
         const char *file = strcmp(o->target, "-") == 0 ? NULL : o->target;
         if (file) {
@@ -274,5 +320,5 @@ int main(int argc, char **argv)
     if (sigst) {
         return sigst;
     }
-    return ok ? 0 : 1;
+    return ok ? o.exit_code : 1;
 }

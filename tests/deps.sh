@@ -11,12 +11,12 @@ set -u
 # dosfstools and mtools build FAT disks (qemu.disk.populate fs="vfat", the
 # cloud-init seeds), xorriso ISO 9660 seeds; python3-yaml reads the seeds'
 # YAML back in the tests; mmdebstrap builds distribution images
-# (qemu.image.build, the distro tier).
+# (qemu.image.build, the distro tier); gnuplot-nox draws `qshell results --plot`.
 build_pkgs=(gcc libc6-dev make pkg-config liblua5.4-dev libjson-c-dev libedit-dev libssl-dev)
 run_pkgs=(
     lua5.4 lua-lpeg qemu-system-x86 qemu-utils
     e2fsprogs busybox-static fdisk procps util-linux man-db
-    dosfstools mtools xorriso python3-yaml mmdebstrap
+    dosfstools mtools xorriso python3-yaml mmdebstrap gnuplot-nox
     clang libclang-rt-14-dev llvm
     dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev
 )

@@ -40,6 +40,8 @@ M.classes = {
   CheckpointFailed = "making a checkpoint failed",
   CheckpointCorrupt = "a checkpoint's files do not match its manifest",
   SlurmError = "the Slurm engine could not submit or run the sweep",
+  BadResults = "a results file qshell cannot read (the line is named)",
+  RerunMismatch = "a results row cannot be rerun as recorded (its checkpoint or script is gone)",
   -- disks, images, plugins, kernels
   DiskError = "qemu-img or mkfs failed on an image",
   NbdUnavailable = "no nbd kernel module",

@@ -19,6 +19,7 @@ local lazy = {
   image = "qemu.image",
   kernel = "qemu.kernel",
   pp = "qemu.pp",
+  results = "qemu.results",
 }
 
 local launch -- the launch module, loaded on first use (with the VM methods)

@@ -11,6 +11,8 @@
 --   results.lua  the results file (CSV/JSONL writer, reader, formatter) and the tally
 --   source.lua   from= resolved to a checkpoint
 --   runner.lua   one run: launch from the checkpoint, the run function, its metrics
+--   provenance.lua  what produced a row (QEMU, machine, checkpoint, plugins, script)
+--   rerun.lua    one row run again from what it records
 --   local.lua    the local engine (forked workers)
 --   slurm.lua    the Slurm engine (a job array)
 -- This file checks the options, makes the plan, and hands it to an engine.
@@ -19,11 +21,16 @@ local check = require "qemu.check"
 local plan = require "qemu.sweep.plan"
 local results = require "qemu.sweep.results"
 local source = require "qemu.sweep.source"
+local runner = require "qemu.sweep.runner"
 
 local M = {}
 
 M.read = results.read
 M.format = results.format
+
+function M.rerun(path, row, opts)
+  return require("qemu.sweep.rerun").rerun(path, row, opts)
+end
 
 local ENGINES = { ["local"] = "qemu.sweep.local", slurm = "qemu.sweep.slurm" }
 
@@ -46,6 +53,11 @@ function M.sweep(spec)
   if not ENGINES[engine_name] then check.bad(fname, "engine must be \"local\" or \"slurm\"") end
   local engine = require(ENGINES[engine_name])
   local runs, names = plan.expand(matrix, reps)
+  -- Rerunning one row (qemu.sweep.rerun runs the script again): that run only.
+  local rerun_key = os.getenv("QSHELL_SWEEP_RERUN")
+  if rerun_key and rerun_key ~= "" then
+    return require("qemu.sweep.rerun").task(spec, runs, rerun_key, fname)
+  end
   -- In a Slurm array task, the task runs its share (a compute node need
   -- not have sbatch); the submitter owns out.
   local in_task = os.getenv("QSHELL_SWEEP_JOB")
@@ -56,8 +68,9 @@ function M.sweep(spec)
 
   local out = spec.out and results.open(spec.out, names, spec.resume, fname)
   local todo, skipped = plan.todo(runs, out and out.done)
-  local tally = results.tally(runs, out, skipped)
   local src = #todo > 0 and source.resolve(spec, fname, engine.shared_dir and engine.shared_dir(spec)) or nil
+  local tally = results.tally(runs, out, skipped, src and function(r) return runner.setup(spec, src, r.params) end)
+  if out then out:note_sweep { total = #runs, params = names, started = require("qemu.sweep.provenance").now_text() } end
   local extra = {}
   if #todo > 0 then
     local ok, err = pcall(function()

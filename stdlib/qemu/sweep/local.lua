@@ -97,6 +97,8 @@ local function show(p, tally, total, running)
   if new > 0 and done < total then
     line = line .. ", ETA " .. host.fmt_time(p:elapsed() / new * (total - done))
   end
+  local last = tally:last_text(60)
+  if last then line = line .. " | last: " .. last end
   return line
 end
 

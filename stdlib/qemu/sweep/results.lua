@@ -2,17 +2,27 @@
 --
 -- The writer appends one whole row per finished run (a killed sweep leaves
 -- whole rows), widens a CSV header when a later run brings a new metric,
--- and on resume reads which runs are done.  read() and format() are the
--- public qemu.sweep.read / qemu.sweep.format.  A Tally counts results as an
--- engine reports them and feeds the writer.
+-- keeps the runs' setups in the provenance sidecar, and on resume reads
+-- which runs are done.  load() is the strict reader every consumer uses
+-- (qemu.sweep.read, qemu.results, rerun): bad input is rejected with its
+-- line number, a truncated last line (a killed sweep) is left out with a
+-- warning, and nothing is ever rewritten.  format() is qemu.sweep.format.
+-- A Tally counts results as an engine reports them and feeds the writer.
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local json = require "qshell.json"
 local fs = require "qemu.fs"
 local plan = require "qemu.sweep.plan"
+local provenance = require "qemu.sweep.provenance"
 
 local M = {}
+
+-- The columns of every row besides parameters and metrics, in file order:
+-- run, repeat, (parameters), then these.
+M.FIXED = { "status", "wall_s", "error", "host", "started", "prov" }
+local FIXED_SET = { run = true, ["repeat"] = true }
+for _, k in ipairs(M.FIXED) do FIXED_SET[k] = true end
 
 
 local function csv_field(v)
@@ -48,19 +58,27 @@ local function csv_parse_line(line)
   return out
 end
 
--- Split text into complete records (CSV fields may hold newlines in quotes).
+-- Split text into complete records (CSV fields may hold newlines in
+-- quotes) -> records, their first line numbers, and the line number of an
+-- incomplete last record (no final newline, or a quote left open) or nil.
 local function csv_records(text)
-  local recs, cur, inq = {}, {}, false
+  local recs, lines, cur, inq, n, first = {}, {}, {}, false, 0, 1
   for line in text:gmatch("([^\n]*)\n") do
+    n = n + 1
+    if #cur == 0 then first = n end
     cur[#cur + 1] = line
     local _, q = line:gsub('"', "")
     if q % 2 == 1 then inq = not inq end
     if not inq then
       recs[#recs + 1] = table.concat(cur, "\n")
+      lines[#recs] = first
       cur = {}
     end
   end
-  return recs
+  local partial
+  if #cur > 0 then partial = first
+  elseif not text:match("\n$") and text ~= "" then partial = n + 1 end
+  return recs, lines, partial
 end
 
 local Out = {}
@@ -86,7 +104,7 @@ function M.open(path, names, resume, fname)
   end
   local want = { "run", "repeat" }
   for _, k in ipairs(names) do want[#want + 1] = k end
-  for _, k in ipairs { "status", "wall_s", "error" } do want[#want + 1] = k end
+  for _, k in ipairs(M.FIXED) do want[#want + 1] = k end
   if self.kind == "csv" then
     local recs = csv_records(text)
     if #recs > 0 then
@@ -128,11 +146,33 @@ function M.open(path, names, resume, fname)
   return self
 end
 
+-- Keep a run's setup in the sidecar (once per distinct setup; the sidecar
+-- is replaced whole, never edited in place).
+function Out:note_setup(id, setup)
+  self.sidecar = self.sidecar or provenance.read_sidecar(self.path)
+  if self.sidecar.setups[id] then return end
+  self.sidecar.setups[id] = setup
+  fs.write(provenance.sidecar(self.path), provenance.canonical(self.sidecar) .. "\n", "qemu.sweep")
+end
+
+-- Say in the sidecar what this sweep is (its parameters and run count).
+function Out:note_sweep(info)
+  self.sidecar = self.sidecar or provenance.read_sidecar(self.path)
+  self.sidecar.format = 1
+  self.sidecar.results = self.path:match("([^/]+)$")
+  self.sidecar.sweep = info
+  fs.write(provenance.sidecar(self.path), provenance.canonical(self.sidecar) .. "\n", "qemu.sweep")
+end
+
 function Out:append(r)
   local line
+  if r.prov and r.provenance then self:note_setup(r.prov, r.provenance) end
   if self.kind == "jsonl" then
     line = json.encode { run = r.key, ["repeat"] = r.rep, params = r.params, status = r.status,
-                         wall_s = r.wall, error = r.error or json.null, metrics = r.metrics or json.object {} } .. "\n"
+                         wall_s = r.wall, error = r.error or json.null, host = r.host or json.null,
+                         started = r.started or json.null, prov = r.prov or json.null,
+                         provenance = r.provenance or json.null,
+                         metrics = r.metrics or json.object {} } .. "\n"
   else
     if not self.header then
       -- The metric columns come from the first successful run.
@@ -157,6 +197,9 @@ function Out:append(r)
     f[#f + 1] = csv_field(r.status)
     f[#f + 1] = string.format("%.3f", r.wall)
     f[#f + 1] = csv_field(r.error)
+    f[#f + 1] = csv_field(r.host)
+    f[#f + 1] = csv_field(r.started)
+    f[#f + 1] = csv_field(r.prov)
     local known = {}
     for _, k in ipairs(self.metrics) do known[k] = true end
     local new = {}
@@ -210,29 +253,121 @@ function Out:finish()
   end
 end
 
--- qemu.sweep.read(path) -> rows: the results of a sweep, CSV or JSONL, as a
--- list of tables keyed by column (CSV) or the JSON objects (JSONL).  Numbers
--- in CSV cells are numbers.
-function M.read(path)
-  check.arg("qemu.sweep.read", 1, path, "string")
+local function bad(fname, path, line, fmt, ...)
+  errors.raise { class = "BadResults", command = fname,
+                 desc = string.format("%s:%d: " .. fmt, path, line, ...),
+                 hint = "the file is left as it is; fix or remove that line (or read another file)" }
+end
+
+local function cell(v)
+  if v == "" then return nil end
+  return tonumber(v) or v
+end
+
+-- M.load(path [, fname]) -> rows: the rows of a results file (CSV or JSONL,
+-- by the name), each keyed by column with numbers as numbers and
+-- parameters and metrics at the top level (JSONL rows also keep
+-- `provenance`).  rows.columns (file order), rows.params, rows.metrics
+-- (names), rows.lines[i] (the line row i starts on), rows.warnings, and
+-- rows.setups (the provenance sidecar's, or the JSONL rows' own).
+function M.load(path, fname)
+  fname = fname or "qemu.results.read"
   local text = fs.read(path)
-  if not text then errors.raise { class = "BadArgument", command = "qemu.sweep.read", desc = "cannot open " .. path } end
-  local rows = {}
+  if not text then
+    errors.raise { class = "BadArgument", command = fname, desc = "cannot open " .. path .. ": no such results file" }
+  end
+  local rows = { columns = {}, params = {}, metrics = {}, lines = {}, warnings = {}, setups = {}, path = path }
+  local function add_name(list, set, k)
+    if not set[k] then set[k] = true; list[#list + 1] = k end
+  end
+  local pset, mset, cset = {}, {}, {}
   if path:match("%.jsonl?$") then
-    for line in text:gmatch("([^\n]+)\n") do rows[#rows + 1] = json.decode(line) end
+    local n, complete = 0, text:match("^(.*\n)") or ""
+    for line in complete:gmatch("([^\n]*)\n") do
+      n = n + 1
+      if line:match("%S") then
+        local ok, r = pcall(json.decode, line)
+        if not ok or type(r) ~= "table" or r.run == nil or type(r.params) ~= "table" then
+          bad(fname, path, n, "not a sweep result (a JSON object with run and params): %s", line:sub(1, 60))
+        end
+        local row = {}
+        for _, k in ipairs { "run", "repeat", "status", "wall_s", "error", "host", "started", "prov" } do
+          if r[k] ~= json.null then row[k] = r[k] end
+        end
+        for _, k in ipairs(plan.sorted_keys(r.params)) do
+          if FIXED_SET[k] then bad(fname, path, n, "parameter %s has the name of a column every row has", k) end
+          row[k] = r.params[k]
+          add_name(rows.params, pset, k)
+        end
+        if type(r.metrics) == "table" then
+          for _, k in ipairs(plan.sorted_keys(r.metrics)) do
+            if r.metrics[k] ~= json.null then row[k] = r.metrics[k] end
+            add_name(rows.metrics, mset, k)
+          end
+        end
+        if type(r.provenance) == "table" then
+          row.provenance = r.provenance
+          if r.prov and r.prov ~= json.null then rows.setups[r.prov] = r.provenance end
+        end
+        rows[#rows + 1] = row
+        rows.lines[#rows] = n
+      end
+    end
+    if #complete ~= #text then
+      rows.warnings[#rows.warnings + 1] = string.format(
+        "%s:%d: the last line is incomplete (a sweep killed while writing it?); left out", path, n + 1)
+    end
+    for _, k in ipairs { "run", "repeat" } do add_name(rows.columns, cset, k) end
+    for _, k in ipairs(rows.params) do add_name(rows.columns, cset, k) end
+    for _, k in ipairs(M.FIXED) do add_name(rows.columns, cset, k) end
+    for _, k in ipairs(rows.metrics) do add_name(rows.columns, cset, k) end
     return rows
   end
-  local recs = csv_records(text)
-  local header = recs[1] and csv_parse_line(recs[1]) or {}
-  for i = 2, #recs do
-    local row = {}
-    for j, v in ipairs(csv_parse_line(recs[i])) do
-      if header[j] then row[header[j]] = (v ~= "" and tonumber(v)) or (v ~= "" and v or nil) end
-    end
-    rows[#rows + 1] = row
+  local recs, lines, partial = csv_records(text)
+  if partial then
+    rows.warnings[#rows.warnings + 1] = string.format(
+      "%s:%d: the last line is incomplete (a sweep killed while writing it?); left out", path, partial)
   end
+  if #recs == 0 then return rows end
+  local header = csv_parse_line(recs[1])
+  if header[1] ~= "run" or header[2] ~= "repeat" then
+    bad(fname, path, 1, "the header starts with %s, not run,repeat: not a sweep's results", recs[1]:sub(1, 40))
+  end
+  local status_at
+  for j, k in ipairs(header) do
+    if k == "" then bad(fname, path, 1, "column %d has no name", j) end
+    if cset[k] then bad(fname, path, 1, "column %s appears twice", k) end
+    cset[k] = true
+    if k == "status" and not status_at then status_at = j end
+  end
+  if not status_at then bad(fname, path, 1, "the header has no status column: not a sweep's results") end
   rows.columns = header
+  for j = 3, status_at - 1 do add_name(rows.params, pset, header[j]) end
+  for j = status_at + 1, #header do
+    if not FIXED_SET[header[j]] then add_name(rows.metrics, mset, header[j]) end
+  end
+  for i = 2, #recs do
+    local f = csv_parse_line(recs[i])
+    if #f > #header then
+      bad(fname, path, lines[i], "%d fields, but the header has %d columns", #f, #header)
+    end
+    if not (#f == 1 and f[1] == "") then
+      local row = {}
+      for j, v in ipairs(f) do row[header[j]] = cell(v) end
+      rows[#rows + 1] = row
+      rows.lines[#rows] = lines[i]
+    end
+  end
+  local side = provenance.read_sidecar(path)
+  rows.setups = side.setups
+  rows.sweep = side.sweep
   return rows
+end
+
+-- qemu.sweep.read(path) -> rows: M.load under the public name.
+function M.read(path)
+  check.arg("qemu.sweep.read", 1, path, "string")
+  return M.load(path, "qemu.sweep.read")
 end
 
 -- qemu.sweep.format(rows [, columns]) -> the rows as an aligned text table
@@ -272,19 +407,49 @@ end
 local Tally = {}
 Tally.__index = Tally
 
--- M.tally(runs, out, skipped): out is the writer (or nil).
-function M.tally(runs, out, skipped)
+-- M.tally(runs, out, skipped [, setup_for]): out is the writer (or nil);
+-- setup_for(run) gives the provenance of a run whose worker died before
+-- reporting one.
+function M.tally(runs, out, skipped, setup_for)
   return setmetatable({ runs = runs, out = out, ok = 0, failed = 0, skipped = skipped or 0,
-                        results = {} }, Tally)
+                        results = {}, setup_for = setup_for }, Tally)
 end
 
--- Record one result {i=, status=, metrics=, error=, wall=} of run i.
+-- Record one result {i=, status=, metrics=, error=, wall=, host=, started=,
+-- setup=} of run i.
 function Tally:record(res)
   local r = self.runs[res.i]
   r.status, r.metrics, r.error, r.wall = res.status, res.metrics, res.error, res.wall
+  r.host, r.started = res.host or provenance.host(), res.started
+  local setup = res.setup
+  if setup == nil and self.setup_for then
+    local ok, s = pcall(self.setup_for, r)
+    setup = ok and s or nil
+  end
+  if setup then r.provenance, r.prov = setup, provenance.id(setup) end
   self.results[#self.results + 1] = r
+  self.last = r
   if res.status == "ok" then self.ok = self.ok + 1 else self.failed = self.failed + 1 end
   if self.out then self.out:append(r) end
+end
+
+-- The last finished run in a few words (for progress lines).
+function Tally:last_text(width)
+  local r = self.last
+  if not r then return nil end
+  local parts = { r.key, r.status }
+  if r.status == "ok" then
+    local keys = plan.sorted_keys(r.metrics or {})
+    for i = 1, math.min(#keys, 2) do
+      local v = r.metrics[keys[i]]
+      parts[#parts + 1] = keys[i] .. "=" .. (math.type(v) == "float" and string.format("%.4g", v) or tostring(v))
+    end
+  else
+    parts[#parts + 1] = (tostring(r.error or ""):gsub("%s+", " ")):sub(1, 40)
+  end
+  local s = table.concat(parts, " ")
+  if width and #s > width then s = s:sub(1, width - 3) .. "..." end
+  return s
 end
 
 function Tally:done() return self.ok + self.failed + self.skipped end

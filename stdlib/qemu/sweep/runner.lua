@@ -1,11 +1,14 @@
 -- qemu.sweep.runner: one run of a sweep, the same under every engine.
 -- The VM is qemu.launch{restore=checkpoint, ...the run's launch options}
 -- in its own overlay; the run function's metrics (or its error) come back
--- as a result {i=, status="ok"|"failed", metrics=, error=, wall=}, with a
--- roi<ID>_insns column per region of interest when the insn plugin ran.
+-- as a result {i=, status="ok"|"failed", metrics=, error=, wall=, host=,
+-- started=, setup=}, with a roi<ID>_insns column per region of interest
+-- when the insn plugin ran; setup is the run's provenance (see
+-- qemu.sweep.provenance).
 
 local sys = require "qshell.os"
 local plan = require "qemu.sweep.plan"
+local provenance = require "qemu.sweep.provenance"
 
 local M = {}
 
@@ -57,14 +60,38 @@ local function roi_metrics(vm, m)
   return m
 end
 
+-- The script side of the provenance, once per process.
+local script_facts
+local function script_of(spec)
+  if not script_facts or script_facts.spec ~= spec then
+    script_facts = { spec = spec, facts = provenance.script(spec) }
+  end
+  return script_facts.facts
+end
+
+-- M.setup(spec, source, params [, vm]) -> the provenance of a run
+function M.setup(spec, source, params, vm)
+  local ok, lopts = pcall(M.launch_options, spec, params, source)
+  return provenance.setup(script_of(spec), ok and lopts or {}, source, vm)
+end
+
 -- M.run(spec, source, r) -> result; never raises (a failed run is a result).
 function M.run(spec, source, r)
   local t0 = sys.now()
+  local out = { i = r.i, host = provenance.host(), started = provenance.now_text() }
+  local lopts, vm_seen
   local ok, res = pcall(function()
-    local vm <close> = qemu.launch(M.launch_options(spec, r.params, source))
+    lopts = M.launch_options(spec, r.params, source)
+    local vm <close> = qemu.launch(lopts)
+    vm_seen = vm
+    out.setup = provenance.setup(script_of(spec), lopts, source, vm)
     return roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
   end)
-  local out = { i = r.i, wall = sys.now() - t0 }
+  out.wall = sys.now() - t0
+  if not out.setup then
+    local sok, setup = pcall(provenance.setup, script_of(spec), lopts or {}, source, vm_seen)
+    out.setup = sok and setup or nil
+  end
   if ok then
     out.status, out.metrics = "ok", res
   else

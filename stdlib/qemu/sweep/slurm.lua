@@ -43,7 +43,7 @@ function M.task(spec, runs, job)
       errors.raise { class = "SlurmError", command = "qemu.sweep",
                      desc = "the plan names run " .. key .. " that this script's matrix does not have" }
     end
-    local res = runner.run(spec, { checkpoint = plan.checkpoint, from_tag = plan.from_tag }, r)
+    local res = runner.run(spec, { checkpoint = plan.checkpoint, from_tag = plan.from_tag, tag = plan.tag }, r)
     res.key = key
     fs.append(result, json.encode(res) .. "\n", "qemu.sweep")
   end
@@ -105,7 +105,7 @@ function M.run(j)
     if name:match("^task%-%d+%.") or name == "plan.json" or name == "job.sh" then os.remove(job .. "/" .. name) end
   end
   local ntasks = math.min(sopts.tasks or #todo, #todo)
-  local plan = { checkpoint = ckpt, from_tag = j.source.from_tag, tasks = {} }
+  local plan = { checkpoint = ckpt, from_tag = j.source.from_tag, tag = j.source.tag, tasks = {} }
   for t = 1, ntasks do plan.tasks[t] = json.array {} end
   for i, r in ipairs(todo) do
     local t = (i - 1) % ntasks + 1
@@ -158,8 +158,9 @@ function M.run(j)
         end
       end
     end
-    progress:show(string.format("slurm: %d/%d done, %d failed, %s", tally.ok + tally.failed, #todo,
-                                tally.failed, host.fmt_time(progress:elapsed())))
+    local last = tally:last_text(60)
+    progress:show(string.format("slurm: %d/%d done, %d failed, %s%s", tally:done(), #j.runs,
+                                tally.failed, host.fmt_time(progress:elapsed()), last and (" | last: " .. last) or ""))
   end
   local st
   local interrupted = false

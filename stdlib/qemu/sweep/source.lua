@@ -14,7 +14,7 @@ local M = {}
 
 local count = 0
 
--- M.resolve(spec, fname [, where]) -> {checkpoint=dir, from_tag=bool}
+-- M.resolve(spec, fname [, where]) -> {checkpoint=dir, from_tag=bool, tag=}
 -- where: the directory a checkpoint made from a tag goes into (an engine
 -- whose runs are on other machines gives one they see), else the scratch dir.
 function M.resolve(spec, fname, where)
@@ -47,7 +47,7 @@ function M.resolve(spec, fname, where)
   lopts.loadvm = spec.from
   local vm <close> = qemu.launch(lopts)
   vm:checkpoint(dir)
-  return { checkpoint = dir, from_tag = true }
+  return { checkpoint = dir, from_tag = true, tag = spec.from }
 end
 
 return M

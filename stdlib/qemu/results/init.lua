@@ -1,0 +1,585 @@
+-- qemu.results: what a researcher does with a sweep's results file.
+--
+--   rows = qemu.results.read("a.csv" [, "b.jsonl", ...])
+--   s = qemu.results.summary(rows, {by={"size"}, metrics={"seconds"}, where={plugin="off"}})
+--   c = qemu.results.compare(rows_a, rows_b, {by=...})      two files
+--   c = qemu.results.compare(rows, {baseline={plugin="off"}}) one file
+--   print(qemu.results.format(s, "table"|"csv"|"markdown"|"json"))
+--   qemu.results.plot(rows, {x="size", y="seconds", group="plugin", out="fig.png"})
+--   qemu.results.follow("results.csv")    the summary, redrawn as rows arrive
+--
+-- Rows are grouped by the parameters (all of them unless by= names some);
+-- each numeric metric gets n, mean, sd, min, median, max and the 95%
+-- confidence interval of the mean over the group's successful runs; runs
+-- whose status is not "ok" are counted as failed and give no values.
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local json = require "qshell.json"
+local sys = require "qshell.os"
+local results = require "qemu.sweep.results"
+local plan = require "qemu.sweep.plan"
+local stats = require "qemu.results.stats"
+
+local M = {}
+
+M.stats = stats
+
+-- ---- reading ----
+
+-- qemu.results.read(path, ...) -> rows: one or more results files as one
+-- list (columns, params and metrics are the union, in order of appearance).
+function M.read(...)
+  local paths = { ... }
+  local fname = "qemu.results.read"
+  if #paths == 0 then check.bad(fname, "give at least one results file") end
+  local all = { columns = {}, params = {}, metrics = {}, lines = {}, files = {}, warnings = {}, setups = {} }
+  local seen = { columns = {}, params = {}, metrics = {} }
+  for i, path in ipairs(paths) do
+    check.arg(fname, i, path, "string")
+    local rows = results.load(path, fname)
+    for _, what in ipairs { "columns", "params", "metrics" } do
+      for _, k in ipairs(rows[what]) do
+        if not seen[what][k] then seen[what][k] = true; all[what][#all[what] + 1] = k end
+      end
+    end
+    for j, row in ipairs(rows) do
+      all[#all + 1] = row
+      all.lines[#all] = rows.lines[j]
+      all.files[#all] = path
+    end
+    for _, w in ipairs(rows.warnings) do all.warnings[#all.warnings + 1] = w end
+    for id, s in pairs(rows.setups or {}) do all.setups[id] = s end
+    all.sweep = all.sweep or rows.sweep
+  end
+  -- A parameter of one file that is a metric of another cannot be grouped.
+  for _, k in ipairs(all.params) do
+    if seen.metrics[k] then
+      errors.raise { class = "BadResults", command = fname,
+                     desc = k .. " is a parameter in one file and a metric in another" }
+    end
+  end
+  return all
+end
+
+-- ---- options shared by summary, compare and plot ----
+
+local function list_opt(fname, v, what)
+  if v == nil then return nil end
+  if type(v) == "string" then
+    local out = {}
+    for part in v:gmatch("[^,]+") do out[#out + 1] = part end
+    return out
+  end
+  if type(v) ~= "table" then check.bad(fname, "%s must be a list of names (or a comma-separated string)", what) end
+  for _, x in ipairs(v) do
+    if type(x) ~= "string" then check.bad(fname, "%s must be a list of names", what) end
+  end
+  return v
+end
+
+local function is_rows(fname, rows, n)
+  if type(rows) ~= "table" then check.bad(fname, "argument %d must be rows (from qemu.results.read)", n) end
+  return rows
+end
+
+-- The parameters of plain rows (no .params): every column that is not a
+-- fixed column and holds no number in all rows... too clever: ask for by=.
+local function params_of(fname, rows)
+  if rows.params then return rows.params end
+  check.bad(fname, "these rows do not say which columns are parameters: give by= (or read them with qemu.results.read)")
+end
+
+local function text(v)
+  if v == nil or v == json.null then return "" end
+  return plan.value_text(v)
+end
+
+local function ok_row(row)
+  return row.status == nil or row.status == "ok"
+end
+
+local function filter(fname, rows, where)
+  if where == nil then return rows end
+  if type(where) ~= "table" then check.bad(fname, "where must be a table {param = value or {values}}") end
+  local out = { params = rows.params, metrics = rows.metrics, lines = {}, files = {} }
+  local known = {}
+  for _, k in ipairs(rows.params or {}) do known[k] = true end
+  for _, k in ipairs(rows.columns or {}) do known[k] = true end
+  for k in pairs(where) do
+    if rows.columns and not known[k] then
+      check.bad(fname, "where: no column %s (the columns are %s)", tostring(k), table.concat(rows.columns, ", "))
+    end
+  end
+  for i, row in ipairs(rows) do
+    local keep = true
+    for k, want in pairs(where) do
+      local vals = type(want) == "table" and want or { want }
+      local hit = false
+      for _, w in ipairs(vals) do if text(row[k]) == text(w) then hit = true end end
+      if not hit then keep = false break end
+    end
+    if keep then
+      out[#out + 1] = row
+      out.lines[#out] = rows.lines and rows.lines[i]
+      out.files[#out] = rows.files and rows.files[i] or rows.path
+    end
+  end
+  return out
+end
+
+local function where_at(rows, i)
+  local f = (rows.files and rows.files[i]) or rows.path or "rows"
+  local l = rows.lines and rows.lines[i]
+  return l and (f .. ":" .. l) or (f .. " row " .. i)
+end
+
+local BOOL = { ["true"] = 1, ["false"] = 0 }
+
+-- The numeric metrics: a column is numeric when its values in successful
+-- runs are numbers (true/false count as 1/0); a text cell in a numeric
+-- column is an error naming its line; an all-text column is left out
+-- unless asked for.
+local function numeric_metrics(fname, rows, asked)
+  local out = {}
+  for _, m in ipairs(asked or rows.metrics or {}) do
+    local nums, bools, texts, first_text = 0, 0, 0, nil
+    for i, row in ipairs(rows) do
+      local v = row[m]
+      if ok_row(row) and v ~= nil and v ~= json.null then
+        if type(v) == "number" then nums = nums + 1
+        elseif type(v) == "boolean" or BOOL[v] then bools = bools + 1
+        else texts = texts + 1; first_text = first_text or i end
+      end
+    end
+    if texts > 0 and nums + bools > 0 then
+      errors.raise { class = "BadResults", command = fname,
+                     desc = string.format("metric %s is numeric, but %s has %q", m, where_at(rows, first_text),
+                                          tostring(rows[first_text][m])),
+                     hint = "fix that cell, or name the other metrics (metrics=, --metric)" }
+    end
+    if texts > 0 and asked then
+      check.bad(fname, "metric %s holds text (e.g. %q at %s), not numbers", m, tostring(rows[first_text][m]),
+                where_at(rows, first_text))
+    end
+    if nums + bools == 0 and asked then
+      local known = {}
+      for _, k in ipairs(rows.metrics or {}) do known[k] = true end
+      if not known[m] then
+        check.bad(fname, "no metric %s (the metrics are %s)", m, table.concat(rows.metrics or {}, ", "))
+      end
+    end
+    if texts == 0 then out[#out + 1] = m end
+  end
+  return out
+end
+
+local function numval(v)
+  if type(v) == "number" then return v end
+  if v == true then return 1 elseif v == false then return 0 end
+  return BOOL[v]
+end
+
+-- Order group keys: numbers numerically, then text.
+local function key_less(by)
+  return function(a, b)
+    for _, k in ipairs(by) do
+      local x, y = a.key[k], b.key[k]
+      if text(x) ~= text(y) then
+        if type(x) == "number" and type(y) == "number" then return x < y end
+        if type(x) == "number" then return true end
+        if type(y) == "number" then return false end
+        if x == nil then return true end
+        if y == nil then return false end
+        return tostring(x) < tostring(y)
+      end
+    end
+    return false
+  end
+end
+
+local summary_opts = { by = "table|string", metrics = "table|string", where = "table" }
+
+-- qemu.results.summary(rows [, {by=, metrics=, where=}]) -> summary
+--   summary = {by=, metrics=, groups = {{key={param=value}, label=, runs=, ok=,
+--              failed=, stats={metric={n=, mean=, sd=, min=, median=, max=, ci_lo=, ci_hi=}}}}}
+function M.summary(rows, opts)
+  local fname = "qemu.results.summary"
+  is_rows(fname, rows, 1)
+  opts = check.options(fname, opts, summary_opts, 2)
+  local by = list_opt(fname, opts.by, "by") or params_of(fname, rows)
+  if rows.params then
+    local known = {}
+    for _, k in ipairs(rows.params) do known[k] = true end
+    for _, k in ipairs(by) do
+      if not known[k] then
+        check.bad(fname, "by: %s is not a parameter (the parameters are %s)", k,
+                  #rows.params > 0 and table.concat(rows.params, ", ") or "none")
+      end
+    end
+  end
+  rows = filter(fname, rows, opts.where)
+  local metrics = numeric_metrics(fname, rows, list_opt(fname, opts.metrics, "metrics"))
+  local groups, index = {}, {}
+  for _, row in ipairs(rows) do
+    local parts = {}
+    for _, k in ipairs(by) do parts[#parts + 1] = k .. "=" .. text(row[k]) end
+    local label = table.concat(parts, " ")
+    local g = index[label]
+    if not g then
+      g = { key = {}, label = label, runs = 0, ok = 0, failed = 0, values = {} }
+      for _, k in ipairs(by) do g.key[k] = row[k] end
+      for _, m in ipairs(metrics) do g.values[m] = {} end
+      index[label] = g
+      groups[#groups + 1] = g
+    end
+    g.runs = g.runs + 1
+    if ok_row(row) then
+      g.ok = g.ok + 1
+      for _, m in ipairs(metrics) do
+        local v = numval(row[m])
+        if v then g.values[m][#g.values[m] + 1] = v end
+      end
+    else
+      g.failed = g.failed + 1
+    end
+  end
+  table.sort(groups, key_less(by))
+  for _, g in ipairs(groups) do
+    g.stats = {}
+    for _, m in ipairs(metrics) do g.stats[m] = stats.describe(g.values[m]) end
+    g.values = nil
+  end
+  return { kind = "summary", by = by, metrics = metrics, groups = groups, rows = #rows }
+end
+
+-- ---- comparing ----
+
+local compare_opts = { by = "table|string", metrics = "table|string", where = "table", baseline = "table",
+                       labels = "table" }
+
+local function compare_row(key, label, metric, a, b)
+  local r, lo, hi = stats.ratio(a, b)
+  return { key = key, label = label, metric = metric, a = a, b = b, ratio = r, ratio_lo = lo, ratio_hi = hi,
+           differs = not stats.overlap(a, b) }
+end
+
+-- qemu.results.compare(a, b [, {by=, metrics=, where=, labels={"A","B"}}]) -> comparison
+-- qemu.results.compare(rows, {baseline={param=value}, by=, metrics=, where=}) -> comparison
+--   comparison.rows = {{key=, metric=, a=stats, b=stats, ratio=, ratio_lo=, ratio_hi=, differs=}}
+--   ratio = b.mean / a.mean (a: the first file, or the baseline); differs:
+--   the 95% intervals of the two means do not overlap.
+function M.compare(a, b, opts)
+  local fname = "qemu.results.compare"
+  is_rows(fname, a, 1)
+  if opts == nil and type(b) == "table" and b.baseline ~= nil and b[1] == nil and not b.params then
+    opts, b = b, nil
+  end
+  opts = check.options(fname, opts, compare_opts, b and 3 or 2)
+  if b then
+    is_rows(fname, b, 2)
+    if opts.baseline then check.bad(fname, "baseline= compares within one set of rows; give one, not two") end
+    local sopts = { by = opts.by, metrics = opts.metrics, where = opts.where }
+    local sa, sb = M.summary(a, sopts), M.summary(b, sopts)
+    local out = { kind = "compare", by = sa.by, rows = {}, labels = opts.labels or { "a", "b" }, missing = {} }
+    local bindex = {}
+    for _, g in ipairs(sb.groups) do bindex[g.label] = g end
+    local metrics = {}
+    local inb = {}
+    for _, m in ipairs(sb.metrics) do inb[m] = true end
+    for _, m in ipairs(sa.metrics) do if inb[m] then metrics[#metrics + 1] = m end end
+    out.metrics = metrics
+    for _, ga in ipairs(sa.groups) do
+      local gb = bindex[ga.label]
+      if gb then
+        for _, m in ipairs(metrics) do
+          out.rows[#out.rows + 1] = compare_row(ga.key, ga.label, m, ga.stats[m], gb.stats[m])
+        end
+        bindex[ga.label] = nil
+      else
+        out.missing[#out.missing + 1] = ga.label .. " (only in " .. out.labels[1] .. ")"
+      end
+    end
+    for _, g in ipairs(sb.groups) do
+      if bindex[g.label] then out.missing[#out.missing + 1] = g.label .. " (only in " .. out.labels[2] .. ")" end
+    end
+    return out
+  end
+  -- Within one set: groups whose baseline parameter has another value,
+  -- against the group with the baseline value and the same other values.
+  local base = opts.baseline
+  if type(base) ~= "table" then check.bad(fname, "give a second set of rows, or baseline={param=value}") end
+  local bparam, bvalue
+  for k, v in pairs(base) do
+    if bparam then check.bad(fname, "baseline names one parameter") end
+    bparam, bvalue = k, v
+  end
+  if not bparam then check.bad(fname, "baseline={param=value}: which parameter is the baseline?") end
+  local by = list_opt(fname, opts.by, "by") or params_of(fname, a)
+  local hasb = false
+  for _, k in ipairs(by) do if k == bparam then hasb = true end end
+  if not hasb then
+    local nby = { bparam }
+    for _, k in ipairs(by) do nby[#nby + 1] = k end
+    by = nby
+  end
+  local s = M.summary(a, { by = by, metrics = opts.metrics, where = opts.where })
+  local function rest_label(g)
+    local parts = {}
+    for _, k in ipairs(by) do if k ~= bparam then parts[#parts + 1] = k .. "=" .. text(g.key[k]) end end
+    return table.concat(parts, " ")
+  end
+  local bases = {}
+  for _, g in ipairs(s.groups) do
+    if text(g.key[bparam]) == text(bvalue) then bases[rest_label(g)] = g end
+  end
+  if next(bases) == nil then
+    check.bad(fname, "baseline: no row has %s=%s", bparam, text(bvalue))
+  end
+  local out = { kind = "compare", by = by, metrics = s.metrics, rows = {}, baseline = { [bparam] = bvalue },
+                labels = { bparam .. "=" .. text(bvalue), "" }, missing = {} }
+  for _, g in ipairs(s.groups) do
+    if text(g.key[bparam]) ~= text(bvalue) then
+      local bg = bases[rest_label(g)]
+      if bg then
+        for _, m in ipairs(s.metrics) do
+          out.rows[#out.rows + 1] = compare_row(g.key, g.label, m, bg.stats[m], g.stats[m])
+        end
+      else
+        out.missing[#out.missing + 1] = g.label .. " (no baseline run with the same other parameters)"
+      end
+    end
+  end
+  return out
+end
+
+-- ---- formatting ----
+
+-- A number for a reader: whole numbers whole, others to 5 significant digits.
+function M.number(v, digits)
+  if v == nil then return "" end
+  if type(v) ~= "number" then return tostring(v) end
+  if v ~= v then return "nan" end
+  if v == math.floor(v) and math.abs(v) < 1e15 then return string.format("%d", v) end
+  return string.format("%." .. (digits or 5) .. "g", v)
+end
+
+local function precise(v)
+  if v ~= nil and v == math.floor(v) and math.abs(v) < 1e15 then return math.tointeger(v) end
+  return v
+end
+
+-- An interval's half-width: 3 significant digits, no exponent below 1e15.
+local function half(v)
+  if math.abs(v) >= 1000 and math.abs(v) < 1e15 then return string.format("%.0f", v) end
+  return string.format("%.3g", v)
+end
+
+-- The flat records of a summary or a comparison: {columns=, records=}
+-- with numbers as numbers (csv/json) -- and a text form for table/markdown.
+local function flatten(t, for_text)
+  local cols, recs = {}, {}
+  for _, k in ipairs(t.by) do cols[#cols + 1] = k end
+  if t.kind == "summary" then
+    cols[#cols + 1] = "metric"
+    local tail = for_text and { "n", "failed", "mean", "ci95", "sd", "min", "median", "max" }
+                 or { "n", "failed", "mean", "ci95_lo", "ci95_hi", "sd", "min", "median", "max" }
+    for _, k in ipairs(tail) do cols[#cols + 1] = k end
+    for _, g in ipairs(t.groups) do
+      -- A metric the group has no value of is left out (a plugin's count
+      -- where the plugin was off); a group with no value at all keeps one
+      -- line for its failed count.
+      local metrics = {}
+      for _, m in ipairs(t.metrics) do
+        if g.stats[m].n > 0 then metrics[#metrics + 1] = m end
+      end
+      if #metrics == 0 then metrics[1] = false end
+      for _, m in ipairs(metrics) do
+        local r = {}
+        for _, k in ipairs(t.by) do r[k] = g.key[k] end
+        local d = m and g.stats[m] or { n = 0 }
+        r.metric = m or ""
+        r.n, r.failed = d.n, g.failed
+        if for_text then
+          r.mean = M.number(d.mean)
+          r.ci95 = d.ci_lo and ("± " .. half((d.ci_hi - d.ci_lo) / 2)) or ""
+          for _, k in ipairs { "sd", "min", "median", "max" } do r[k] = M.number(d[k]) end
+        else
+          r.mean, r.ci95_lo, r.ci95_hi = precise(d.mean), precise(d.ci_lo), precise(d.ci_hi)
+          for _, k in ipairs { "sd", "min", "median", "max" } do r[k] = precise(d[k]) end
+        end
+        recs[#recs + 1] = r
+      end
+    end
+  else
+    local la, lb = t.labels[1], t.labels[2]
+    cols[#cols + 1] = "metric"
+    local tail
+    if for_text then
+      tail = { "n_a", "mean_a", "n_b", "mean_b", "ratio", "ratio_ci95", "differs" }
+    else
+      tail = { "n_a", "mean_a", "ci95_lo_a", "ci95_hi_a", "n_b", "mean_b", "ci95_lo_b", "ci95_hi_b",
+               "ratio", "ratio_lo", "ratio_hi", "differs" }
+    end
+    for _, k in ipairs(tail) do cols[#cols + 1] = k end
+    for _, c in ipairs(t.rows) do
+      local r = {}
+      for _, k in ipairs(t.by) do r[k] = c.key[k] end
+      r.metric = c.metric
+      r.n_a, r.n_b = c.a.n, c.b.n
+      if for_text then
+        r.mean_a, r.mean_b = M.number(c.a.mean), M.number(c.b.mean)
+        r.ratio = c.ratio and string.format("%.4f", c.ratio) or ""
+        r.ratio_ci95 = c.ratio_lo and string.format("[%.4f, %.4f]", c.ratio_lo, c.ratio_hi) or ""
+        r.differs = c.differs and "*" or ""
+      else
+        r.mean_a, r.ci95_lo_a, r.ci95_hi_a = precise(c.a.mean), precise(c.a.ci_lo), precise(c.a.ci_hi)
+        r.mean_b, r.ci95_lo_b, r.ci95_hi_b = precise(c.b.mean), precise(c.b.ci_lo), precise(c.b.ci_hi)
+        r.ratio, r.ratio_lo, r.ratio_hi = precise(c.ratio), precise(c.ratio_lo), precise(c.ratio_hi)
+        r.differs = c.differs
+      end
+      recs[#recs + 1] = r
+    end
+    t.legend = string.format("ratio = b / a; a = %s, b = %s; * where the 95%% intervals of the means do not overlap",
+                             la, lb ~= "" and lb or "each row")
+  end
+  return cols, recs
+end
+
+local function csv_cell(v)
+  if v == nil then return "" end
+  local s = type(v) == "number" and M.number(v, 10) or tostring(v)
+  if s:find('[,"\r\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
+  return s
+end
+
+local FORMATS = { table = true, csv = true, markdown = true, json = true }
+
+-- qemu.results.format(summary_or_comparison [, "table"|"csv"|"markdown"|"json"]) -> text
+function M.format(t, fmt)
+  local fname = "qemu.results.format"
+  if type(t) ~= "table" or (t.kind ~= "summary" and t.kind ~= "compare") then
+    check.bad(fname, "argument 1 must be a summary or a comparison (qemu.results.summary/compare)")
+  end
+  fmt = fmt or "table"
+  if not FORMATS[fmt] then check.bad(fname, "format must be table, csv, markdown or json; got %s", tostring(fmt)) end
+  local for_text = fmt == "table" or fmt == "markdown"
+  local cols, recs = flatten(t, for_text)
+  if fmt == "json" then
+    local arr = json.array {}
+    for i, r in ipairs(recs) do
+      local o = json.object {}
+      for k, v in pairs(r) do o[k] = v end
+      arr[i] = o
+    end
+    return json.encode(arr) .. "\n"
+  end
+  if fmt == "csv" then
+    local lines = { table.concat(cols, ",") }
+    for _, r in ipairs(recs) do
+      local f = {}
+      for i, c in ipairs(cols) do f[i] = csv_cell(r[c]) end
+      lines[#lines + 1] = table.concat(f, ",")
+    end
+    return table.concat(lines, "\n") .. "\n"
+  end
+  local cells = {}
+  for i, r in ipairs(recs) do
+    cells[i] = {}
+    for j, c in ipairs(cols) do cells[i][j] = r[c] == nil and "" or text(r[c]) end
+  end
+  local out
+  if fmt == "markdown" then
+    local function line(vals)
+      local esc = {}
+      for i, v in ipairs(vals) do esc[i] = (v:gsub("|", "\\|")) end
+      return "| " .. table.concat(esc, " | ") .. " |"
+    end
+    local sep = {}
+    for i = 1, #cols do sep[i] = "---" end
+    out = { line(cols), "|" .. table.concat(sep, "|") .. "|" }
+    for _, c in ipairs(cells) do out[#out + 1] = line(c) end
+  else
+    local widths = {}
+    for i, c in ipairs(cols) do widths[i] = utf8.len(c) end
+    for _, c in ipairs(cells) do
+      for i, v in ipairs(c) do widths[i] = math.max(widths[i], utf8.len(v) or #v) end
+    end
+    out = {}
+    local function line(vals)
+      local parts = {}
+      for i, v in ipairs(vals) do parts[i] = v .. string.rep(" ", widths[i] - (utf8.len(v) or #v)) end
+      out[#out + 1] = (table.concat(parts, "  "):gsub("%s+$", ""))
+    end
+    line(cols)
+    for _, c in ipairs(cells) do line(c) end
+  end
+  if t.legend then out[#out + 1] = (fmt == "markdown" and "\n" or "") .. t.legend end
+  for _, m in ipairs(t.missing or {}) do out[#out + 1] = "not compared: " .. m end
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- ---- the figure and the live view ----
+
+function M.plot(rows, opts)
+  return require("qemu.results.plot").plot(rows, opts)
+end
+
+local follow_opts = { by = "table|string", metrics = "table|string", where = "table", format = "string",
+                      interval = check.positive, timeout = check.positive, out = "userdata|table" }
+
+local function distinct_runs(rows)
+  local seen, n = {}, 0
+  for _, r in ipairs(rows) do
+    if r.run and not seen[r.run] then seen[r.run] = true; n = n + 1 end
+  end
+  return n
+end
+
+-- qemu.results.follow(path [, {by=, metrics=, where=, format=, interval=0.5, timeout=}])
+-- Print the summary of a results file and again whenever it grows, until
+-- the sweep that writes it has all its runs (its provenance sidecar says
+-- how many), timeout= seconds pass, or Ctrl-C.  On a terminal the summary
+-- is redrawn in place.  Returns the last summary.
+function M.follow(path, opts)
+  local fname = "qemu.results.follow"
+  check.arg(fname, 1, path, "string")
+  opts = check.options(fname, opts, follow_opts, 2)
+  local out = opts.out or io.stdout
+  local tty = out == io.stdout and sys.isatty(1)
+  local interval = opts.interval or 0.5
+  local t0 = sys.now()
+  local last_sig, last_summary
+  while true do
+    local st = sys.stat(path)
+    local sig = st and string.format("%d/%.6f", st.size, st.mtime)
+    local side = sys.stat(require("qemu.sweep.provenance").sidecar(path))
+    sig = sig and (sig .. (side and string.format("/%.6f", side.mtime) or ""))
+    local finished = false
+    if sig and sig ~= last_sig then
+      last_sig = sig
+      local rows = M.read(path)
+      local failed = 0
+      for _, r in ipairs(rows) do if not ok_row(r) then failed = failed + 1 end end
+      local runs = distinct_runs(rows)
+      local total = rows.sweep and rows.sweep.total
+      local head = string.format("%s: %d%s runs, %d failed (%s)", path, runs, total and ("/" .. total) or "",
+                                 failed, os.date("%H:%M:%S"))
+      local body = ""
+      if #rows > 0 then
+        last_summary = M.summary(rows, { by = opts.by, metrics = opts.metrics, where = opts.where })
+        body = M.format(last_summary, opts.format or "table")
+      end
+      out:write((tty and "\027[H\027[2J" or "") .. head .. "\n" .. body .. (tty and "" or "\n"))
+      out:flush()
+      finished = total ~= nil and runs >= total
+    end
+    if finished then break end
+    if opts.timeout and sys.now() - t0 >= opts.timeout then break end
+    local ok, _, code = sys.sleep(interval)
+    if not ok and code == "interrupted" then break end
+  end
+  return last_summary
+end
+
+return M

@@ -1,0 +1,174 @@
+-- qemu.results.plot: a figure of a metric against a parameter, one line
+-- per value of another, each point the mean over the repeats with its 95%
+-- confidence interval as an error bar -- drawn by gnuplot from a script
+-- written beside the figure (fig.png -> fig.gp), data included, so the
+-- figure can be restyled by editing that file and running `gnuplot fig.gp`.
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local json = require "qshell.json"
+local fs = require "qemu.fs"
+local run = require "qemu.run"
+local plan = require "qemu.sweep.plan"
+
+local M = {}
+
+local TERMINALS = {
+  png = function(w, h) return string.format("pngcairo size %d,%d noenhanced font \",10\"", w, h) end,
+  svg = function(w, h) return string.format("svg size %d,%d noenhanced font \"sans,10\" background \"white\"", w, h) end,
+  pdf = function(w, h) return string.format("pdfcairo size %gin,%gin noenhanced font \",8\"", w / 100, h / 100) end,
+}
+
+local plot_opts = { x = "string", y = "string", group = "string", out = "string", size = "string|table",
+                    title = "string", where = "table", logx = "boolean", logy = "boolean" }
+
+local function q(s)
+  return '"' .. tostring(s):gsub("\\", "\\\\"):gsub('"', '\\"') .. '"'
+end
+
+local function text(v)
+  if v == nil or v == json.null then return "" end
+  return plan.value_text(v)
+end
+
+local function size_of(fname, size)
+  if size == nil then return 800, 600 end
+  local w, h
+  if type(size) == "table" then w, h = size[1], size[2]
+  else
+    w, h = size:match("^(%d+)x(%d+)$")
+    w, h = tonumber(w), tonumber(h)
+  end
+  if math.type(w) ~= "integer" or math.type(h) ~= "integer" or w < 100 or h < 100 or w > 10000 or h > 10000 then
+    check.bad(fname, "size must be WIDTHxHEIGHT in pixels, each 100..10000 (e.g. \"800x600\")")
+  end
+  return w, h
+end
+
+-- qemu.results.plot(rows, {x=, y=, group=, out=, size="800x600", title=, where=, logx=, logy=})
+--   -> {out=, script=, series={{label=, points={{x=, mean=, lo=, hi=, n=}}}}}
+function M.plot(rows, opts)
+  local fname = "qemu.results.plot"
+  local results = require "qemu.results"
+  if type(rows) ~= "table" then check.bad(fname, "argument 1 must be rows (from qemu.results.read)") end
+  opts = check.options(fname, opts, plot_opts, 2)
+  if not opts.x then check.bad(fname, "x= (the parameter on the horizontal axis) is required") end
+  if not opts.y then check.bad(fname, "y= (the metric on the vertical axis) is required") end
+  if not opts.out then check.bad(fname, "out= (the figure: a .png, .svg or .pdf file) is required") end
+  local ext = opts.out:match("%.(%w+)$")
+  ext = ext and ext:lower()
+  if not TERMINALS[ext] then check.bad(fname, "out=%s: the figure must end in .png, .svg or .pdf", opts.out) end
+  local w, h = size_of(fname, opts.size)
+  local by = { opts.x }
+  if opts.group then
+    if opts.group == opts.x then check.bad(fname, "group= must be another parameter than x=") end
+    by[2] = opts.group
+  end
+  local s = results.summary(rows, { by = by, metrics = { opts.y }, where = opts.where })
+  -- A parameter left out of x and group that varies would be averaged
+  -- over silently: refuse, naming it.
+  local varying = {}
+  for _, p in ipairs(rows.params or {}) do
+    if p ~= opts.x and p ~= opts.group and not (opts.where and opts.where[p] ~= nil) then
+      local vals, nv = {}, 0
+      for _, r in ipairs(rows) do
+        local t = text(r[p])
+        if not vals[t] then vals[t] = true; nv = nv + 1 end
+      end
+      if nv > 1 then varying[#varying + 1] = p end
+    end
+  end
+  if #varying > 0 then
+    check.bad(fname, "parameter %s varies too, and a point would average over it: plot it as group=, or keep one "
+                     .. "value with where={%s=...}", table.concat(varying, ", "), varying[1])
+  end
+  if #s.groups == 0 then check.bad(fname, "no rows to plot") end
+  -- The x axis: numbers as numbers; otherwise categories in order.
+  local numeric = true
+  for _, g in ipairs(s.groups) do
+    if type(g.key[opts.x]) ~= "number" then numeric = false end
+  end
+  local cats, catpos = {}, {}
+  if not numeric then
+    for _, g in ipairs(s.groups) do
+      local t = text(g.key[opts.x])
+      if not catpos[t] then cats[#cats + 1] = t; catpos[t] = #cats - 1 end
+    end
+  end
+  local series, sindex = {}, {}
+  for _, g in ipairs(s.groups) do
+    local label = opts.group and (opts.group .. "=" .. text(g.key[opts.group])) or opts.y
+    local se = sindex[label]
+    if not se then
+      se = { label = label, points = {} }
+      sindex[label] = se
+      series[#series + 1] = se
+    end
+    local d = g.stats[opts.y]
+    if d.n > 0 then
+      se.points[#se.points + 1] = { x = g.key[opts.x], mean = d.mean, lo = d.ci_lo or d.mean, hi = d.ci_hi or d.mean,
+                                    n = d.n }
+    end
+  end
+  local script = (opts.out:gsub("%.%w+$", "")) .. ".gp"
+  local outname = opts.out
+  local L = {
+    "# " .. outname .. ": " .. opts.y .. " against " .. opts.x .. (opts.group and (" by " .. opts.group) or "")
+      .. ", written by qshell results --plot.",
+    "# Each point is the mean over the repeats, the bar its 95% confidence interval.",
+    "# Edit this file and run `gnuplot " .. script:match("([^/]+)$") .. "` (in this directory) to redraw.",
+    "set terminal " .. TERMINALS[ext](w, h),
+    "set output " .. q(outname:match("([^/]+)$")),
+    "set title " .. q(opts.title or (opts.y .. " by " .. opts.x)),
+    "set xlabel " .. q(opts.x),
+    "set ylabel " .. q(opts.y .. " (mean, 95% CI)"),
+    "set grid",
+    "set key outside right top",
+    "set bars small",
+  }
+  if opts.logx then L[#L + 1] = "set logscale x" end
+  if opts.logy then L[#L + 1] = "set logscale y" end
+  if numeric then
+    L[#L + 1] = "set offsets graph 0.05, graph 0.05, graph 0.05, graph 0.05"
+  else
+    local tics = {}
+    for i, c in ipairs(cats) do tics[i] = string.format("%s %d", q(c), i - 1) end
+    L[#L + 1] = "set xtics (" .. table.concat(tics, ", ") .. ")"
+    L[#L + 1] = string.format("set xrange [-0.5:%g]", #cats - 0.5)
+  end
+  local plots = {}
+  for i, se in ipairs(series) do
+    L[#L + 1] = string.format("$s%d << EOD", i)
+    L[#L + 1] = "# " .. opts.x .. " mean ci95_lo ci95_hi n"
+    for _, p in ipairs(se.points) do
+      local x = p.x
+      if not numeric then
+        -- categories side by side, the series a little apart
+        x = catpos[text(p.x)] + (i - (#series + 1) / 2) * 0.06
+      end
+      L[#L + 1] = string.format("%.10g %.10g %.10g %.10g %d", x, p.mean, p.lo, p.hi, p.n)
+    end
+    L[#L + 1] = "EOD"
+    plots[#plots + 1] = string.format("$s%d using 1:2:3:4 with yerrorlines pointtype %d title %s", i, 6 + i,
+                                      q(se.label))
+  end
+  L[#L + 1] = "plot " .. table.concat(plots, ", \\\n     ")
+  local dir = opts.out:match("^(.*)/[^/]+$")
+  if dir then fs.mkdir_p(dir, fname) end
+  fs.write(script, table.concat(L, "\n") .. "\n", fname)
+  local gnuplot = run.which("gnuplot")
+  if not gnuplot then
+    errors.raise { class = "MissingTool", command = fname,
+                   desc = "gnuplot is not installed; the plot's script is in " .. script,
+                   hint = "install it (apt-get install gnuplot-nox) and run `gnuplot " .. script .. "`, or run this again" }
+  end
+  os.remove(opts.out)
+  local st = run.run({ "env", "-C", dir or ".", gnuplot, script:match("([^/]+)$") }, { command = fname, timeout = 60 })
+  if st.code ~= 0 or not fs.is_file(opts.out) then
+    errors.raise { class = "CommandFailed", command = fname,
+                   desc = string.format("gnuplot %s on %s: %s", st.desc, script, (st.stderr:gsub("%s+$", ""))) }
+  end
+  return { out = opts.out, script = script, series = series }
+end
+
+return M

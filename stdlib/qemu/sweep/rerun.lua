@@ -1,0 +1,205 @@
+-- qemu.sweep.rerun: run one row of a results file again, from what the row
+-- records, and say what differs.
+--
+--   qemu.sweep.rerun("results.csv", 3)                      the third row
+--   qemu.sweep.rerun("results.csv", "plugin=insn;size=2000#1")
+--   qshell sweep --rerun results.csv 3
+--
+-- The row's provenance names the script, its arguments and working
+-- directory: the script runs again (a child qshell, in that directory)
+-- with QSHELL_SWEEP_RERUN naming the run, and the qemu.sweep call that
+-- wrote the results file runs that one run, in the child, writes the
+-- result for the caller and ends the script there (as a Slurm task does).
+-- Before that, what cannot match is refused (the script or the checkpoint
+-- gone); after, the new run's setup is compared field by field with the
+-- recorded one (QEMU version or binary, the checkpoint's manifest hash,
+-- the script's hash, plugins, ...) and the metrics side by side.
+
+local errors = require "qemu.errors"
+local check = require "qemu.check"
+local json = require "qshell.json"
+local sys = require "qshell.os"
+local fs = require "qemu.fs"
+local run = require "qemu.run"
+local results = require "qemu.sweep.results"
+local provenance = require "qemu.sweep.provenance"
+
+local M = {}
+
+local function mismatch(desc, hint)
+  errors.raise { class = "RerunMismatch", command = "qemu.sweep.rerun", desc = desc, hint = hint }
+end
+
+local function find_row(fname, path, rows, which)
+  if type(which) == "string" and which:match("^%d+$") then which = math.tointeger(tonumber(which)) end
+  if math.type(which) == "integer" then
+    if which < 1 or which > #rows then
+      check.bad(fname, "%s has %d rows; there is no row %d", path, #rows, which)
+    end
+    return rows[which], which
+  end
+  if type(which) ~= "string" then check.bad(fname, "argument 2 must be a row number or a run name (its run column)") end
+  local found, at
+  for i, r in ipairs(rows) do
+    if r.run == which then found, at = r, i end -- the last one: a resumed sweep's retry
+  end
+  if not found then check.bad(fname, "%s has no run %q", path, which) end
+  return found, at
+end
+
+local function show(v)
+  if v == nil or v == json.null then return "(none)" end
+  if type(v) == "table" then return provenance.canonical(v) end
+  return tostring(v)
+end
+
+local function fmt_metric(v)
+  if v == nil or v == json.null then return "" end
+  if math.type(v) == "float" then return string.format("%.6g", v) end
+  return tostring(v)
+end
+
+-- The report as text.
+local function report_text(r)
+  local L = {}
+  L[#L + 1] = string.format("rerun of %s (row %d of %s)", r.run, r.index, r.path)
+  L[#L + 1] = string.format("  recorded  %s, wall %s s, on %s at %s", tostring(r.row.status),
+                            fmt_metric(r.row.wall_s), tostring(r.row.host or "?"), tostring(r.row.started or "?"))
+  L[#L + 1] = string.format("  now       %s, wall %.3f s, on %s at %s%s", r.status, r.wall_s or 0, tostring(r.host),
+                            tostring(r.started), r.error and (": " .. r.error) or "")
+  if #r.metrics_compared > 0 then
+    local w = 6
+    for _, m in ipairs(r.metrics_compared) do w = math.max(w, #m.name) end
+    L[#L + 1] = string.format("  %-" .. w .. "s  %14s  %14s  %s", "metric", "recorded", "now", "now/recorded")
+    for _, m in ipairs(r.metrics_compared) do
+      L[#L + 1] = string.format("  %-" .. w .. "s  %14s  %14s  %s", m.name, fmt_metric(m.was), fmt_metric(m.now),
+                                m.ratio and string.format("%.4f", m.ratio) or "")
+    end
+  end
+  if #r.differences == 0 then
+    L[#L + 1] = "  setup     the same as recorded"
+  else
+    L[#L + 1] = "  setup     differs from the recorded one:"
+    for _, d in ipairs(r.differences) do
+      L[#L + 1] = string.format("    %s: %s -> %s", d.field, show(d.was), show(d.now))
+    end
+  end
+  return table.concat(L, "\n") .. "\n"
+end
+
+local rerun_opts = { timeout = check.positive }
+
+-- qemu.sweep.rerun(results_path, row [, {timeout=}]) -> report
+--   report = {run=, index=, path=, row= (as recorded), status=, error=, metrics=, wall_s=,
+--             host=, started=, provenance= (the setup now), recorded= (the setup then),
+--             differences={{field=, was=, now=}}, metrics_compared={{name=, was=, now=, ratio=}}, text=}
+function M.rerun(path, which, opts)
+  local fname = "qemu.sweep.rerun"
+  check.arg(fname, 1, path, "string")
+  opts = check.options(fname, opts, rerun_opts, 3)
+  local rows = results.load(path, fname)
+  local row, index = find_row(fname, path, rows, which)
+  local setup = row.provenance or (row.prov and rows.setups[row.prov])
+  if type(setup) ~= "table" then
+    mismatch(string.format("row %d of %s (%s) records no setup%s", index, path, tostring(row.run),
+                           row.prov and (": its provenance id " .. row.prov .. " is not in " ..
+                                         provenance.sidecar(path)) or ""),
+             "results written before provenance existed cannot be rerun; run the sweep again")
+  end
+  if not setup.script then
+    mismatch(string.format("row %d of %s ran from code that is not a script file (%s): nothing to run again",
+                           index, path, tostring(setup.run_file)))
+  end
+  if not fs.is_file(setup.script) then
+    mismatch(string.format("the script %s that ran row %d is gone", setup.script, index),
+             "put it back (its SHA-256 was " .. tostring(setup.script_sha256) .. ")")
+  end
+  if setup.cwd and not fs.is_dir(setup.cwd) then
+    mismatch(string.format("the directory %s the sweep ran in is gone", setup.cwd))
+  end
+  if setup.checkpoint and not fs.is_dir(setup.checkpoint) then
+    mismatch(string.format("the checkpoint %s that row %d started from is gone", setup.checkpoint, index),
+             "make it again (its manifest hash was " .. tostring(setup.checkpoint_id) ..
+             "; a new one will differ) and rerun, or restore it from a copy")
+  end
+  local result = fs.scratch_file("rerun", ".json")
+  os.remove(result)
+  local self = sys.realpath("/proc/self/exe")
+  local argv = { "env", "-C", setup.cwd or ".",
+                 "QSHELL_SWEEP_RERUN=" .. row.run,
+                 "QSHELL_SWEEP_RERUN_FILE=" .. (sys.realpath(path) or path),
+                 "QSHELL_SWEEP_RERUN_OUT=" .. result,
+                 self, "run", setup.script }
+  for _, a in ipairs(setup.args or {}) do argv[#argv + 1] = a end
+  local st = run.run(argv, { command = fname, timeout = opts.timeout })
+  local text = fs.read(result)
+  os.remove(result)
+  if not text then
+    local out = ((st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", ""))
+    errors.raise { class = "CommandFailed", command = fname,
+                   desc = string.format("the script %s %s without rerunning %s%s", setup.script, st.desc, row.run,
+                                        out ~= "" and (": " .. out:sub(-1500)) or ""),
+                   hint = "the script must still reach the qemu.sweep call that wrote " .. path ..
+                          " with a matrix that has this run" }
+  end
+  local res = json.decode(text)
+  if res.missing then
+    mismatch(string.format("the script's sweep no longer has the run %s (its runs are now e.g. %s)",
+                           row.run, tostring(res.missing)),
+             "the matrix changed since the row was written")
+  end
+  local r = { run = row.run, index = index, path = path, row = row, status = res.status,
+              error = res.error ~= json.null and res.error or nil, metrics = res.metrics or {},
+              wall_s = res.wall, host = res.host, started = res.started, provenance = res.setup,
+              recorded = setup }
+  r.differences = provenance.differences(setup, res.setup)
+  r.metrics_compared = {}
+  local names, seen = {}, {}
+  for _, m in ipairs(rows.metrics) do if row[m] ~= nil then names[#names + 1] = m; seen[m] = true end end
+  local extra = {}
+  for k in pairs(r.metrics) do if not seen[k] then extra[#extra + 1] = k end end
+  table.sort(extra)
+  for _, k in ipairs(extra) do names[#names + 1] = k end
+  for _, m in ipairs(names) do
+    local was, now = row[m], r.metrics[m]
+    local ratio
+    if type(was) == "number" and type(now) == "number" and was ~= 0 then ratio = now / was end
+    r.metrics_compared[#r.metrics_compared + 1] = { name = m, was = was, now = now, ratio = ratio }
+  end
+  r.text = report_text(r)
+  return r
+end
+
+-- `qshell sweep --rerun RESULTS ROW`: the report; exit 0 when the run
+-- succeeded again, 1 when it failed.
+function M.main(args)
+  local r = M.rerun(args[1], args[2])
+  io.stdout:write(r.text)
+  return r.status == "ok" and 0 or 1
+end
+
+-- In the child (QSHELL_SWEEP_RERUN set): the sweep that wrote the results
+-- file runs the one run, writes its result and ends the script.  Another
+-- sweep of the script (writing another file) does nothing and returns an
+-- empty summary.
+function M.task(spec, runs, key, fname)
+  local file = os.getenv("QSHELL_SWEEP_RERUN_FILE") or ""
+  local out = os.getenv("QSHELL_SWEEP_RERUN_OUT") or ""
+  local mine = spec.out and (sys.realpath(spec.out) == file or
+                             (not fs.exists(spec.out) and spec.out:match("([^/]+)$") == file:match("([^/]+)$")))
+  if not mine then
+    return { total = 0, ok = 0, failed = 0, skipped = 0, results = {}, out = spec.out, rerun = "other sweep" }
+  end
+  local r
+  for _, x in ipairs(runs) do if x.key == key then r = x end end
+  if not r then
+    fs.write(out, json.encode { missing = runs[1] and runs[1].key or "(none)" }, fname)
+    os.exit(0, true)
+  end
+  local source = require("qemu.sweep.source").resolve(spec, fname)
+  local res = require("qemu.sweep.runner").run(spec, source, r)
+  fs.write(out, json.encode(res), fname)
+  os.exit(0, true)
+end
+
+return M
