@@ -147,11 +147,16 @@ guest: deps $(QS_ROI_HELPER)
 	$(Q)QSHELL_ROI_HELPER=$(QS_ROI_HELPER) tests/guest/build.sh build/guest
 
 # The main job on the default guest: warm up and checkpoint, then a sweep
-# of 8 runs from that checkpoint with 2 workers; prints the results table.
+# of 8 runs from that checkpoint with 2 workers; prints the results table,
+# the summary with confidence intervals, plugin on against off, and draws
+# the figure build/demo/workload.png.
 demo: deps all guest
 	$(Q)rm -rf build/demo && mkdir -p build/demo
 	$(Q)./qshell run scripts/warmup.lua build/demo/warm.ckpt
 	$(Q)./qshell run scripts/sweep.lua build/demo/warm.ckpt build/demo/results.csv
+	$(Q)./qshell results build/demo/results.csv
+	$(Q)./qshell results build/demo/results.csv --baseline plugin=off
+	$(Q)./qshell results build/demo/results.csv --plot x=size y=workload_s --group plugin -o build/demo/workload.png
 
 # Installed layout (qemu/paths.lua finds it from the binary's location):
 #   PREFIX/bin/qshell, PREFIX/lib/qshell/plugins/*.so, PREFIX/lib/qshell/qshell-roi

@@ -201,7 +201,7 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   runs[1].status, runs[1].wall, runs[1].metrics = "ok", 1, { a = 2, b = 3 }
   out2:append(runs[1])
   rows = qemu.sweep.read(path)
-  T.eq(table.concat(rows.columns, ","), "run,repeat,n,status,wall_s,error,a,b")
+  T.eq(table.concat(rows.columns, ","), "run,repeat,n,status,wall_s,error,host,started,prov,a,b")
   T.eq(rows[3].b, 3)
   T.eq(rows[1].b, nil)
   T.raises(function() results.open(path, names, false, "t") end, "FileExists")

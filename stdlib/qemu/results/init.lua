@@ -138,8 +138,8 @@ local BOOL = { ["true"] = 1, ["false"] = 0 }
 
 -- The numeric metrics: a column is numeric when its values in successful
 -- runs are numbers (true/false count as 1/0); a text cell in a numeric
--- column is an error naming its line; an all-text column is left out
--- unless asked for.
+-- column is an error naming its line; an all-text or empty column is left
+-- out unless asked for.
 local function numeric_metrics(fname, rows, asked)
   local out = {}
   for _, m in ipairs(asked or rows.metrics or {}) do
@@ -169,7 +169,7 @@ local function numeric_metrics(fname, rows, asked)
         check.bad(fname, "no metric %s (the metrics are %s)", m, table.concat(rows.metrics or {}, ", "))
       end
     end
-    if texts == 0 then out[#out + 1] = m end
+    if texts == 0 and (nums + bools > 0 or asked) then out[#out + 1] = m end
   end
   return out
 end
@@ -258,10 +258,20 @@ end
 local compare_opts = { by = "table|string", metrics = "table|string", where = "table", baseline = "table",
                        labels = "table" }
 
-local function compare_row(key, label, metric, a, b)
+-- Add the comparison of one metric of two groups to out (a metric with no
+-- values on a side -- a plugin's count where it was off -- is noted once).
+local function compare_row(out, key, label, metric, a, b)
+  if a.n == 0 or b.n == 0 then
+    out.unpaired = out.unpaired or {}
+    if not out.unpaired[metric] then
+      out.unpaired[metric] = true
+      out.missing[#out.missing + 1] = metric .. " (no values on one side)"
+    end
+    return
+  end
   local r, lo, hi = stats.ratio(a, b)
-  return { key = key, label = label, metric = metric, a = a, b = b, ratio = r, ratio_lo = lo, ratio_hi = hi,
-           differs = not stats.overlap(a, b) }
+  out.rows[#out.rows + 1] = { key = key, label = label, metric = metric, a = a, b = b, ratio = r, ratio_lo = lo,
+                              ratio_hi = hi, differs = not stats.overlap(a, b) }
 end
 
 -- qemu.results.compare(a, b [, {by=, metrics=, where=, labels={"A","B"}}]) -> comparison
@@ -293,7 +303,7 @@ function M.compare(a, b, opts)
       local gb = bindex[ga.label]
       if gb then
         for _, m in ipairs(metrics) do
-          out.rows[#out.rows + 1] = compare_row(ga.key, ga.label, m, ga.stats[m], gb.stats[m])
+          compare_row(out, ga.key, ga.label, m, ga.stats[m], gb.stats[m])
         end
         bindex[ga.label] = nil
       else
@@ -343,7 +353,7 @@ function M.compare(a, b, opts)
       local bg = bases[rest_label(g)]
       if bg then
         for _, m in ipairs(s.metrics) do
-          out.rows[#out.rows + 1] = compare_row(g.key, g.label, m, bg.stats[m], g.stats[m])
+          compare_row(out, g.key, g.label, m, bg.stats[m], g.stats[m])
         end
       else
         out.missing[#out.missing + 1] = g.label .. " (no baseline run with the same other parameters)"
@@ -355,12 +365,14 @@ end
 
 -- ---- formatting ----
 
--- A number for a reader: whole numbers whole, others to 5 significant digits.
+-- A number for a reader: whole numbers whole, large ones rounded to a
+-- whole number, others to 5 significant digits (digits= for more).
 function M.number(v, digits)
   if v == nil then return "" end
   if type(v) ~= "number" then return tostring(v) end
   if v ~= v then return "nan" end
   if v == math.floor(v) and math.abs(v) < 1e15 then return string.format("%d", v) end
+  if not digits and math.abs(v) >= 1e4 and math.abs(v) < 1e15 then return string.format("%.0f", v) end
   return string.format("%." .. (digits or 5) .. "g", v)
 end
 
