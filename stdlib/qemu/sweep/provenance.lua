@@ -125,12 +125,15 @@ function M.setup(script, lopts, source, vm)
   s.plugins = plugins_of(lopts.plugins)
   if vm then
     s.qemu = vm.version
-    s.qemu_binary = vm.argv and sys.realpath(vm.argv[1]) or nil
+    if vm.argv then
+      local ok, path = pcall(require("qemu.binary").resolve, vm.argv[1])
+      s.qemu_binary = ok and path and (sys.realpath(path) or path) or vm.argv[1]
+    end
     s.accel = vm.accel
   else
     local ok, v = pcall(qemu.version, lopts.binary)
     if ok then
-      s.qemu, s.qemu_binary = string.format("%d.%d.%d", v.major, v.minor, v.micro), v.path
+      s.qemu, s.qemu_binary = string.format("%d.%d.%d", v.major, v.minor, v.micro), sys.realpath(v.path) or v.path
     end
     s.accel = lopts.accel or launch.accel
   end
