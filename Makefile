@@ -147,7 +147,7 @@ guest: deps $(QS_ROI_HELPER)
 	$(Q)QSHELL_ROI_HELPER=$(QS_ROI_HELPER) tests/guest/build.sh build/guest
 
 # The main job on the default guest: warm up and checkpoint, then a sweep
-# of 8 runs from that checkpoint with 2 workers; prints the results table,
+# of 12 runs from that checkpoint with 2 workers; prints the results table,
 # the summary with confidence intervals, plugin on against off, and draws
 # the figure build/demo/workload.png.
 demo: deps all guest

@@ -2,7 +2,7 @@
 --
 --   qshell run scripts/sweep.lua [CHECKPOINT_DIR [RESULTS.csv]] [--resume]
 --
--- A matrix of (insn plugin off/on) x (workload size), 2 repeats each, 2
+-- A matrix of (insn plugin off/on) x (workload size), 3 repeats each, 2
 -- workers.  Every run restores the checkpoint into its own overlay, runs
 -- the workload, powers the guest off and reports its metrics.
 local dir = arg[1] or "build/demo/warm.ckpt"
@@ -14,7 +14,7 @@ local result = qemu.sweep {
   out = out,
   resume = resume,
   workers = 2,
-  ["repeat"] = 2,
+  ["repeat"] = 3,
   matrix = { plugin = { "off", "insn" }, size = { 2000, 20000 } },
   launch = function(p)
     return { plugins = p.plugin == "insn" and { { name = "insn" } } or nil }

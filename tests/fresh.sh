@@ -178,7 +178,7 @@ for c in "${cmds[@]}"; do
     case $c in
     "make demo")
         check "make demo printed the results table" grep -Eq '^run +repeat +plugin +size +status +wall_s' "$out"
-        check "make demo: 8 runs ok" grep -q '^8 runs: 8 ok, 0 failed' "$out"
+        check "make demo: 12 runs ok" grep -q '^12 runs: 12 ok, 0 failed' "$out"
         check "make demo printed the summary with intervals" grep -Eq '^plugin +size +metric +n +failed +mean +ci95' "$out"
         check "make demo compared plugin on with off" grep -q '^ratio = b / a; a = plugin=off' "$out"
         check "make demo drew a PNG" bash -c "head -c 8 '$root/root/qshell/build/demo/workload.png' | od -An -c | grep -q 'P   N   G'"

@@ -26,8 +26,8 @@ check() {
 Q="${TEST_PREFIX:-} ./qshell"
 check demo.lua 'quit: exited with status 0' $Q run scripts/demo.lua
 check warmup.lua 'checkpoint .*warm.ckpt' $Q run scripts/warmup.lua "$tmp/warm.ckpt"
-check sweep.lua '8 runs: 8 ok, 0 failed' $Q run scripts/sweep.lua "$tmp/warm.ckpt" "$tmp/results.csv"
-check 'sweep.lua --resume' '8 runs: 0 ok, 0 failed, 8 already done' \
+check sweep.lua '12 runs: 12 ok, 0 failed' $Q run scripts/sweep.lua "$tmp/warm.ckpt" "$tmp/results.csv"
+check 'sweep.lua --resume' '12 runs: 0 ok, 0 failed, 12 already done' \
     $Q run scripts/sweep.lua "$tmp/warm.ckpt" "$tmp/results.csv" --resume
 check disk-setup.lua 'all files match' $Q run scripts/disk-setup.lua
 for s in scripts/*.lua; do

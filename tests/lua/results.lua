@@ -237,7 +237,7 @@ T.test("plot: a PNG of the expected size from gnuplot, the script beside it", fu
   T.eq(r.script, tmp .. "/fig/secs.gp")
   local gp = fs.read(r.script)
   T.match(gp, 'title "mode=fast"')
-  T.match(gp, "\n10 1%.1 [%d.]+ [%d.]+ 3\n", "the fast/10 point: mean 1.1 over 3 runs")
+  T.match(gp, "\n[%d.]+ 1%.1 [%d.]+ [%d.]+ 3 10\n", "the fast/10 point: mean 1.1 over 3 runs")
   T.eq(#r.series, 2)
   -- the script redraws the figure by itself
   os.remove(r.out)

@@ -136,17 +136,30 @@ function M.plot(rows, opts)
     L[#L + 1] = "set xtics (" .. table.concat(tics, ", ") .. ")"
     L[#L + 1] = string.format("set xrange [-0.5:%g]", #cats - 0.5)
   end
+  -- Series at the same x are drawn a little apart (1% of the axis, a
+  -- factor on a log axis) so their error bars do not hide each other; the
+  -- data keep the true x in the last column.
+  local xmin, xmax = math.huge, -math.huge
+  if numeric then
+    for _, g in ipairs(s.groups) do
+      xmin, xmax = math.min(xmin, g.key[opts.x]), math.max(xmax, g.key[opts.x])
+    end
+  end
   local plots = {}
   for i, se in ipairs(series) do
     L[#L + 1] = string.format("$s%d << EOD", i)
-    L[#L + 1] = "# " .. opts.x .. " mean ci95_lo ci95_hi n"
+    L[#L + 1] = "# x (drawn) mean ci95_lo ci95_hi n " .. opts.x
+    local shift = i - (#series + 1) / 2
     for _, p in ipairs(se.points) do
       local x = p.x
       if not numeric then
-        -- categories side by side, the series a little apart
-        x = catpos[text(p.x)] + (i - (#series + 1) / 2) * 0.06
+        x = catpos[text(p.x)] + shift * 0.06
+      elseif opts.logx and x > 0 then
+        x = x * (xmax / xmin) ^ (shift * 0.01)
+      elseif not opts.logx then
+        x = x + shift * 0.01 * (xmax > xmin and (xmax - xmin) or 1)
       end
-      L[#L + 1] = string.format("%.10g %.10g %.10g %.10g %d", x, p.mean, p.lo, p.hi, p.n)
+      L[#L + 1] = string.format("%.10g %.10g %.10g %.10g %d %s", x, p.mean, p.lo, p.hi, p.n, text(p.x))
     end
     L[#L + 1] = "EOD"
     plots[#plots + 1] = string.format("$s%d using 1:2:3:4 with yerrorlines pointtype %d title %s", i, 6 + i,
