@@ -1,6 +1,8 @@
 -- The Slurm engine of qemu.sweep on a real one-node cluster (munge,
 -- slurmctld, slurmd from the distribution), started and stopped here.
 local T = require "t"
+local fs = require "qemu.fs"
+local sys = require "qshell.os"
 
 local tmp = T.tmpdir()
 local cluster = "tests/slurm/cluster.sh"
@@ -69,6 +71,16 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
     end
     T.ok(xs[1] and xs[2] and xs[3] and xs[4], "every run is there once")
     T.ok(tasks[0] and tasks[1], "both array tasks ran runs")
+    -- provenance made in the tasks reaches the gathered rows
+    for _, r in ipairs(rows) do
+      T.eq(r.host, fs.first_line("/proc/sys/kernel/hostname"), "the host that ran it")
+      T.match(r.started, "^%d+%-%d+%-%d+T")
+      T.eq(r.prov, rows[1].prov, "one setup")
+    end
+    local setup = qemu.results.read(out).setups[rows[1].prov]
+    T.eq(setup.checkpoint, sys.realpath(ckpt))
+    local v = qemu.version()
+    T.eq(setup.qemu, string.format("%d.%d.%d", v.major, v.minor, v.micro))
   end)
 
   T.test("qshell sweep --slurm picks the engine; resume skips what is done", function()
