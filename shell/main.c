@@ -32,9 +32,12 @@ static const char usage_text[] =
     "usage: qshell [options]                      interactive shell\n"
     "       qshell [options] run SCRIPT [ARGS...] run a Lua script (also: qshell SCRIPT)\n"
     "       qshell [options] -e CODE [-e CODE...] run Lua code\n"
-    "       qshell [options] sweep [--slurm] SCRIPT [ARGS...]\n"
+    "       qshell [options] sweep [--slurm] [--resume] SCRIPT [ARGS...]\n"
     "                                             run a script whose qemu.sweep calls go\n"
-    "                                             to Slurm (a job array) or stay local\n"
+    "                                             to Slurm (a job array) or stay local;\n"
+    "                                             --resume: do what earlier runs did not\n"
+    "       qshell [options] sweep --status RESULTS|JOBDIR\n"
+    "                                             a Slurm sweep's progress\n"
     "       qshell [options] sweep --rerun RESULTS ROW\n"
     "                                             run one row of a sweep's results again\n"
     "                                             from what it records; say what differs\n"
@@ -121,21 +124,29 @@ static int parse_args(int argc, char **argv, struct opts *o, struct qs_state *st
             o->script_index = i;
             return -1;
         } else if (strcmp(argv[i], "sweep") == 0) {
-            /* qshell sweep [--slurm|--local] SCRIPT [ARGS]: the script's
-             * qemu.sweep calls use that engine. */
+            /* qshell sweep [--slurm|--local] [--resume] SCRIPT [ARGS]: the
+             * script's qemu.sweep calls use that engine (and resume);
+             * --rerun FILE ROW and --status PATH are commands of their own. */
             i++;
-            if (i < argc && strcmp(argv[i], "--rerun") == 0) {
-                if (argc - i != 3) {
-                    return usage_error("'sweep --rerun' needs a results file and a row%s", "");
+            for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
+                if (strcmp(argv[i], "--slurm") == 0 || strcmp(argv[i], "--local") == 0) {
+                    setenv("QSHELL_SWEEP_ENGINE", argv[i] + 2, 1);
+                } else if (strcmp(argv[i], "--resume") == 0) {
+                    setenv("QSHELL_SWEEP_RESUME", "1", 1);
+                } else if (strcmp(argv[i], "--rerun") == 0 || strcmp(argv[i], "--status") == 0) {
+                    int rerun = argv[i][2] == 'r';
+                    if (argc - i != (rerun ? 3 : 2)) {
+                        return usage_error(rerun ? "'sweep --rerun' needs a results file and a row%s"
+                                                 : "'sweep --status' needs a results file or a job dir%s",
+                                           "");
+                    }
+                    o->mode = "cli";
+                    o->target = rerun ? "qemu.sweep.rerun" : "qemu.sweep.slurm";
+                    o->script_index = i;
+                    return -1;
+                } else {
+                    return usage_error("unknown sweep option '%s'", argv[i]);
                 }
-                o->mode = "cli";
-                o->target = "qemu.sweep.rerun";
-                o->script_index = i;
-                return -1;
-            }
-            if (i < argc && (strcmp(argv[i], "--slurm") == 0 || strcmp(argv[i], "--local") == 0)) {
-                setenv("QSHELL_SWEEP_ENGINE", argv[i] + 2, 1);
-                i++;
             }
             if (i >= argc) {
                 return usage_error("'sweep' needs a script%s", "");

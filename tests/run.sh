@@ -3,7 +3,8 @@
 #
 # Tiers: unit (C unit tests, Lua tests without QEMU, the fake QMP peer),
 # integration (real qemu-system-x86_64), cli (the binary from outside),
-# guest (tests/system: booting the Linux guest fixture), scripts (the example scripts),
+# guest (tests/system: booting the Linux guest fixture), cluster (a three-node
+# Slurm cluster on this machine; on the first QEMU only), scripts (the example scripts),
 # distro (a real Debian 12 system disk built with qemu.image.build, cached
 # outside the checkout: ~2.5 minutes the first time; on the first QEMU only),
 # source (a QEMU built from the distribution's source and run from its build
@@ -29,7 +30,7 @@ cd "$(dirname "$0")/.."
 tiers=("$@")
 [ ${#tiers[@]} -eq 0 ] && tiers=(all)
 if [ "${tiers[0]}" = all ]; then
-    tiers=(unit integration cli guest distro source scripts install)
+    tiers=(unit integration cli guest cluster distro source scripts install)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qshell-tests.XXXXXX")
@@ -149,6 +150,9 @@ for tier in "${tiers[@]}"; do
     cli) run_lua_dir tests/cli ;;
     guest) per_qemu run_lua_dir tests/system ;;
     scripts) per_qemu run_one scripts tests/scripts.sh ;;
+    cluster)
+        # one QEMU: a three-node Slurm cluster; what it tests is Slurm's side
+        LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/cluster ;;
     distro)
         # one QEMU: these boots take most of a minute each
         LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/distro ;;

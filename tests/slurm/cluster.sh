@@ -207,8 +207,9 @@ node_count() { cat "$1/node-count" 2>/dev/null || echo 1; }
 
 write_conf_multi() {
     local dir=$1 host=$2 nodes=$3 mem=$4 i
-    # One CPU per node: an array of N tasks spreads over the nodes.
-    local cpus=${CLUSTER_NODE_CPUS:-1}
+    # Two CPUs per node (what this machine has): an array task asking for
+    # two (tasks_per_node=2) takes a whole node.
+    local cpus=${CLUSTER_NODE_CPUS:-2}
     cat >"$dir/taskprolog.sh" <<EOF
 #!/bin/sh
 # Node-local scratch for every job step (what sites do with TMPDIR).

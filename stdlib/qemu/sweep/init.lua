@@ -32,6 +32,10 @@ function M.rerun(path, row, opts)
   return require("qemu.sweep.rerun").rerun(path, row, opts)
 end
 
+function M.slurm_status(path)
+  return require("qemu.sweep.slurm").status(path)
+end
+
 local ENGINES = { ["local"] = "qemu.sweep.local", slurm = "qemu.sweep.slurm" }
 
 local sweep_opts = {
@@ -66,7 +70,9 @@ function M.sweep(spec)
   end
   if engine.check then engine.check(spec, fname) end
 
-  local out = spec.out and results.open(spec.out, names, spec.resume, fname)
+  -- `qshell sweep --resume` resumes every sweep of the script.
+  local resume = spec.resume or os.getenv("QSHELL_SWEEP_RESUME") == "1"
+  local out = spec.out and results.open(spec.out, names, resume, fname)
   local todo, skipped = plan.todo(runs, out and out.done)
   local src = #todo > 0 and source.resolve(spec, fname, engine.shared_dir and engine.shared_dir(spec)) or nil
   local tally = results.tally(runs, out, skipped, src and function(r) return runner.setup(spec, src, r.params) end)
@@ -74,7 +80,8 @@ function M.sweep(spec)
   local extra = {}
   if #todo > 0 then
     local ok, err = pcall(function()
-      extra = engine.run { spec = spec, runs = runs, todo = todo, source = src, tally = tally, fname = fname } or {}
+      extra = engine.run { spec = spec, runs = runs, todo = todo, source = src, tally = tally, fname = fname,
+                           resume = resume } or {}
     end)
     if not ok then
       pcall(tally.finish, tally)

@@ -58,6 +58,8 @@ end
 -- (arg[0]) with its arguments and working directory, and the file the run
 -- function is in.
 function M.script(spec)
+  -- In a Slurm task: the script as the submitter ran it (paths differ here).
+  if M.task_script then return M.task_script end
   local s = { cwd = sys.realpath(".") }
   local script = arg and arg[0]
   if script and script ~= "" and script ~= "-" and fs.is_file(script) then
@@ -114,7 +116,7 @@ function M.setup(script, lopts, source, vm)
   if source.from_tag then
     s.from_tag = source.tag
   else
-    s.checkpoint = ckpt
+    s.checkpoint = source.shown or ckpt -- a Slurm task names it as the submitter does
     s.checkpoint_id = facts.id
   end
   local launch = facts.launch

@@ -1,12 +1,25 @@
 -- qemu.sweep.slurm: the Slurm engine of qemu.sweep (engine="slurm", or
 -- `qshell sweep --slurm SCRIPT`); the same interface as qemu.sweep.local.
 --
--- The submitting qshell writes the runs each array task owns to a job dir,
--- submits `sbatch --array=0-(N-1) --wait` running this same script with
--- this same qshell, and gathers the tasks' result files into `out` as they
--- grow.  In a task (QSHELL_SWEEP_JOB set), qemu.sweep runs that task's
--- share, one run after another, writes its results and ends the script
--- there.  The checkpoint and the job dir must be on a path every node sees.
+-- The submitting qshell writes a submission to the job dir (OUT.slurm/N/:
+-- the plan naming the runs each array task owns, job.sh), submits `sbatch
+-- --array=0-(T-1) --wait` running this same script with this same qshell,
+-- and gathers the tasks' result files into `out` as they grow, watching
+-- the tasks' states and nodes with squeue.  In a task (QSHELL_SWEEP_JOB
+-- set by job.sh), qemu.sweep runs that task's share and ends the script.
+--
+-- Paths: with slurm={shared={"/a/shared", "/b/shared"}} the job dir, the
+-- checkpoint and (when it is there) the script are found on each node
+-- under whichever of those paths holds the job there; without it, every
+-- node is assumed to see them at the submitter's paths.
+--
+-- Faults: a task's result file is appended one whole line per run; a task
+-- that starts again (Slurm requeues it when its node fails) skips the runs
+-- its file already has, and the gatherer takes each run once.  Runs no task
+-- reported are recorded as failed with the reason Slurm gives (time limit,
+-- node failure, ...).  With resume=true a new submitter first gathers what
+-- earlier submissions wrote (waiting for a job of them still running) and
+-- submits only the rest.
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
@@ -17,16 +30,89 @@ local fs = require "qemu.fs"
 local host = require "qemu.host"
 local run_mod = require "qemu.run"
 local runner = require "qemu.sweep.runner"
+local provenance = require "qemu.sweep.provenance"
 
 local M = {}
 
-local slurm_opts = { tasks = check.positive, partition = "string", time = "string",
-                     sbatch = "table", dir = "string" }
+local function valid_time(v)
+  if type(v) ~= "string" then return false, "must be a string" end
+  -- Slurm's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+  for _, p in ipairs { "^%d+$", "^%d+:%d+$", "^%d+:%d+:%d+$", "^%d+%-%d+$", "^%d+%-%d+:%d+$", "^%d+%-%d+:%d+:%d+$" } do
+    if v:match(p) then return true end
+  end
+  return false, "must be a Slurm time limit: minutes, MM:SS, HH:MM:SS or D-HH:MM:SS (e.g. \"30\", \"1:00:00\")"
+end
 
-local read_file = fs.read
+local function valid_mem(v)
+  if type(v) ~= "string" or not v:match("^%d+[KMGT]?$") then
+    return false, "must be a size Slurm takes, e.g. \"512M\" or \"4G\""
+  end
+  return true
+end
 
--- The task side (in a Slurm array task: QSHELL_SWEEP_JOB names the job
--- dir): run this task's share, write its results, end the script.
+local function word(v)
+  if type(v) ~= "string" or not v:match("^[%w_.%-]+$") then return false, "must be a name (letters, digits, _ . -)" end
+  return true
+end
+
+local function whole(v)
+  if math.type(v) ~= "integer" or v < 1 then return false, "must be a whole number >= 1" end
+  return true
+end
+
+local function strings(v)
+  if type(v) ~= "table" then return false, "must be a list of strings" end
+  for _, s in ipairs(v) do
+    if type(s) ~= "string" then return false, "must be a list of strings" end
+  end
+  return true
+end
+
+local slurm_opts = {
+  tasks = whole, tasks_per_node = whole, max_running = whole,
+  partition = word, account = word, qos = word, time = valid_time, mem = valid_mem,
+  sbatch = "table", dir = "string", shared = "string|table", requeue = "boolean",
+}
+
+local SLEEP_STATES = { PENDING = true, CONFIGURING = true, REQUEUED = true, RESIZING = true, SUSPENDED = true }
+
+-- ---- the task side ----
+
+-- The shared root this node sees (job.sh found it), and a path of the plan
+-- made on this node.
+local function on_node(plan, p)
+  if type(p) ~= "table" then return p end
+  if p.abs then return p.abs end
+  return (os.getenv("QSHELL_SWEEP_ROOT") or plan.roots[1]) .. "/" .. p.rel
+end
+
+-- The runs this task's file already has (a requeued task starts again);
+-- a line cut off when its node died is closed so the next one stays whole.
+local function already_done(path)
+  local text = fs.read(path)
+  local done = {}
+  if not text or text == "" then return done end
+  for line in text:gmatch("([^\n]*)\n") do
+    local ok, r = pcall(json.decode, line)
+    if ok and type(r) == "table" and r.key then done[r.key] = true end
+  end
+  if not text:match("\n$") then fs.append(path, "\n", "qemu.sweep") end
+  return done
+end
+
+-- A writer the local engine's tally appends to when a task runs several
+-- runs at once (tasks_per_node): one result line per run.
+local TaskOut = {}
+TaskOut.__index = TaskOut
+function TaskOut:append(r)
+  fs.append(self.path, json.encode { key = r.key, status = r.status, metrics = r.metrics or json.object {},
+                                     error = r.error or json.null, wall = r.wall, host = r.host,
+                                     started = r.started, setup = r.provenance or json.null } .. "\n", "qemu.sweep")
+end
+function TaskOut:finish() end
+
+-- In a Slurm array task (QSHELL_SWEEP_JOB names the submission dir on this
+-- node): run this task's share, append its results, end the script.
 function M.task(spec, runs, job)
   local id = tonumber(os.getenv("SLURM_ARRAY_TASK_ID") or "")
   if not id then
@@ -34,21 +120,41 @@ function M.task(spec, runs, job)
                    desc = "QSHELL_SWEEP_JOB is set but SLURM_ARRAY_TASK_ID is not: not a Slurm array task" }
   end
   local plan = json.decode(fs.slurp(job .. "/plan.json", "qemu.sweep"))
+  -- The setup as the submitter names it (paths differ on this node).
+  provenance.task_script = plan.script
   local bykey = {}
   for _, r in ipairs(runs) do bykey[r.key] = r end
   local result = string.format("%s/task-%d.jsonl", job, id)
+  local done = already_done(result)
+  local mine = {}
   for _, key in ipairs(plan.tasks[id + 1] or {}) do
     local r = bykey[key]
     if not r then
       errors.raise { class = "SlurmError", command = "qemu.sweep",
                      desc = "the plan names run " .. key .. " that this script's matrix does not have" }
     end
-    local res = runner.run(spec, { checkpoint = plan.checkpoint, from_tag = plan.from_tag, tag = plan.tag }, r)
-    res.key = key
-    fs.append(result, json.encode(res) .. "\n", "qemu.sweep")
+    if not done[key] then mine[#mine + 1] = r end
+  end
+  local source = { checkpoint = on_node(plan, plan.checkpoint), shown = plan.checkpoint_shown,
+                   from_tag = plan.from_tag, tag = plan.tag }
+  local per = plan.tasks_per_node or 1
+  if per > 1 and #mine > 1 then
+    local results = require "qemu.sweep.results"
+    local tally = results.tally(runs, setmetatable({ path = result }, TaskOut), 0)
+    local lspec = setmetatable({ workers = per, progress = false }, { __index = spec })
+    require("qemu.sweep.local").run { spec = lspec, runs = runs, todo = mine, source = source, tally = tally,
+                                      fname = "qemu.sweep" }
+  else
+    for _, r in ipairs(mine) do
+      local res = runner.run(spec, source, r)
+      res.key = r.key
+      fs.append(result, json.encode(res) .. "\n", "qemu.sweep")
+    end
   end
   os.exit(0, true)
 end
+
+-- ---- the submitting side ----
 
 local function script_argv()
   local script = arg and arg[0]
@@ -56,77 +162,309 @@ local function script_argv()
     check.bad("qemu.sweep", "engine=\"slurm\" runs the script again in every task: use `qshell run FILE`")
   end
   local self = sys.realpath("/proc/self/exe")
-  local argv = { self, "run", sys.realpath(script) or script }
-  for i = 1, #arg do argv[#argv + 1] = arg[i] end
-  return argv
+  local args = {}
+  for i = 1, #arg do args[i] = arg[i] end
+  return self, sys.realpath(script) or script, args
 end
 
 local function sh_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function roots_of(sopts)
+  local sh = sopts.shared
+  if sh == nil then return nil end
+  local list = type(sh) == "string" and { sh } or sh
+  local out = {}
+  for i, p in ipairs(list) do
+    if type(p) ~= "string" or not p:match("^/") then
+      check.bad("qemu.sweep", "slurm shared[%d] must be an absolute path (the shared directory as a node sees it)", i)
+    end
+    out[i] = p:gsub("/+$", "")
+  end
+  if #out == 0 then check.bad("qemu.sweep", "slurm shared= names no directory") end
+  if not fs.is_dir(out[1]) then
+    check.bad("qemu.sweep", "slurm shared[1]=%s: the shared directory as this machine sees it does not exist", out[1])
+  end
+  out[1] = sys.realpath(out[1])
+  return out
+end
+
+-- A path under the shared root as {rel=} (found on each node), else {abs=}.
+local function place(roots, path)
+  local real = sys.realpath(path) or fs.abspath(path)
+  if roots and roots[1] and (real == roots[1] or real:sub(1, #roots[1] + 1) == roots[1] .. "/") then
+    return { rel = real:sub(#roots[1] + 2) }, real
+  end
+  return { abs = real }, real
 end
 
 -- Check the options before anything runs (qemu.sweep calls it first).
 function M.check(spec, fname)
   check.options(fname .. " slurm", spec.slurm, slurm_opts)
+  local sopts = spec.slurm or {}
+  if sopts.sbatch then
+    for i, a in ipairs(sopts.sbatch) do
+      if type(a) ~= "string" or not a:match("^%-") then
+        check.bad(fname, "slurm sbatch[%d] must be an option for sbatch (starting with -), got %s", i, tostring(a))
+      end
+      if a:match("^%-%-array") or a:match("^%-%-wait") or a:match("^%-%-output") then
+        check.bad(fname, "slurm sbatch: %s is set by qshell itself", a)
+      end
+    end
+  end
   if spec.workers then
-    check.bad(fname, "workers= is for the local engine; under Slurm the array tasks are the workers (slurm={tasks=N})")
+    check.bad(fname, "workers= is for the local engine; under Slurm the array tasks are the workers " ..
+                     "(slurm={tasks=N}, and tasks_per_node=K runs K at once in each)")
   end
   if spec.timeout then
     check.bad(fname, "timeout= is not enforced per run under Slurm; give the tasks a time limit (slurm={time=\"1:00:00\"})")
   end
-  if not spec.out and not (spec.slurm and spec.slurm.dir) then
+  if not spec.out and not sopts.dir then
     check.bad(fname, "the Slurm engine needs out= (or slurm={dir=}) on a path every node sees")
   end
+  roots_of(sopts)
   if not run_mod.which("sbatch") then
     errors.raise { class = "SlurmError", command = fname, desc = "sbatch is not on PATH",
                    hint = "install slurm-client (or run with engine=\"local\")" }
   end
 end
 
--- Where a checkpoint made for the tasks goes: beside the results, which
--- every node sees.
+-- The job dir: slurm.dir, or OUT.slurm beside out (with shared=, that
+-- must be under the shared directory).
+local function job_root(spec)
+  local sopts = spec.slurm or {}
+  local roots = roots_of(sopts)
+  local dir = sopts.dir or (spec.out .. ".slurm")
+  if roots then
+    local pl, real = place(roots, fs.abspath(dir))
+    if not pl.rel then
+      check.bad("qemu.sweep", "the job dir %s is not under the shared directory %s: the nodes cannot see it " ..
+                              "(put out= there, or give slurm={dir=} there)", real, roots[1])
+    end
+  end
+  return dir
+end
+
+-- Where a checkpoint made for the tasks goes (from a savevm tag): the job
+-- dir, which every node sees.
 function M.shared_dir(spec)
-  return (spec.slurm and spec.slurm.dir) or (spec.out and (spec.out .. ".slurm"))
+  return job_root(spec)
+end
+
+-- squeue's view of one job: {[array index] = {state=, node=, reason=}}
+local function job_states(jobid)
+  local st = run_mod.run({ "squeue", "-h", "-r", "-t", "all", "-j", jobid, "-o", "%K|%T|%N|%r" }, { timeout = 20 })
+  if st.code ~= 0 then return nil end
+  local out = {}
+  for line in st.stdout:gmatch("[^\n]+") do
+    local idx, state, node, reason = line:match("^(%d+)|([^|]*)|([^|]*)|(.*)$")
+    if idx then out[tonumber(idx)] = { state = state, node = node ~= "" and node or nil, reason = reason } end
+  end
+  return out
+end
+
+local function job_active(jobid)
+  local states = job_states(jobid)
+  if not states then return false end
+  for _, s in pairs(states) do
+    if SLEEP_STATES[s.state] or s.state == "RUNNING" or s.state == "COMPLETING" then return true end
+  end
+  return false
+end
+
+-- The submissions in a job dir, oldest first: {{n=, dir=, info=}}
+local function submissions(root)
+  local subs = {}
+  for _, name in ipairs(sys.listdir(root) or {}) do
+    if name:match("^%d+$") and fs.is_file(root .. "/" .. name .. "/plan.json") then
+      local info = json.decode(fs.read(root .. "/" .. name .. "/submission.json") or "{}")
+      subs[#subs + 1] = { n = tonumber(name), dir = root .. "/" .. name, info = info }
+    end
+  end
+  table.sort(subs, function(a, b) return a.n < b.n end)
+  return subs
+end
+M.submissions = submissions
+
+-- Read the results a submission's tasks wrote: calls take(res) for each
+-- complete line not read before (offsets per file in `offsets`).
+local function gather_dir(dir, ntasks, offsets, take)
+  for t = 0, ntasks - 1 do
+    local path = string.format("%s/task-%d.jsonl", dir, t)
+    local text = fs.read(path) or ""
+    local from = offsets[path] or 0
+    local complete = text:sub(from + 1):match("^(.*\n)") or ""
+    offsets[path] = from + #complete
+    for line in complete:gmatch("([^\n]+)\n") do
+      local ok, res = pcall(json.decode, line)
+      -- a line a dying node left half written (closed by the retry) is skipped
+      if ok and type(res) == "table" and res.key then take(res, t) end
+    end
+  end
+end
+
+-- Why the runs of a task that reported nothing did not run.
+local function reason_for(t, last, sopts, dir, sberr)
+  local log = string.format("%s/task-%d.log", dir, t)
+  local tail = fs.read(log) or ""
+  local s = last and last.state
+  if s == "TIMEOUT" or tail:find("DUE TO TIME LIMIT", 1, true) then
+    return string.format("timed out: the Slurm task %d ran out of its time limit (time=%s) before this run " ..
+                         "finished; see %s", t, tostring(sopts.time or "the partition's"), log)
+  end
+  if s == "NODE_FAIL" then
+    return string.format("the node %s failed while Slurm task %d ran (not requeued); see %s", tostring(last.node), t, log)
+  end
+  if s == "OUT_OF_MEMORY" then
+    return string.format("the Slurm task %d ran out of memory (mem=%s); see %s", t, tostring(sopts.mem), log)
+  end
+  if s == "CANCELLED" then
+    return string.format("the Slurm task %d was cancelled; see %s", t, log)
+  end
+  return string.format("the Slurm task %d ended without a result (%s%s); see %s", t, s and ("state " .. s) or "sbatch",
+                       sberr ~= "" and (": " .. sberr) or "", log)
+end
+
+local function write_job_script(sub, roots, self, script, args, separate_log)
+  local rel = sub.place
+  local lines = { "#!/bin/sh", "# a qshell sweep task: the script again, with this task's share" }
+  if rel.rel then
+    local cands = {}
+    for i, r in ipairs(roots) do cands[i] = sh_quote(r) end
+    lines[#lines + 1] = "job= root="
+    lines[#lines + 1] = "for r in " .. table.concat(cands, " ") .. "; do"
+    lines[#lines + 1] = "  if [ -f \"$r/\"" .. sh_quote(rel.rel) .. "/plan.json ]; then root=$r; job=$r/" ..
+                        sh_quote(rel.rel) .. "; break; fi"
+    lines[#lines + 1] = "done"
+    lines[#lines + 1] = "if [ -z \"$job\" ]; then"
+    lines[#lines + 1] = "  echo \"qshell sweep task: none of " .. table.concat(roots, " "):gsub('"', "") ..
+                        " holds the job on $(hostname)\" >&2; exit 1"
+    lines[#lines + 1] = "fi"
+  else
+    lines[#lines + 1] = "job=" .. sh_quote(rel.abs) .. " root="
+  end
+  if separate_log then
+    lines[#lines + 1] = "exec >>\"$job/task-$SLURM_ARRAY_TASK_ID.log\" 2>&1"
+  end
+  lines[#lines + 1] = "cd \"$job\" || exit 1"
+  lines[#lines + 1] = "[ -d \"${TMPDIR:-/tmp}\" ] || TMPDIR=/tmp"
+  lines[#lines + 1] = "QSHELL_SWEEP_JOB=$job QSHELL_SWEEP_ROOT=$root TMPDIR=${TMPDIR:-/tmp}"
+  lines[#lines + 1] = "export QSHELL_SWEEP_JOB QSHELL_SWEEP_ROOT TMPDIR"
+  lines[#lines + 1] = "q=" .. sh_quote(self) .. "; [ -x \"$q\" ] || q=qshell"
+  local sp = place(roots, script)
+  local script_word = sp.rel and ("\"$root/\"" .. sh_quote(sp.rel)) or sh_quote(sp.abs)
+  local words = {}
+  for i, a in ipairs(args) do words[i] = sh_quote(a) end
+  lines[#lines + 1] = "exec \"$q\" run " .. script_word .. (#words > 0 and (" " .. table.concat(words, " ")) or "")
+  fs.write(sub.dir .. "/job.sh", table.concat(lines, "\n") .. "\n", "qemu.sweep")
+  run_mod.check({ "chmod", "0755", sub.dir .. "/job.sh" }, { command = "qemu.sweep" })
 end
 
 -- The submitting side.
 function M.run(j)
   local fname, spec, tally, todo = j.fname, j.spec, j.tally, j.todo
-  local job
   local sopts = spec.slurm or {}
-  local ckpt = sys.realpath(j.source.checkpoint)
-  local argv = script_argv()
-
-  -- The job dir: the plan, one result file and one log per task.
-  job = sopts.dir or ((spec.out and (spec.out .. ".slurm")) or (fs.scratch() .. "/slurm"))
-  fs.mkdir_p(job, fname)
-  job = sys.realpath(job)
-  for _, name in ipairs(sys.listdir(job) or {}) do
-    if name:match("^task%-%d+%.") or name == "plan.json" or name == "job.sh" then os.remove(job .. "/" .. name) end
+  local roots = roots_of(sopts)
+  local self, script, args = script_argv()
+  local root = job_root(spec)
+  fs.mkdir_p(root, fname)
+  root = sys.realpath(root)
+  local progress = host.progress("sweep", { enabled = spec.progress })
+  local bykey = {}
+  for _, r in ipairs(todo) do bykey[r.key] = r end
+  local seen = {}
+  local function take(res)
+    local r = bykey[res.key]
+    if r and not seen[res.key] then
+      seen[res.key] = true
+      res.i = r.i
+      tally:record(res)
+    end
   end
-  local ntasks = math.min(sopts.tasks or #todo, #todo)
-  local plan = { checkpoint = ckpt, from_tag = j.source.from_tag, tag = j.source.tag, tasks = {} }
+
+  -- Earlier submissions: with resume, what they wrote is gathered (and a
+  -- job of theirs still running is waited for); without, they must be over.
+  local offsets = {}
+  for _, sub in ipairs(submissions(root)) do
+    local jobid = sub.info.jobid
+    local active = jobid and job_active(jobid)
+    if not j.resume then
+      if active then
+        errors.raise { class = "SlurmError", command = fname,
+                       desc = string.format("the Slurm job %s of an earlier submission of this sweep (%s) still runs",
+                                            jobid, sub.dir),
+                       hint = "resume=true (or qshell sweep --slurm --resume) gathers it and does the rest; or scancel " .. jobid }
+      end
+      run_mod.check({ "rm", "-rf", sub.dir }, { command = fname })
+    else
+      if active then
+        io.stderr:write(string.format("qshell: the Slurm job %s of an earlier submission still runs: gathering it first\n", jobid))
+        repeat
+          gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take)
+          progress:show(string.format("slurm: job %s (earlier): %d/%d done", jobid, tally:done(), #j.runs))
+          local okw, _, code = sys.sleep(2)
+          if not okw and code == "interrupted" then
+            progress:clear()
+            errors.raise { class = "Interrupted", command = fname,
+                           desc = "interrupted while gathering the earlier Slurm job " .. jobid .. " (it goes on)" }
+          end
+        until not job_active(jobid)
+      end
+      gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take)
+    end
+  end
+  local rest = {}
+  for _, r in ipairs(todo) do if not seen[r.key] then rest[#rest + 1] = r end end
+  if #rest == 0 then
+    progress:done()
+    return { job = root, collected = #todo }
+  end
+
+  -- This submission.
+  local n = 1
+  for _, sub in ipairs(submissions(root)) do n = math.max(n, sub.n + 1) end
+  local sub = { dir = root .. "/" .. n }
+  fs.mkdir_p(sub.dir, fname)
+  sub.place = place(roots, sub.dir)
+  local ckpt_place, ckpt_real = place(roots, j.source.checkpoint)
+  if roots and not ckpt_place.rel then
+    check.bad(fname, "the checkpoint %s is not under the shared directory %s: the nodes cannot see it " ..
+                     "(make it there, e.g. vm:checkpoint(%q))", ckpt_real, roots[1], roots[1] .. "/warm.ckpt")
+  end
+  local per = sopts.tasks_per_node or 1
+  local ntasks = math.min(sopts.tasks or math.ceil(#rest / per), #rest)
+  local plan = { checkpoint = ckpt_place, checkpoint_shown = ckpt_real, from_tag = j.source.from_tag,
+                 tag = j.source.tag, roots = roots or json.array {}, tasks_per_node = per, tasks = {},
+                 script = provenance.script(spec) }
   for t = 1, ntasks do plan.tasks[t] = json.array {} end
-  for i, r in ipairs(todo) do
+  for i, r in ipairs(rest) do
     local t = (i - 1) % ntasks + 1
     plan.tasks[t][#plan.tasks[t] + 1] = r.key
   end
-  fs.write(job .. "/plan.json", json.encode(plan), fname)
-  local words = {}
-  for i, a in ipairs(argv) do words[i] = sh_quote(a) end
-  local script = job .. "/job.sh"
-  fs.write(script, "#!/bin/sh\n# a qshell sweep task: the script again, with this task's share\n" ..
-           "QSHELL_SWEEP_JOB=" .. sh_quote(job) .. "\nexport QSHELL_SWEEP_JOB\n" ..
-           "exec " .. table.concat(words, " ") .. "\n", fname)
-  run_mod.check({ "chmod", "0755", script }, { command = fname })
+  fs.write(sub.dir .. "/plan.json", json.encode(plan), fname)
+  local separate_log = roots and #roots > 1
+  write_job_script(sub, roots or {}, self, script, args, separate_log)
 
   local sb = { "sbatch", "--wait", "--parsable", "--job-name=qshell-sweep",
-               string.format("--array=0-%d", ntasks - 1),
-               "--output=" .. job .. "/task-%a.log", "--chdir=" .. (sys.realpath(".") or ".") }
+               string.format("--array=0-%d%s", ntasks - 1, sopts.max_running and ("%" .. sopts.max_running) or ""),
+               "--output=" .. (separate_log and "/dev/null" or (sub.dir .. "/task-%a.log")),
+               "--chdir=" .. (separate_log and "/tmp" or sub.dir),
+               sopts.requeue == false and "--no-requeue" or "--requeue" }
+  if per > 1 then
+    sb[#sb + 1] = "--nodes=1"
+    sb[#sb + 1] = "--ntasks-per-node=" .. per
+  end
   if sopts.partition then sb[#sb + 1] = "--partition=" .. sopts.partition end
+  if sopts.account then sb[#sb + 1] = "--account=" .. sopts.account end
+  if sopts.qos then sb[#sb + 1] = "--qos=" .. sopts.qos end
   if sopts.time then sb[#sb + 1] = "--time=" .. sopts.time end
+  if sopts.mem then sb[#sb + 1] = "--mem=" .. sopts.mem end
   for _, a in ipairs(sopts.sbatch or {}) do sb[#sb + 1] = a end
-  sb[#sb + 1] = script
+  sb[#sb + 1] = sub.dir .. "/job.sh"
+  local info = { ntasks = ntasks, runs = #rest, sbatch = sb, submitted = provenance.now_text(),
+                 submitter = provenance.host() }
+  fs.write(sub.dir .. "/submission.json", json.encode(info), fname)
   local p, perr = core.new("qshell-run")
   if not p then errors.raise { class = "IOError", command = fname, desc = perr } end
   local ok, err = p:spawn(sb, 0, p:tmpdir() .. "/sbatch.out")
@@ -135,43 +473,47 @@ function M.run(j)
     errors.raise { class = "SlurmError", command = fname, desc = err }
   end
 
-  -- Gather while the array runs: each task appends whole lines.
-  local offsets, seen = {}, {}
-  local bykey = {}
-  for _, r in ipairs(todo) do bykey[r.key] = r end
-  local progress = host.progress("sweep", { enabled = spec.progress })
-  local function gather()
-    for t = 0, ntasks - 1 do
-      local path = string.format("%s/task-%d.jsonl", job, t)
-      local text = read_file(path) or ""
-      local from = offsets[t] or 0
-      local chunk = text:sub(from + 1)
-      local complete = chunk:match("^(.*\n)") or ""
-      offsets[t] = from + #complete
-      for line in complete:gmatch("([^\n]+)\n") do
-        local res = json.decode(line)
-        local r = bykey[res.key]
-        if r and not seen[res.key] then
-          seen[res.key] = true
-          res.i = r.i
-          tally:record(res)
-        end
+  -- Gather while the array runs; watch the tasks' states and nodes.
+  local jobid
+  local last, nodes = {}, {}
+  local next_poll = 0
+  local function poll_states()
+    if not jobid then
+      jobid = (fs.read(p:tmpdir() .. "/sbatch.out") or ""):match("^(%d+)")
+      if jobid then
+        info.jobid = jobid
+        fs.write(sub.dir .. "/submission.json", json.encode(info), fname)
       end
     end
-    local last = tally:last_text(60)
-    progress:show(string.format("slurm: %d/%d done, %d failed, %s%s", tally:done(), #j.runs,
-                                tally.failed, host.fmt_time(progress:elapsed()), last and (" | last: " .. last) or ""))
+    if jobid and sys.now() >= next_poll then
+      next_poll = sys.now() + 2
+      for idx, s in pairs(job_states(jobid) or {}) do
+        last[idx] = s
+        if s.node and s.state == "RUNNING" then nodes[s.node] = true end
+      end
+    end
+  end
+  local function show()
+    local lastrun = tally:last_text(50)
+    local names = {}
+    for k in pairs(nodes) do names[#names + 1] = k end
+    table.sort(names)
+    progress:show(string.format("slurm job %s: %d/%d done, %d failed, %s%s%s", jobid or "?", tally:done(), #j.runs,
+                                tally.failed, host.fmt_time(progress:elapsed()),
+                                #names > 0 and (", nodes " .. table.concat(names, ",")) or "",
+                                lastrun and (" | last: " .. lastrun) or ""))
   end
   local st
   local interrupted = false
   while true do
     st = p:poll()
-    gather()
+    poll_states()
+    gather_dir(sub.dir, ntasks, offsets, take)
+    show()
     if st then break end
     local okw, _, code = sys.sleep(0.5)
     if not okw and code == "interrupted" then interrupted = true break end
   end
-  local jobid = (read_file(p:tmpdir() .. "/sbatch.out") or ""):match("^(%d+)")
   if interrupted then
     if jobid and run_mod.which("scancel") then run_mod.run({ "scancel", jobid }) end
     p:kill()
@@ -181,20 +523,99 @@ function M.run(j)
                    desc = "interrupted; the Slurm job " .. tostring(jobid) .. " was cancelled; the results so far are in " ..
                           tostring(spec.out), hint = "run it again with resume=true to do the rest" }
   end
-  local sberr = p:log_tail(2000)
+  local sberr = (p:log_tail(2000):gsub("%s+$", ""))
   p:close()
-  gather()
+  if not jobid then
+    progress:clear()
+    errors.raise { class = "SlurmError", command = fname,
+                   desc = string.format("sbatch %s without submitting the job: %s", st.desc, sberr ~= "" and sberr or "(no message)"),
+                   hint = "the sbatch command is in " .. sub.dir .. "/submission.json" }
+  end
+  next_poll = 0
+  poll_states()
+  gather_dir(sub.dir, ntasks, offsets, take)
   progress:done()
-  -- Runs no task reported: record them as failed, with where to look.
-  for i, r in ipairs(todo) do
+  -- Runs no task reported: failed, with the reason Slurm gives.
+  local tasks = {}
+  for t = 0, ntasks - 1 do
+    tasks[t + 1] = { index = t, state = last[t] and last[t].state, node = last[t] and last[t].node }
+  end
+  for i, r in ipairs(rest) do
     if not seen[r.key] then
       local t = (i - 1) % ntasks
-      tally:record { i = r.i, status = "failed", wall = 0,
-                     error = string.format("the Slurm task %d ended without a result (sbatch %s%s); see %s/task-%d.log",
-                                           t, st.desc, sberr ~= "" and (": " .. sberr:gsub("%s+$", "")) or "", job, t) }
+      seen[r.key] = true
+      tally:record { i = r.i, status = "failed", wall = 0, error = reason_for(t, last[t], sopts, sub.dir, sberr) }
     end
   end
-  return { job = job, jobid = jobid }
+  info.tasks = tasks
+  fs.write(sub.dir .. "/submission.json", json.encode(info), fname)
+  local nodelist = {}
+  for k in pairs(nodes) do nodelist[#nodelist + 1] = k end
+  table.sort(nodelist)
+  return { job = sub.dir, jobid = jobid, tasks = tasks, nodes = nodelist }
+end
+
+-- ---- status ----
+
+-- M.status(path) -> {dir=, submission=, jobid=, tasks={{index=, state=, node=, runs=, reported=,
+--   ok=, failed=}}, runs=, reported=, ok=, failed=, text=}: a Slurm sweep's progress from its
+-- job dir (or the results file it belongs to: OUT.slurm).
+function M.status(path)
+  local fname = "qemu.sweep.slurm_status"
+  check.arg(fname, 1, path, "string")
+  local root = path
+  if not (fs.is_dir(root) and #submissions(root) > 0) then root = path .. ".slurm" end
+  local subs = fs.is_dir(root) and submissions(root) or {}
+  if #subs == 0 then
+    check.bad(fname, "%s is not a Slurm sweep's job dir (nor a results file with one beside it)", path)
+  end
+  local sub = subs[#subs]
+  local plan = json.decode(fs.slurp(sub.dir .. "/plan.json", fname))
+  local jobid = sub.info.jobid
+  local states = jobid and job_states(jobid) or {}
+  local out = { dir = root, submission = sub.n, jobid = jobid, tasks = {}, runs = 0, reported = 0, ok = 0, failed = 0 }
+  local per = {}
+  gather_dir(sub.dir, #plan.tasks, {}, function(res, t)
+    local e = per[t] or { seen = {}, ok = 0, failed = 0, reported = 0, hosts = {} }
+    per[t] = e
+    if not e.seen[res.key] then
+      e.seen[res.key] = true
+      e.reported = e.reported + 1
+      if res.status == "ok" then e.ok = e.ok + 1 else e.failed = e.failed + 1 end
+      if res.host then e.hosts[res.host] = true end
+    end
+  end)
+  local L = { string.format("Slurm sweep %s: submission %d, job %s, submitted %s from %s", root, sub.n,
+                            tostring(jobid), tostring(sub.info.submitted), tostring(sub.info.submitter)),
+              string.format("  %-5s %-12s %-12s %5s %9s %5s %7s", "task", "state", "node", "runs", "reported", "ok",
+                            "failed") }
+  for t = 0, #plan.tasks - 1 do
+    local e = per[t] or { ok = 0, failed = 0, reported = 0, hosts = {} }
+    local st = states[t] or (sub.info.tasks and sub.info.tasks[t + 1]) or {}
+    local node = st.node
+    if not node then
+      local hs = {}
+      for h in pairs(e.hosts) do hs[#hs + 1] = h end
+      table.sort(hs)
+      node = #hs > 0 and table.concat(hs, ",") or nil
+    end
+    local row = { index = t, state = st.state or (e.reported == #plan.tasks[t + 1] and "done" or "?"), node = node,
+                  runs = #plan.tasks[t + 1], reported = e.reported, ok = e.ok, failed = e.failed }
+    out.tasks[#out.tasks + 1] = row
+    out.runs, out.reported = out.runs + row.runs, out.reported + row.reported
+    out.ok, out.failed = out.ok + row.ok, out.failed + row.failed
+    L[#L + 1] = string.format("  %-5d %-12s %-12s %5d %9d %5d %7d", t, row.state, tostring(row.node or "-"), row.runs,
+                              row.reported, row.ok, row.failed)
+  end
+  L[#L + 1] = string.format("  %d/%d runs reported (%d ok, %d failed)", out.reported, out.runs, out.ok, out.failed)
+  out.text = table.concat(L, "\n") .. "\n"
+  return out
+end
+
+-- `qshell sweep --status PATH`
+function M.main(args)
+  io.stdout:write(M.status(args[1]).text)
+  return 0
 end
 
 return M
