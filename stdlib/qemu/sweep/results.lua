@@ -421,6 +421,7 @@ function Tally:record(res)
   local r = self.runs[res.i]
   r.status, r.metrics, r.error, r.wall = res.status, res.metrics, res.error, res.wall
   r.host, r.started = res.host or provenance.host(), res.started
+  r.interrupted = res.interrupted
   local setup = res.setup
   if setup == nil and self.setup_for then
     local ok, s = pcall(self.setup_for, r)

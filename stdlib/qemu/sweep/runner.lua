@@ -75,7 +75,16 @@ function M.setup(spec, source, params, vm)
   return provenance.setup(script_of(spec), ok and lopts or {}, source, vm)
 end
 
--- M.run(spec, source, r) -> result; never raises (a failed run is a result).
+-- Did the run end because this process is being stopped (SIGTERM from
+-- Slurm at a time limit or scancel, Ctrl-C) rather than by its own fault?
+local function interrupted(err)
+  if type(err) == "table" and err.class == "Interrupted" then return true end
+  local s = tostring(err)
+  return s:find("terminated by signal %d+") ~= nil or s:find("interrupted!", 1, true) ~= nil
+end
+
+-- M.run(spec, source, r) -> result; never raises (a failed run is a result;
+-- one cut short by a signal to this process says so: interrupted=true).
 function M.run(spec, source, r)
   local t0 = sys.now()
   local out = { i = r.i, host = provenance.host(), started = provenance.now_text() }
@@ -96,6 +105,7 @@ function M.run(spec, source, r)
     out.status, out.metrics = "ok", res
   else
     out.status, out.error = "failed", tostring(res)
+    out.interrupted = interrupted(res) or nil
   end
   return out
 end

@@ -13,9 +13,10 @@
 -- under whichever of those paths holds the job there; without it, every
 -- node is assumed to see them at the submitter's paths.
 --
--- Faults: a task's result file is appended one whole line per run; a task
--- that starts again (Slurm requeues it when its node fails) skips the runs
--- its file already has, and the gatherer takes each run once.  Runs no task
+-- Faults: a task's result file is appended one whole line per run (a run
+-- cut short by Slurm's SIGTERM is not written); a task that starts again
+-- (Slurm requeues it when its node fails) skips the runs its file already
+-- has, and the gatherer takes each run once.  Runs no task
 -- reported are recorded as failed with the reason Slurm gives (time limit,
 -- node failure, ...).  With resume=true a new submitter first gathers what
 -- earlier submissions wrote (waiting for a job of them still running) and
@@ -105,6 +106,7 @@ end
 local TaskOut = {}
 TaskOut.__index = TaskOut
 function TaskOut:append(r)
+  if r.interrupted then return end -- the task is being stopped: not a result
   fs.append(self.path, json.encode { key = r.key, status = r.status, metrics = r.metrics or json.object {},
                                      error = r.error or json.null, wall = r.wall, host = r.host,
                                      started = r.started, setup = r.provenance or json.null } .. "\n", "qemu.sweep")
@@ -147,6 +149,9 @@ function M.task(spec, runs, job)
   else
     for _, r in ipairs(mine) do
       local res = runner.run(spec, source, r)
+      -- Stopped by Slurm (time limit, scancel): the run is not a result;
+      -- the submitter gives the reason, or a resume runs it again.
+      if res.interrupted then os.exit(1, true) end
       res.key = r.key
       fs.append(result, json.encode(res) .. "\n", "qemu.sweep")
     end
