@@ -94,6 +94,21 @@ T.test("reader: files with different columns read as one (the union)", function(
   T.eq(rows.files[2], b)
 end)
 
+T.test("reader: run, status, error, host, started and prov stay text even when they look like numbers", function()
+  local p = write("ids.csv", "run,repeat,x,status,wall_s,error,host,started,prov,m\n" ..
+                             "x=1#1,1,1,ok,1,,42,7,00012e34,5\n")
+  local rows = qemu.results.read(p)
+  T.eq(rows[1].prov, "00012e34")
+  T.eq(rows[1].host, "42")
+  T.eq(rows[1].x, 1)
+  T.eq(rows[1].m, 5)
+  -- and no parameter or metric may take those names
+  local plan = require "qemu.sweep.plan"
+  for _, k in ipairs { "host", "started", "prov", "provenance" } do
+    T.raises(function() plan.check_matrix("f", { [k] = { 1 } }) end, "BadArgument", "a column sweep writes itself")
+  end
+end)
+
 -- ---- statistics ----
 
 T.test("stats: mean, sd, median and the 95% interval against hand-worked values", function()
@@ -123,6 +138,13 @@ T.test("stats: mean, sd, median and the 95% interval against hand-worked values"
   T.eq(r, 2)
   T.ok(lo < 2 and hi > 2 and lo > 1 and hi < 3, string.format("[%g, %g]", lo, hi))
   T.ok(not st.overlap(a, b), "9..11 and 19..21: intervals apart")
+  -- a negative baseline keeps lo <= hi; a zero mean still gets an interval
+  r, lo, hi = st.ratio(st.describe { -9, -10, -11 }, b)
+  T.eq(r, -2)
+  T.ok(lo < -2 and hi > -2, string.format("[%g, %g]", lo, hi))
+  r, lo, hi = st.ratio(a, st.describe { -1, 0, 1 })
+  T.eq(r, 0)
+  T.ok(lo < 0 and hi > 0)
   T.ok(st.overlap(a, st.describe { 10, 12, 11 }))
 end)
 

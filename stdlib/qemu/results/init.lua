@@ -128,6 +128,8 @@ local function filter(fname, rows, where)
   return out
 end
 
+M._filter = filter
+
 local function where_at(rows, i)
   local f = (rows.files and rows.files[i]) or rows.path or "rows"
   local l = rows.lines and rows.lines[i]

@@ -68,10 +68,11 @@ function M.plot(rows, opts)
   -- A parameter left out of x and group that varies would be averaged
   -- over silently: refuse, naming it.
   local varying = {}
+  local kept = results._filter(fname, rows, opts.where)
   for _, p in ipairs(rows.params or {}) do
-    if p ~= opts.x and p ~= opts.group and not (opts.where and opts.where[p] ~= nil) then
+    if p ~= opts.x and p ~= opts.group then
       local vals, nv = {}, 0
-      for _, r in ipairs(rows) do
+      for _, r in ipairs(kept) do
         local t = text(r[p])
         if not vals[t] then vals[t] = true; nv = nv + 1 end
       end

@@ -6,8 +6,8 @@
 --     Student's t (exact table to 30 degrees of freedom, the Cornish-Fisher
 --     expansion beyond); with one value there is no sd and no interval.
 --   ratio(a, b) -> r, lo, hi: b.mean / a.mean with a 95% interval by the
---     delta method (relative standard errors added in quadrature, Welch's
---     degrees of freedom).
+--     delta method (for means away from zero: the relative standard errors
+--     added in quadrature), Welch's degrees of freedom.
 --   overlap(a, b) -> false when both intervals exist and do not overlap.
 
 local M = {}
@@ -66,16 +66,13 @@ function M.ratio(a, b)
   if not (a and b and a.n and b.n and a.n > 0 and b.n > 0) or a.mean == 0 then return nil end
   local r = b.mean / a.mean
   if not (a.sd and b.sd) then return r end
-  local ua = (a.sd / math.sqrt(a.n) / a.mean) ^ 2
-  local ub = b.mean ~= 0 and (b.sd / math.sqrt(b.n) / b.mean) ^ 2 or 0
+  -- var(r) ~ var(mean_b) / mean_a^2 + mean_b^2 var(mean_a) / mean_a^4
+  local ub = (b.sd / math.sqrt(b.n) / a.mean) ^ 2
+  local ua = (b.mean * a.sd / math.sqrt(a.n) / a.mean ^ 2) ^ 2
   if ua + ub == 0 then return r, r, r end
-  if b.mean == 0 then
-    -- A zero mean: the interval of b scaled by a's mean.
-    return r, b.ci_lo / a.mean, b.ci_hi / a.mean
-  end
   local den = ua ^ 2 / (a.n - 1) + ub ^ 2 / (b.n - 1)
   local df = den > 0 and (ua + ub) ^ 2 / den or math.huge
-  local half = M.t975(df) * math.abs(r) * math.sqrt(ua + ub)
+  local half = M.t975(df) * math.sqrt(ua + ub)
   return r, r - half, r + half
 end
 

@@ -17,6 +17,7 @@ local sys = require "qshell.os"
 local proc = require "qshell.proc.core"
 local host = require "qemu.host"
 local runner = require "qemu.sweep.runner"
+local provenance = require "qemu.sweep.provenance"
 
 local M = {}
 
@@ -127,6 +128,7 @@ function M.run(job)
     sys.close(w.result)
     running = running - 1
     res.i, res.status, res.wall = w.busy, "failed", sys.now() - w.started
+    res.host = provenance.host()
     tally:record(res)
     proc.sweep_stale()
     workers[k] = spawn_worker(job)

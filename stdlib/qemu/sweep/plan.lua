@@ -9,7 +9,8 @@ local check = require "qemu.check"
 local M = {}
 
 -- Columns every results file has; no parameter or metric may take them.
-M.RESERVED = { run = true, ["repeat"] = true, status = true, wall_s = true, error = true }
+M.RESERVED = { run = true, ["repeat"] = true, status = true, wall_s = true, error = true,
+                host = true, started = true, prov = true, provenance = true }
 
 function M.sorted_keys(t)
   local keys = {}

@@ -137,7 +137,7 @@ function M.setup(script, lopts, source, vm)
     if ok then
       s.qemu, s.qemu_binary = string.format("%d.%d.%d", v.major, v.minor, v.micro), sys.realpath(v.path) or v.path
     end
-    s.accel = lopts.accel or launch.accel
+    s.accel = (lopts.accel ~= "auto" and lopts.accel) or launch.accel
   end
   return s
 end

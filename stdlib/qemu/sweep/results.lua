@@ -109,6 +109,11 @@ function M.open(path, names, resume, fname)
     local recs = csv_records(text)
     if #recs > 0 then
       local header = csv_parse_line(recs[1])
+      if header[#want - 3] == "error" and header[#want - 2] ~= "host" then
+        errors.raise { class = "BadArgument", command = fname,
+                       desc = path .. " was written by a qshell without provenance columns (host, started, prov)",
+                       hint = "resume into another out= (qemu.results.read and qshell results read both files)" }
+      end
       for i, k in ipairs(want) do
         if header[i] ~= k then
           errors.raise { class = "BadArgument", command = fname,
@@ -259,8 +264,13 @@ local function bad(fname, path, line, fmt, ...)
                  hint = "the file is left as it is; fix or remove that line (or read another file)" }
 end
 
-local function cell(v)
+-- Columns that stay text even when they look like numbers (a prov id
+-- of hex digits only, say).
+local TEXT = { run = true, status = true, error = true, host = true, started = true, prov = true }
+
+local function cell(v, name)
   if v == "" then return nil end
+  if TEXT[name] then return v end
   return tonumber(v) or v
 end
 
@@ -321,6 +331,7 @@ function M.load(path, fname)
     for _, k in ipairs(rows.params) do add_name(rows.columns, cset, k) end
     for _, k in ipairs(M.FIXED) do add_name(rows.columns, cset, k) end
     for _, k in ipairs(rows.metrics) do add_name(rows.columns, cset, k) end
+    rows.sweep = provenance.read_sidecar(path).sweep
     return rows
   end
   local recs, lines, partial = csv_records(text)
@@ -353,7 +364,7 @@ function M.load(path, fname)
     end
     if not (#f == 1 and f[1] == "") then
       local row = {}
-      for j, v in ipairs(f) do row[header[j]] = cell(v) end
+      for j, v in ipairs(f) do row[header[j]] = cell(v, header[j]) end
       rows[#rows + 1] = row
       rows.lines[#rows] = lines[i]
     end
@@ -420,7 +431,7 @@ end
 function Tally:record(res)
   local r = self.runs[res.i]
   r.status, r.metrics, r.error, r.wall = res.status, res.metrics, res.error, res.wall
-  r.host, r.started = res.host or provenance.host(), res.started
+  r.host, r.started = res.host, res.started
   r.interrupted = res.interrupted
   local setup = res.setup
   if setup == nil and self.setup_for then

@@ -80,7 +80,7 @@ end
 local function interrupted(err)
   if type(err) == "table" and err.class == "Interrupted" then return true end
   local s = tostring(err)
-  return s:find("terminated by signal %d+") ~= nil or s:find("interrupted!", 1, true) ~= nil
+  return s:find("terminated by signal %d+$") ~= nil or s:find("interrupted!$") ~= nil
 end
 
 -- M.run(spec, source, r) -> result; never raises (a failed run is a result;

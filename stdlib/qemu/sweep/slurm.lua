@@ -106,7 +106,9 @@ end
 local TaskOut = {}
 TaskOut.__index = TaskOut
 function TaskOut:append(r)
-  if r.interrupted then return end -- the task is being stopped: not a result
+  -- The task being stopped (Slurm's SIGTERM reaches the workers too) is
+  -- not a result: the submitter gives the reason, a retry runs it again.
+  if r.interrupted or tostring(r.error):find("^the worker died") then return end
   fs.append(self.path, json.encode { key = r.key, status = r.status, metrics = r.metrics or json.object {},
                                      error = r.error or json.null, wall = r.wall, host = r.host,
                                      started = r.started, setup = r.provenance or json.null } .. "\n", "qemu.sweep")
@@ -258,9 +260,15 @@ function M.shared_dir(spec)
 end
 
 -- squeue's view of one job: {[array index] = {state=, node=, reason=}}
+-- ({} once Slurm has forgotten the job), or nil, why when squeue failed.
 local function job_states(jobid)
-  local st = run_mod.run({ "squeue", "-h", "-r", "-t", "all", "-j", jobid, "-o", "%K|%T|%N|%r" }, { timeout = 20 })
-  if st.code ~= 0 then return nil end
+  local ok, st = pcall(run_mod.run, { "squeue", "-h", "-r", "-t", "all", "-j", jobid, "-o", "%K|%T|%N|%r" },
+                       { timeout = 20 })
+  if not ok then return nil, tostring(st) end
+  if st.code ~= 0 then
+    if (st.stderr .. st.stdout):find("Invalid job id") then return {} end
+    return nil, (st.stderr:gsub("%s+$", ""))
+  end
   local out = {}
   for line in st.stdout:gmatch("[^\n]+") do
     local idx, state, node, reason = line:match("^(%d+)|([^|]*)|([^|]*)|(.*)$")
@@ -269,13 +277,31 @@ local function job_states(jobid)
   return out
 end
 
+-- Is the job still queued or running?  Asks squeue again when it fails
+-- (a busy controller), and raises when it keeps failing.
 local function job_active(jobid)
-  local states = job_states(jobid)
-  if not states then return false end
+  local states, why
+  for _ = 1, 5 do
+    states, why = job_states(jobid)
+    if states then break end
+    sys.sleep(2)
+  end
+  if not states then
+    errors.raise { class = "SlurmError", command = "qemu.sweep",
+                   desc = "cannot ask Slurm about job " .. jobid .. ": " .. tostring(why) }
+  end
   for _, s in pairs(states) do
     if SLEEP_STATES[s.state] or s.state == "RUNNING" or s.state == "COMPLETING" then return true end
   end
   return false
+end
+
+-- Is the qshell that submitted a submission still at it (on this machine)?
+local function submitter_alive(info)
+  if not info.pid or info.submitter ~= provenance.host() or info.pid == sys.getpid() then return false end
+  local stat = fs.first_line("/proc/" .. info.pid .. "/stat") or ""
+  local comm, state = stat:match("^%d+ %((.-)%) (%a)")
+  return comm ~= nil and comm:find("qshell", 1, true) ~= nil and state ~= "Z" and state ~= "X"
 end
 
 -- The submissions in a job dir, oldest first: {{n=, dir=, info=}}
@@ -310,10 +336,15 @@ local function gather_dir(dir, ntasks, offsets, take)
 end
 
 -- Why the runs of a task that reported nothing did not run.
-local function reason_for(t, last, sopts, dir, sberr)
+local function reason_for(t, last, sopts, dir, sberr, roots)
   local log = string.format("%s/task-%d.log", dir, t)
-  local tail = fs.read(log) or ""
+  local tail = fs.read(log)
   local s = last and last.state
+  if not tail and roots and #roots > 1 and s ~= "TIMEOUT" and s ~= "CANCELLED" then
+    return string.format("the Slurm task %d left no log: on %s it found the job under none of the shared paths %s",
+                         t, tostring(last and last.node or "its node"), table.concat(roots, ", "))
+  end
+  tail = tail or ""
   if s == "TIMEOUT" or tail:find("DUE TO TIME LIMIT", 1, true) then
     return string.format("timed out: the Slurm task %d ran out of its time limit (time=%s) before this run " ..
                          "finished; see %s", t, tostring(sopts.time or "the partition's"), log)
@@ -331,7 +362,7 @@ local function reason_for(t, last, sopts, dir, sberr)
                        sberr ~= "" and (": " .. sberr) or "", log)
 end
 
-local function write_job_script(sub, roots, self, script, args, separate_log)
+local function write_job_script(sub, roots, self, script, args, separate_log, cwd)
   local rel = sub.place
   local lines = { "#!/bin/sh", "# a qshell sweep task: the script again, with this task's share" }
   if rel.rel then
@@ -352,10 +383,17 @@ local function write_job_script(sub, roots, self, script, args, separate_log)
   if separate_log then
     lines[#lines + 1] = "exec >>\"$job/task-$SLURM_ARRAY_TASK_ID.log\" 2>&1"
   end
-  lines[#lines + 1] = "cd \"$job\" || exit 1"
+  -- The script runs where it was submitted from (its relative paths), as
+  -- this node sees that directory; else in the job dir.
+  local cp = place(roots, cwd)
+  if cp.rel then
+    lines[#lines + 1] = "cd \"$root/\"" .. sh_quote(cp.rel) .. " 2>/dev/null || cd \"$job\" || exit 1"
+  else
+    lines[#lines + 1] = "cd " .. sh_quote(cp.abs) .. " 2>/dev/null || cd \"$job\" || exit 1"
+  end
   lines[#lines + 1] = "[ -d \"${TMPDIR:-/tmp}\" ] || TMPDIR=/tmp"
-  lines[#lines + 1] = "QSHELL_SWEEP_JOB=$job QSHELL_SWEEP_ROOT=$root TMPDIR=${TMPDIR:-/tmp}"
-  lines[#lines + 1] = "export QSHELL_SWEEP_JOB QSHELL_SWEEP_ROOT TMPDIR"
+  lines[#lines + 1] = "QSHELL_SWEEP_JOB=$job QSHELL_SWEEP_ROOT=$root QSHELL_SWEEP_ENGINE=slurm TMPDIR=${TMPDIR:-/tmp}"
+  lines[#lines + 1] = "export QSHELL_SWEEP_JOB QSHELL_SWEEP_ROOT QSHELL_SWEEP_ENGINE TMPDIR"
   lines[#lines + 1] = "q=" .. sh_quote(self) .. "; [ -x \"$q\" ] || q=qshell"
   local sp = place(roots, script)
   local script_word = sp.rel and ("\"$root/\"" .. sh_quote(sp.rel)) or sh_quote(sp.abs)
@@ -393,6 +431,12 @@ function M.run(j)
   local offsets = {}
   for _, sub in ipairs(submissions(root)) do
     local jobid = sub.info.jobid
+    if submitter_alive(sub.info) then
+      errors.raise { class = "SlurmError", command = fname,
+                     desc = string.format("the qshell that submitted %s (pid %d) is still gathering its results",
+                                          sub.dir, sub.info.pid),
+                     hint = "two submitters would write the same rows: wait for it, or stop it and resume" }
+    end
     local active = jobid and job_active(jobid)
     if not j.resume then
       if active then
@@ -449,7 +493,7 @@ function M.run(j)
   end
   fs.write(sub.dir .. "/plan.json", json.encode(plan), fname)
   local separate_log = roots and #roots > 1
-  write_job_script(sub, roots or {}, self, script, args, separate_log)
+  write_job_script(sub, roots or {}, self, script, args, separate_log, sys.realpath(".") or ".")
 
   local sb = { "sbatch", "--wait", "--parsable", "--job-name=qshell-sweep",
                string.format("--array=0-%d%s", ntasks - 1, sopts.max_running and ("%" .. sopts.max_running) or ""),
@@ -468,7 +512,7 @@ function M.run(j)
   for _, a in ipairs(sopts.sbatch or {}) do sb[#sb + 1] = a end
   sb[#sb + 1] = sub.dir .. "/job.sh"
   local info = { ntasks = ntasks, runs = #rest, sbatch = sb, submitted = provenance.now_text(),
-                 submitter = provenance.host() }
+                 submitter = provenance.host(), pid = sys.getpid() }
   fs.write(sub.dir .. "/submission.json", json.encode(info), fname)
   local p, perr = core.new("qshell-run")
   if not p then errors.raise { class = "IOError", command = fname, desc = perr } end
@@ -508,34 +552,50 @@ function M.run(j)
                                 #names > 0 and (", nodes " .. table.concat(names, ",")) or "",
                                 lastrun and (" | last: " .. lastrun) or ""))
   end
-  local st
-  local interrupted = false
-  while true do
-    st = p:poll()
-    poll_states()
-    gather_dir(sub.dir, ntasks, offsets, take)
-    show()
-    if st then break end
-    local okw, _, code = sys.sleep(0.5)
-    if not okw and code == "interrupted" then interrupted = true break end
-  end
-  if interrupted then
-    if jobid and run_mod.which("scancel") then run_mod.run({ "scancel", jobid }) end
+  -- Any error here (Ctrl-C, squeue failing for good) cancels the job: no
+  -- job is left running that no submitter gathers.
+  local st, sberr
+  local okl, lerr = pcall(function()
+    while true do
+      st = p:poll()
+      poll_states()
+      gather_dir(sub.dir, ntasks, offsets, take)
+      show()
+      if st then break end
+      local okw, _, code = sys.sleep(0.5)
+      if not okw and code == "interrupted" then error({ interrupted = true }, 0) end
+    end
+    sberr = (p:log_tail(2000):gsub("%s+$", ""))
+    if not jobid then
+      errors.raise { class = "SlurmError", command = fname,
+                     desc = string.format("sbatch %s without submitting the job: %s", st.desc,
+                                          sberr ~= "" and sberr or "(no message)"),
+                     hint = "the sbatch command is in " .. sub.dir .. "/submission.json" }
+    end
+    -- sbatch --wait can end before the job does (it lost the controller,
+    -- say): gather until Slurm says the job is over.
+    while job_active(jobid) do
+      gather_dir(sub.dir, ntasks, offsets, take)
+      show()
+      local okw, _, code = sys.sleep(2)
+      if not okw and code == "interrupted" then error({ interrupted = true }, 0) end
+    end
+  end)
+  if not okl then
+    if jobid and run_mod.which("scancel") then pcall(run_mod.run, { "scancel", jobid }) end
     p:kill()
     p:close()
     progress:clear()
-    errors.raise { class = "Interrupted", command = fname,
-                   desc = "interrupted; the Slurm job " .. tostring(jobid) .. " was cancelled; the results so far are in " ..
-                          tostring(spec.out), hint = "run it again with resume=true to do the rest" }
+    local sig = type(lerr) == "table" and lerr.interrupted or tostring(lerr):find("interrupted!$")
+                or tostring(lerr):find("terminated by signal %d+$")
+    if sig then
+      errors.raise { class = "Interrupted", command = fname,
+                     desc = "interrupted; the Slurm job " .. tostring(jobid) .. " was cancelled; the results so far are in " ..
+                            tostring(spec.out), hint = "run it again with resume=true to do the rest" }
+    end
+    error(lerr, 0)
   end
-  local sberr = (p:log_tail(2000):gsub("%s+$", ""))
   p:close()
-  if not jobid then
-    progress:clear()
-    errors.raise { class = "SlurmError", command = fname,
-                   desc = string.format("sbatch %s without submitting the job: %s", st.desc, sberr ~= "" and sberr or "(no message)"),
-                   hint = "the sbatch command is in " .. sub.dir .. "/submission.json" }
-  end
   next_poll = 0
   poll_states()
   gather_dir(sub.dir, ntasks, offsets, take)
@@ -549,7 +609,8 @@ function M.run(j)
     if not seen[r.key] then
       local t = (i - 1) % ntasks
       seen[r.key] = true
-      tally:record { i = r.i, status = "failed", wall = 0, error = reason_for(t, last[t], sopts, sub.dir, sberr) }
+      tally:record { i = r.i, status = "failed", wall = 0, host = last[t] and last[t].node,
+                     error = reason_for(t, last[t], sopts, sub.dir, sberr, roots) }
     end
   end
   info.tasks = tasks

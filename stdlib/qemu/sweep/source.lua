@@ -31,8 +31,12 @@ function M.resolve(spec, fname, where)
   end
   local lopts = {}
   for k, v in pairs(base) do if k ~= "plugins" then lopts[k] = v end end
-  count = count + 1
-  local dir = string.format("%s/sweep-from-%s-%d", where or fs.scratch(), spec.from, count)
+  -- A name not taken yet (a resumed sweep makes its checkpoint again).
+  local dir
+  repeat
+    count = count + 1
+    dir = string.format("%s/sweep-from-%s-%d", where or fs.scratch(), spec.from, count)
+  until not fs.exists(dir) and not fs.exists(dir .. ".disks")
   if where then fs.mkdir_p(where, fname) end
   fs.mkdir_p(dir .. ".disks", fname)
   lopts.disks = {}
