@@ -127,11 +127,11 @@ end
 T.test("the tasks land on all three nodes; node3 finds the shared files at its own path", function()
   local out = SHARED .. "/spread.csv"
   -- two runs at once in each task: a task takes a whole node (2 CPUs)
-  local c, o, e = sh(QSHELL .. " run " .. script { out = out, runs = 6, tasks = 3, sleep = 1,
+  local c, o, e = sh(QSHELL .. " run " .. script { out = out, runs = 6, tasks = 3, sleep = 3,
                                                    slurm = ", tasks_per_node = 2" })
   T.eq(c, 0, o .. e)
   local nodes = o:match("SWEEP\t6\t0\t0\t%d+\t(%S+)")
-  T.eq(nodes, "node1,node2,node3", "squeue saw a task running on each node: " .. o)
+  T.eq(nodes, "node1,node2,node3", "the sweep saw tasks on each node: " .. o)
   local rows = rows_of(out)
   T.eq(#rows, 6)
   local hosts = {}

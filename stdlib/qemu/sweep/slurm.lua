@@ -417,11 +417,13 @@ function M.run(j)
   local bykey = {}
   for _, r in ipairs(todo) do bykey[r.key] = r end
   local seen = {}
+  local nodes = {} -- where tasks ran: squeue's view and the results' hosts
   local function take(res)
     local r = bykey[res.key]
     if r and not seen[res.key] then
       seen[res.key] = true
       res.i = r.i
+      if res.host then nodes[res.host] = true end
       tally:record(res)
     end
   end
@@ -524,7 +526,7 @@ function M.run(j)
 
   -- Gather while the array runs; watch the tasks' states and nodes.
   local jobid
-  local last, nodes = {}, {}
+  local last = {}
   local next_poll = 0
   local function poll_states()
     if not jobid then
