@@ -242,15 +242,17 @@ node_up() {
     ns=$(ns_name "$dir" "$node")
     veth=$(veth_name "$dir" "$node")
     if ! ip netns list | grep -qw "$ns"; then
-        ip netns add "$ns"
+        # (`ip netns add` warns where / is not a mount point, in a chroot)
+        ip netns add "$ns" 2> >(grep -v 'make-rslave' >&2)
         ip link add "$veth" type veth peer name "${veth}p"
         ip link set "$veth" master "$(bridge_name "$dir")"
         ip link set "$veth" up
         ip link set "${veth}p" netns "$ns"
-        ip netns exec "$ns" ip link set "${veth}p" name eth0
-        ip netns exec "$ns" ip addr add "$NET.$((10 + i))/24" dev eth0
-        ip netns exec "$ns" ip link set eth0 up
-        ip netns exec "$ns" ip link set lo up
+        local in_ns=(nsenter --net="/run/netns/$ns")
+        "${in_ns[@]}" ip link set "${veth}p" name eth0
+        "${in_ns[@]}" ip addr add "$NET.$((10 + i))/24" dev eth0
+        "${in_ns[@]}" ip link set eth0 up
+        "${in_ns[@]}" ip link set lo up
     fi
     mkdir -p "$dir/nodes/$node/tmp" "$dir/spool/slurmd-$node"
     # Its own host name; the last node sees the shared directory elsewhere.
@@ -260,9 +262,11 @@ node_up() {
         view="mount --bind $dir/shared $dir/elsewhere/shared && mount -t tmpfs -o size=1m,mode=0755 hidden $dir/shared &&"
     fi
     # nsenter, not `ip netns exec`: that remounts /sys, without the cgroup
-    # file system slurmd wants.
-    nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private -- sh -c \
-        "hostname $node && $view exec slurmd -f $dir/slurm.conf -N $node" >&2 ||
+    # file system slurmd wants.  The node's mounts stay its own: the mount
+    # holding DIR is made private in its namespace (not "/": in a chroot
+    # that is no mount point).
+    nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation unchanged -- sh -c \
+        "hostname $node && mount --make-rprivate \"\$(findmnt -n -o TARGET --target $dir)\" && $view exec slurmd -f $dir/slurm.conf -N $node" >&2 ||
         { log "slurmd on $node failed; see $dir/log/slurmd-$node.log"; return 1; }
 }
 
