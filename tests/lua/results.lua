@@ -309,4 +309,22 @@ T.test("follow: the summary grows with the file and ends when the sweep's runs a
   T.match(text, "\na%s+1%s+secs%s+3%s+0%s+2%s")
 end)
 
+T.test("follow: a JSONL file ends the same way (its sidecar's run count)", function()
+  local p = tmp .. "/live.jsonl"
+  write("live.jsonl", "")
+  write("live.provenance.json", json.encode { format = 1, setups = {}, sweep = { total = 2, params = { "x" } } })
+  local out = tmp .. "/followj.out"
+  T.eq(T.sh(string.format("(./qshell results --follow %s --interval 0.1 --timeout 60 > %s 2>&1; echo $? > %s.rc) &",
+                          p, out, out)), 0)
+  for i = 1, 2 do
+    qemu.sleep(0.5)
+    fs.append(p, json.encode { run = "x=1#" .. i, ["repeat"] = i, params = { x = 1 }, status = "ok",
+                               metrics = { m = i } } .. "\n", "test")
+  end
+  local deadline = qemu.now() + 30
+  while not T.exists(out .. ".rc") and qemu.now() < deadline do qemu.sleep(0.1) end
+  T.eq((fs.read(out .. ".rc") or ""):gsub("%s", ""), "0", "follow ended by itself")
+  T.match(fs.read(out), "live%.jsonl: 2/2 runs, 0 failed")
+end)
+
 T.run()
