@@ -301,7 +301,7 @@ function M.make(self, dir, opts)
     format = FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
     source = { status = was, argv = self.argv, disks = sources,
                kernel = o.kernel and fs.abspath(o.kernel), initrd = o.initrd and fs.abspath(o.initrd),
-               binary = o.binary, host = (fs.first_line("/proc/sys/kernel/hostname") or "") },
+               binary = o.binary, host = (require("qemu.host").name() or "") },
     launch = launch, disks = mdisks,
     state = { file = "state", bytes = records.state.size },
     files = records,

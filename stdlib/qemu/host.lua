@@ -5,6 +5,7 @@
 --   host.available_memory() -> bytes (MemAvailable, less under a cgroup limit)
 --   local p = host.progress("sweep", {enabled=})   p:show(text [, force]), p:done(), p:clear()
 --   host.fmt_time(seconds) -> "m:ss"
+--   host.name() -> this machine's host name (its UTS namespace's)
 
 local sys = require "qshell.os"
 local fs = require "qemu.fs"
@@ -12,6 +13,10 @@ local fs = require "qemu.fs"
 local M = {}
 
 local GIB = 1 << 30
+
+function M.name()
+  return fs.first_line("/proc/sys/kernel/hostname")
+end
 
 -- The cgroup v2 directory of this process, or nil.
 local function cgroup_dir()

@@ -117,6 +117,11 @@ local function finished(bg, timeout)
   return tonumber((fs.read(bg.rc) or ""):match("%d+")), fs.read(bg.out) or ""
 end
 
+-- The submitting qshell dies (SIGKILL); its Slurm job goes on.
+local function kill_submitter(bg, path)
+  T.sh("kill -KILL $(cat " .. bg.pidf .. ") $(pgrep -f 'qshell sweep --slurm " .. path .. "')")
+end
+
 local function jobid_of(out)
   return wait_for("the job to be submitted", function()
     local info = fs.read(out .. ".slurm/1/submission.json")
@@ -211,7 +216,7 @@ T.test("the submitter killed: --resume gathers the running job, then submits onl
     end
     return n >= 2
   end, 120)
-  T.sh("kill -KILL $(cat " .. bg.pidf .. ") $(pgrep -f 'qshell sweep --slurm " .. path .. "')")
+  kill_submitter(bg, path)
   -- and the job is cancelled: what did not finish must be submitted again
   sh("scancel " .. jobid)
   wait_for("the job to end", function()
@@ -243,7 +248,7 @@ T.test("--resume while the earlier job still runs: it is gathered, nothing is su
   local bg = background(QSHELL .. " sweep --slurm " .. path, "attach1")
   jobid_of(out)
   wait_for("a result", function() return (fs.read(out .. ".slurm/1/task-0.jsonl") or ""):find("\n") end, 120)
-  T.sh("kill -KILL $(cat " .. bg.pidf .. ") $(pgrep -f 'qshell sweep --slurm " .. path .. "')")
+  kill_submitter(bg, path)
   local c, o, e = sh(QSHELL .. " sweep --slurm --resume " .. path)
   T.eq(c, 0, o .. e)
   T.match(e, "still runs: gathering it first")

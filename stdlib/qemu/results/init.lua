@@ -83,8 +83,8 @@ local function is_rows(fname, rows, n)
   return rows
 end
 
--- The parameters of plain rows (no .params): every column that is not a
--- fixed column and holds no number in all rows... too clever: ask for by=.
+-- The parameters of the rows: what qemu.results.read found; rows made by
+-- hand do not say, and need by=.
 local function params_of(fname, rows)
   if rows.params then return rows.params end
   check.bad(fname, "these rows do not say which columns are parameters: give by= (or read them with qemu.results.read)")
@@ -129,6 +129,7 @@ local function filter(fname, rows, where)
 end
 
 M._filter = filter
+M._text = text
 
 local function where_at(rows, i)
   local f = (rows.files and rows.files[i]) or rows.path or "rows"
@@ -462,9 +463,7 @@ end
 
 local function csv_cell(v)
   if v == nil then return "" end
-  local s = type(v) == "number" and M.number(v, 10) or tostring(v)
-  if s:find('[,"\r\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
-  return s
+  return results.csv_quote(type(v) == "number" and M.number(v, 10) or tostring(v))
 end
 
 local FORMATS = { table = true, csv = true, markdown = true, json = true }

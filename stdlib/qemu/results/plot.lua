@@ -6,10 +6,8 @@
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
-local json = require "qshell.json"
 local fs = require "qemu.fs"
 local run = require "qemu.run"
-local plan = require "qemu.sweep.plan"
 
 local M = {}
 
@@ -27,8 +25,7 @@ local function q(s)
 end
 
 local function text(v)
-  if v == nil or v == json.null then return "" end
-  return plan.value_text(v)
+  return require("qemu.results")._text(v)
 end
 
 local function size_of(fname, size)

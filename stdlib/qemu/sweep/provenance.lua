@@ -143,7 +143,7 @@ function M.setup(script, lopts, source, vm)
 end
 
 function M.host()
-  return fs.first_line("/proc/sys/kernel/hostname") or "?"
+  return require("qemu.host").name() or "?"
 end
 
 function M.now_text()

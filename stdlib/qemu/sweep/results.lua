@@ -25,13 +25,18 @@ local FIXED_SET = { run = true, ["repeat"] = true }
 for _, k in ipairs(M.FIXED) do FIXED_SET[k] = true end
 
 
+-- A CSV cell: quoted when it holds a comma, a quote or a line break.
+function M.csv_quote(s)
+  if s:find('[,"\r\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
+  return s
+end
+
 local function csv_field(v)
   if v == nil or v == json.null then return "" end
   local s = plan.value_text(v)
   if math.type(v) == "float" and s:find("[.e]") then s = string.format("%.9g", v) end
   if type(v) == "table" then s = json.encode(v) end
-  if s:find('[,"\r\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
-  return s
+  return M.csv_quote(s)
 end
 
 local function csv_parse_line(line)

@@ -323,9 +323,16 @@ M.submissions = submissions
 local function gather_dir(dir, ntasks, offsets, take)
   for t = 0, ntasks - 1 do
     local path = string.format("%s/task-%d.jsonl", dir, t)
-    local text = fs.read(path) or ""
     local from = offsets[path] or 0
-    local complete = text:sub(from + 1):match("^(.*\n)") or ""
+    -- only what was appended since the last look
+    local f = io.open(path, "rb")
+    local text = ""
+    if f then
+      f:seek("set", from)
+      text = f:read("a") or ""
+      f:close()
+    end
+    local complete = text:match("^(.*\n)") or ""
     offsets[path] = from + #complete
     for line in complete:gmatch("([^\n]+)\n") do
       local ok, res = pcall(json.decode, line)
