@@ -56,8 +56,8 @@ Q := @
 msg = @printf '  %-6s %s\n' $(1) $(2)
 endif
 
-CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c shell/console.c
-SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/los.c shell/lhash.c shell/lconsole.c \
+CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c shell/console.c shell/ram.c
+SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/los.c shell/lhash.c shell/lram.c shell/lconsole.c \
         shell/luaenv.c shell/meta.c shell/repl.c shell/main.c
 OBJS := $(SRCS:shell/%.c=build/%.o) build/stdlib_gen.o
 STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)

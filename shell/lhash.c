@@ -302,18 +302,6 @@ static int l_job_cancel(lua_State *L)
     return 0;
 }
 
-static void push_hex(lua_State *L, const unsigned char *md)
-{
-    static const char digits[] = "0123456789abcdef";
-    char hex[65];
-    for (int i = 0; i < 32; i++) {
-        hex[2 * i] = digits[md[i] >> 4];
-        hex[2 * i + 1] = digits[md[i] & 15];
-    }
-    hex[64] = '\0';
-    lua_pushstring(L, hex);
-}
-
 /* job:wait([timeout]) -> hex, size | nil, msg, code ("timeout", "interrupted", "io", "cancelled") */
 static int l_job_wait(lua_State *L)
 {
@@ -355,7 +343,7 @@ static int l_job_wait(lua_State *L)
         }
         return qs_pushfail(L, lua_pushfstring(L, "%s: %s: %s", j->name, j->op, strerror(j->err)), "io");
     }
-    push_hex(L, j->md);
+    qs_pushdigest(L, j->md);
     lua_pushinteger(L, (lua_Integer)j->size);
     return 2;
 }
@@ -388,7 +376,7 @@ static int l_hash_sha256(lua_State *L)
     if (rc < 0) {
         return qs_pushfail(L, lua_pushfstring(L, "%s: %s: %s", path, j.op, strerror(j.err)), "io");
     }
-    push_hex(L, j.md);
+    qs_pushdigest(L, j.md);
     lua_pushinteger(L, (lua_Integer)j.size);
     return 2;
 }
@@ -403,7 +391,7 @@ static int l_hash_string(lua_State *L)
     if (EVP_Digest(s, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != sizeof md) {
         return luaL_error(L, "SHA-256 failed");
     }
-    push_hex(L, md);
+    qs_pushdigest(L, md);
     return 1;
 }
 

@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -128,10 +129,26 @@ static int l_proc_pass_file(lua_State *L)
 {
     struct lproc *lp = check_proc(L, 1);
     const char *path = luaL_checkstring(L, 2);
-    if (proc_pass_file(lp->p, path) < 0) {
+    int n = proc_pass_file(lp->p, path);
+    if (n < 0) {
         return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));
     }
-    lua_pushinteger(L, PROC_PASS_FD);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+/* proc:pass_fd(fd) -> the child's fd number for a copy of fd (the caller
+ * keeps fd) | nil, msg, code (before spawn) */
+static int l_proc_pass_fd(lua_State *L)
+{
+    struct lproc *lp = check_proc(L, 1);
+    lua_Integer fd = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 2, "not a file descriptor");
+    int n = proc_pass_fd(lp->p, (int)fd);
+    if (n < 0) {
+        return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));
+    }
+    lua_pushinteger(L, n);
     return 1;
 }
 
@@ -299,6 +316,7 @@ static const luaL_Reg proc_funcs[] = {
 static const luaL_Reg proc_methods[] = {
     {"spawn", l_proc_spawn},   {"take_socket", l_proc_take_socket},
     {"setenv", l_proc_setenv}, {"pass_file", l_proc_pass_file},
+    {"pass_fd", l_proc_pass_fd},
     {"pid", l_proc_pid},       {"poll", l_proc_poll},
     {"wait", l_proc_wait},     {"signal", l_proc_signal},
     {"kill", l_proc_kill},     {"tmpdir", l_proc_tmpdir},

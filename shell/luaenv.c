@@ -50,6 +50,18 @@ int qs_pushfail(lua_State *L, const char *msg, const char *code)
     return 3;
 }
 
+void qs_pushdigest(lua_State *L, const unsigned char *md)
+{
+    static const char digits[] = "0123456789abcdef";
+    char hex[65];
+    for (int i = 0; i < 32; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+    }
+    hex[64] = '\0';
+    lua_pushstring(L, hex);
+}
+
 double qs_opt_timeout(lua_State *L, int idx)
 {
     if (lua_isnoneornil(L, idx)) {
@@ -337,6 +349,8 @@ int luaenv_init(lua_State *L)
     luaL_requiref(L, "qshell.os", luaopen_qshell_os, 0);
     lua_pop(L, 1);
     luaL_requiref(L, "qshell.hash", luaopen_qshell_hash, 0);
+    lua_pop(L, 1);
+    luaL_requiref(L, "qshell.ram.core", luaopen_qshell_ram_core, 0);
     lua_pop(L, 5);
     preload_stdlib(L);
     push_config(L);

@@ -46,6 +46,9 @@ int qs_report(lua_State *L, int status);
  */
 int qs_pushfail(lua_State *L, const char *msg, const char *code);
 
+/* Push a 32-byte digest (SHA-256) as 64 lowercase hex digits. */
+void qs_pushdigest(lua_State *L, const unsigned char *md);
+
 /* An optional timeout argument in seconds (>= 0); nil means -1: forever. */
 double qs_opt_timeout(lua_State *L, int idx);
 
@@ -57,6 +60,7 @@ void qs_push_status(lua_State *L, int status);
 int luaopen_qshell_json(lua_State *L);
 int luaopen_qshell_os(lua_State *L);
 int luaopen_qshell_hash(lua_State *L);
+int luaopen_qshell_ram_core(lua_State *L);
 int luaopen_qshell_qmp_core(lua_State *L);
 int luaopen_qshell_proc_core(lua_State *L);
 int luaopen_qshell_console_core(lua_State *L);

@@ -175,7 +175,6 @@ struct qs_proc *proc_new(const char *prefix)
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         p->socks[i] = -1;
     }
-    p->pass_fd = -1;
     prefix = prefix ? prefix : "qshell";
     static int swept;
     if (!swept) {
@@ -258,8 +257,18 @@ static char **child_env(const struct qs_proc *p)
     return envp;
 }
 
+/* Close the files proc_pass_fd kept for the child. */
+static void close_passed(struct qs_proc *p)
+{
+    for (int i = 0; i < p->npass; i++) {
+        close(p->pass_fds[i]);
+    }
+    p->npass = 0;
+}
+
 static void child_exec(char *const argv[], char *const envp[], int nsocks, const int *child_ends,
-                       int passfd, int nullfd, int outfd, int logfd, int errfd, pid_t parent)
+                       int npass, const int *passfds, int nullfd, int outfd, int logfd, int errfd,
+                       pid_t parent)
 {
     int e;
     sigset_t none;
@@ -281,11 +290,13 @@ static void child_exec(char *const argv[], char *const envp[], int nsocks, const
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
-    int hi[PROC_MAX_SOCKS];
+    int hi[PROC_MAX_SOCKS], hpass[PROC_MAX_PASS];
     int hnull = lift(nullfd), hout = lift(outfd), hlog = lift(logfd);
-    int hpass = passfd >= 0 ? lift(passfd) : -1;
     for (int i = 0; i < nsocks; i++) {
         hi[i] = lift(child_ends[i]);
+    }
+    for (int i = 0; i < npass; i++) {
+        hpass[i] = lift(passfds[i]);
     }
     if (hnull < 0 || hout < 0 || hlog < 0 || dup2(hnull, 0) < 0 || dup2(hout, 1) < 0 ||
         dup2(hlog, 2) < 0) {
@@ -297,8 +308,10 @@ static void child_exec(char *const argv[], char *const envp[], int nsocks, const
             goto fail;
         }
     }
-    if (passfd >= 0 && (hpass < 0 || dup2(hpass, PROC_PASS_FD) < 0)) {
-        goto fail;
+    for (int i = 0; i < npass; i++) {
+        if (hpass[i] < 0 || dup2(hpass[i], PROC_PASS_FD + i) < 0) {
+            goto fail;
+        }
     }
     if (envp) {
         execvpe(argv[0], argv, envp);
@@ -365,7 +378,8 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
         goto out;
     }
     if (pid == 0) {
-        child_exec(argv, envp, nsocks, child_ends, p->pass_fd, nullfd, outfd, logfd, errpipe[1], parent);
+        child_exec(argv, envp, nsocks, child_ends, p->npass, p->pass_fds, nullfd, outfd, logfd, errpipe[1],
+                   parent);
     }
     p->pid = pid;
     setpgid(pid, pid); /* also here, so a signal right after fork finds the group */
@@ -387,10 +401,7 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
     rc = 0;
 out:
     free(envp);
-    if (p->pass_fd >= 0) {
-        close(p->pass_fd); /* the child has its copy */
-        p->pass_fd = -1;
-    }
+    close_passed(p); /* the child has its copies */
     for (int i = 0; i < made; i++) {
         close(child_ends[i]);
         if (rc < 0) {
@@ -417,20 +428,31 @@ out:
     return rc;
 }
 
-int proc_pass_file(struct qs_proc *p, const char *path)
+int proc_pass_fd(struct qs_proc *p, int fd)
 {
     if (p->pid > 0 || p->reaped) {
         return fail(p, PROC_ERR_IO, "process already started");
     }
+    if (p->npass >= PROC_MAX_PASS) {
+        return fail(p, PROC_ERR_IO, "too many files passed (%d at most)", PROC_MAX_PASS);
+    }
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) {
+        return fail(p, PROC_ERR_IO, "fd %d: %s", fd, strerror(errno));
+    }
+    p->pass_fds[p->npass] = copy;
+    return PROC_PASS_FD + p->npass++;
+}
+
+int proc_pass_file(struct qs_proc *p, const char *path)
+{
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         return fail(p, PROC_ERR_IO, "%s: %s", path, strerror(errno));
     }
-    if (p->pass_fd >= 0) {
-        close(p->pass_fd);
-    }
-    p->pass_fd = fd;
-    return 0;
+    int n = proc_pass_fd(p, fd);
+    close(fd);
+    return n;
 }
 
 int proc_take_sock(struct qs_proc *p, int i)
@@ -522,10 +544,7 @@ void proc_release(struct qs_proc *p)
         p->keep_tmp = 1;
     }
     proc_kill(p);
-    if (p->pass_fd >= 0) {
-        close(p->pass_fd);
-        p->pass_fd = -1;
-    }
+    close_passed(p);
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         if (p->socks[i] >= 0) {
             close(p->socks[i]);

@@ -16,8 +16,10 @@
 #define PROC_MAX_SOCKS 8
 /* The child end of socketpair i is fd PROC_FIRST_FD + i in the child. */
 #define PROC_FIRST_FD 3
-/* A file passed with proc_pass_file is this fd in the child. */
+/* Files passed with proc_pass_fd/proc_pass_file are these fds in the
+ * child, in the order they were passed. */
 #define PROC_PASS_FD (PROC_FIRST_FD + PROC_MAX_SOCKS)
+#define PROC_MAX_PASS 4
 
 enum {
     PROC_OK = 0,
@@ -33,7 +35,8 @@ struct qs_proc {
     int reaped;
     int socks[PROC_MAX_SOCKS];
     int nsocks;
-    int pass_fd;         /* proc_pass_file's file until the spawn, or -1 */
+    int pass_fds[PROC_MAX_PASS]; /* files for the child, closed at the spawn */
+    int npass;
     char *tmpdir;        /* private 0700 dir, removed by proc_release */
     char *logpath;       /* <tmpdir>/qemu.log */
     int keep_tmp;
@@ -57,8 +60,11 @@ int proc_spawn(struct qs_proc *p, char *const argv[], int nsocks);
  * qemu-img --output=json, and stdin from a file; NULL keeps the defaults. */
 int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char *stdin_path,
                   const char *stdout_path);
-/* Open path read-only now; the child gets it as fd PROC_PASS_FD (e.g. a
- * state file for QEMU's -incoming).  0, or -1 with err set. */
+/* Give the child a copy of fd (the caller keeps its own): the child's fd
+ * number (PROC_PASS_FD, then the next ones), or -1 with err set. */
+int proc_pass_fd(struct qs_proc *p, int fd);
+/* Open path read-only now and pass it (e.g. a state file for QEMU's
+ * -incoming): the child's fd number, or -1 with err set. */
 int proc_pass_file(struct qs_proc *p, const char *path);
 /* Set NAME=value in the child's environment only (before spawn). */
 void proc_setenv(struct qs_proc *p, const char *name, const char *value);

@@ -3,7 +3,7 @@
 --
 --   qemu.version([binary]) -> {major=, minor=, micro=, text="10.0.2", package=,
 --                              path=, plugin_api={min=, cur=}, file_migration=,
---                              build_tree=SOURCE_DIR or nil}
+--                              rom_off=, build_tree=SOURCE_DIR or nil}
 --
 -- A binary outside the system's QEMU (a package extracted somewhere, an
 -- install under a prefix) finds the system's firmware and modules unless it
@@ -174,6 +174,9 @@ function M.version(binary)
   -- migrate to "file:" (with a passed fd through add-fd) exists since 8.2;
   -- "fd:" to a file is deprecated from 9.1.
   v.file_migration = v.major > 8 or (v.major == 8 and v.minor >= 2)
+  -- A read-only RAM file mapped with writable private pages (rom=off on
+  -- memory-backend-file) exists since 8.2 too.
+  v.rom_off = v.file_migration
   cache[path] = v
   return v
 end

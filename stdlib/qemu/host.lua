@@ -6,6 +6,7 @@
 --   local p = host.progress("sweep", {enabled=})   p:show(text [, force]), p:done(), p:clear()
 --   host.fmt_time(seconds) -> "m:ss"
 --   host.name() -> this machine's host name (its UTS namespace's)
+--   host.accel() -> "kvm" or "tcg": what accel="auto" picks here
 
 local sys = require "qshell.os"
 local fs = require "qemu.fs"
@@ -16,6 +17,23 @@ local GIB = 1 << 30
 
 function M.name()
   return fs.first_line("/proc/sys/kernel/hostname")
+end
+
+-- accel="auto": kvm only when /dev/kvm is usable AND the CPU advertises
+-- vmx/svm; a nested software KVM without them crawls and then dies.
+local auto_accel
+function M.accel()
+  if auto_accel then return auto_accel end
+  auto_accel = "tcg"
+  if sys.access("/dev/kvm", "rw") then
+    for line in (fs.read("/proc/cpuinfo") or ""):gmatch("[^\n]+") do
+      if line:match("^flags") then
+        if line:find("%f[%w]vmx%f[%W]") or line:find("%f[%w]svm%f[%W]") then auto_accel = "kvm" end
+        break
+      end
+    end
+  end
+  return auto_accel
 end
 
 -- The cgroup v2 directory of this process, or nil.

@@ -140,7 +140,7 @@ function M.check(path)
   if not ext then
     h[#h + 1] = "no ext2/3/4 filesystem found: qemu.image.customize's file edits need one (virt-customize handles the rest)"
   end
-  if require("qemu.launch").detect_accel() ~= "kvm" then
+  if require("qemu.host").accel() ~= "kvm" then
     h[#h + 1] = "no usable KVM here: the image boots under TCG, much slower than on KVM; a distribution cloud image " ..
                 "with its generic kernel takes minutes to boot. Boot it with -kernel (e.g. the default guest's cloud " ..
                 "kernel) and add nokaslr, and icount if its kernel reports RCU stalls"
@@ -1137,7 +1137,7 @@ local function appliance_env(opts, what)
   local env = {}
   local function set(var, value) env[#env + 1] = var .. "=" .. value end
   if not os.getenv("LIBGUESTFS_BACKEND") then set("LIBGUESTFS_BACKEND", "direct") end
-  if not os.getenv("LIBGUESTFS_BACKEND_SETTINGS") and require("qemu.launch").detect_accel() ~= "kvm" then
+  if not os.getenv("LIBGUESTFS_BACKEND_SETTINGS") and require("qemu.host").accel() ~= "kvm" then
     set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
   end
   -- supermin copies the host's /lib/modules into the appliance; some

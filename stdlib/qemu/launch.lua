@@ -11,6 +11,9 @@ local consolec = require "qshell.console.core"
 local errors = require "qemu.errors"
 local check = require "qemu.check"
 local VM = require "qemu.vm"
+local host = require "qemu.host"
+local ram = require "qemu.ram"
+local restore = require "qemu.checkpoint.restore"
 
 local M = {}
 
@@ -45,29 +48,6 @@ local function readable(path)
   local f = io.open(path, "rb")
   if f then f:close() return true end
   return false
-end
-
--- accel="auto": kvm only when /dev/kvm is usable AND the CPU advertises
--- vmx/svm; a nested software KVM without them crawls and then dies.
-local auto_accel
-function M.detect_accel()
-  if auto_accel then return auto_accel end
-  auto_accel = "tcg"
-  local kvm = io.open("/dev/kvm", "r+b")
-  if kvm then
-    kvm:close()
-    local f = io.open("/proc/cpuinfo", "r")
-    if f then
-      for line in f:lines() do
-        if line:match("^flags") then
-          if line:find("%f[%w]vmx%f[%W]") or line:find("%f[%w]svm%f[%W]") then auto_accel = "kvm" end
-          break
-        end
-      end
-      f:close()
-    end
-  end
-  return auto_accel
 end
 
 -- QEMU's option parser: a comma in a value is written ",,".
@@ -297,6 +277,13 @@ function M.add_option(name, spec, build)
   M.extensions[#M.extensions + 1] = { name = name, build = build }
 end
 
+-- The RAM's memfd of a launch that did not happen (the VM owns it once made).
+local function drop_ram(ctx)
+  local fd = (ctx.ram and ctx.ram.fd) or (ctx.restore and ctx.restore.ram and ctx.restore.ram.fd)
+  if fd then sys.close(fd) end
+  ctx.ram, ctx.restore = nil, nil
+end
+
 local function build_argv(opts, ctx)
   local fname = "qemu.launch"
   local binary = require "qemu.binary"
@@ -318,14 +305,18 @@ local function build_argv(opts, ctx)
   local accel = opts.accel or "auto"
   if accel == "auto" then
     -- Plugins and icount exist only under TCG: ask for them, get TCG.
-    accel = (opts.plugins or opts.icount ~= nil) and "tcg" or M.detect_accel()
+    accel = (opts.plugins or opts.icount ~= nil) and "tcg" or host.accel()
   end
   ctx.accel = accel
   add("-accel", accel)
   if opts.machine then add("-machine", opts.machine) end
   if opts.cpu then add("-cpu", opts.cpu) end
   if opts.smp then add("-smp", opts.smp) end
-  if opts.memory then add("-m", opts.memory) end
+  if ctx.restore then
+    ram.restore_args(ctx.restore.ram, ctx.restore.version, ctx, add, opts.memory)
+  else
+    ram.launch_args(opts, ctx, add)
+  end
   if opts.icount ~= nil then add("-icount", icount_arg(fname, opts.icount, accel)) end
   if not opts.reboot then add("-no-reboot") end
   -- paused=true: the guest runs at vm:cont() (after a restore too), so a
@@ -391,14 +382,16 @@ function M.launch(opts)
     check.bad(fname, "verify= checks a checkpoint: it goes with restore=")
   end
   if opts.restore then
-    local ok, o, r = pcall(require("qemu.checkpoint").prepare, opts, ctx.tmpdir)
+    local ok, o, r = pcall(restore.prepare, opts, ctx.tmpdir)
     if not ok then
       p:close()
       error(o, 0)
     end
     opts, rctx = o, r
-    ok, o = pcall(require("qemu.checkpoint").incoming, rctx, p, opts)
+    ctx.restore = rctx
+    ok, o = pcall(restore.incoming, rctx, p, opts)
     if not ok then
+      drop_ram(ctx)
       p:close()
       error(o, 0)
     end
@@ -406,12 +399,14 @@ function M.launch(opts)
   end
   local ok, argv = pcall(build_argv, opts, ctx)
   if not ok then
+    drop_ram(ctx)
     p:close()
     error(argv, 0)
   end
   for k, v in pairs(ctx.env or {}) do p:setenv(k, v) end
   local spawned, err = p:spawn(argv, ctx.sockets)
   if not spawned then
+    drop_ram(ctx)
     p:close()
     errors.raise { class = "LaunchFailed", command = fname, desc = err,
                    hint = "is QEMU installed? (make deps) or set binary=" }
@@ -424,7 +419,8 @@ function M.launch(opts)
     local log = p:log_tail(2000):gsub("%s+$", "")
     q:close()
     p:close()
-    if rctx then require("qemu.checkpoint").launch_failed(rctx, argv[1], log) end
+    drop_ram(ctx)
+    if rctx then restore.launch_failed(rctx, argv[1], log) end
     local desc
     if st then
       desc = string.format("QEMU %s during start-up", st.desc)
@@ -449,6 +445,7 @@ function M.launch(opts)
     name = opts.name or ("vm" .. serial), accel = ctx.accel,
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
     options = opts, plugins = ctx.plugins, _plugin_log = ctx.plugin_log,
+    ram = { size = ctx.ram.size, backing = ctx.ram.backing, path = ctx.ram.path }, _ramfd = ctx.ram.fd,
   }
   if ctx.sockets >= 2 then
     local Console = require "qemu.console"
@@ -465,7 +462,7 @@ function M.launch(opts)
     o.extra = given.extra
     o.restore = given.restore
     vm.options = o
-    local okr, err = pcall(require("qemu.checkpoint").finish, vm, rctx, opts.timeout)
+    local okr, err = pcall(restore.finish, vm, rctx, opts.timeout)
     if not okr then
       vm:close()
       error(err, 0)

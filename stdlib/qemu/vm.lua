@@ -6,7 +6,8 @@
 -- wait, SIGTERM, wait, SIGKILL, always reaped).
 --
 -- Fields: vm.pid, vm.argv, vm.log, vm.name, vm.tmpdir, vm.accel, vm.version,
--- vm.options, vm.plugins, vm.console, vm.guest, vm.restored_from.
+-- vm.options, vm.plugins, vm.console, vm.guest, vm.restored_from, vm.ram
+-- ({size=, backing=, path=}: where the guest's RAM lives, see qemu.ram).
 --
 -- Methods (every one is declared in this file; the implementations of the
 -- snapshot and checkpoint methods live in their modules):
@@ -14,7 +15,7 @@
 --   run state       status, pause, cont
 --   process         quit, kill, wait, close (also <close>)
 --   snapshots       savevm, loadvm, delvm, snapshots       (qemu/snapshot.lua)
---   checkpoints     checkpoint                             (qemu/checkpoint.lua)
+--   checkpoints     checkpoint                             (qemu/checkpoint/make.lua)
 --   plugins         plugin_log, plugin_result
 --   console         attach (and the vm.console object, qemu/console.lua)
 -- Methods starting with "_" are for the other stdlib modules, never scripts.
@@ -321,6 +322,7 @@ function VM:close()
     end
     self._proc:close()
   end
+  self:_drop_ram()
   self._closed = true
   self.pid = nil
   for _, hook in ipairs(self._on_close) do pcall(hook, self) end
@@ -338,9 +340,9 @@ function VM:loadvm(tag, opts) return require("qemu.snapshot").loadvm(self, tag, 
 function VM:delvm(tag, opts) return require("qemu.snapshot").delvm(self, tag, opts) end
 function VM:snapshots() return require("qemu.snapshot").snapshots(self) end
 
--- Checkpoints (stdlib/qemu/checkpoint.lua): the VM state and frozen disks
--- in a directory that qemu.launch{restore=} starts from.
-function VM:checkpoint(dir, opts) return require("qemu.checkpoint").make(self, dir, opts) end
+-- Checkpoints (stdlib/qemu/checkpoint/): the VM state, its RAM and frozen
+-- disks in a directory that qemu.launch{restore=} starts from.
+function VM:checkpoint(dir, opts) return require("qemu.checkpoint.make").make(self, dir, opts) end
 
 -- Regions of interest (stdlib/qemu/roi.lua): the guest's ROI markers, as
 -- the VM's insn (or hotblocks) plugin reports them.
@@ -410,6 +412,14 @@ function VM:_is_closed() return self._closed == true end
 function VM:_exited() return self._exit end
 -- The kernel command line the VM was started with (as launch built it).
 function VM:_kernel_append() return self._append end
+-- The memfd holding the guest's RAM (this shell's copy), or nil.
+function VM:_ram_fd() return self._ramfd end
+function VM:_drop_ram()
+  if self._ramfd then
+    require("qshell.os").close(self._ramfd)
+    self._ramfd = nil
+  end
+end
 -- fn(vm) runs when the VM is closed.
 function VM:_on_close_do(fn) self._on_close[#self._on_close + 1] = fn end
 
@@ -460,6 +470,9 @@ end
 -- In a forked sweep worker: this VM is the parent's; never touch it (the
 -- C cores see the copy is not this process's and leave it alone too).
 function VM:_forget()
+  -- (its RAM's memfd is this process's copy: closing it frees nothing of
+  -- the parent's, and the parent's VM does not live on in it)
+  self:_drop_ram()
   self._closed = true
   self._inherited = true
 end

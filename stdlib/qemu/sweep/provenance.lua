@@ -86,7 +86,7 @@ local manifests = {}
 local function checkpoint_facts(dir)
   local real = sys.realpath(dir) or dir
   if not manifests[real] then
-    local ok, m = pcall(require("qemu.checkpoint").read, real, "qemu.sweep")
+    local ok, m = pcall(require("qemu.checkpoint.manifest").read, real, "qemu.sweep")
     manifests[real] = {
       id = file_sha256(real .. "/manifest.json"),
       launch = ok and m.launch or {},

@@ -19,7 +19,7 @@ local count = 0
 -- whose runs are on other machines gives one they see), else the scratch dir.
 function M.resolve(spec, fname, where)
   if fs.is_dir(spec.from) then
-    require("qemu.checkpoint").read(spec.from, fname)
+    require("qemu.checkpoint.manifest").read(spec.from, fname)
     return { checkpoint = spec.from, from_tag = false }
   end
   if spec.from:find("/") then

@@ -1,0 +1,156 @@
+-- qemu.ram: where a VM's guest RAM lives, so that checkpoints can keep it
+-- as a file of its own and restores can share it.
+--
+-- A VM qemu.launch starts gets its RAM in a memfd that this shell creates
+-- and keeps open (QEMU maps it shared through /proc/self/fd/N, as the
+-- memory backend "qshell-ram"): vm:checkpoint copies the pages out of it
+-- while QEMU saves only the devices (x-ignore-shared).  A restore maps the
+-- checkpoint's RAM file private (copy-on-write): every VM restored from it
+-- shares each page none of them wrote.  What each case does:
+--
+--   launched VM (memory= or QEMU's 128M)    memfd: a checkpoint keeps the RAM as a file
+--   launched with RAM set up by extra= /    QEMU's own RAM: a checkpoint keeps it in the
+--     machine= (-m, -object memory-         state stream, and restores copy it
+--     backend..., -mem-path, -numa)
+--   restored from a checkpoint with a      mapped private from it (shared); a checkpoint
+--     RAM file                               of this VM keeps its RAM in the stream
+--   restored where the file cannot be      copied into a memfd (said once per checkpoint)
+--     mapped as QEMU needs it
+--   restored from a checkpoint whose RAM    loaded into a memfd: a checkpoint of this VM
+--     is in the stream                        keeps its RAM as a file again
+--
+-- vm.ram = {size=, backing="memfd"|"mapped"|"copied"|"qemu", path=}: how it went.
+
+local ramc = require "qshell.ram.core"
+local errors = require "qemu.errors"
+
+local M = {}
+
+-- The memory backend's id: the RAM block's name in the migration stream,
+-- the same on every VM that saves or loads a checkpoint with a RAM file.
+M.ID = "qshell-ram"
+M.CHUNK = ramc.CHUNK
+M.DEFAULT_SIZE = 128 << 20 -- QEMU's default -m on x86 machines
+
+local UNITS = { [""] = 1 << 20, B = 1, K = 1 << 10, M = 1 << 20, G = 1 << 30, T = 1 << 40 }
+
+-- M.bytes(memory) -> bytes, or nil when memory is not a plain size (QEMU's
+-- -m syntax: a number of MiB, or a number with a B/K/M/G/T suffix).
+function M.bytes(memory)
+  if memory == nil then return M.DEFAULT_SIZE end
+  if type(memory) == "number" then memory = tostring(memory) end
+  if type(memory) ~= "string" then return nil end
+  local n, unit = memory:match("^(%d+%.?%d*)([bBkKmMgGtT]?)$")
+  if not n then return nil end
+  local b = tonumber(n) * UNITS[unit:upper()]
+  if b ~= math.floor(b) or b <= 0 or b % (1 << 20) ~= 0 then return nil end
+  return math.tointeger(b)
+end
+
+-- "-m" for size bytes, in MiB (the size of a RAM backend must equal it).
+local function mib(size)
+  return string.format("%dM", size >> 20)
+end
+
+-- Options QEMU takes RAM settings from that qshell leaves to the user.
+local USER_RAM = { ["-m"] = true, ["-mem-path"] = true, ["-mem-prealloc"] = true, ["-numa"] = true }
+
+-- Why this launch's RAM is left to QEMU, or nil when qshell can hold it.
+local function user_managed(opts)
+  local machine = opts.machine
+  if type(machine) == "string" and machine:find("memory%-backend=") then
+    return "machine= names a memory backend"
+  end
+  local extra = type(opts.extra) == "table" and opts.extra or {}
+  for i, a in ipairs(extra) do
+    local nxt = tostring(extra[i + 1] or "")
+    if USER_RAM[a] then return "extra= has " .. a end
+    if a == "-object" and nxt:match("^memory%-backend") then return "extra= has a memory backend" end
+    if (a == "-machine" or a == "-M") and nxt:find("memory%-backend=") then
+      return "extra= names a memory backend"
+    end
+  end
+  if M.bytes(opts.memory) == nil then
+    return string.format("memory=%s is not a plain size", tostring(opts.memory))
+  end
+  return nil
+end
+
+local function backend(props)
+  return "memory-backend-file,id=" .. M.ID .. "," .. props
+end
+
+-- The RAM arguments of a new VM (not a restore): add("-m", ...) and, when
+-- qshell holds the RAM, a memfd passed to QEMU (p:pass_fd).  Fills
+-- ctx.ram = {size=, fd=, backing=, why=} (fd: this shell's copy, owned by
+-- the VM from then on).
+function M.launch_args(opts, ctx, add)
+  local why = user_managed(opts)
+  local size = M.bytes(opts.memory)
+  local fd
+  if not why then
+    fd, why = ramc.memfd(M.ID, size)
+  end
+  if not fd then
+    if opts.memory then add("-m", opts.memory) end
+    ctx.ram = { size = size, backing = "qemu", why = why }
+    return
+  end
+  ctx.ram = { size = size, fd = fd, backing = "memfd" }
+  local n, err, code = ctx.proc:pass_fd(fd)
+  if not n then errors.from_code("qemu.launch", err, code) end
+  add("-m", opts.memory or mib(size))
+  add("-object", backend(string.format("size=%d,mem-path=/proc/self/fd/%d,share=on", size, n)))
+  add("-machine", "memory-backend=" .. M.ID)
+end
+
+-- The RAM arguments of a restore, as qemu.checkpoint.restore planned them
+-- (plan = {mode=, size=, path=, fd=}, or nil: QEMU's own RAM of memory
+-- bytes, from the stream): "mapped" maps the checkpoint's file
+-- private (read-only file, writable copy-on-write pages: rom=off on QEMU
+-- 8.2+; before 8.2 share=off alone, which opens the file read-write but
+-- never writes it); "copied" and "stream" use a memfd.
+function M.restore_args(plan, version, ctx, add, memory)
+  if not plan then
+    -- QEMU's own RAM, loaded from the stream
+    if memory then add("-m", memory) end
+    ctx.ram = { size = M.bytes(memory), backing = "qemu" }
+    return
+  end
+  add("-m", mib(plan.size))
+  if plan.mode == "mapped" then
+    local props = string.format("size=%d,mem-path=%s,share=off", plan.size, plan.path:gsub(",", ",,"))
+    if version.rom_off then props = props .. ",readonly=on,rom=off" end
+    add("-object", backend(props))
+    ctx.ram = { size = plan.size, backing = "mapped", path = plan.path }
+  else
+    local n, err, code = ctx.proc:pass_fd(plan.fd)
+    if not n then errors.from_code("qemu.launch", err, code) end
+    add("-object", backend(string.format("size=%d,mem-path=/proc/self/fd/%d,share=on", plan.size, n)))
+    ctx.ram = { size = plan.size, fd = plan.fd, backing = plan.mode == "copied" and "copied" or "memfd" }
+  end
+  add("-machine", "memory-backend=" .. M.ID)
+end
+
+-- M.memfd(size) -> fd (this shell's; close it with sys.close)
+function M.memfd(size, command)
+  local fd, msg = ramc.memfd(M.ID, size)
+  if not fd then errors.raise { class = "IOError", command = command, desc = msg } end
+  return fd
+end
+
+-- M.image(src, dst, command) -> job: copy (dst a path or fd) or hash (dst
+-- nil) a RAM file on every core; job:wait() -> digest, size, data bytes.
+function M.image(src, dst, command)
+  local threads = math.min(require("qemu.host").cores(), 16)
+  local job, msg, code = ramc.image(src, dst, threads)
+  if not job then errors.from_code(command, msg, code) end
+  return job
+end
+
+-- M.can_map(path) -> true | nil, why
+function M.can_map(path)
+  return ramc.can_map(path)
+end
+
+return M
