@@ -49,7 +49,8 @@ T.test("checkpoint then restore: the counter continues in two VMs at once; the b
   T.eq(m.disks[1].base, nil)
   T.eq(qemu.disk.info(ckpt .. "/" .. m.disks[1].file).backing, nil)
   T.ok(not slurp(ckpt .. "/manifest.json"):find(tmp, 1, true), "no absolute path of the source in the manifest's files")
-  local before = { state = sha(ckpt .. "/state"), disk = sha(ckpt .. "/" .. m.disks[1].file), system = sha(g.system) }
+  local before = { state = sha(ckpt .. "/state"), disk = sha(ckpt .. "/" .. m.disks[1].file), system = sha(g.system),
+                   ram = sha(ckpt .. "/ram") }
   local a <close> = qemu.launch { restore = ckpt }
   local b <close> = qemu.launch { restore = ckpt, name = "second" }
   T.eq(a:status(), "running")
@@ -61,13 +62,19 @@ T.test("checkpoint then restore: the counter continues in two VMs at once; the b
   a.console:run("echo from-a > /root/who; sync")
   -- (the guest's background counter may print into the output: look at the last line)
   T.match(b.console:run("cat /root/who 2>/dev/null || echo none"), "none$")
-  -- the state is passed open and loads as QEMU starts (no path, no defer)
+  -- the state is passed open (its path is not in argv) and holds the
+  -- devices only: the RAM is the checkpoint's RAM file, mapped private
   local argv = table.concat(a.argv, " ")
-  T.ok(argv:match("%-incoming fd:%d+") or argv:match("%-incoming file:/dev/fdset/%d+"), argv)
+  T.match(argv, "%-incoming defer")
   T.ok(not argv:find(ckpt .. "/state", 1, true), "the state file is not named in argv")
+  T.ok(argv:find("mem-path=" .. ckpt .. "/ram,share=off", 1, true), argv)
+  T.eq(a.ram.backing, "mapped")
+  T.eq(m.ram.file, "ram")
+  T.ok(m.files.state.size < 2e6, "the state holds no RAM: " .. m.files.state.size .. " bytes")
   a:close()
   b:close()
   T.eq(sha(ckpt .. "/state"), before.state)
+  T.eq(sha(ckpt .. "/ram"), before.ram)
   T.eq(sha(ckpt .. "/" .. m.disks[1].file), before.disk)
   T.eq(sha(g.system), before.system)
   qemu.checkpoint.verify(ckpt)
@@ -140,8 +147,11 @@ T.test("verified: a changed byte is refused, with verify=true even when the mtim
   local dir = tmp .. "/corrupt.ckpt"
   T.eq((T.sh("cp -a " .. ckpt .. " " .. dir .. " && chmod u+w " .. dir .. "/state")), 0)
   -- flip one byte in the middle of the state, then restore its mtime
-  T.eq((T.sh("ref=$(stat -c %y " .. dir .. "/state) && printf '\\377' | dd of=" .. dir ..
-             "/state bs=1 seek=1000000 conv=notrunc 2>/dev/null && touch -d \"$ref\" " .. dir .. "/state")), 0)
+  local function flip(file, at)
+    T.eq((T.sh("ref=$(stat -c %y " .. file .. ") && printf '\\377' | dd of=" .. file .. " bs=1 seek=" .. at ..
+               " conv=notrunc 2>/dev/null && touch -d \"$ref\" " .. file)), 0)
+  end
+  flip(dir .. "/state", require("qshell.os").stat(dir .. "/state").size // 2)
   -- the cheap check (sizes, mtimes) cannot see it; verify=true and verify() do
   local e = T.raises(function() qemu.launch { restore = dir, verify = true } end, "CheckpointCorrupt", "state")
   T.match(e.desc, "SHA%-256")
@@ -156,6 +166,16 @@ T.test("verified: a changed byte is refused, with verify=true even when the mtim
              dir2 .. "/disk-0.qcow2")), 0)
   e = T.raises(function() qemu.launch { restore = dir2 } end, "CheckpointCorrupt", "disk%-0%.qcow2")
   T.match(e.desc, "bytes, the manifest says")
+  -- a changed byte in the RAM file, in a hole (a page the guest never
+  -- used) and in data: its chunked digest sees both
+  for _, at in ipairs { 250 * 1048576 + 7, 1048576 + 3 } do
+    local dir3 = tmp .. "/ram-flip.ckpt"
+    T.eq((T.sh("rm -rf " .. dir3 .. " && cp -a " .. ckpt .. " " .. dir3)), 0)
+    flip(dir3 .. "/ram", at)
+    e = T.raises(function() qemu.checkpoint.verify(dir3) end, "CheckpointCorrupt", "ram")
+    T.match(e.desc, "digest")
+    T.raises(function() qemu.launch { restore = dir3, verify = true } end, "CheckpointCorrupt", "ram")
+  end
   T.raises(function() qemu.launch { memory = "64M", verify = true } end, "BadArgument", "restore")
 end)
 
@@ -207,7 +227,9 @@ T.test("a mapped-ram state (QEMU 9.0+, as earlier versions of qshell wrote it) r
     return
   end
   local dir = tmp .. "/mapped.ckpt"
-  local vm <close> = qemu.guest.launch {}
+  -- (RAM left to QEMU, as before qshell held it: the stream names pc.ram)
+  local vm <close> = qemu.guest.launch { extra = { "-m", g.memory } }
+  T.eq(vm.ram.backing, "qemu")
   vm.console:run("echo mapped-mark > /tmp/mark")
   vm:pause()
   -- the same idle guest saved twice: the checkpoint, then (resumed, still
@@ -224,6 +246,7 @@ T.test("a mapped-ram state (QEMU 9.0+, as earlier versions of qshell wrote it) r
   T.eq((T.sh(string.format("chmod u+w %s %s/manifest.json && mv %s %s/state && chmod 0444 %s/state",
                            dir, dir, raw, dir, dir))), 0)
   m.state.mapped_ram = true
+  m.format = 2
   m.files.state = { size = size, sha256 = sha(dir .. "/state"),
                     mtime = require("qshell.os").stat(dir .. "/state").mtime }
   local f = assert(io.open(dir .. "/manifest.json", "w"))

@@ -299,7 +299,9 @@ function M.finish(vm, rctx, timeout)
       sys.sleep(0.002)
     end
   end
-  if vm:status() ~= "running" and not vm.options.paused then vm:cont() end
+  -- (A checkpoint's VM was paused when it was saved: the restored one is
+  -- paused until cont; cont of a running VM is no error.)
+  if not vm.options.paused then vm:cont() end
   vm.restored_from = rctx.dir
 end
 
