@@ -367,7 +367,24 @@ local function build_argv(opts, ctx)
   return argv
 end
 
-function M.launch(opts)
+-- A launch in two halves: M.start spawns QEMU and returns at once (a
+-- pending launch), M.finish waits for it to answer and makes the VM.  A
+-- sweep starts the next run's VM while the current run goes on, so that
+-- QEMU's own start-up overlaps the run.  pending:cancel() (also its
+-- __gc/__close) stops a launch that is not finished.
+local Pending = {}
+Pending.__index = Pending
+
+function Pending:cancel()
+  if self.done then return end
+  self.done = true
+  drop_ram(self.ctx)
+  self.p:close()
+end
+Pending.__gc = Pending.cancel
+Pending.__close = Pending.cancel
+
+function M.start(opts)
   local fname = "qemu.launch"
   if opts == nil then opts = {} end
   check.options(fname, opts, launch_opts)
@@ -411,6 +428,17 @@ function M.launch(opts)
     errors.raise { class = "LaunchFailed", command = fname, desc = err,
                    hint = "is QEMU installed? (make deps) or set binary=" }
   end
+  return setmetatable({ p = p, ctx = ctx, argv = argv, opts = opts, given = given, rctx = rctx, t0 = t0 }, Pending)
+end
+
+-- M.finish(pending) -> vm: QEMU answered on QMP (and, for a restore, the
+-- state is loaded); raises as qemu.launch does when it did not.
+function M.finish(pending)
+  local fname = "qemu.launch"
+  if pending.done then check.bad(fname, "this launch was finished or cancelled") end
+  pending.done = true
+  local p, ctx, argv, opts, given, rctx, t0 = pending.p, pending.ctx, pending.argv, pending.opts, pending.given,
+                                              pending.rctx, pending.t0
   local q = qmpc.open_fd(p:take_socket(1))
   local timeout = opts.timeout or DEFAULT_TIMEOUT
   local greeting, hmsg, hcode = q:handshake(timeout)
@@ -469,6 +497,10 @@ function M.launch(opts)
     end
   end
   return vm
+end
+
+function M.launch(opts)
+  return M.finish(M.start(opts))
 end
 
 local attach_opts = { timeout = check.nonneg, name = "string" }

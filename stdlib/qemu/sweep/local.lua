@@ -1,9 +1,14 @@
 -- qemu.sweep.local: the local engine.  Workers are forked copies of this
 -- shell (the run function needs no serialising, and sweeps from -e and the
--- interactive shell work); each takes run numbers one at a time from the
--- parent over a pipe and answers with one JSON result line.  The parent
--- records results as they arrive, shows progress on a terminal, replaces a
--- worker that died or ran over its time (its QEMU dies with it), and on
+-- interactive shell work); each gets run numbers from the parent over a
+-- pipe, says "start N" as it begins one and answers with one JSON result
+-- line.  The parent keeps two runs with each worker while there are more
+-- runs left than workers: the one running and the next, whose VM the
+-- worker starts while the current run goes on (see qemu.sweep.runner); the
+-- last runs go one at a time, to whichever worker is free.
+-- The parent records results as they arrive, shows progress on a
+-- terminal, replaces a worker that died or ran over its time (its QEMUs
+-- die with it; the runs it had not begun go back to the others), and on
 -- Ctrl-C stops the workers with every QEMU reaped and the results so far
 -- intact.
 --
@@ -41,18 +46,37 @@ local function worker_main(job, task_fd, result_fd)
   -- this process's); the VM objects are told so too.
   for _, vm in ipairs(qemu.vms()) do vm:_forget() end
   sys.setpgid() -- Ctrl-C on the terminal reaches the parent only
-  local buf = { s = "" }
-  while true do
-    local lines = read_lines(task_fd, buf)
-    if not lines then break end
-    local stop = false
-    for _, line in ipairs(lines) do
-      if line == "DONE" then stop = true break end
-      local res = runner.run(job.spec, job.source, job.runs[tonumber(line)])
-      if not sys.write(result_fd, json.encode(res) .. "\n") then stop = true break end
+  local buf, queue, stop = { s = "" }, {}, false
+  -- What the parent sent: wait for it when nothing is queued.
+  local function take(wait)
+    if not wait then
+      local ready = sys.poll({ task_fd }, 0)
+      if not ready or #ready == 0 then return end
     end
-    if stop then break end
+    local lines = read_lines(task_fd, buf)
+    if not lines then
+      stop = true
+      return
+    end
+    for _, line in ipairs(lines) do
+      if line == "DONE" then stop = true else queue[#queue + 1] = tonumber(line) end
+    end
   end
+  -- The run after this one, once this one's VM is up (by then the parent
+  -- has answered the result sent before it with the next run).
+  local function next_run()
+    take(false)
+    return queue[1] and job.runs[queue[1]]
+  end
+  while true do
+    while #queue == 0 and not stop do take(true) end
+    if #queue == 0 then break end
+    local i = table.remove(queue, 1)
+    if not sys.write(result_fd, "start " .. i .. "\n") then break end
+    local res = runner.run(job.spec, job.source, job.runs[i], next_run)
+    if not sys.write(result_fd, json.encode(res) .. "\n") then break end
+  end
+  runner.drop_warm()
   for _, vm in ipairs(qemu.vms()) do pcall(vm.close, vm) end
   sys.exit_now(0)
 end
@@ -71,7 +95,7 @@ local function spawn_worker(job)
   end
   sys.close(tr)
   sys.close(rw)
-  return { pid = pid, task = tw, result = rr, buf = { s = "" }, busy = nil }
+  return { pid = pid, task = tw, result = rr, buf = { s = "" }, busy = nil, assigned = {} }
 end
 
 local function stop_worker(w, hard)
@@ -110,15 +134,24 @@ function M.run(job)
   local nworkers = math.min(spec.workers or host.cores(), #job.todo)
   local workers = {}
   local next_task, running = 1, 0
-  local function feed(w)
+  local back = {} -- runs a replaced worker had not begun: first to go again
+  local function take()
+    if #back > 0 then return table.remove(back, 1) end
     if next_task <= #job.todo then
-      local r = job.todo[next_task]
       next_task = next_task + 1
-      w.busy, w.started = r.i, sys.now()
-      running = running + 1
-      sys.write(w.task, r.i .. "\n")
-    else
-      w.busy = nil
+      return job.todo[next_task - 1].i
+    end
+  end
+  -- Give w a run to do and, while more runs are left than workers, the
+  -- one after it (a worker holding runs the others could do would make
+  -- the sweep's end wait for it).
+  local function left() return #back + #job.todo - next_task + 1 end
+  local function feed(w)
+    while #w.assigned < (left() > nworkers and 2 or 1) do
+      local i = take()
+      if not i then return end
+      w.assigned[#w.assigned + 1] = i
+      sys.write(w.task, i .. "\n")
     end
   end
   local function replace(k, res)
@@ -126,23 +159,34 @@ function M.run(job)
     w.dead = true
     sys.close(w.task)
     sys.close(w.result)
-    running = running - 1
-    res.i, res.status, res.wall = w.busy, "failed", sys.now() - w.started
-    res.host = provenance.host()
-    tally:record(res)
+    if w.busy then
+      running = running - 1
+      res.i, res.status, res.wall = w.busy, "failed", sys.now() - w.started
+      res.host = provenance.host()
+      tally:record(res)
+    end
+    for _, i in ipairs(w.assigned) do
+      if i ~= w.busy then back[#back + 1] = i end
+    end
     proc.sweep_stale()
     workers[k] = spawn_worker(job)
     feed(workers[k])
   end
   local ok, err = pcall(function()
-    for k = 1, nworkers do
-      workers[k] = spawn_worker(job)
-      feed(workers[k])
+    for k = 1, nworkers do workers[k] = spawn_worker(job) end
+    -- A run each first, then the next ones.
+    for _, w in ipairs(workers) do
+      local i = take()
+      if i then
+        w.assigned[1] = i
+        sys.write(w.task, i .. "\n")
+      end
     end
+    for _, w in ipairs(workers) do feed(w) end
     while true do
       local fds = {}
       for _, w in ipairs(workers) do
-        if not w.dead and w.busy then fds[#fds + 1] = w.result end
+        if not w.dead and #w.assigned > 0 then fds[#fds + 1] = w.result end
       end
       if #fds == 0 then break end
       p:show(show(p, tally, total, running))
@@ -154,7 +198,7 @@ function M.run(job)
       local readyset = {}
       for _, fd in ipairs(ready) do readyset[fd] = true end
       for k, w in ipairs(workers) do
-        if not w.dead and w.busy and readyset[w.result] then
+        if not w.dead and #w.assigned > 0 and readyset[w.result] then
           local lines = read_lines(w.result, w.buf)
           if not lines then
             -- The worker died mid-run: record it, start another.
@@ -162,13 +206,24 @@ function M.run(job)
             replace(k, { error = "the worker died" .. (st and (" (" .. st.desc .. ")") or "") })
           else
             for _, line in ipairs(lines) do
-              running = running - 1
-              tally:record(json.decode(line))
-              feed(w)
+              local started = tonumber(line:match("^start (%d+)$"))
+              if started then
+                w.busy, w.started = started, sys.now()
+                running = running + 1
+              else
+                running = running - 1
+                local res = json.decode(line)
+                for j, i in ipairs(w.assigned) do
+                  if i == res.i then table.remove(w.assigned, j) break end
+                end
+                w.busy = nil
+                tally:record(res)
+                feed(w)
+              end
             end
           end
         elseif not w.dead and w.busy and spec.timeout and sys.now() - w.started > spec.timeout then
-          -- A run over its time: kill its worker (PDEATHSIG takes its QEMU).
+          -- A run over its time: kill its worker (PDEATHSIG takes its QEMUs).
           sys.kill(w.pid, "KILL")
           sys.waitpid(w.pid)
           replace(k, { error = string.format("timed out after %g s", spec.timeout) })

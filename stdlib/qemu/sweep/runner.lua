@@ -83,16 +83,61 @@ local function interrupted(err)
   return s:find("terminated by signal %d+$") ~= nil or s:find("interrupted!$") ~= nil
 end
 
--- M.run(spec, source, r) -> result; never raises (a failed run is a result;
--- one cut short by a signal to this process says so: interrupted=true).
-function M.run(spec, source, r)
+-- The next run's VM, started while the current run goes on (a worker
+-- knows its next run): {i=, pending=, paused=}.  It is restored paused (-S:
+-- not one guest instruction runs) and goes on when its run begins, so the
+-- run starts from exactly the checkpoint's state in its own fresh overlays,
+-- as a VM launched then would; only QEMU's start-up is out of the way.
+local warm
+
+-- M.drop_warm(): stop the VM started ahead, if any.
+function M.drop_warm()
+  if warm then
+    warm.pending:cancel()
+    warm = nil
+  end
+end
+
+local function start_warm(spec, source, r)
+  M.drop_warm()
+  local ok, lopts = pcall(M.launch_options, spec, r.params, source)
+  if not ok then return end -- the run itself will say why
+  local lo = {}
+  for k, v in pairs(lopts) do lo[k] = v end
+  lo.paused = true
+  local started, pending = pcall(require("qemu.launch").start, lo)
+  if started then warm = { i = r.i, pending = pending, paused = lopts.paused } end
+end
+
+-- The run's VM: the one started ahead for it, or a new launch.
+local function open_vm(r, lopts)
+  local w = warm
+  warm = nil
+  if not (w and w.i == r.i) then
+    if w then w.pending:cancel() end
+    return qemu.launch(lopts)
+  end
+  local vm = require("qemu.launch").finish(w.pending)
+  vm.options.paused = w.paused
+  if not w.paused then vm:cont() end
+  return vm
+end
+
+-- M.run(spec, source, r [, next_r]) -> result; never raises (a failed run
+-- is a result; one cut short by a signal to this process says so:
+-- interrupted=true).  With next_r (a run, or a function giving the run
+-- after this one or nil, asked once this run's VM is up), that run's VM
+-- starts while this one runs.
+function M.run(spec, source, r, next_r)
   local t0 = sys.now()
   local out = { i = r.i, host = provenance.host(), started = provenance.now_text() }
   local lopts, vm_seen
   local ok, res = pcall(function()
     lopts = M.launch_options(spec, r.params, source)
-    local vm <close> = qemu.launch(lopts)
+    local vm <close> = open_vm(r, lopts)
     vm_seen = vm
+    if type(next_r) == "function" then next_r = next_r() end
+    if next_r then start_warm(spec, source, next_r) end
     out.setup = provenance.setup(script_of(spec), lopts, source, vm)
     return roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
   end)

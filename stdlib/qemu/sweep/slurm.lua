@@ -149,8 +149,8 @@ function M.task(spec, runs, job)
     require("qemu.sweep.local").run { spec = lspec, runs = runs, todo = mine, source = source, tally = tally,
                                       fname = "qemu.sweep" }
   else
-    for _, r in ipairs(mine) do
-      local res = runner.run(spec, source, r)
+    for k, r in ipairs(mine) do
+      local res = runner.run(spec, source, r, mine[k + 1])
       -- Stopped by Slurm (time limit, scancel): the run is not a result;
       -- the submitter gives the reason, or a resume runs it again.
       if res.interrupted then os.exit(1, true) end
