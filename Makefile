@@ -23,6 +23,9 @@ CFLAGS     ?= -O2 -g
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
 PKGS := $(LUA_PC) json-c libedit libcrypto
+# libcrypto is not linked: shell/sha256.c opens it when a hash is first
+# asked for (its headers are used; its soname is read off the library).
+LINK_PKGS := $(LUA_PC) json-c libedit
 
 # The package flags are computed by a rule, after the build packages are
 # installed: GNU make builds an included makefile that is missing or out of
@@ -56,7 +59,7 @@ Q := @
 msg = @printf '  %-6s %s\n' $(1) $(2)
 endif
 
-CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c shell/console.c shell/ram.c
+CORE_SRCS := shell/util.c shell/qmp.c shell/proc.c shell/console.c shell/ram.c shell/sha256.c
 SRCS := $(CORE_SRCS) shell/sig.c shell/ljson.c shell/lqmp.c shell/lproc.c shell/los.c shell/lhash.c shell/lram.c shell/lconsole.c \
         shell/luaenv.c shell/meta.c shell/repl.c shell/main.c
 OBJS := $(SRCS:shell/%.c=build/%.o) build/stdlib_gen.o
@@ -138,9 +141,10 @@ deps-build:
 $(CONFIG_MK): Makefile tests/deps.sh | build/.dir
 	$(Q)tests/deps.sh build
 	$(call msg,CONFIG,$@)
-	$(Q)cflags=$$($(PKG_CONFIG) --cflags $(PKGS)) && libs=$$($(PKG_CONFIG) --libs $(PKGS)) || \
+	$(Q)cflags=$$($(PKG_CONFIG) --cflags $(PKGS)) && libs=$$($(PKG_CONFIG) --libs $(LINK_PKGS)) || \
 	    { echo "pkg-config cannot find $(PKGS) (LUA_PC=lua-5.4, lua54 or lua for other distributions)" >&2; exit 1; }; \
-	printf 'PKG_CFLAGS := %s\nPKG_LIBS := %s\n' "$$cflags" "$$libs" > $@.tmp && mv $@.tmp $@
+	so=$$(objdump -p "$$($(PKG_CONFIG) --variable=libdir libcrypto)/libcrypto.so" 2>/dev/null | sed -n 's/^ *SONAME *//p'); \
+	printf 'PKG_CFLAGS := %s -DQS_LIBCRYPTO=\\"%s\\"\nPKG_LIBS := %s\n' "$$cflags" "$${so:-libcrypto.so.3}" "$$libs" > $@.tmp && mv $@.tmp $@
 
 # The default guest: rebuilt only when its inputs change (build.sh checks).
 guest: deps $(QS_ROI_HELPER)

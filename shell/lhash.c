@@ -38,9 +38,9 @@
 
 #include <lauxlib.h>
 #include <lua.h>
-#include <openssl/evp.h>
 
 #include "luaenv.h"
+#include "sha256.h"
 #include "sig.h"
 #include "util.h"
 
@@ -99,9 +99,8 @@ static int write_all(int fd, const unsigned char *p, size_t n)
 /* Read in_fd to its end, hashing (and copying); 0, or -1 with j->err, j->op. */
 static int pump(struct hjob *j, unsigned char *buf)
 {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-        EVP_MD_CTX_free(ctx);
+    struct sha256_ctx *ctx = sha256_new();
+    if (!ctx) {
         j->err = ENOMEM;
         j->op = "hash";
         return -1;
@@ -140,7 +139,7 @@ static int pump(struct hjob *j, unsigned char *buf)
             (void)poll(&pf, 1, 2);
             continue;
         }
-        EVP_DigestUpdate(ctx, buf, (size_t)n);
+        sha256_update(ctx, buf, (size_t)n);
         if (j->out_fd >= 0 && write_all(j->out_fd, buf, (size_t)n) < 0) {
             j->err = errno;
             j->op = "write";
@@ -150,10 +149,10 @@ static int pump(struct hjob *j, unsigned char *buf)
         j->size += n;
     }
     if (rc == 0) {
-        unsigned int len = 0;
-        EVP_DigestFinal_ex(ctx, j->md, &len);
+        sha256_final(ctx, j->md);
+    } else {
+        sha256_free(ctx);
     }
-    EVP_MD_CTX_free(ctx);
     return rc;
 }
 
@@ -172,6 +171,17 @@ static void *job_main(void *arg)
         /* the pipe is ours and empty: cannot fail */
     }
     return NULL;
+}
+
+/* libcrypto loaded (on this thread, before any job's thread hashes)? 0,
+ * or pushes nil, msg, "io" and returns 3. */
+static int need_sha256(lua_State *L)
+{
+    char err[256];
+    if (sha256_load(err, sizeof err) < 0) {
+        return qs_pushfail(L, err, "io");
+    }
+    return 0;
 }
 
 static struct hjob *new_job(lua_State *L, const char *name)
@@ -235,6 +245,9 @@ static int open_new(const char *path, int mode)
 /* hash.file(path) -> job | nil, msg, "io" */
 static int l_hash_file(lua_State *L)
 {
+    if (need_sha256(L)) {
+        return 3;
+    }
     const char *path = luaL_checkstring(L, 1);
     struct hjob *j = new_job(L, path);
     j->in_fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -247,6 +260,9 @@ static int l_hash_file(lua_State *L)
 /* hash.copy(src, dst [, mode=0444]) -> job | nil, msg, code ("exists") */
 static int l_hash_copy(lua_State *L)
 {
+    if (need_sha256(L)) {
+        return 3;
+    }
     const char *src = luaL_checkstring(L, 1);
     const char *dst = luaL_checkstring(L, 2);
     int mode = (int)luaL_optinteger(L, 3, 0444);
@@ -270,6 +286,9 @@ static int l_hash_copy(lua_State *L)
 /* hash.follow(path) -> job | nil, msg, "io" */
 static int l_hash_follow(lua_State *L)
 {
+    if (need_sha256(L)) {
+        return 3;
+    }
     const char *path = luaL_checkstring(L, 1);
     struct hjob *j = new_job(L, path);
     j->follow = 1;
@@ -357,6 +376,9 @@ static int l_job_close(lua_State *L)
 /* hash.sha256(path) -> hex, size | nil, msg, code: in this thread */
 static int l_hash_sha256(lua_State *L)
 {
+    if (need_sha256(L)) {
+        return 3;
+    }
     const char *path = luaL_checkstring(L, 1);
     struct hjob j;
     memset(&j, 0, sizeof j);
@@ -387,8 +409,11 @@ static int l_hash_string(lua_State *L)
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     unsigned char md[32];
-    unsigned int mdlen = 0;
-    if (EVP_Digest(s, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != sizeof md) {
+    char err[256];
+    if (sha256_load(err, sizeof err) < 0) {
+        return luaL_error(L, "%s", err);
+    }
+    if (sha256_digest(s, len, md) < 0) {
         return luaL_error(L, "SHA-256 failed");
     }
     qs_pushdigest(L, md);

@@ -24,9 +24,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include "ram.h"
+#include "sha256.h"
 #include "util.h"
 
 #define PAGE 4096
@@ -134,12 +133,6 @@ static int all_hole(int fd, off_t off, off_t len)
     return d >= off + len;
 }
 
-static int sha256(const unsigned char *p, size_t n, unsigned char md[32])
-{
-    unsigned int len = 0;
-    return EVP_Digest(p, n, md, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
-}
-
 /* One chunk: hash it, write its non-zero pages.  0 or -1 (error set). */
 static int do_chunk(struct ram_image *im, long c, unsigned char *buf, const unsigned char *zero_md)
 {
@@ -155,7 +148,7 @@ static int do_chunk(struct ram_image *im, long c, unsigned char *buf, const unsi
         set_error(im, errno, "read");
         return -1;
     }
-    if (sha256(buf, len, im->digests[c]) < 0) {
+    if (sha256_digest(buf, len, im->digests[c]) < 0) {
         set_error(im, ENOMEM, "hash");
         return -1;
     }
@@ -194,7 +187,7 @@ static void *image_thread(void *arg)
         set_error(im, ENOMEM, "read");
     } else {
         memset(buf, 0, RAM_CHUNK);
-        if (sha256(buf, RAM_CHUNK, zero_md) < 0) {
+        if (sha256_digest(buf, RAM_CHUNK, zero_md) < 0) {
             set_error(im, ENOMEM, "hash");
         }
         while (!atomic_load(&im->cancel)) {
@@ -231,6 +224,9 @@ int ram_image_start(struct ram_image *im, int src_fd, int dst_fd, off_t size, in
         nthreads = im->nchunks > 0 ? (int)im->nchunks : 1;
     }
     im->digests = xcalloc((size_t)(im->nchunks > 0 ? im->nchunks : 1), 32);
+    if (sha256_load(im->errstr, sizeof im->errstr) < 0) {
+        return -1;
+    }
     if (dst_fd >= 0 && ftruncate(dst_fd, size) < 0) {
         snprintf(im->errstr, sizeof im->errstr, "truncate: %s", strerror(errno));
         return -1;
@@ -300,17 +296,14 @@ int ram_image_wait(struct ram_image *im, double timeout, const volatile sig_atom
 
 void ram_image_digest(const struct ram_image *im, unsigned char out[32])
 {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    unsigned int len = 0;
+    struct sha256_ctx *ctx = sha256_new();
     if (!ctx) {
-        abort();
+        abort(); /* loaded before the threads started; OOM */
     }
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
     for (long c = 0; c < im->nchunks; c++) {
-        EVP_DigestUpdate(ctx, im->digests[c], 32);
+        sha256_update(ctx, im->digests[c], 32);
     }
-    EVP_DigestFinal_ex(ctx, out, &len);
-    EVP_MD_CTX_free(ctx);
+    sha256_final(ctx, out);
 }
 
 void ram_image_release(struct ram_image *im)

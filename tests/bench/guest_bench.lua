@@ -39,16 +39,11 @@
 --   qshell tests/bench/guest_bench.lua restore CKPT
 --       timed from qemu.launch{restore=CKPT} to the answer of
 --       vm.console:run("true"); prints "median_us=... n=1"
---   qshell tests/bench/guest_bench.lua ckpt MIB DIR
---       the default guest with MIB MiB of its RAM filled (a tmpfs file of
---       a repeated text, not zero pages); then, on that same state, in
---       turn for BENCH_CKPT_ROUNDS rounds (default 3): vm:checkpoint and a
---       raw QEMU migration to a file (migrate file:PATH on 8.2+, exec:cat >
---       PATH before); the verify; and in turn the two restores to a running
---       VM (qemu.launch{restore=} and a plain -incoming of the raw file);
---       prints one line of medians
---       raw_save_us= ckpt_us= verify_us= hash_us= raw_restore_us= restore_us=
---       raw_bytes= ckpt_bytes= ckpt_alloc= rounds=
+--   qshell tests/bench/guest_bench.lua memory MIB DIR N
+--       the default guest with 2 GiB of RAM and MIB MiB of data in it:
+--       checkpoint vs QEMU's own migration to a file, restores to an answer
+--       (that state, the idle guest, a bare QEMU start), Pss of one restored
+--       VM and of N at once; one line of medians (see the mode below)
 
 local now = require("qshell.os").now
 
@@ -270,97 +265,113 @@ elseif mode == "restore" then
   assert(st == 0, "true exited with status " .. tostring(st))
   vm:quit()
   print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
-elseif mode == "ckpt" then
-  local mib, dir = tonumber(arg[2]), assert(arg[3], "ckpt MIB DIR")
-  local g = qemu.guest.default()
-  local img = dir .. "/sys.qcow2"
-  fresh_overlay(img)
-  local vm <close> = qemu.guest.launch { system = img, memory = (mib + 192) .. "M" }
-  local _, st = vm.console:run(string.format(
-    "mount -t tmpfs -o size=%dm tmpfs /mnt && yes qshell-checkpoint-fill-pattern | head -c %d > /mnt/fill",
-    mib + 8, mib * 1048576), { timeout = 1200 })
-  assert(st == 0, "filling the guest's memory failed")
-  -- Rounds of each, in turn, on the same state (the guest is paused for
-  -- both, and goes on between rounds); medians.
+elseif mode == "memory" then
+  -- memory MIB DIR N: the default guest with 2 GiB of RAM, MIB MiB of it
+  -- filled with data (guestmem.fill), on the same state in turn for
+  -- BENCH_CKPT_ROUNDS rounds (default 3): vm:checkpoint and QEMU's own
+  -- migration of the whole state to a file (file:PATH on 8.2+, exec:cat >
+  -- PATH before); then restores: to the guest answering on its console,
+  -- from that checkpoint and from one of the same guest idle (about 64 MiB
+  -- in use), alternated, and a bare QEMU start with the same options (-S,
+  -- to QMP ready); the Pss of one restored VM alone and the summed Pss of
+  -- N restored at once.  Prints one line of medians.
+  local guestmem = require "guestmem"
+  local mib, dir, nvms = tonumber(arg[2]), assert(arg[3], "memory MIB DIR N"), tonumber(arg[4] or "8")
   local rounds = tonumber(os.getenv("BENCH_CKPT_ROUNDS") or "3")
   local function median(t)
     table.sort(t)
     local n = #t
     return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
   end
-  -- raw: QEMU's own migration of the same state to a file, the way a user
-  -- types it: "file:PATH" where QEMU has it (8.2+), else "exec:cat > PATH"
+  local img = dir .. "/sys.qcow2"
+  fresh_overlay(img)
+  local idle, big = dir .. "/idle.ckpt", dir .. "/big.ckpt"
   local has_file = qemu.version().file_migration
   local ckpts, raws = {}, {}
-  local ckpt_dir, raw
-  for r = 1, rounds do
-    -- qshell: the checkpoint of this state (the guest goes on after it)
-    if ckpt_dir then run_rm(ckpt_dir) end
-    ckpt_dir = string.format("%s/ckpt-%d", dir, r)
-    vm:pause()
-    local t0 = now()
-    vm:checkpoint(ckpt_dir, { resume = true })
-    ckpts[r] = (now() - t0) * 1e6
-    vm:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
-    vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
-    vm:pause()
-    vm:events()
-    if raw then os.remove(raw) end
-    raw = string.format("%s/raw-%d.state", dir, r)
-    t0 = now()
-    vm:qmp("migrate", { uri = has_file and ("file:" .. raw) or ("exec:cat > " .. raw) })
-    repeat
-      local ev = vm:wait_event("MIGRATION", { timeout = 1200 })
-    until ev.data.status == "completed" or ev.data.status == "failed"
-    raws[r] = (now() - t0) * 1e6
-    vm:cont()
+  local raw
+  do
+    local vm <close> = qemu.guest.launch { system = img, memory = "2G" }
+    vm.console:run("true")
+    vm:checkpoint(idle, { resume = true })
+    local _, st = vm.console:run(guestmem.fill(mib), { timeout = 1200 })
+    assert(st == 0, "filling the guest's memory failed")
+    for r = 1, rounds do
+      -- qshell: the checkpoint of this state (the guest goes on after it)
+      if r > 1 then run_rm(big) end
+      vm:pause()
+      local t0 = now()
+      vm:checkpoint(big, { resume = true })
+      ckpts[r] = (now() - t0) * 1e6
+      -- QEMU's own migration of the same state (RAM and all) to a file
+      vm:qmp("migrate-set-parameters", { ["max-bandwidth"] = 10 * 1024 * 1024 * 1024 })
+      vm:qmp("migrate-set-capabilities", { capabilities = { { capability = "events", state = true } } })
+      vm:pause()
+      vm:events()
+      if raw then os.remove(raw) end
+      raw = string.format("%s/raw-%d.state", dir, r)
+      t0 = now()
+      vm:qmp("migrate", { uri = has_file and ("file:" .. raw) or ("exec:cat > " .. raw) })
+      repeat
+        local ev = vm:wait_event("MIGRATION", { timeout = 1200 })
+      until ev.data.status == "completed" or ev.data.status == "failed"
+      raws[r] = (now() - t0) * 1e6
+      vm:cont()
+    end
   end
   local t0 = now()
-  qemu.checkpoint.verify(ckpt_dir)
+  qemu.checkpoint.verify(big)
   local verify = (now() - t0) * 1e6
-  -- the floor of a hashed checkpoint: SHA-256 of its state alone
-  t0 = now()
-  require("qshell.hash").sha256(ckpt_dir .. "/state")
-  local hash_state = (now() - t0) * 1e6
-  local m = qemu.checkpoint.read(ckpt_dir)
-  local bytes = 0
-  for _, rec in pairs(m.files) do bytes = bytes + rec.size end
-  local _, du = pcall(function()
-    local f = io.popen("du -sk " .. ckpt_dir)
-    local s2 = f:read("a") f:close() return s2
-  end)
-  vm:quit()
-  -- restores to a running VM, in turn
-  local restores, raw_restores = {}, {}
-  local ov = dir .. "/raw-overlay.qcow2"
-  for r = 1, rounds do
-    t0 = now()
-    do
-      local rv <close> = qemu.launch { restore = ckpt_dir }
-      assert(rv:status() == "running")
-      restores[r] = (now() - t0) * 1e6
-      rv:quit()
-    end
-    os.remove(ov)
-    qemu.disk.overlay(img, ov)
-    t0 = now()
-    local rv <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append,
-                                     memory = (mib + 192) .. "M", disks = { ov },
-                                     extra = { "-incoming", has_file and ("file:" .. raw) or ("exec:cat " .. raw) } }
-    while rv:status() ~= "running" do
-      local evs = rv:events()
-      for _, ev in ipairs(evs) do if ev.event == "MIGRATION" and ev.data.status == "failed" then error("raw -incoming failed") end end
-      if rv:status() == "paused" or rv:status() == "postmigrate" then rv:cont() end
-      qemu.sleep(0.002)
-    end
-    raw_restores[r] = (now() - t0) * 1e6
-    rv:quit()
+  local m = qemu.checkpoint.read(big)
+  -- restores to the guest answering, big and idle alternated
+  local function restore(ckpt)
+    local t = now()
+    local vm <close> = qemu.launch { restore = ckpt }
+    local running = now() - t
+    local _, st = vm.console:run("true")
+    assert(st == 0, "true failed")
+    return (now() - t) * 1e6, running * 1e6, vm.ram.backing
   end
-  print(string.format("raw_save_us=%.0f ckpt_us=%.0f verify_us=%.0f hash_us=%.0f raw_restore_us=%.0f restore_us=%.0f " ..
-                      "raw_bytes=%d ckpt_bytes=%d ckpt_alloc=%d rounds=%d",
-                      median(raws), median(ckpts), verify, hash_state, median(raw_restores), median(restores),
-                      require("qshell.os").stat(raw).size, bytes,
-                      (tonumber((du or ""):match("^(%d+)")) or 0) * 1024, rounds))
+  local g = qemu.guest.default()
+  local function bare()
+    local t = now()
+    local vm <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append, memory = "2G",
+                                     disks = { img }, paused = true }
+    return (now() - t) * 1e6
+  end
+  restore(big)
+  restore(idle)
+  local tb, ti, tq, trun = {}, {}, {}, {}
+  local backing
+  for r = 1, 5 do
+    if r % 2 == 1 then
+      tb[r], trun[r], backing = restore(big)
+      ti[r] = restore(idle)
+    else
+      ti[r] = restore(idle)
+      tb[r], trun[r], backing = restore(big)
+    end
+    tq[r] = bare()
+  end
+  -- memory: one restored VM alone, then nvms at once
+  local one
+  do
+    local vm <close> = qemu.launch { restore = big }
+    vm.console:run("true")
+    one = guestmem.pss(vm.pid)
+  end
+  local vms, sum = {}, 0
+  for i = 1, nvms do
+    vms[i] = qemu.launch { restore = big }
+    vms[i].console:run("true")
+  end
+  for _, vm in ipairs(vms) do sum = sum + guestmem.pss(vm.pid) end
+  for _, vm in ipairs(vms) do vm:close() end
+  print(string.format("raw_save_us=%.0f ckpt_us=%.0f verify_us=%.0f raw_bytes=%d ram_data=%d state_bytes=%d " ..
+                      "big_us=%.0f idle_us=%.0f bare_us=%.0f running_us=%.0f one_pss=%d sum_pss=%d nvms=%d " ..
+                      "backing=%s rounds=%d",
+                      median(raws), median(ckpts), verify, require("qshell.os").stat(raw).size, m.ram and m.ram.data or 0,
+                      m.files.state.size, median(tb), median(ti), median(tq), median(trun), one, sum, nvms,
+                      backing, rounds))
 elseif mode == "work" then
   -- a CPU-bound guest workload from the warm checkpoint, with or without
   -- insn; "roi": insn, with the workload marked as ROI 1 by the helper

@@ -3,6 +3,7 @@
 -- same at any RAM size; 8 VMs of a 2 GiB guest fit in a 4 GiB cgroup.
 local T = require "t"
 local sys = require "qshell.os"
+local guestmem = require "guestmem"
 
 local tmp = T.tmpdir()
 local g = qemu.guest.default()
@@ -13,20 +14,7 @@ local function sha(path)
   return out:match("^(%x+)")
 end
 
--- The guest command that puts mib MiB (a multiple of 64) of non-zero data
--- into its RAM: a tmpfs file, built by doubling 1 MiB of text (the kernel
--- copies it: much faster under TCG than any program writing it).
-local function fill(mib)
-  assert(mib % 64 == 0)
-  local parts = {}
-  for i = 1, mib // 64 do parts[i] = "a" end
-  return string.format("mount -t tmpfs -o size=%dm tmpfs /mnt && cd /mnt && " ..
-                       "yes qshell-fill-pattern | head -c 1048576 > a && " ..
-                       "for i in 1 2 3 4 5 6; do cat a a > b && mv b a; done && " ..
-                       "cat %s > fill && rm a && cd /", mib + 80, table.concat(parts, " "))
-end
-
-local MD5 = "md5sum /mnt/fill | cut -c1-32"
+local fill, MD5 = guestmem.fill, guestmem.MD5
 
 -- Rss, Pss, Private_Dirty (bytes) of a process's mappings of path.
 local function mapping(pid, path)
@@ -123,6 +111,33 @@ T.test("a restored VM's checkpoint keeps its RAM in the stream; a VM restored fr
   T.eq(vm.ram.backing, "mapped")
   T.eq(vm.console:run("cat /root/gen"), "three")
   T.eq(vm.console:run(MD5, { timeout = 60 }), blob)
+end)
+
+T.test("a worker starts its next run's VM ahead, and every run starts from the checkpoint: no file or memory a run wrote reaches the next", function()
+  local r = qemu.sweep {
+    from = ckpt, workers = 1, ["repeat"] = 4, progress = false,
+    run = function(vm)
+      -- what an earlier run of this worker left, if anything: a file on
+      -- the disk, a file in guest memory (tmpfs), the data it overwrote
+      local left = vm.console:run("cat /root/left 2>/dev/null || echo none; cat /mnt/left 2>/dev/null || echo none")
+      local sum = vm.console:run(MD5, { timeout = 60 })
+      local _, st = vm.console:run("echo run > /root/left && sync && echo run > /mnt/left && " ..
+                                   "dd if=/dev/zero of=/mnt/fill bs=1M count=8 conv=notrunc 2>/dev/null")
+      assert(st == 0)
+      local argv = " " .. table.concat(vm.argv, " ") .. " "
+      return { left = left:gsub("%s+", " "), same = sum == blob, ahead = argv:find(" %-S ") ~= nil,
+               running = vm:status() }
+    end,
+  }
+  T.eq(r.ok, 4, tostring(r.results[1].error))
+  local ahead = 0
+  for _, res in ipairs(r.results) do
+    T.eq(res.metrics.left, "none none")
+    T.eq(res.metrics.same, true)
+    T.eq(res.metrics.running, "running")
+    if res.metrics.ahead then ahead = ahead + 1 end
+  end
+  T.eq(ahead, 3, "runs 2-4 ran in VMs started ahead")
 end)
 
 -- Restore dir twice in a child qshell: its stdout and stderr.
@@ -274,6 +289,7 @@ T.test("8 VMs restored at once from the 2 GiB guest run inside a 4 GiB memory cg
     local vms = {}
     for i = 1, 8 do vms[i] = qemu.launch { restore = %q, name = "vm" .. i } end
     local pss = 0
+    local guestmem = require "guestmem"
     for i, vm in ipairs(vms) do
       -- each reads 256 MiB of the data and writes 16 MiB
       local out, st = vm.console:run("dd if=/mnt/fill of=/dev/null bs=1M count=256 2>/dev/null && " ..
@@ -282,10 +298,7 @@ T.test("8 VMs restored at once from the 2 GiB guest run inside a 4 GiB memory cg
       assert(st == 0, out)
       print("answer", i, out)
     end
-    for _, vm in ipairs(vms) do
-      local s = io.open("/proc/" .. vm.pid .. "/smaps_rollup"):read("a")
-      pss = pss + tonumber(s:match("Pss:%%s+(%%d+) kB")) * 1024
-    end
+    for _, vm in ipairs(vms) do pss = pss + guestmem.pss(vm.pid) end
     print("pss", pss)
     for _, vm in ipairs(vms) do vm:close() end
   ]], big))

@@ -2,8 +2,8 @@
 -- shell (the run function needs no serialising, and sweeps from -e and the
 -- interactive shell work); each gets run numbers from the parent over a
 -- pipe, says "start N" as it begins one and answers with one JSON result
--- line.  The parent keeps two runs with each worker while there are more
--- runs left than workers: the one running and the next, whose VM the
+-- line.  The parent keeps two runs with each worker while there are as
+-- many runs left as workers: the one running and the next, whose VM the
 -- worker starts while the current run goes on (see qemu.sweep.runner); the
 -- last runs go one at a time, to whichever worker is free.
 -- The parent records results as they arrive, shows progress on a
@@ -142,12 +142,12 @@ function M.run(job)
       return job.todo[next_task - 1].i
     end
   end
-  -- Give w a run to do and, while more runs are left than workers, the
+  -- Give w a run to do and, while as many runs are left as workers, the
   -- one after it (a worker holding runs the others could do would make
   -- the sweep's end wait for it).
   local function left() return #back + #job.todo - next_task + 1 end
   local function feed(w)
-    while #w.assigned < (left() > nworkers and 2 or 1) do
+    while #w.assigned < (left() >= nworkers and 2 or 1) do
       local i = take()
       if not i then return end
       w.assigned[#w.assigned + 1] = i
