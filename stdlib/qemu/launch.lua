@@ -473,7 +473,8 @@ function M.finish(pending)
     name = opts.name or ("vm" .. serial), accel = ctx.accel,
     version = v and string.format("%d.%d.%d", v.major, v.minor, v.micro),
     options = opts, plugins = ctx.plugins, _plugin_log = ctx.plugin_log,
-    ram = { size = ctx.ram.size, backing = ctx.ram.backing, path = ctx.ram.path }, _ramfd = ctx.ram.fd,
+    ram = { size = ctx.ram.size, backing = ctx.ram.backing, path = ctx.ram.path, id = ctx.ram.id },
+    _ramfd = ctx.ram.fd,
   }
   if ctx.sockets >= 2 then
     local Console = require "qemu.console"

@@ -3,7 +3,7 @@
 --
 -- A VM qemu.launch starts gets its RAM in a memfd that this shell creates
 -- and keeps open (QEMU maps it shared through /proc/self/fd/N, as the
--- memory backend "qshell-ram"): vm:checkpoint copies the pages out of it
+-- memory backend named as QEMU names its own RAM): vm:checkpoint copies the pages out of it
 -- while QEMU saves only the devices (x-ignore-shared).  A restore maps the
 -- checkpoint's RAM file private (copy-on-write): every VM restored from it
 -- shares each page none of them wrote.  What each case does:
@@ -26,10 +26,19 @@ local errors = require "qemu.errors"
 
 local M = {}
 
--- The memory backend's id: the RAM block's name in the migration stream,
--- the same on every VM that saves or loads a checkpoint with a RAM file.
-M.ID = "qshell-ram"
 M.CHUNK = ramc.CHUNK
+
+-- The memory backend's id, which names the RAM block in migration streams
+-- and internal snapshots: the machine's default RAM id (what QEMU calls
+-- the RAM of a plain -m), so that states saved by QEMU with -m load into
+-- these VMs and theirs into QEMU with -m ("pc.ram" for pc and q35).  nil
+-- for machine types qshell does not know.
+function M.id_for(machine)
+  local t = type(machine) == "string" and machine:match("^[^,]*") or nil
+  if t == nil or t == "" or t:match("^pc") or t:match("^q35") or t == "isapc" then return "pc.ram" end
+  if t:match("^microvm") then return "microvm.ram" end
+  return nil
+end
 M.DEFAULT_SIZE = 128 << 20 -- QEMU's default -m on x86 machines
 
 local UNITS = { [""] = 1 << 20, B = 1, K = 1 << 10, M = 1 << 20, G = 1 << 30, T = 1 << 40 }
@@ -76,8 +85,10 @@ local function user_managed(opts)
   return nil
 end
 
-local function backend(props)
-  return "memory-backend-file,id=" .. M.ID .. "," .. props
+-- (x-use-canonical-path-for-ramblock-id=off: the block is "pc.ram", not
+-- "/objects/pc.ram", as QEMU names its own default RAM.)
+local function backend(id, props)
+  return "memory-backend-file,id=" .. id .. ",x-use-canonical-path-for-ramblock-id=off," .. props
 end
 
 -- The RAM arguments of a new VM (not a restore): add("-m", ...) and, when
@@ -87,21 +98,23 @@ end
 function M.launch_args(opts, ctx, add)
   local why = user_managed(opts)
   local size = M.bytes(opts.memory)
+  local id = M.id_for(opts.machine)
   local fd
+  if not why and not id then why = "machine " .. tostring(opts.machine) .. " has no RAM id qshell knows" end
   if not why then
-    fd, why = ramc.memfd(M.ID, size)
+    fd, why = ramc.memfd(id, size)
   end
   if not fd then
     if opts.memory then add("-m", opts.memory) end
     ctx.ram = { size = size, backing = "qemu", why = why }
     return
   end
-  ctx.ram = { size = size, fd = fd, backing = "memfd" }
+  ctx.ram = { size = size, fd = fd, backing = "memfd", id = id }
   local n, err, code = ctx.proc:pass_fd(fd)
   if not n then errors.from_code("qemu.launch", err, code) end
   add("-m", opts.memory or mib(size))
-  add("-object", backend(string.format("size=%d,mem-path=/proc/self/fd/%d,share=on", size, n)))
-  add("-machine", "memory-backend=" .. M.ID)
+  add("-object", backend(id, string.format("size=%d,mem-path=/proc/self/fd/%d,share=on", size, n)))
+  add("-machine", "memory-backend=" .. id)
 end
 
 -- The RAM arguments of a restore, as qemu.checkpoint.restore planned them
@@ -121,20 +134,21 @@ function M.restore_args(plan, version, ctx, add, memory)
   if plan.mode == "mapped" then
     local props = string.format("size=%d,mem-path=%s,share=off", plan.size, plan.path:gsub(",", ",,"))
     if version.rom_off then props = props .. ",readonly=on,rom=off" end
-    add("-object", backend(props))
-    ctx.ram = { size = plan.size, backing = "mapped", path = plan.path }
+    add("-object", backend(plan.id, props))
+    ctx.ram = { size = plan.size, backing = "mapped", path = plan.path, id = plan.id }
   else
     local n, err, code = ctx.proc:pass_fd(plan.fd)
     if not n then errors.from_code("qemu.launch", err, code) end
-    add("-object", backend(string.format("size=%d,mem-path=/proc/self/fd/%d,share=on", plan.size, n)))
-    ctx.ram = { size = plan.size, fd = plan.fd, backing = plan.mode == "copied" and "copied" or "memfd" }
+    add("-object", backend(plan.id, string.format("size=%d,mem-path=/proc/self/fd/%d,share=on", plan.size, n)))
+    ctx.ram = { size = plan.size, fd = plan.fd, backing = plan.mode == "copied" and "copied" or "memfd",
+                id = plan.id }
   end
-  add("-machine", "memory-backend=" .. M.ID)
+  add("-machine", "memory-backend=" .. plan.id)
 end
 
 -- M.memfd(size) -> fd (this shell's; close it with sys.close)
 function M.memfd(size, command)
-  local fd, msg = ramc.memfd(M.ID, size)
+  local fd, msg = ramc.memfd("qshell-ram", size)
   if not fd then errors.raise { class = "IOError", command = command, desc = msg } end
   return fd
 end

@@ -165,7 +165,7 @@ local function count(s, plain)
   end
 end
 
-T.test("RAM left to QEMU, and checkpoints of earlier versions: they restore, copying, and say why once", function()
+T.test("RAM left to QEMU, and checkpoints of earlier versions: they restore, copying, and say why once; snapshots move between qshell and plain QEMU", function()
   local dir = tmp .. "/qemu-ram.ckpt"
   do
     local vm <close> = qemu.guest.launch { extra = { "-m", g.memory } }
@@ -186,10 +186,35 @@ T.test("RAM left to QEMU, and checkpoints of earlier versions: they restore, cop
   local f = assert(io.open(dir .. "/manifest.json", "w"))
   f:write(qemu.json.encode(m))
   f:close()
+  -- (its RAM, QEMU's pc.ram in the stream, loads into a memfd of that
+  -- name: a checkpoint of a VM restored from it shares)
   out, err = restore_twice(dir, "cat /root/gen")
-  T.eq(out, "qemu\tqemu-ram\nqemu\tqemu-ram\n")
+  T.eq(out, "memfd\tqemu-ram\nmemfd\tqemu-ram\n")
   T.eq(count(err, "qshell: restores of"), 1, err)
   T.match(err, "earlier qshell")
+  -- An internal snapshot saved with qshell's RAM loads into QEMU with a
+  -- plain -m, and one saved there loads back: the RAM block is QEMU's pc.ram.
+  local img = tmp .. "/snap.qcow2"
+  qemu.guest.overlay(img)
+  do
+    local vm <close> = qemu.guest.launch { system = img }
+    vm.console:run("echo from-memfd > /root/snap")
+    vm:savevm("a")
+  end
+  local plain = { kernel = g.kernel, initrd = g.initrd, append = g.append, disks = { img }, extra = { "-m", g.memory } }
+  do
+    local o = { loadvm = "a" }
+    for k, v in pairs(plain) do o[k] = v end
+    local vm <close> = qemu.launch(o)
+    T.eq(vm.ram.backing, "qemu")
+    T.eq(vm.console:run("cat /root/snap"), "from-memfd")
+    vm.console:run("echo from-plain > /root/snap")
+    vm:savevm("b")
+  end
+  local vm <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append, disks = { img },
+                                   memory = g.memory, loadvm = "b" }
+  T.eq(vm.ram.backing, "memfd")
+  T.eq(vm.console:run("cat /root/snap"), "from-plain")
 end)
 
 T.test("moved and copied checkpoints share; on a read-only mount 8.2+ maps it, 7.2 copies it and says why", function()

@@ -75,7 +75,7 @@ local ckpt_opts = { force = "boolean", resume = "boolean", timeout = check.nonne
 local function ram_entry(vm, file, data)
   local r = vm.ram
   if not r or r.backing == "qemu" then return nil end
-  return { id = ram.ID, size = r.size, file = file, data = data }
+  return { id = r.id, size = r.size, file = file, data = data }
 end
 
 -- A background hash's (or RAM copy's) result, or its error raised.

@@ -74,7 +74,8 @@ function M.read(dir, fname)
     end
   end
   if m.ram == json.null then m.ram = nil end
-  if m.ram ~= nil and (type(m.ram) ~= "table" or math.type(m.ram.size) ~= "integer" or m.ram.id ~= ram.ID) then
+  if m.ram ~= nil and (type(m.ram) ~= "table" or math.type(m.ram.size) ~= "integer" or type(m.ram.id) ~= "string"
+                       or not m.ram.id:match("^[%w%.%-_]+$")) then
     errors.raise { class = "NotACheckpoint", command = fname,
                    desc = dir .. "/manifest.json has a ram entry qshell does not know" }
   end

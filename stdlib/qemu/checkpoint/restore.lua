@@ -55,18 +55,24 @@ function M.ram_plan(dir, m, version)
   local r = m.ram
   if not r then
     if m.format == 2 then
-      return nil, "it was made by an earlier qshell, with the RAM in its state stream (make it again to share it)"
+      -- QEMU's own RAM of -m: a memfd of that name and size takes it (and
+      -- a checkpoint of the VM restored from it shares again).
+      local id, size = ram.id_for(m.launch.machine_type), ram.bytes(m.launch.memory)
+      local why = "it was made by an earlier qshell, with the RAM in its state stream (a checkpoint of a VM " ..
+                  "restored from it shares)"
+      if id and size then return { mode = "stream", size = size, id = id }, why end
+      return nil, why
     end
     return nil, "its VM's RAM was set up by options qshell leaves to QEMU (extra=, machine=), " ..
                 "so the RAM is in its state stream"
   end
   if not r.file then
-    return { mode = "stream", size = r.size },
+    return { mode = "stream", size = r.size, id = r.id },
            "it was made from a VM that was itself restored, so the RAM is in its state stream " ..
            "(a checkpoint of a VM restored from it shares again)"
   end
   local path = dir .. "/" .. r.file
-  local plan = { mode = "mapped", size = r.size, path = path }
+  local plan = { mode = "mapped", size = r.size, path = path, id = r.id }
   local ok, err = ram.can_map(path)
   if not ok then
     plan.mode = "copied"
