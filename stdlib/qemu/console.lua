@@ -201,6 +201,16 @@ function Console:_interrupt(id)
   return nil
 end
 
+-- The level run() puts back, when known (a checkpoint records it: the
+-- guest restored from it has that level, and its console need not read it).
+function Console:_known_kernel_level()
+  return self._klevel or nil
+end
+
+function Console:_assume_kernel_level(level)
+  if self._klevel == nil and math.type(level) == "integer" and level > 1 then self._klevel = level end
+end
+
 -- The kernel's console log level, read once per console (nil: not yet;
 -- false: unreadable, e.g. not root: then it is left alone).  run() puts
 -- back this value, not what it finds: a command that ends the shell

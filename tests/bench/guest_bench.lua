@@ -228,21 +228,34 @@ elseif mode == "warm" then
 elseif mode == "loadvm_argv" then
   local tag = assert(arg[2], "loadvm_argv TAG")
   local g = qemu.guest.default()
-  local argv = { os.getenv("QSHELL_QEMU") or "qemu-system-x86_64",
-                 "-nodefaults", "-display", "none", "-accel", "tcg", "-m", g.memory, "-no-reboot",
-                 "-serial", "stdio", "-kernel", g.kernel, "-initrd", g.initrd, "-append", g.append,
-                 "-drive", "file=@IMAGE@,format=qcow2,if=ide,index=0,media=disk",
-                 "-loadvm", tag }
+  local binary = require "qemu.binary"
+  local qemu_bin = binary.default()
+  local argv = { qemu_bin }
+  -- a QEMU outside the system's: its own firmware and modules, as
+  -- qemu.launch gives it (env runs it with QEMU_MODULE_DIR set)
+  local tree = binary.resolve(qemu_bin) and binary.tree(binary.resolve(qemu_bin))
+  if tree and tree.modules then argv = { "env", "QEMU_MODULE_DIR=" .. tree.modules, qemu_bin } end
+  for _, d in ipairs(tree and tree.data or {}) do
+    argv[#argv + 1] = "-L"
+    argv[#argv + 1] = d
+  end
+  for _, a in ipairs { "-nodefaults", "-display", "none", "-accel", "tcg", "-m", g.memory, "-no-reboot",
+                       "-serial", "stdio", "-kernel", g.kernel, "-initrd", g.initrd, "-append", g.append,
+                       "-drive", "file=@IMAGE@,format=qcow2,if=ide,index=0,media=disk",
+                       "-loadvm", tag } do
+    argv[#argv + 1] = a
+  end
   for _, a in ipairs(argv) do
     assert(not a:find("\n"), "argv word with a newline")
     print(a)
   end
 elseif mode == "sweep" then
+  -- (WORKERS "default": the sweep's own default, one per core)
   local ckpt, workers, n, cmd = arg[2], tonumber(arg[3]), tonumber(arg[4]), arg[5]
-  assert(ckpt and workers and n and cmd, "sweep CKPT WORKERS N CMD")
+  assert(ckpt and (workers or arg[3] == "default") and n and cmd, "sweep CKPT WORKERS N CMD")
   local t0 = now()
   local r = qemu.sweep {
-    from = ckpt, ["repeat"] = math.tointeger(n), workers = math.tointeger(workers), progress = false,
+    from = ckpt, ["repeat"] = math.tointeger(n), workers = workers and math.tointeger(workers), progress = false,
     run = function(vm)
       local _, st = vm.console:run(cmd, { timeout = 120 })
       if st ~= 0 then error("the workload exited with status " .. tostring(st), 0) end

@@ -260,6 +260,9 @@ function M.make(self, dir, opts)
     launch = launch, disks = mdisks,
     state = { file = "state", bytes = records.state.size },
     ram = ram_entry(self, ramfd and "ram", ram_data),
+    -- (the kernel's console log level console:run keeps: a restored
+    -- console then need not ask the guest for it)
+    console = self.console and { kernel_level = self.console:_known_kernel_level() } or nil,
     files = records,
   }
   fs.write(work .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)

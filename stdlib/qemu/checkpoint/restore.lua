@@ -305,6 +305,8 @@ function M.finish(vm, rctx, timeout)
       sys.sleep(0.002)
     end
   end
+  local c = rctx.manifest.console
+  if vm.console and type(c) == "table" then vm.console:_assume_kernel_level(c.kernel_level) end
   -- (A checkpoint's VM was paused when it was saved: the restored one is
   -- paused until cont; cont of a running VM is no error.)
   if not vm.options.paused then vm:cont() end
