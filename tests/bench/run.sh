@@ -515,9 +515,9 @@ bench_memory_on() {
     printf '  (launch to the restored guest running: %.3f s, ratio %sx to the bare start; the rest is TCG translating the code the first command runs)\n' \
         "$(awk -v v="${f[running_us]}" 'BEGIN{print v/1e6}')" "$r"
     r=$(ratio "${f[sum_pss]}" "${f[one_pss]}")
-    printf 'memory: %s VMs restored at once, summed Pss %.0f MB vs one VM alone %.0f MB: ratio %sx (private copies: %sx the RAM in use each)\n' \
+    printf 'memory: %s VMs restored at once, summed Pss %.0f MB vs one VM alone %.0f MB: ratio %sx (were the state loaded into each, as a plain -incoming does: %s x %.0f MB)\n' \
         "${f[nvms]}" "$(awk -v v="${f[sum_pss]}" 'BEGIN{print v/1e6}')" "$(awk -v v="${f[one_pss]}" 'BEGIN{print v/1e6}')" \
-        "$r" "${f[nvms]}"
+        "$r" "${f[nvms]}" "$(awk -v v="${f[ram_data]}" 'BEGIN{print v/1e6}')"
 }
 
 BENCHES=(startup qmp_rt launch boot snapshot plugin sweep restore memory distro)
