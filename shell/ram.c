@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ram.h"
@@ -227,7 +228,8 @@ int ram_image_start(struct ram_image *im, int src_fd, int dst_fd, off_t size, in
     if (sha256_load(im->errstr, sizeof im->errstr) < 0) {
         return -1;
     }
-    if (dst_fd >= 0 && ftruncate(dst_fd, size) < 0) {
+    struct stat st;
+    if (dst_fd >= 0 && (fstat(dst_fd, &st) < 0 || (st.st_size < size && ftruncate(dst_fd, size) < 0))) {
         snprintf(im->errstr, sizeof im->errstr, "truncate: %s", strerror(errno));
         return -1;
     }

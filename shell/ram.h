@@ -57,7 +57,7 @@ int ram_can_map(int fd);
  * Start copying size bytes of src_fd to dst_fd (-1: hash only) on
  * nthreads threads (1..RAM_MAX_THREADS).  Only data is written: holes of
  * the source and zero pages stay holes of the destination (which is
- * truncated to size first).  0, or -1 with errstr set.
+ * extended to size first when shorter).  0, or -1 with errstr set.
  */
 int ram_image_start(struct ram_image *im, int src_fd, int dst_fd, off_t size, int nthreads);
 /*

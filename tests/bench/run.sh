@@ -115,6 +115,19 @@ alternate() {
 
 section() { printf '\n== %s\n' "$*"; }
 
+# each_qemu FN: FN BINARY for the distribution's QEMU, then QEMU 10.0 from
+# bookworm-backports, with QSHELL_QEMU set to it.
+each_qemu() {
+    local q root
+    root=$(tests/qemu/fetch.sh) || die "cannot get QEMU 10.0 from bookworm-backports"
+    for q in "${QSHELL_QEMU:-qemu-system-x86_64}" "$root/usr/bin/qemu-system-x86_64"; do
+        QSHELL_QEMU=$q "$1" "$q"
+    done
+}
+
+# qemu_version BINARY -> "7.2.22"
+qemu_version() { "$1" --version | sed -n 's/.*version \([0-9.]*\).*/\1/p' | head -n 1; }
+
 # ms US -> milliseconds with 1 decimal
 ms() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1000 }'; }
 
@@ -249,11 +262,7 @@ bench_snapshot() {
 
 bench_plugin() {
     need_guest
-    local q root
-    root=$(tests/qemu/fetch.sh) || die "cannot get QEMU 10.0 from bookworm-backports"
-    for q in "${QSHELL_QEMU:-qemu-system-x86_64}" "$root/usr/bin/qemu-system-x86_64"; do
-        QSHELL_QEMU=$q bench_plugin_on "$q"
-    done
+    each_qemu bench_plugin_on
 }
 
 # bench_plugin_on BINARY: the insn plugin's overhead on one QEMU.  API 1
@@ -261,7 +270,7 @@ bench_plugin() {
 # per-vCPU adds into a scoreboard (target <= 1.05x).
 bench_plugin_on() {
     local v
-    v=$("$1" --version | sed -n 's/.*version \([0-9.]*\).*/\1/p' | head -n 1)
+    v=$(qemu_version "$1")
     section "TCG plugin overhead on QEMU $v: boot to login prompt with the insn plugin vs without ($BOOT_ROUNDS x 1 boot)"
     local overlay=$OUT/plugin-overlay.qcow2
     local plain=("$QSHELL" tests/bench/guest_bench.lua boot "$overlay")
@@ -398,18 +407,14 @@ loadvm_copy() {
 }
 
 bench_sweep() {
-    local q root
-    root=$(tests/qemu/fetch.sh) || die "cannot get QEMU 10.0 from bookworm-backports"
-    for q in "${QSHELL_QEMU:-qemu-system-x86_64}" "$root/usr/bin/qemu-system-x86_64"; do
-        QSHELL_QEMU=$q bench_sweep_on "$q"
-    done
+    each_qemu bench_sweep_on
 }
 
 # bench_sweep_on BINARY: the sweeps on one QEMU, short runs (the targets)
 # then long runs (one round, for reference).
 bench_sweep_on() {
     local v
-    v=$("$1" --version | sed -n 's/.*version \([0-9.]*\).*/\1/p' | head -n 1)
+    v=$(qemu_version "$1")
     need_warm
     section "sweep of $SWEEP_N runs from one warm state on QEMU $v: qemu.sweep{} (one worker per core: $(nproc)) and qemu.sweep{workers=1} from a checkpoint vs a bash loop of qemu-system-x86_64 -loadvm ($SWEEP_ROUNDS rounds, order alternated)"
     sweep_sides "short runs" "$WORKLOAD" "$SWEEP_ROUNDS" 1
@@ -472,16 +477,12 @@ bench_restore() {
 # N VMs restored at once against one VM's.
 bench_memory() {
     need_guest
-    local q root
-    root=$(tests/qemu/fetch.sh) || die "cannot get QEMU 10.0 from bookworm-backports"
-    for q in "${QSHELL_QEMU:-qemu-system-x86_64}" "$root/usr/bin/qemu-system-x86_64"; do
-        QSHELL_QEMU=$q bench_memory_on "$q"
-    done
+    each_qemu bench_memory_on
 }
 
 bench_memory_on() {
     local v d out mib=${BENCH_MEM_MIB:-1216} n=${BENCH_MEM_VMS:-8}
-    v=$("$1" --version | sed -n 's/.*version \([0-9.]*\).*/\1/p' | head -n 1)
+    v=$(qemu_version "$1")
     section "shared restores on QEMU $v: a 2 GiB guest with $mib MiB of data in its RAM"
     d=$(mktemp -d "$OUT/mem.XXXXXX")
     CLEANUP+=("$d")

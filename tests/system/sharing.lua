@@ -233,6 +233,14 @@ T.test("moved and copied checkpoints share; on a read-only mount 8.2+ maps it, 7
     local out, stderr = restore_twice(ro, MD5)
     local want = v.rom_off and "mapped" or "copied"
     T.eq(out, want .. "\t" .. blob .. "\n" .. want .. "\t" .. blob .. "\n")
+    -- savevm and loadvm in such a VM keep and bring back its RAM
+    local vm <close> = qemu.launch { restore = ro }
+    T.eq(vm.ram.backing, want)
+    vm:savevm("here")
+    vm.console:run("echo later > /mnt/later; dd if=/dev/zero of=/mnt/fill bs=1M count=4 conv=notrunc 2>/dev/null")
+    vm:loadvm("here")
+    T.match(vm.console:run("cat /mnt/later 2>&1"), "No such file")
+    T.eq(vm.console:run(MD5, { timeout = 60 }), blob)
     if v.rom_off then
       T.eq(stderr, "")
     else

@@ -506,6 +506,51 @@ static void test_spawn_io(void)
 }
 
 /* A stdout file that cannot be made: the error names it, as for stdin. */
+/* Files passed with proc_pass_fd/proc_pass_file are the child's fds
+ * PROC_PASS_FD, PROC_PASS_FD + 1, ... in order; the caller keeps its fd, and
+ * the proc's copies are closed at the spawn. */
+static void test_pass_fds(void)
+{
+    struct qs_proc *p = NEW_PROC(NULL);
+    char *a = xasprintf("%s/a.txt", test_tmp);
+    char *b = xasprintf("%s/b.txt", test_tmp);
+    char *out = xasprintf("%s/passed.txt", test_tmp);
+    CHECK_INT(write_file(a, "first\n", 0600), 0);
+    CHECK_INT(write_file(b, "second\n", 0600), 0);
+    int fd = open(b, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    CHECK_INT(proc_pass_file(p, a), PROC_PASS_FD);
+    CHECK_INT(proc_pass_fd(p, fd), PROC_PASS_FD + 1);
+    char *script = xasprintf("cat /dev/fd/%d /dev/fd/%d", PROC_PASS_FD, PROC_PASS_FD + 1);
+    char *argv[] = {A("/bin/sh"), A("-c"), script, NULL};
+    CHECK_INT(proc_spawn_io(p, argv, 0, NULL, out), 0);
+    CHECK_INT(p->npass, 0);
+    CHECK_INT(proc_wait(p, 10, NULL), 0);
+    CHECK_STR(file_text(out), "first\nsecond\n");
+    CHECK(fcntl(fd, F_GETFD) >= 0); /* still the caller's */
+    close(fd);
+    proc_free(p);
+    /* At most PROC_MAX_PASS; a missing file names itself. */
+    p = NEW_PROC(NULL);
+    for (int i = 0; i < PROC_MAX_PASS; i++) {
+        CHECK_INT(proc_pass_file(p, a), PROC_PASS_FD + i);
+    }
+    CHECK_INT(proc_pass_file(p, a), -1);
+    CHECK_HAS(p->errstr, "too many files passed");
+    proc_free(p);
+    p = NEW_PROC(NULL);
+    CHECK_INT(proc_pass_file(p, "/nonexistent/qshell-state"), -1);
+    CHECK_HAS(p->errstr, "/nonexistent/qshell-state");
+    proc_free(p);
+    unlink(a);
+    unlink(b);
+    unlink(out);
+    free(a);
+    free(b);
+    free(out);
+    free(script);
+}
+
 static void test_spawn_io_bad_stdout(void)
 {
     struct qs_proc *p = NEW_PROC(NULL);
@@ -885,6 +930,7 @@ static const struct unit_test tests[] = {
     {"files: stdin, log, sockets", test_stdio_and_sockets},
     {"files: spawn_io stdin and stdout files", test_spawn_io},
     {"files: spawn_io names a bad stdout path", test_spawn_io_bad_stdout},
+    {"files: passed fds, in order; at most PROC_MAX_PASS", test_pass_fds},
     {"files: the child gets only its fds", test_child_fds},
     {"tmpdir: 0700, owner, removed on release", test_tmpdir},
     {"registry: proc_release_all", test_release_all},

@@ -290,6 +290,8 @@ function M.finish(vm, rctx, timeout)
                        ["mapped-ram"] = rctx.manifest.state.mapped_ram == true or nil })
     vm:qmp("migrate-incoming", { uri = rctx.uri })
     migrate.wait(vm, what, timeout or 600)
+    -- A later savevm must save the RAM (a memfd is "shared" to QEMU too).
+    if shared then migrate.caps(vm, { ["x-ignore-shared"] = false }) end
     -- Migration events are qshell's business here, not the script's.
     vm:events()
   else
