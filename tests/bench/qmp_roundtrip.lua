@@ -2,6 +2,11 @@
 --
 --   qshell tests/bench/qmp_roundtrip.lua rt N       N vm:qmp("query-status")
 --   qshell tests/bench/qmp_roundtrip.lua launch K   K timed qemu.launch{}
+--   qshell tests/bench/qmp_roundtrip.lua pairs K CLIENT QEMU
+--       K pairs, in turn: one timed qemu.launch{} and one launch of the C
+--       client (`CLIENT launch 1 QEMU`, which times itself), so that the
+--       machine's ups and downs hit both sides alike; prints
+--       "qshell median_us=..." and "client median_us=..."
 --
 -- Prints the same line as build/bench/qmpclient (times in us):
 --   median_us=172.0 mean_us=180.3 min_us=160.1 n=2000
@@ -9,8 +14,8 @@
 local now = require("qshell.os").now
 
 local mode, count = arg[1], tonumber(arg[2])
-if (mode ~= "rt" and mode ~= "launch") or not count or count < 1 then
-  io.stderr:write("usage: qshell qmp_roundtrip.lua rt N | launch K\n")
+if (mode ~= "rt" and mode ~= "launch" and mode ~= "pairs") or not count or count < 1 then
+  io.stderr:write("usage: qshell qmp_roundtrip.lua rt N | launch K | pairs K CLIENT QEMU\n")
   os.exit(2)
 end
 
@@ -35,6 +40,32 @@ if mode == "rt" then
     if r.status == nil then error("query-status: no status in the reply") end
   end
   vm:quit()
+elseif mode == "pairs" then
+  local client, bin = assert(arg[3], "pairs K CLIENT QEMU"), assert(arg[4], "pairs K CLIENT QEMU")
+  local c = {}
+  local function one_qshell(i)
+    local t0 = now()
+    local vm = qemu.launch(opts)
+    t[i] = (now() - t0) * 1e6
+    vm:quit()
+    vm:close()
+  end
+  local function one_client(i)
+    local p = assert(io.popen(string.format("'%s' launch 1 '%s' 2>&1", client, bin)))
+    local out = p:read("a")
+    p:close()
+    c[i] = tonumber(out:match("median_us=([%d.]+)")) or error("the C client failed: " .. out, 0)
+  end
+  one_qshell(0) -- warm-up: the modules a launch loads
+  for i = 1, count do
+    if i % 2 == 1 then one_qshell(i) one_client(i) else one_client(i) one_qshell(i) end
+  end
+  t[0] = nil
+  io.write("qshell ")
+  report(t)
+  io.write("client ")
+  report(c)
+  os.exit(0)
 else
   for i = 1, count do
     local t0 = now()

@@ -12,7 +12,7 @@
 # and `result` (see below), and add its name to BENCHES at the bottom.
 #
 # Knobs (environment): BENCH_ROUNDS (7), BENCH_RT (2000 round trips per
-# round), BENCH_LAUNCH (10 launches per round), BENCH_STARTUP (40 runs per
+# round), BENCH_LAUNCH (20 launches per round), BENCH_STARTUP (40 runs per
 # round), BENCH_BOOT_ROUNDS (5 rounds of one boot per side), BENCH_SNAP (6
 # savevm+loadvm per side per round), BENCH_SWEEP_N (16 runs per sweep),
 # BENCH_SWEEP_ROUNDS (3 rounds of the three sweeps), BENCH_RESTORE_ROUNDS (5
@@ -36,7 +36,7 @@ QSHELL=$ROOT/qshell
 
 ROUNDS=${BENCH_ROUNDS:-7}
 RT_N=${BENCH_RT:-2000}
-LAUNCH_K=${BENCH_LAUNCH:-10}
+LAUNCH_K=${BENCH_LAUNCH:-20}
 STARTUP_N=${BENCH_STARTUP:-40}
 BOOT_ROUNDS=${BENCH_BOOT_ROUNDS:-5}
 SNAP_K=${BENCH_SNAP:-6}
@@ -157,11 +157,14 @@ bench_qmp_rt() {
 }
 
 bench_launch() {
-    section "launch to QMP ready: qemu.launch{} vs fork/exec + greeting + qmp_capabilities ($ROUNDS x $LAUNCH_K)"
-    local cc=("$OUT/qmpclient" launch "$LAUNCH_K" "$QEMU")
-    local qs=("$QSHELL" tests/bench/qmp_roundtrip.lua launch "$LAUNCH_K")
-    alternate "C client launch" cc "qshell launch" qs
-    local c=$A_MED q=$B_MED r
+    local n=$((ROUNDS * LAUNCH_K)) out q c r
+    section "launch to QMP ready: qemu.launch{} vs fork/exec + greeting + qmp_capabilities ($n pairs, one of each in turn)"
+    out=$("$QSHELL" tests/bench/qmp_roundtrip.lua pairs "$n" "$OUT/qmpclient" "$QEMU" 2>&1) ||
+        die "launch benchmark failed: $out"
+    q=$(sed -n 's/^qshell median_us=\([0-9.]*\).*/\1/p' <<<"$out")
+    c=$(sed -n 's/^client median_us=\([0-9.]*\).*/\1/p' <<<"$out")
+    [ -n "$q" ] && [ -n "$c" ] || die "launch benchmark printed no medians: $out"
+    if [ "$VERBOSE" = 1 ]; then echo "${out//$'\n'/$'\n'    }" | sed '1s/^/    /'; fi
     r=$(ratio "$q" "$c")
     printf 'launch to QMP ready: qshell %.1f ms, raw QEMU + connect %.1f ms, ratio %sx (target <= 1.05x) %s\n' \
         "$(awk -v v="$q" 'BEGIN { print v / 1000 }')" "$(awk -v v="$c" 'BEGIN { print v / 1000 }')" \
