@@ -152,6 +152,20 @@ static int l_proc_pass_fd(lua_State *L)
     return 1;
 }
 
+/* proc:hold(fd) -> true | nil, msg, code: fd is the proc's from now on,
+ * closed with it (close, __gc, exit, and in a fork copy) */
+static int l_proc_hold(lua_State *L)
+{
+    struct lproc *lp = check_proc(L, 1);
+    lua_Integer fd = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, fd > 2 && fd <= INT_MAX, 2, "not a file descriptor");
+    if (proc_hold_fd(lp->p, (int)fd) < 0) {
+        return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* proc:setenv(name, value): in the child's environment only (before spawn) */
 static int l_proc_setenv(lua_State *L)
 {
@@ -316,7 +330,7 @@ static const luaL_Reg proc_funcs[] = {
 static const luaL_Reg proc_methods[] = {
     {"spawn", l_proc_spawn},   {"take_socket", l_proc_take_socket},
     {"setenv", l_proc_setenv}, {"pass_file", l_proc_pass_file},
-    {"pass_fd", l_proc_pass_fd},
+    {"pass_fd", l_proc_pass_fd}, {"hold", l_proc_hold},
     {"pid", l_proc_pid},       {"poll", l_proc_poll},
     {"wait", l_proc_wait},     {"signal", l_proc_signal},
     {"kill", l_proc_kill},     {"tmpdir", l_proc_tmpdir},

@@ -444,6 +444,15 @@ int proc_pass_fd(struct qs_proc *p, int fd)
     return PROC_PASS_FD + p->npass++;
 }
 
+int proc_hold_fd(struct qs_proc *p, int fd)
+{
+    if (p->nheld >= PROC_MAX_PASS) {
+        return fail(p, PROC_ERR_IO, "too many files held (%d at most)", PROC_MAX_PASS);
+    }
+    p->held[p->nheld++] = fd;
+    return 0;
+}
+
 int proc_pass_file(struct qs_proc *p, const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -545,6 +554,10 @@ void proc_release(struct qs_proc *p)
     }
     proc_kill(p);
     close_passed(p);
+    for (int i = 0; i < p->nheld; i++) {
+        close(p->held[i]);
+    }
+    p->nheld = 0;
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         if (p->socks[i] >= 0) {
             close(p->socks[i]);

@@ -37,6 +37,8 @@ struct qs_proc {
     int nsocks;
     int pass_fds[PROC_MAX_PASS]; /* files for the child, closed at the spawn */
     int npass;
+    int held[PROC_MAX_PASS]; /* fds of the caller's kept as long as the proc */
+    int nheld;
     char *tmpdir;        /* private 0700 dir, removed by proc_release */
     char *logpath;       /* <tmpdir>/qemu.log */
     int keep_tmp;
@@ -63,6 +65,10 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
 /* Give the child a copy of fd (the caller keeps its own): the child's fd
  * number (PROC_PASS_FD, then the next ones), or -1 with err set. */
 int proc_pass_fd(struct qs_proc *p, int fd);
+/* Keep fd (the caller's, e.g. the memfd holding the child's RAM) open as
+ * long as the proc: closed by proc_release, also in a fork copy.  0, or -1
+ * with err set. */
+int proc_hold_fd(struct qs_proc *p, int fd);
 /* Open path read-only now and pass it (e.g. a state file for QEMU's
  * -incoming): the child's fd number, or -1 with err set. */
 int proc_pass_file(struct qs_proc *p, const char *path);

@@ -277,13 +277,6 @@ function M.add_option(name, spec, build)
   M.extensions[#M.extensions + 1] = { name = name, build = build }
 end
 
--- The RAM's memfd of a launch that did not happen (the VM owns it once made).
-local function drop_ram(ctx)
-  local fd = (ctx.ram and ctx.ram.fd) or (ctx.restore and ctx.restore.ram and ctx.restore.ram.fd)
-  if fd then sys.close(fd) end
-  ctx.ram, ctx.restore = nil, nil
-end
-
 local function build_argv(opts, ctx)
   local fname = "qemu.launch"
   local binary = require "qemu.binary"
@@ -378,7 +371,6 @@ Pending.__index = Pending
 function Pending:cancel()
   if self.done then return end
   self.done = true
-  drop_ram(self.ctx)
   self.p:close()
 end
 Pending.__gc = Pending.cancel
@@ -399,7 +391,7 @@ function M.start(opts)
     check.bad(fname, "verify= checks a checkpoint: it goes with restore=")
   end
   if opts.restore then
-    local ok, o, r = pcall(restore.prepare, opts, ctx.tmpdir)
+    local ok, o, r = pcall(restore.prepare, opts, p)
     if not ok then
       p:close()
       error(o, 0)
@@ -408,7 +400,6 @@ function M.start(opts)
     ctx.restore = rctx
     ok, o = pcall(restore.incoming, rctx, p, opts)
     if not ok then
-      drop_ram(ctx)
       p:close()
       error(o, 0)
     end
@@ -416,14 +407,12 @@ function M.start(opts)
   end
   local ok, argv = pcall(build_argv, opts, ctx)
   if not ok then
-    drop_ram(ctx)
     p:close()
     error(argv, 0)
   end
   for k, v in pairs(ctx.env or {}) do p:setenv(k, v) end
   local spawned, err = p:spawn(argv, ctx.sockets)
   if not spawned then
-    drop_ram(ctx)
     p:close()
     errors.raise { class = "LaunchFailed", command = fname, desc = err,
                    hint = "is QEMU installed? (make deps) or set binary=" }
@@ -447,7 +436,6 @@ function M.finish(pending)
     local log = p:log_tail(2000):gsub("%s+$", "")
     q:close()
     p:close()
-    drop_ram(ctx)
     if rctx then restore.launch_failed(rctx, argv[1], log) end
     local desc
     if st then

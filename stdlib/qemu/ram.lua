@@ -1,25 +1,21 @@
--- qemu.ram: where a VM's guest RAM lives, so that checkpoints can keep it
+-- qemu.ram: where a VM's guest RAM lives, so that a checkpoint can keep it
 -- as a file of its own and restores can share it.
 --
 -- A VM qemu.launch starts gets its RAM in a memfd that this shell creates
--- and keeps open (QEMU maps it shared through /proc/self/fd/N, as the
--- memory backend named as QEMU names its own RAM): vm:checkpoint copies the pages out of it
--- while QEMU saves only the devices (x-ignore-shared).  A restore maps the
--- checkpoint's RAM file private (copy-on-write): every VM restored from it
--- shares each page none of them wrote.  What each case does:
+-- and holds; QEMU maps it shared through /proc/self/fd/N, as the memory
+-- backend named as QEMU names the RAM of a plain -m ("pc.ram").
+-- vm:checkpoint copies the pages out of it while QEMU saves only the
+-- devices (x-ignore-shared).  A restore maps the checkpoint's RAM file
+-- private (copy-on-write): the VMs restored from it share each page none of
+-- them wrote.  vm.ram = {size=, backing=, path=, id=} says which case a VM
+-- is (the README's table says what each does):
 --
---   launched VM (memory= or QEMU's 128M)    memfd: a checkpoint keeps the RAM as a file
---   launched with RAM set up by extra= /    QEMU's own RAM: a checkpoint keeps it in the
---     machine= (-m, -object memory-         state stream, and restores copy it
---     backend..., -mem-path, -numa)
---   restored from a checkpoint with a      mapped private from it (shared); a checkpoint
---     RAM file                               of this VM keeps its RAM in the stream
---   restored where the file cannot be      copied into a memfd (said once per checkpoint)
---     mapped as QEMU needs it
---   restored from a checkpoint whose RAM    loaded into a memfd: a checkpoint of this VM
---     is in the stream                        keeps its RAM as a file again
---
--- vm.ram = {size=, backing="memfd"|"mapped"|"copied"|"qemu", path=}: how it went.
+--   "memfd"    launched; or restored from a checkpoint whose RAM is in the
+--              state stream (the stream filled the memfd)
+--   "mapped"   restored from a checkpoint's RAM file, shared
+--   "copied"   restored from a RAM file QEMU cannot map here (said once)
+--   "qemu"     launched with RAM options qshell leaves to QEMU (extra=,
+--              machine=, memory= that is not a plain size)
 
 local ramc = require "qshell.ram.core"
 local errors = require "qemu.errors"
@@ -39,6 +35,7 @@ function M.id_for(machine)
   if t:match("^microvm") then return "microvm.ram" end
   return nil
 end
+
 M.DEFAULT_SIZE = 128 << 20 -- QEMU's default -m on x86 machines
 
 local UNITS = { [""] = 1 << 20, B = 1, K = 1 << 10, M = 1 << 20, G = 1 << 30, T = 1 << 40 }
@@ -91,10 +88,19 @@ local function backend(id, props)
   return "memory-backend-file,id=" .. id .. ",x-use-canonical-path-for-ramblock-id=off," .. props
 end
 
+-- The memfd is the proc's (closed with it, whatever ends it).
+local function hold(p, fd)
+  local ok, err, code = p:hold(fd)
+  if not ok then
+    require("qshell.os").close(fd)
+    errors.from_code("qemu.launch", err, code)
+  end
+end
+
 -- The RAM arguments of a new VM (not a restore): add("-m", ...) and, when
 -- qshell holds the RAM, a memfd passed to QEMU (p:pass_fd).  Fills
--- ctx.ram = {size=, fd=, backing=, why=} (fd: this shell's copy, owned by
--- the VM from then on).
+-- ctx.ram = {size=, fd=, backing=, why=} (fd: this shell's copy, held by
+-- the VM's proc).
 function M.launch_args(opts, ctx, add)
   local why = user_managed(opts)
   local size = M.bytes(opts.memory)
@@ -103,6 +109,7 @@ function M.launch_args(opts, ctx, add)
   if not why and not id then why = "machine " .. tostring(opts.machine) .. " has no RAM id qshell knows" end
   if not why then
     fd, why = ramc.memfd(id, size)
+    if fd then hold(ctx.proc, fd) end
   end
   if not fd then
     if opts.memory then add("-m", opts.memory) end
@@ -146,10 +153,11 @@ function M.restore_args(plan, version, ctx, add, memory)
   add("-machine", "memory-backend=" .. plan.id)
 end
 
--- M.memfd(size) -> fd (this shell's; close it with sys.close)
-function M.memfd(size, command)
+-- M.memfd(size, command, p) -> fd: a memfd the proc p holds
+function M.memfd(size, command, p)
   local fd, msg = ramc.memfd("qshell-ram", size)
   if not fd then errors.raise { class = "IOError", command = command, desc = msg } end
+  hold(p, fd)
   return fd
 end
 

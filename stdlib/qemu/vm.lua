@@ -322,7 +322,6 @@ function VM:close()
     end
     self._proc:close()
   end
-  self:_drop_ram()
   self._closed = true
   self.pid = nil
   for _, hook in ipairs(self._on_close) do pcall(hook, self) end
@@ -412,14 +411,9 @@ function VM:_is_closed() return self._closed == true end
 function VM:_exited() return self._exit end
 -- The kernel command line the VM was started with (as launch built it).
 function VM:_kernel_append() return self._append end
--- The memfd holding the guest's RAM (this shell's copy), or nil.
-function VM:_ram_fd() return self._ramfd end
-function VM:_drop_ram()
-  if self._ramfd then
-    require("qshell.os").close(self._ramfd)
-    self._ramfd = nil
-  end
-end
+-- The memfd holding the guest's RAM (this shell's copy, which the VM's
+-- proc holds and closes), or nil.
+function VM:_ram_fd() return not self._closed and self._ramfd or nil end
 -- fn(vm) runs when the VM is closed.
 function VM:_on_close_do(fn) self._on_close[#self._on_close + 1] = fn end
 
@@ -470,9 +464,10 @@ end
 -- In a forked sweep worker: this VM is the parent's; never touch it (the
 -- C cores see the copy is not this process's and leave it alone too).
 function VM:_forget()
-  -- (its RAM's memfd is this process's copy: closing it frees nothing of
-  -- the parent's, and the parent's VM does not live on in it)
-  self:_drop_ram()
+  -- Its proc here is an inert copy: closing it closes only this process's
+  -- copies of its fds (the RAM's memfd among them: the parent's VM must
+  -- not live on in a worker).
+  if self._proc then self._proc:close() end
   self._closed = true
   self._inherited = true
 end

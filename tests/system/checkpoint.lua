@@ -126,6 +126,22 @@ T.test("movable: copied (cp -a) and moved (mv) elsewhere, it restores; info() sa
   T.match(info.text, "self%-contained")
 end)
 
+T.test("force=true replaces a checkpoint with a whole new one", function()
+  local dir = tmp .. "/replaced.ckpt"
+  T.eq((T.sh("cp -a " .. ckpt .. " " .. dir)), 0)
+  local before = qemu.checkpoint.read(dir).files.ram.sha256_chunks
+  local vm <close> = qemu.guest.launch {}
+  vm.console:run("echo replaced > /root/mark")
+  vm:checkpoint(dir, { force = true })
+  local m = qemu.checkpoint.read(dir)
+  T.ok(m.files.ram.sha256_chunks ~= before, "another RAM file")
+  qemu.checkpoint.verify(dir)
+  local _, left = T.sh("ls " .. dir)
+  T.eq(left, "disk-0.qcow2\ninitrd\nkernel\nmanifest.json\nram\nstate\n")
+  local r <close> = qemu.launch { restore = dir }
+  T.eq(r.console:run("cat /root/mark"), "replaced")
+end)
+
 T.test("force=true never pulls a checkpoint from under the VM restored from it; a failed checkpoint leaves the old one", function()
   local dir = tmp .. "/forced.ckpt"
   T.eq((T.sh("cp -a " .. ckpt .. " " .. dir)), 0)

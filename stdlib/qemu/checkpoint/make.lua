@@ -252,7 +252,7 @@ function M.make(self, dir, opts)
   local sources = {}
   for i, d in ipairs(disks) do sources[i] = fs.abspath(d.file) end
   local o = self.options or {}
-  local manifest = {
+  local record = {
     format = manifest.FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
     source = { status = was, argv = self.argv, disks = sources,
                kernel = o.kernel and fs.abspath(o.kernel), initrd = o.initrd and fs.abspath(o.initrd),
@@ -265,7 +265,7 @@ function M.make(self, dir, opts)
     console = self.console and { kernel_level = self.console:_known_kernel_level() } or nil,
     files = records,
   }
-  fs.write(work .. "/manifest.json", json.encode(manifest, { pretty = true }) .. "\n", fname)
+  fs.write(work .. "/manifest.json", json.encode(record, { pretty = true }) .. "\n", fname)
   sys.chmod(work .. "/manifest.json", 292) -- 0444
 
   -- Into place: the old manifest goes first and the new one comes last, so

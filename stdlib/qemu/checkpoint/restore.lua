@@ -127,9 +127,11 @@ local function overlay(base, format, path, fname)
 end
 
 -- Launch options for a restore: the checkpoint's machine, the caller's
--- free options, fresh overlays in tmpdir.  Returns opts, restore context.
-function M.prepare(opts, tmpdir)
+-- free options, fresh overlays in the temp dir of the VM's proc p (which
+-- holds a memfd the plan makes).  Returns opts, restore context.
+function M.prepare(opts, p)
   local fname = "qemu.launch"
+  local tmpdir = p:tmpdir()
   local dir = opts.restore
   if type(opts.verify) ~= "nil" and type(opts.verify) ~= "boolean" then
     check.bad(fname, "verify must be a boolean")
@@ -216,22 +218,15 @@ function M.prepare(opts, tmpdir)
   if plan and plan.mode ~= "mapped" then
     -- A memfd: filled from the RAM file (the copy checks its digest on the
     -- way), or left for the stream to fill.
-    plan.fd = ram.memfd(plan.size, fname)
+    plan.fd = ram.memfd(plan.size, fname, p)
     if plan.mode == "copied" then
-      local ok, sum = pcall(function()
-        local job <close> = ram.image(plan.path, plan.fd, fname)
-        local s, err, code = job:wait()
-        if not s then errors.from_code(fname, err, code) end
-        return s
-      end)
-      if ok and sum ~= m.files[m.ram.file].sha256_chunks then
-        ok, sum = false, errors.new { class = "CheckpointCorrupt", command = fname,
-                                      desc = string.format("%s: %s does not match its digest in the manifest; " ..
-                                                           "nothing was started", dir, m.ram.file) }
-      end
-      if not ok then
-        sys.close(plan.fd)
-        error(sum, 0)
+      local job <close> = ram.image(plan.path, plan.fd, fname)
+      local sum, err, code = job:wait()
+      if not sum then errors.from_code(fname, err, code) end
+      if sum ~= m.files[m.ram.file].sha256_chunks then
+        errors.raise { class = "CheckpointCorrupt", command = fname,
+                       desc = string.format("%s: %s does not match its digest in the manifest; nothing was started",
+                                            dir, m.ram.file) }
       end
     end
   end
