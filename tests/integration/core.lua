@@ -46,6 +46,42 @@ T.test("a QEMU outside the system's gets its own firmware and modules; qemu.vers
   T.raises(function() qemu.version("/nonexistent/qemu-system-x86_64") end, "LaunchFailed", "nonexistent")
 end)
 
+-- This process's open memfds (a VM's RAM), by /proc/self/fd.
+local function memfds()
+  local n = 0
+  for _, name in ipairs(require("qshell.os").listdir("/proc/self/fd") or {}) do
+    local _, target = T.sh("readlink /proc/" .. require("qshell.os").getpid() .. "/fd/" .. name)
+    if target:find("^/memfd:") then n = n + 1 end
+  end
+  return n
+end
+
+T.test("the RAM is a memfd this shell holds while the VM lives: gone with close, and with a VM dropped unclosed", function()
+  local before = memfds()
+  do
+    local vm <close> = qemu.launch { memory = "64M" }
+    T.eq(vm.ram.backing, "memfd")
+    T.eq(vm.ram.size, 64 << 20)
+    T.eq(vm.ram.id, "pc.ram")
+    T.match(table.concat(vm.argv, " "), "memory%-backend%-file,id=pc%.ram,.*mem%-path=/proc/self/fd/%d+,share=on")
+    T.eq(memfds(), before + 1)
+  end
+  T.eq(memfds(), before, "closed with the VM")
+  local pid
+  do
+    local vm = qemu.launch { memory = "64M" }
+    pid = vm.pid
+  end
+  collectgarbage()
+  collectgarbage()
+  T.eq(memfds(), before, "closed when the dropped VM was collected")
+  T.ok(not T.pid_alive(pid), "and its QEMU is gone")
+  -- RAM options left to QEMU: no memfd
+  local vm <close> = qemu.launch { extra = { "-m", "64M" } }
+  T.eq(vm.ram.backing, "qemu")
+  T.eq(memfds(), before)
+end)
+
 T.test("qmp returns the return value as tables", function()
   local vm <close> = qemu.launch { memory = "64M" }
   local r = vm:qmp("query-status")
