@@ -192,6 +192,20 @@ T.test("RAM left to QEMU, and checkpoints of earlier versions: they restore, cop
   T.eq(out, "memfd\tqemu-ram\nmemfd\tqemu-ram\n")
   T.eq(count(err, "qshell: restores of"), 1, err)
   T.match(err, "earlier qshell")
+  -- a sweep of 4 runs on 2 workers says it once too
+  local script = tmp .. "/sweep-old.lua"
+  local f2 = assert(io.open(script, "w"))
+  f2:write(string.format([[
+    local r = qemu.sweep { from = %q, workers = 2, ["repeat"] = 4, progress = false,
+                           run = function(vm) return { gen = vm.console:run("cat /root/gen") } end }
+    print(r.ok, r.results[4].metrics.gen)
+  ]], dir))
+  f2:close()
+  local code
+  code, out, err = T.sh("./qshell run " .. script)
+  T.eq(code, 0, err)
+  T.eq(out, "4\tqemu-ram\n")
+  T.eq(count(err, "qshell: restores of"), 1, err)
   -- An internal snapshot saved with qshell's RAM loads into QEMU with a
   -- plain -m, and one saved there loads back: the RAM block is QEMU's pc.ram.
   local img = tmp .. "/snap.qcow2"

@@ -75,6 +75,12 @@ function M.sweep(spec)
   local out = spec.out and results.open(spec.out, names, resume, fname)
   local todo, skipped = plan.todo(runs, out and out.done)
   local src = #todo > 0 and source.resolve(spec, fname, engine.shared_dir and engine.shared_dir(spec)) or nil
+  if src and engine_name == "local" then
+    -- Whether the runs share the checkpoint's RAM, and why not, said once
+    -- here rather than once by each worker.
+    local lok, lopts = pcall(runner.launch_options, spec, todo[1].params, src)
+    pcall(require("qemu.checkpoint.restore").sharing, src.checkpoint, lok and lopts.binary or nil)
+  end
   local tally = results.tally(runs, out, skipped, src and function(r) return runner.setup(spec, src, r.params) end)
   if out then out:note_sweep { total = #runs, params = names, started = require("qemu.sweep.provenance").now_text() } end
   local extra = {}
