@@ -29,7 +29,16 @@ local function report(t)
   print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=%d", med, sum / n, t[1], n))
 end
 
+-- One timed qemu.launch (to QMP ready), its time in t[i].
 local t = {}
+local function one_launch(i)
+  local t0 = now()
+  local vm = qemu.launch(opts)
+  t[i] = (now() - t0) * 1e6
+  vm:quit()
+  vm:close()
+end
+
 if mode == "rt" then
   local vm <close> = qemu.launch(opts)
   for _ = 1, 50 do vm:qmp("query-status") end -- warm-up, as the C client
@@ -43,22 +52,15 @@ if mode == "rt" then
 elseif mode == "pairs" then
   local client, bin = assert(arg[3], "pairs K CLIENT QEMU"), assert(arg[4], "pairs K CLIENT QEMU")
   local c = {}
-  local function one_qshell(i)
-    local t0 = now()
-    local vm = qemu.launch(opts)
-    t[i] = (now() - t0) * 1e6
-    vm:quit()
-    vm:close()
-  end
   local function one_client(i)
     local p = assert(io.popen(string.format("'%s' launch 1 '%s' 2>&1", client, bin)))
     local out = p:read("a")
     p:close()
     c[i] = tonumber(out:match("median_us=([%d.]+)")) or error("the C client failed: " .. out, 0)
   end
-  one_qshell(0) -- warm-up: the modules a launch loads
+  one_launch(0) -- warm-up: the modules a launch loads
   for i = 1, count do
-    if i % 2 == 1 then one_qshell(i) one_client(i) else one_client(i) one_qshell(i) end
+    if i % 2 == 1 then one_launch(i) one_client(i) else one_client(i) one_launch(i) end
   end
   t[0] = nil
   io.write("qshell ")
@@ -67,12 +69,6 @@ elseif mode == "pairs" then
   report(c)
   os.exit(0)
 else
-  for i = 1, count do
-    local t0 = now()
-    local vm = qemu.launch(opts)
-    t[i] = (now() - t0) * 1e6
-    vm:quit()
-    vm:close()
-  end
+  for i = 1, count do one_launch(i) end
 end
 report(t)
