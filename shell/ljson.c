@@ -412,22 +412,49 @@ static long find_big_integer(const char *s, size_t len)
     return -1;
 }
 
-/* json.decode(string) -> value; raises on malformed input */
+/*
+ * json.decode(string [, {depth=N}]) -> value; raises on malformed input.
+ * depth (1..64, default 64) is the most arrays and objects nested in one
+ * another that the text may have: a reader of files from elsewhere (a
+ * checkpoint's manifest, a results line) asks for fewer, and the tokener
+ * stops at the first level too deep, before it has built the rest.
+ */
 static int l_json_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
+    int depth = LJSON_MAX_DEPTH;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 2)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            if (strcmp(k, "depth") != 0) {
+                return luaL_error(L, "json.decode: unknown option '%s'", k);
+            }
+            lua_Integer d = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+            if (d < 1 || d > LJSON_MAX_DEPTH) {
+                return luaL_error(L, "json.decode: depth must be an integer 1..%d", LJSON_MAX_DEPTH);
+            }
+            depth = (int)d;
+            lua_pop(L, 1);
+        }
+    }
     long big = find_big_integer(s, len);
     if (big >= 0) {
         return luaL_error(L, "json.decode: the integer at byte %d does not fit in 64 bits", (int)big + 1);
     }
-    /* json-c counts depth from 0: +1 so that decode takes the 64 levels encode makes. */
-    json_tokener *tok = json_tokener_new_ex(LJSON_MAX_DEPTH + 1);
+    /* (json-c's depth is the most levels it takes: depth + 1 is its error) */
+    json_tokener *tok = json_tokener_new_ex(depth);
     /* Lua strings end in '\0': include it so a bare number can finish. */
     json_object *obj = json_tokener_parse_ex(tok, s, (int)len + 1);
     enum json_tokener_error jerr = json_tokener_get_error(tok);
     size_t end = json_tokener_get_parse_end(tok);
     json_tokener_free(tok);
+    if (jerr == json_tokener_error_depth) {
+        /* (json-c says "nesting too deep": say how deep is too deep) */
+        return luaL_error(L, "json.decode: nested deeper than %d levels at byte %d", depth, (int)end + 1);
+    }
     if (jerr != json_tokener_success) {
         return luaL_error(L, "json.decode: %s at byte %d", json_tokener_error_desc(jerr),
                           (int)end + 1);

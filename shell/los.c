@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -309,6 +310,129 @@ static int l_os_write(lua_State *L)
     }
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/*
+ * os.append(path, data) -> true | nil, msg, "io"
+ * All of data at the end of path (created 0644), or none of it: a write
+ * that fails part way (a full disk, EIO) is cut off again, so a file of
+ * lines never ends in half a line.
+ */
+static int l_os_append(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+    }
+    while (len > 0) {
+        ssize_t n = write(fd, s, len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            int e = n < 0 ? errno : ENOSPC;
+            /* the caller holds the file's lock: nobody appended since fstat */
+            int cut = ftruncate(fd, st.st_size);
+            (void)cut; /* the write's error is the one to report */
+            close(fd);
+            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+        }
+        s += n;
+        len -= (size_t)n;
+    }
+    if (close(fd) < 0 && errno != EINTR) {
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/*
+ * os.lock(path) -> fd, previous content | nil, msg, "busy" | "io"
+ * An exclusive flock(2) on path (created 0644), never waiting: "busy"
+ * when another open file holds it.  The lock is the file that is at path
+ * now (one unlinked by its last holder in between is tried again).  The
+ * lock goes with the process (or with os.unlock); the content is the
+ * caller's, to name the holder.
+ */
+static int l_os_lock(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    for (int tries = 0; tries < 10; tries++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+            int e = errno;
+            close(fd);
+            if (e == EINTR) {
+                continue;
+            }
+            if (e == EWOULDBLOCK) {
+                return qs_pushfail(L, lua_pushfstring(L, "%s is locked", path), "busy");
+            }
+            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+        }
+        struct stat held, now;
+        if (fstat(fd, &held) == 0 && stat(path, &now) == 0 && held.st_ino == now.st_ino &&
+            held.st_dev == now.st_dev) {
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            char chunk[4096];
+            ssize_t n;
+            size_t total = 0;
+            while ((n = pread(fd, chunk, sizeof chunk, (off_t)total)) > 0 && total < 65536) {
+                luaL_addlstring(&b, chunk, (size_t)n);
+                total += (size_t)n;
+            }
+            luaL_pushresult(&b);
+            lua_pushinteger(L, fd);
+            lua_insert(L, -2);
+            return 2;
+        }
+        close(fd); /* its holder removed it as we opened it */
+    }
+    return qs_pushfail(L, lua_pushfstring(L, "%s: keeps being replaced", path), "io");
+}
+
+/* os.rewrite(fd, data) -> true | nil, msg, "io": the file is data now */
+static int l_os_rewrite(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, s, len, 0) != (ssize_t)len) {
+        return qs_pushfail(L, strerror(errno), "io");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/*
+ * os.unlock(fd [, path]): remove path when it is still the locked file,
+ * then close fd (which releases the lock).
+ */
+static int l_os_unlock(lua_State *L)
+{
+    int fd = (int)luaL_checkinteger(L, 1);
+    const char *path = luaL_optstring(L, 2, NULL);
+    luaL_argcheck(L, fd > 2, 1, "will not close a standard stream");
+    struct stat held, now;
+    if (path && fstat(fd, &held) == 0 && stat(path, &now) == 0 && held.st_ino == now.st_ino &&
+        held.st_dev == now.st_dev) {
+        unlink(path);
+    }
+    close(fd);
+    return 0;
 }
 
 /* os.waitpid(pid [, nohang]) -> status {code=, signal=, desc=} | nil (still running) */
@@ -632,7 +756,9 @@ out:
 }
 
 static const luaL_Reg os_funcs[] = {
-    {"access", l_os_access},   {"chmod", l_os_chmod},     {"close", l_os_close},
+    {"access", l_os_access},   {"append", l_os_append},   {"chmod", l_os_chmod},
+    {"close", l_os_close},     {"lock", l_os_lock},       {"rewrite", l_os_rewrite},
+    {"unlock", l_os_unlock},
     {"diff_blocks", l_os_diff_blocks},                    {"exit_now", l_os_exit_now},
     {"fork", l_os_fork},       {"getpid", l_os_getpid},   {"isatty", l_os_isatty},
     {"kill", l_os_kill},       {"listdir", l_os_listdir}, {"mkdir", l_os_mkdir},

@@ -79,11 +79,18 @@ function Console:_fail(what, msg, code, timeout)
   errors.from_code(what, msg, code)
 end
 
+-- While the guest is silent: after half a second, then every two, ask
+-- QEMU whether the VM runs at all (a paused one never answers: say so at
+-- once rather than at the timeout).  Costs nothing while output flows.
+local QUIET_FIRST, QUIET_EVERY = 0.5, 2
+
 -- Wait until find(buffer) succeeds; returns the buffer it matched in, then
 -- find's results.
 function Console:_wait_for(what, find, timeout)
   local deadline = sys.now() + timeout
   local _, dropped0 = self._c:stats()
+  local quiet_check = sys.now() + QUIET_FIRST
+  local seen = self._c:stats()
   while true do
     local buf = self._c:peek()
     local r = table.pack(find(buf))
@@ -95,9 +102,19 @@ function Console:_wait_for(what, find, timeout)
                      desc = "the guest printed more than 8 MiB before a match; the start of it was dropped",
                      hint = "send bulk output to a file in the guest (cmd > /tmp/out) and read what you need" }
     end
-    local left = deadline - sys.now()
+    local now = sys.now()
+    local total = self._c:stats()
+    if total ~= seen then
+      seen, quiet_check = total, now + QUIET_FIRST
+    elseif now >= quiet_check then
+      self._vm:_need_running(what)
+      quiet_check = now + QUIET_EVERY
+    end
+    local left = deadline - now
     if left <= 0 then self:_fail(what, "timed out", "timeout", timeout) end
-    local ok, msg, code = self._c:wait(#buf, left)
+    local ok, msg, code = self._c:wait(#buf, math.min(left, math.max(0.01, quiet_check - now)))
+    -- a slice of the wait ran out, not the whole: look again
+    if not ok and code == "timeout" and sys.now() < deadline then ok = true end
     if not ok then
       -- The last bytes before EOF may complete the match.
       local last = self._c:peek()
@@ -106,6 +123,13 @@ function Console:_wait_for(what, find, timeout)
       self:_fail(what, msg, code, timeout)
     end
   end
+end
+
+-- Raise NotRunning when the VM is stopped; wait while it is in a state it
+-- leaves by itself (a restore's incoming migration).
+function Console:_ready(what)
+  local deadline = sys.now() + 60
+  while self._vm:_need_running(what) == false and sys.now() < deadline do sys.sleep(0.02) end
 end
 
 -- console:send(text): raw bytes to the guest (end lines with "\r")
@@ -240,6 +264,9 @@ function Console:run(cmd, opts)
   local id = string.format("%x%x%d", os.time() & 0xffff, math.random(0, 0xfffff), self._n)
   local b, e = "__qs" .. id .. "b", "__qs" .. id .. "e"
   self:flush()
+  -- A stopped VM would take the line and never answer: said now, and the
+  -- line is not typed (it would run whenever the VM goes on).
+  self:_ready(string.format("console:run(%q)", cmd))
   -- printf '%s%s' splits each marker in the typed line; eval keeps the
   -- command's own ';', '#' and newlines to itself.  The log level is set
   -- with shell builtins only.
@@ -350,6 +377,7 @@ function Console:login(opts)
   local user = opts.user or "root"
   self._login_prompt, self._prompt = lp, prompt
   local what = "console:login"
+  self:_ready(what)
   -- 1. A shell prompt already waiting, an autologin, or a login prompt as
   -- the last thing printed (then quiet for a moment: an autologin getty
   -- prints "(automatic login)" right after it).  A prompt that something

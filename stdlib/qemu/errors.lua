@@ -30,17 +30,20 @@ M.classes = {
   LoginFailed = "the console login did not reach a shell prompt",
   ShellExited = "a console:run command ended the guest's shell (it is at its login prompt)",
   ConsoleOverflow = "the guest printed more than the console keeps unread",
+  NotRunning = "the VM is paused or stopped: its guest cannot answer until vm:cont()",
   NotBuilt = "the default guest is not built and could not be",
   -- snapshots, checkpoints, sweeps
   SnapshotExists = "savevm of a tag that exists, without replace=true",
   SnapshotNotFound = "no snapshot with that tag",
   SnapshotUnsupported = "no writable qcow2 disk to hold the snapshot",
   SnapshotFailed = "QEMU failed to save, load or delete a snapshot",
-  NotACheckpoint = "a directory that is not a checkpoint",
+  NotACheckpoint = "a directory that is not a checkpoint, or whose manifest asks for what qshell never writes " ..
+                   "into one (a host path, a device, QEMU arguments)",
   CheckpointFailed = "making a checkpoint failed",
   CheckpointCorrupt = "a checkpoint's files do not match its manifest",
   SlurmError = "the Slurm engine could not submit or run the sweep",
   BadResults = "a results file qshell cannot read (the line is named)",
+  ResultsBusy = "another sweep writes the same results file (the holder is named)",
   RerunMismatch = "a results row cannot be rerun as recorded (its checkpoint or script is gone)",
   -- disks, images, plugins, kernels
   DiskError = "qemu-img or mkfs failed on an image",

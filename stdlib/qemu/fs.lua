@@ -6,7 +6,7 @@
 --   fs.read(p) -> text | nil           fs.first_line(p) -> line | nil
 --   fs.slurp(p, command) -> text        (raises when it cannot be read)
 --   fs.write(p, text, command)          (atomic: a temp file renamed over p)
---   fs.append(p, text, command)         (one write, for whole lines)
+--   fs.append(p, text, command)         (all of text or none: whole lines)
 --   fs.mkdir_p(p, command)              fs.abspath(p)
 --   fs.scratch() -> dir                 fs.scratch_file(prefix [, suffix]) -> path
 
@@ -99,11 +99,8 @@ end
 -- Append text to p in one write (whole lines stay whole when a process is
 -- killed).
 function M.append(p, text, command)
-  local f, msg = io.open(p, "ab")
-  if not f then io_error(command, "cannot append to " .. msg) end
-  local ok, werr = f:write(text)
-  local cok, cerr = f:close()
-  if not ok or not cok then io_error(command, "cannot append to " .. p .. ": " .. tostring(werr or cerr)) end
+  local ok, msg = sys.append(p, text)
+  if not ok then io_error(command, "cannot append to " .. msg) end
 end
 
 -- Make p and its missing parents; an existing directory is fine.

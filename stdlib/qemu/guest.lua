@@ -136,6 +136,10 @@ function M.launch(opts)
   if opts.login ~= nil and type(opts.login) ~= "boolean" then
     check.bad("qemu.guest.launch", "option 'login' must be a boolean")
   end
+  if opts.paused and opts.login ~= false then
+    check.bad("qemu.guest.launch", "a paused guest cannot log in: with paused=true pass login=false " ..
+                                   "(then vm:cont() and vm.console:login{...})")
+  end
   if opts.console == false and opts.login ~= false then
     check.bad("qemu.guest.launch", "logging in needs the console: with console=false pass login=false too")
   end

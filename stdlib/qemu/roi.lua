@@ -112,6 +112,7 @@ function M.wait(vm, id, opts)
   local what = string.format("%s(%s)", fname, id and tostring(id) or "")
   local timeout = opts.timeout or DEFAULT_TIMEOUT
   local deadline = sys.now() + timeout
+  local state_check = sys.now()
   while true do
     drain(r)
     for i, ev in ipairs(r.queue) do
@@ -124,6 +125,11 @@ function M.wait(vm, id, opts)
     if gone or vm:_exited() then
       errors.raise { class = "QEMUExited", command = what, exit = vm:_exited(),
                      desc = string.format("QEMU ended before ROI %s's %s marker ran", id and tostring(id) or "any", kind) }
+    end
+    -- A stopped VM runs no marker: said at once, and again every 2 s of waiting.
+    if sys.now() >= state_check then
+      vm:_need_running(what)
+      state_check = sys.now() + 2
     end
     local left = deadline - sys.now()
     if left <= 0 then

@@ -191,7 +191,8 @@ function M.loadvm(self, tag, opts)
   if err then
     local status = self:status()
     errors.raise { class = "SnapshotFailed", command = fname,
-                   desc = string.format("%s; the VM is now %s", err, status),
+                   desc = string.format("%s; the VM is %s", err,
+                                        status ~= "running" and ("left stopped (" .. status .. ")") or "running"),
                    hint = status ~= "running"
                      and "its state is undefined: load another snapshot, or vm:cont() to go on regardless"
                      or errors.hint_for(err) }

@@ -135,7 +135,17 @@ function VM:hmp(line, opts)
   local text = self:qmp("human-monitor-command", { ["command-line"] = line }, opts)
   if VM.hmp_failed(text) then
     local desc = text:gsub("%s+$", "")
-    errors.raise { class = "HMPError", command = line, desc = desc, hint = errors.hint_for(desc) }
+    local hint = errors.hint_for(desc)
+    if line:match("^%s*loadvm%f[%s%z]") then
+      -- A failed loadvm stops the VM before it looks for the tag, and
+      -- leaves it stopped: say so, and the way on.
+      local ok, st = pcall(self.qmp, self, "query-status", nil, { timeout = 2 })
+      if ok and type(st) == "table" and st.status ~= "running" then
+        desc = string.format("%s; the VM is left stopped (%s)", desc, tostring(st.status))
+        hint = "loadvm a tag that exists (info snapshots lists them), or cont to go on from where it stopped"
+      end
+    end
+    errors.raise { class = "HMPError", command = line, desc = desc, hint = hint }
   end
   return text
 end
@@ -230,6 +240,44 @@ end
 
 function VM:pause()
   self:qmp("stop")
+end
+
+-- Why a VM in each run state cannot answer, and the way on.
+local STOPPED = {
+  paused = "vm:cont() runs it (vm:pause(), vm:checkpoint() without resume=true and a snapshot " ..
+           "operation in progress leave a VM paused)",
+  prelaunch = "it was launched with paused=true: vm:cont() starts it",
+  postmigrate = "its state went into a checkpoint or migration and it stopped there " ..
+                "(vm:checkpoint(dir, {resume=true}) keeps it running): vm:cont() runs it",
+  ["finish-migrate"] = "its state is being saved: vm:cont() runs it afterwards",
+  ["restore-vm"] = "a loadvm failed part way and left it stopped: load another snapshot, " ..
+                   "or vm:cont() to go on from an undefined state",
+  ["save-vm"] = "a savevm is in progress",
+  ["io-error"] = "a disk write failed on the host (a full disk?): free space, then vm:cont()",
+  ["guest-panicked"] = "the guest kernel panicked: vm.console:tail(40) shows why",
+  ["internal-error"] = "QEMU stopped on an internal error (under TCG: an instruction it cannot run?); " ..
+                       "its log says more",
+  shutdown = "the guest shut down and QEMU kept it (reboot=false?): vm:quit() it",
+  suspended = "the guest suspended itself (S3): vm:qmp(\"system_wakeup\") wakes it",
+  watchdog = "a watchdog fired: vm:cont() runs it",
+  debug = "a debugger stopped it: vm:cont() runs it",
+}
+-- States the VM leaves by itself (a restore's incoming state): wait.
+local PASSING = { inmigrate = true }
+
+-- vm:_need_running(what): raise NotRunning when the VM is stopped in a
+-- state it will not leave by itself (its guest cannot answer what waits);
+-- true when it runs, false in a state it leaves by itself (inmigrate).
+-- A QEMU that does not answer is left to the caller's own wait.
+function VM:_need_running(what)
+  if self._closed or self:_exited() then return true end
+  local ok, st = pcall(self.qmp, self, "query-status", nil, { timeout = 2 })
+  if not ok or type(st) ~= "table" or st.status == "running" or st.running then return true end
+  if PASSING[st.status] then return false end
+  errors.raise { class = "NotRunning", command = what,
+                 desc = string.format("the VM is not running (QEMU's run state: %s), so its guest cannot answer",
+                                      tostring(st.status)),
+                 hint = STOPPED[st.status] or "vm:cont() runs it" }
 end
 
 function VM:cont()

@@ -195,6 +195,10 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   T.eq(rows[2].status, "failed")
   T.eq(tally.ok, 1)
   T.eq(tally.failed, 1)
+  -- one writer: a second open is refused while the first holds the file
+  T.raises(function() results.open(path, names, true, "t") end, "ResultsBusy", "pid " .. sys.getpid() .. " on ")
+  out:close()
+  T.ok(not T.exists(path .. ".lock"), "the lock file goes with close")
   -- a new metric in a resumed sweep widens the header
   local out2 = results.open(path, names, true, "t")
   T.ok(out2.done[runs[1].key] and out2.done[runs[2].key])
@@ -204,7 +208,22 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   T.eq(table.concat(rows.columns, ","), "run,repeat,n,status,wall_s,error,host,started,prov,a,b")
   T.eq(rows[3].b, 3)
   T.eq(rows[1].b, nil)
+  out2:close()
   T.raises(function() results.open(path, names, false, "t") end, "FileExists")
+  T.ok(not T.exists(path .. ".lock"), "a refused open leaves no lock")
+end)
+
+T.test("append: all of the text or none of it", function()
+  local p = tmp .. "/lines"
+  T.eq(sys.append(p, "one\n"), true)
+  T.eq(sys.append(p, "two\n"), true)
+  local f = io.open(p); T.eq(f:read("a"), "one\ntwo\n"); f:close()
+  -- a full device: the error names the file and the cause
+  local ok, msg, code = sys.append("/dev/full", "row\n")
+  T.eq(ok, nil)
+  T.match(msg, "^/dev/full: No space left on device")
+  T.eq(code, "io")
+  T.raises(function() require("qemu.fs").append("/dev/full", "x", "t") end, "IOError", "No space left")
 end)
 
 T.run()

@@ -358,9 +358,13 @@ T.test("a sweep killed halfway and resumed: exactly 6 rows, no duplicates", func
   qemu.sleep(0.5)
   local partial = #lines(out) - 1
   T.ok(partial >= 2 and partial < 6, "killed halfway: " .. partial .. " rows")
-  local code, stdout = T.sh("./qshell run " .. script)
+  -- the killed sweep's lock file stays behind; the resume takes it over
+  T.ok(T.exists(out .. ".lock"), "the killed sweep's lock file is left")
+  local code, stdout, stderr = T.sh("./qshell run " .. script)
   T.eq(code, 0)
   T.match(stdout, "SWEEP\t%d+\t0\t" .. partial)
+  T.match(stderr, "taking over the lock of a sweep that is gone %(pid " .. pid .. " ")
+  T.ok(not T.exists(out .. ".lock"), "the lock file is removed at the end")
   local l = lines(out)
   T.eq(#l, 7, "header + 6 rows")
   local seen = {}
@@ -368,6 +372,89 @@ T.test("a sweep killed halfway and resumed: exactly 6 rows, no duplicates", func
     local key = l[i]:match("^([^,]+)")
     T.ok(not seen[key], "duplicate row " .. key)
     seen[key] = true
+  end
+end)
+
+T.test("one writer per results file: of two sweeps started together one runs; a resume beside it is refused", function()
+  local out = tmp .. "/busy.csv"
+  local script = sweep_script(out, "qemu.sleep(0.3)")
+  local d = tmp .. "/busy"
+  os.execute("mkdir -p " .. d)
+  -- two at once: one runs the sweep, the other is refused at once
+  local code = T.sh(string.format("(./qshell run %s >%s/a.out 2>%s/a.err; echo $? >%s/a.rc) & " ..
+                                  "(./qshell run %s >%s/b.out 2>%s/b.err; echo $? >%s/b.rc) & wait",
+                                  script, d, d, d, script, d, d, d))
+  T.eq(code, 0)
+  local rc = { a = tonumber(slurp(d .. "/a.rc")), b = tonumber(slurp(d .. "/b.rc")) }
+  local won, lost = "a", "b"
+  if rc.a ~= 0 then won, lost = "b", "a" end
+  T.eq(rc[won], 0, slurp(d .. "/" .. won .. ".err"))
+  T.ok(rc[lost] ~= 0, "the second sweep is refused")
+  T.match(slurp(d .. "/" .. lost .. ".err"), "is being written by another sweep %(pid %d+ on [^,]+, started %S+: .*qshell run")
+  T.match(slurp(d .. "/" .. lost .. ".err"), "ResultsBusy")
+  T.match(slurp(d .. "/" .. won .. ".out"), "SWEEP\t6\t0\t0")
+  T.eq(#lines(out), 7, "header + 6 rows, once each")
+  T.ok(not T.exists(out .. ".lock"), "no lock file left")
+
+  -- a resume started while a sweep runs: refused within a second, naming it
+  os.remove(out)
+  local _, pid = T.sh("./qshell run " .. script .. " >/dev/null 2>&1 & echo $!")
+  pid = tonumber(pid)
+  local deadline = T.now() + 60
+  while #lines(out) < 2 and T.now() < deadline do qemu.sleep(0.05) end
+  local t0 = T.now()
+  local c2, _, err2 = T.sh("QSHELL_SWEEP_RESUME=1 ./qshell run " .. script)
+  T.ok(T.now() - t0 < 5, "refused at once")
+  T.ok(c2 ~= 0)
+  T.match(err2, "ResultsBusy")
+  T.match(err2, "%(pid " .. pid .. " on ")
+  T.sh("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.1; done")
+  T.eq(#lines(out), 7, "the first sweep wrote every row once")
+end)
+
+T.test("a full disk under a sweep: it stops naming the file and the cause, rows stay whole, resume completes", function()
+  local mnt = tmp .. "/small"
+  os.execute("mkdir -p " .. mnt)
+  local code, _, err = T.sh("mount -t tmpfs -o size=256k tmpfs " .. mnt)
+  T.eq(code, 0, "a small tmpfs for the results (needs root): " .. err)
+  T.cleanup(function() os.execute("umount -l " .. mnt) end)
+  local out, filler = mnt .. "/full.csv", mnt .. "/filler"
+  local spec = {
+    from = ckpt, out = out, workers = 1, resume = true, matrix = { n = { 1, 2, 3, 4, 5, 6 } },
+    run = function(vm, p)
+      local n2 = tonumber((vm.console:run("echo $((" .. p.n .. " * 2))")))
+      -- the third run fills the disk: its row is the first that does not fit
+      if p.n == 3 and not T.exists(tmp .. "/filled") then
+        os.execute("dd if=/dev/zero of=" .. filler .. " bs=4k 2>/dev/null; touch " .. tmp .. "/filled")
+      end
+      -- rows of 3 KB: one of them cannot fit in what is left of a page
+      return { n2 = n2, pad = string.rep("x", 3000) }
+    end,
+  }
+  local ok, e = pcall(qemu.sweep, spec)
+  T.ok(not ok, "the sweep stops")
+  T.eq(e.class, "IOError")
+  T.match(e.desc, "cannot append a result to " .. out:gsub("%p", "%%%0") .. ": No space left on device")
+  T.match(e.hint, "resume=true")
+  local text = slurp(out)
+  T.match(text, "\n$", "no half row at the end")
+  local rows = qemu.sweep.read(out)
+  T.eq(#rows, 2, "the rows before the full disk, whole")
+  for _, r in ipairs(rows) do T.eq(r.n2, 2 * r.n); T.eq(#r.pad, 3000) end
+  T.ok(not T.exists(out .. ".lock"), "no lock left")
+  T.eq(#qemu.vms(), 0)
+  -- space again: resume does the rest, every run once
+  os.remove(filler)
+  local r = qemu.sweep(spec)
+  T.eq(r.ok, 4)
+  T.eq(r.skipped, 2)
+  rows = qemu.sweep.read(out)
+  T.eq(#rows, 6)
+  local seen = {}
+  for _, row in ipairs(rows) do
+    T.ok(not seen[row.n], "run " .. row.n .. " once")
+    seen[row.n] = true
+    T.eq(row.n2, 2 * row.n)
   end
 end)
 

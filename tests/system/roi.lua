@@ -110,6 +110,13 @@ T.test("errors: no ROI plugin, bad ids and options, timeouts, QEMU gone, bad plu
   T.raises(function() vm:wait_roi(1, { timout = 1 }) end, "BadArgument", "did you mean 'timeout'")
   T.raises(function() vm:wait_roi(1, { event = "middle" }) end, "BadArgument", "begin")
   T.raises(function() vm:wait_roi(3, { timeout = 0.3 }) end, "Timeout", "ROI 3")
+  -- a paused VM runs no marker: named at once, not at the timeout
+  vm:pause()
+  local t0 = T.now()
+  local e = T.raises(function() vm:wait_roi(3, { timeout = 10 }) end, "NotRunning", "run state: paused")
+  T.ok(T.now() - t0 < 2, "said at once")
+  T.match(e.hint, "vm:cont%(%)")
+  vm:cont()
   vm:kill()
   T.raises(function() vm:wait_roi(3, { timeout = 5 }) end, "QEMUExited")
   local plain <close> = qemu.launch { restore = at_prompt, icount = ICOUNT }

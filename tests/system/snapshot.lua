@@ -158,12 +158,67 @@ T.test("a failed loadvm says the VM is stopped and how to go on", function()
   local ok, e = pcall(vm.loadvm, vm, "gone")
   snap._snapshot_state = real
   T.ok(not ok and type(e) == "table" and e.class == "SnapshotFailed", "expected SnapshotFailed, got " .. tostring(e))
-  T.match(e.desc, "the VM is now")
+  T.match(e.desc, "the VM is (%a+)")
   if vm:status() ~= "running" then
+    T.match(e.desc, "the VM is left stopped %(" .. vm:status():gsub("%-", "%%-") .. "%)")
     T.match(e.hint, "vm:cont%(%)")
     vm:cont()
   end
   T.eq(vm:status(), "running")
+end)
+
+T.test("a stopped VM is named at once: run, expect and login fail within a second with its state and the fix", function()
+  local vm <close> = qemu.guest.launch {}
+  local function quick(f, state, hint)
+    local t0 = T.now()
+    local e = T.raises(f, "NotRunning")
+    T.ok(T.now() - t0 < 2, string.format("said within a second, not at the timeout (%.2f s)", T.now() - t0))
+    T.match(e.desc, "QEMU's run state: " .. state)
+    T.match(e.hint, hint)
+    return e
+  end
+  vm:pause()
+  quick(function() vm.console:run("echo hi", { timeout = 5 }) end, "paused", "vm:cont%(%)")
+  quick(function() vm.console:expect("never printed", 5) end, "paused", "vm:cont%(%)")
+  quick(function() vm.console:login { timeout = 5 } end, "paused", "vm:cont%(%)")
+  -- send types into a paused VM (the ROI recipe): the line runs on cont
+  vm.console:send("echo typed-while-paused\r")
+  vm:cont()
+  vm.console:expect("typed%-while%-paused", 20)
+  T.eq((vm.console:run("echo hi")), "hi")
+
+  -- a checkpoint without resume=true leaves the VM stopped after its state
+  vm:checkpoint(tmp .. "/stopped.ckpt")
+  quick(function() vm.console:run("echo hi", { timeout = 5 }) end, "postmigrate", "resume=true")
+  vm:cont()
+  T.eq((vm.console:run("echo again")), "again")
+
+  -- a failed HMP loadvm stops the VM and says so, and how to go on
+  vm:savevm("one")
+  local e = T.raises(function() vm:hmp("loadvm nosuch") end, "HMPError")
+  local st = vm:status()
+  if st ~= "running" then
+    T.match(e.desc, "the VM is left stopped %(" .. st:gsub("%-", "%%-") .. "%)")
+    T.match(e.hint, "cont")
+    quick(function() vm.console:run("echo hi", { timeout = 5 }) end, st:gsub("%-", "%%-"), "cont")
+    vm:cont()
+  end
+  T.eq((vm.console:run("echo on")), "on")
+end)
+
+T.test("a VM launched with paused=true: run names the state; login=false is asked for", function()
+  T.raises(function() qemu.guest.launch { paused = true } end, "BadArgument", "login=false")
+  T.eq(#qemu.vms(), 0, "nothing started")
+  local vm <close> = qemu.guest.launch { paused = true, login = false }
+  local t0 = T.now()
+  local e = T.raises(function() vm.console:run("echo hi", { timeout = 5 }) end, "NotRunning")
+  T.ok(T.now() - t0 < 2)
+  T.match(e.desc, "run state: %a+")
+  T.match(e.hint, "vm:cont%(%)")
+  vm:cont()
+  local g = vm.guest
+  vm.console:login { user = g.user, password = g.password, prompt = g.prompt, timeout = 120 }
+  T.eq((vm.console:run("echo hi")), "hi")
 end)
 
 T.run()

@@ -129,6 +129,10 @@ end
 -- Launch options for a restore: the checkpoint's machine, the caller's
 -- free options, fresh overlays in the temp dir of the VM's proc p (which
 -- holds a memfd the plan makes).  Returns opts, restore context.
+-- From the manifest come only machine_keys, machine_type, net and the
+-- disks' shape, as manifest.read vetted them (a checkpoint may be anyone's:
+-- nothing of it names a host path or adds a device); plugins=, extra= and
+-- binary= are the caller's, never the manifest's.
 function M.prepare(opts, p)
   local fname = "qemu.launch"
   local tmpdir = p:tmpdir()

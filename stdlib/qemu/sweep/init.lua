@@ -73,30 +73,35 @@ function M.sweep(spec)
   -- `qshell sweep --resume` resumes every sweep of the script.
   local resume = spec.resume or os.getenv("QSHELL_SWEEP_RESUME") == "1"
   local out = spec.out and results.open(spec.out, names, resume, fname)
-  local todo, skipped = plan.todo(runs, out and out.done)
-  local src = #todo > 0 and source.resolve(spec, fname, engine.shared_dir and engine.shared_dir(spec)) or nil
-  if src and engine_name == "local" then
-    -- Whether the runs share the checkpoint's RAM, and why not, said once
-    -- here rather than once by each worker.
-    local lok, lopts = pcall(runner.launch_options, spec, todo[1].params, src)
-    pcall(require("qemu.checkpoint.restore").sharing, src.checkpoint, lok and lopts.binary or nil)
-  end
-  local tally = results.tally(runs, out, skipped, src and function(r) return runner.setup(spec, src, r.params) end)
-  if out then out:note_sweep { total = #runs, params = names, started = require("qemu.sweep.provenance").now_text() } end
-  local extra = {}
-  if #todo > 0 then
-    local ok, err = pcall(function()
-      extra = engine.run { spec = spec, runs = runs, todo = todo, source = src, tally = tally, fname = fname,
-                           resume = resume } or {}
-    end)
-    if not ok then
-      pcall(tally.finish, tally)
-      error(err, 0)
+  local ok, summary, extra = pcall(function()
+    local todo, skipped = plan.todo(runs, out and out.done)
+    local src = #todo > 0 and source.resolve(spec, fname, engine.shared_dir and engine.shared_dir(spec)) or nil
+    if src and engine_name == "local" then
+      -- Whether the runs share the checkpoint's RAM, and why not, said once
+      -- here rather than once by each worker.
+      local lok, lopts = pcall(runner.launch_options, spec, todo[1].params, src)
+      pcall(require("qemu.checkpoint.restore").sharing, src.checkpoint, lok and lopts.binary or nil)
     end
-  end
-  tally:finish()
-  local summary = { total = #runs, ok = tally.ok, failed = tally.failed, skipped = skipped,
-                    out = spec.out, results = tally.results, checkpoint = src and src.checkpoint }
+    local tally = results.tally(runs, out, skipped, src and function(r) return runner.setup(spec, src, r.params) end)
+    if out then out:note_sweep { total = #runs, params = names, started = require("qemu.sweep.provenance").now_text() } end
+    local extra = {}
+    if #todo > 0 then
+      local rok, rerr = pcall(function()
+        extra = engine.run { spec = spec, runs = runs, todo = todo, source = src, tally = tally, fname = fname,
+                             resume = resume } or {}
+      end)
+      if not rok then
+        pcall(tally.finish, tally)
+        error(rerr, 0)
+      end
+    end
+    tally:finish()
+    return { total = #runs, ok = tally.ok, failed = tally.failed, skipped = skipped,
+             out = spec.out, results = tally.results, checkpoint = src and src.checkpoint }, extra
+  end)
+  -- The results file is free for the next writer, whatever happened.
+  if out then out:close() end
+  if not ok then error(summary, 0) end
   for k, v in pairs(extra) do summary[k] = v end
   return summary
 end

@@ -23,6 +23,7 @@ local proc = require "qshell.proc.core"
 local host = require "qemu.host"
 local runner = require "qemu.sweep.runner"
 local provenance = require "qemu.sweep.provenance"
+local results = require "qemu.sweep.results"
 
 local M = {}
 
@@ -45,6 +46,7 @@ local function worker_main(job, task_fd, result_fd)
   -- The parent's VMs are inert copies here (the C cores see they are not
   -- this process's); the VM objects are told so too.
   for _, vm in ipairs(qemu.vms()) do vm:_forget() end
+  results.forget_locks()
   sys.setpgid() -- Ctrl-C on the terminal reaches the parent only
   local buf, queue, stop = { s = "" }, {}, false
   -- What the parent sent: wait for it when nothing is queued.

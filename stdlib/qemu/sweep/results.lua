@@ -8,6 +8,8 @@
 -- line number, a truncated last line (a killed sweep) is left out with a
 -- warning, and nothing is ever rewritten.  format() is qemu.sweep.format.
 -- A Tally counts results as an engine reports them and feeds the writer.
+-- One writer per file: the sweep that opens it holds an exclusive lock on
+-- <out>.lock for its whole life (lock() below).
 
 local errors = require "qemu.errors"
 local check = require "qemu.check"
@@ -15,6 +17,7 @@ local json = require "qshell.json"
 local fs = require "qemu.fs"
 local plan = require "qemu.sweep.plan"
 local provenance = require "qemu.sweep.provenance"
+local sys = require "qshell.os"
 
 local M = {}
 
@@ -23,6 +26,41 @@ local M = {}
 M.FIXED = { "status", "wall_s", "error", "host", "started", "prov" }
 local FIXED_SET = { run = true, ["repeat"] = true }
 for _, k in ipairs(M.FIXED) do FIXED_SET[k] = true end
+
+-- A results file may be someone else's (a colleague's, a cluster's): the
+-- file may be any size (10^5 rows are tens of MB), but one line (a CSV
+-- record) of over MAX_LINE bytes is refused before it is parsed, and a
+-- JSONL line nested deeper than MAX_DEPTH levels before it is decoded
+-- whole.  A sweep's line is a few KB, nested 4 levels.
+M.MAX_LINE = 1 << 20
+M.MAX_DEPTH = 32
+
+local function too_much(fname, path, n, what)
+  errors.raise { class = "BadResults", command = fname,
+                 desc = string.format("%s:%d: %s; it was not read", path, n, what),
+                 hint = "a sweep never writes such a line: the file was made elsewhere or damaged" }
+end
+
+-- A line of at most MAX_LINE bytes: its size; BadResults otherwise.
+local function check_line(fname, path, n, line)
+  if #line > M.MAX_LINE then
+    too_much(fname, path, n, string.format("the line is %d bytes (a sweep's line is a few KB; qshell reads " ..
+                                           "lines up to %g MiB)", #line, M.MAX_LINE / 1048576))
+  end
+end
+
+-- decode_line(fname, path, n, line) -> ok, value: JSONL line n decoded,
+-- as pcall(json.decode, line) would; a line too long or nested too deep
+-- raises BadResults naming path:n instead, before it is decoded.
+local function decode_line(fname, path, n, line)
+  check_line(fname, path, n, line)
+  local ok, v = pcall(json.decode, line, { depth = M.MAX_DEPTH })
+  if not ok and tostring(v):find("nested deeper than", 1, true) then
+    too_much(fname, path, n, string.format("the line nests arrays and objects deeper than %d levels " ..
+                                           "(a sweep's line has 4)", M.MAX_DEPTH))
+  end
+  return ok, v
+end
 
 
 -- A CSV cell: quoted when it holds a comma, a quote or a line break.
@@ -86,15 +124,101 @@ local function csv_records(text)
   return recs, lines, partial
 end
 
+-- The lock file of a results file, and this process's locks (a forked
+-- worker closes its copies: the lock is the parent's alone).
+local function lock_path(path) return path .. ".lock" end
+local held = {}
+
+-- This process's command line, for the holder's record.
+local function command_line()
+  local f = io.open("/proc/self/cmdline", "rb")
+  local text = f and f:read(4096) or ""
+  if f then f:close() end
+  return (text:gsub("%z$", ""):gsub("%z", " "))
+end
+
+local function holder_text(h)
+  return string.format("pid %s on %s, started %s: %s", tostring(h.pid), tostring(h.host), tostring(h.started),
+                       tostring(h.command))
+end
+
+-- M.lock(path, fname) -> lock: the one writer's lock on a results file
+-- (flock(2) on path.lock, which names the holder: pid, host, start time,
+-- command).  Another sweep holding it: ResultsBusy naming it.  A lock file
+-- left by a holder that died on this host is taken over; one from another
+-- host (whose lock this host may not see) is refused with the fix.
+function M.lock(path, fname)
+  local lp = lock_path(path)
+  local fd, prev, code = sys.lock(lp)
+  if not fd then
+    if code ~= "busy" then errors.from_code(fname, "cannot lock the results file: " .. tostring(prev), code) end
+    local ok, h = pcall(json.decode, fs.read(lp) or "")
+    errors.raise { class = "ResultsBusy", command = fname,
+                   desc = string.format("%s is being written by another sweep (%s); nothing was changed", path,
+                                        ok and type(h) == "table" and holder_text(h) or "its holder is starting"),
+                   hint = "wait for it to end (then resume=true does the runs it has not), or choose another out=" }
+  end
+  local me = provenance.host()
+  local ok, h = pcall(json.decode, prev)
+  if prev ~= "" and ok and type(h) == "table" and h.host ~= me then
+    sys.unlock(fd)
+    errors.raise { class = "ResultsBusy", command = fname,
+                   desc = string.format("%s is locked by a sweep on another host (%s); this host cannot tell " ..
+                                        "whether it still runs; nothing was changed", path, holder_text(h)),
+                   hint = "if that sweep is over (killed, its host down), remove " .. lp .. " and start again" }
+  end
+  if prev ~= "" and ok and type(h) == "table" then
+    io.stderr:write(string.format("qshell: %s: taking over the lock of a sweep that is gone (%s)\n", path,
+                                  holder_text(h)))
+  end
+  local lock = { fd = fd, path = lp }
+  sys.rewrite(fd, json.encode { pid = sys.getpid(), host = me, started = provenance.now_text(),
+                                command = command_line() } .. "\n")
+  held[lock] = true
+  return lock
+end
+
+-- M.unlock(lock): release it and remove the lock file.
+function M.unlock(lock)
+  if lock and held[lock] then
+    held[lock] = nil
+    sys.unlock(lock.fd, lock.path)
+  end
+end
+
+-- In a forked worker: close the copies of the parent's locks (the files
+-- stay, the parent still holds them).
+function M.forget_locks()
+  for lock in pairs(held) do sys.close(lock.fd) end
+  held = {}
+end
+
 local Out = {}
 Out.__index = Out
 
--- Open `path` for appending results; with resume, read what is there.
+-- Open `path` for appending results (locked: see M.lock); with resume,
+-- read what is there.
 function M.open(path, names, resume, fname)
   local self = setmetatable({ path = path, names = names, done = {}, rows = 0 }, Out)
   self.kind = path:match("%.jsonl?$") and "jsonl" or "csv"
   local parent = path:match("^(.+)/[^/]+$")
   if parent then fs.mkdir_p(parent, fname) end
+  self.lock = M.lock(path, fname)
+  local ok, err = pcall(Out._read, self, path, names, resume, fname)
+  if not ok then
+    M.unlock(self.lock)
+    error(err, 0)
+  end
+  return self
+end
+
+-- Release the file for the next writer.
+function Out:close()
+  M.unlock(self.lock)
+  self.lock = nil
+end
+
+function Out:_read(path, names, resume, fname)
   local text = fs.read(path) or ""
   if text ~= "" and not resume then
     errors.raise { class = "FileExists", command = fname,
@@ -246,8 +370,15 @@ function Out:_widen(names)
 end
 
 function Out:_write(line)
-  -- One write per row, appended and flushed: a kill leaves whole rows.
-  fs.append(self.path, line, "qemu.sweep")
+  -- One write per row, all of it or none (a full disk cuts a half row off
+  -- again): a kill or a failed write leaves whole rows.
+  local ok, msg = sys.append(self.path, line)
+  if not ok then
+    errors.raise { class = "IOError", command = "qemu.sweep",
+                   desc = string.format("cannot append a result to %s; the sweep stopped, the rows before are whole",
+                                        msg),
+                   hint = "free space (or fix the file system), then run it again with resume=true for the rest" }
+  end
 end
 
 function Out:finish()
@@ -301,7 +432,7 @@ function M.load(path, fname)
     for line in complete:gmatch("([^\n]*)\n") do
       n = n + 1
       if line:match("%S") then
-        local ok, r = pcall(json.decode, line)
+        local ok, r = decode_line(fname, path, n, line)
         if not ok or type(r) ~= "table" or r.run == nil or type(r.params) ~= "table" then
           bad(fname, path, n, "not a sweep result (a JSON object with run and params): %s", line:sub(1, 60))
         end
@@ -345,6 +476,7 @@ function M.load(path, fname)
       "%s:%d: the last line is incomplete (a sweep killed while writing it?); left out", path, partial)
   end
   if #recs == 0 then return rows end
+  for i, rec in ipairs(recs) do check_line(fname, path, lines[i], rec) end
   local header = csv_parse_line(recs[1])
   if header[1] ~= "run" or header[2] ~= "repeat" then
     bad(fname, path, 1, "the header starts with %s, not run,repeat: not a sweep's results", recs[1]:sub(1, 40))
