@@ -30,8 +30,21 @@ function Console:_consume(n, buf)
   if n <= 0 then return end
   buf = buf or self._c:peek()
   local gone = buf:sub(1, n)
+  if self._cloud_init ~= "finished" then self:_note_cloud_init(gone) end
   self._recent = (self._recent .. gone):sub(-RECENT)
   self._c:consume(n)
+end
+
+-- cloud-init says on the console when it starts and when it is done
+-- ("Cloud-init v. 22.4.2 running 'init-local' ...", "... finished at
+-- ..."); login needs to know (it sets a seed's password late).
+function Console:_note_cloud_init(text)
+  if not text:find("Cloud-init v. ", 1, true) then return end
+  if text:find("Cloud%-init v%. [^\r\n]- finished at") then
+    self._cloud_init = "finished"
+  elseif text:find("Cloud%-init v%. [^\r\n]- running") then
+    self._cloud_init = "running"
+  end
 end
 
 -- The last n lines the guest printed (consumed or not), for messages.
@@ -368,13 +381,16 @@ local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " .
 -- console:login{user=, password=, timeout=, login_prompt=, prompt=, setup=true, wait_boot=true}
 -- Logs in at the login prompt: a fresh one, one a script already waited
 -- for (expect), or none at all when a getty logged in by itself
--- ("(automatic login)") or a shell prompt is already waiting.
+-- ("(automatic login)") or a shell prompt is already waiting.  On a
+-- guest whose cloud-init is still at work, "Login incorrect" is tried
+-- again at the next prompt until cloud-init says it finished.
 function Console:login(opts)
   opts = check.options("console:login", opts, login_opts)
   local timeout = opts.timeout or 60
   local lp = opts.login_prompt or "login: "
-  local prompt = opts.prompt or "# "
   local user = opts.user or "root"
+  -- a shell's own default: "# " for root, "$ " for everyone else
+  local prompt = opts.prompt or (user == "root" and "# " or "$ ")
   self._login_prompt, self._prompt = lp, prompt
   local what = "console:login"
   self:_ready(what)
@@ -418,7 +434,7 @@ function Console:login(opts)
     if e then self:_consume(e, buf) end
   end
   -- 2. The password, when asked, then the shell prompt or a refusal.
-  local sent_pw = false
+  local sent_pw, tries = false, 0
   while state ~= "shell" do
     local buf, s, e, which = self:_wait_for(what, function(buf)
       local s, e = buf:find("Login incorrect", 1, true)
@@ -427,10 +443,29 @@ function Console:login(opts)
       if s and not sent_pw then return s, e, "password" end
       s, e = buf:find(prompt, 1, true)
       if s then return s, e, "ok" end
-    end, timeout)
+    end, math.max(0, deadline - sys.now()))
     if which == "bad" then
+      -- cloud-init sets a seed's password (and user) in its config stage,
+      -- which may end after the getty's first prompt: while it has not
+      -- said it is done, log in again at the next prompt.
+      self:_note_cloud_init(self._c:peek())
+      tries = tries + 1
+      if opts.password and self._cloud_init == "running" then
+        self:_consume(e, buf)
+        local lbuf, _, le = self:_wait_for(what, function(b)
+          local ls, lend = b:find(lp, 1, true)
+          return ls, lend
+        end, math.max(0, deadline - sys.now()))
+        self:_consume(le, lbuf)
+        self:send(user .. "\r")
+        sent_pw = false
+        goto continue
+      end
       errors.raise { class = "LoginFailed", command = what,
-                     desc = "the guest said: Login incorrect (user " .. user .. ")",
+                     desc = "the guest said: Login incorrect (user " .. user .. ")" ..
+                            (self._cloud_init == "finished" and tries > 1
+                               and string.format(", %d times, the last after cloud-init finished", tries)
+                             or self._cloud_init == "finished" and ", after cloud-init finished" or ""),
                      hint = opts.password and "check password=" or "the user needs a password= here" }
     elseif which == "password" then
       if not opts.password then
@@ -444,6 +479,7 @@ function Console:login(opts)
     else
       state = "shell"
     end
+    ::continue::
   end
   self:flush()
   self._shell_ready = true

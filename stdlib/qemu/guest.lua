@@ -164,7 +164,9 @@ function M.launch(opts)
     local ok, err = pcall(vm.console.login, vm.console,
                           { user = opts.user or g.user, password = opts.password or g.password,
                             login_prompt = opts.login_prompt or g.login_prompt,
-                            prompt = opts.prompt or g.prompt, timeout = 180 })
+                            -- the guest's prompt is its user's; another user's is login's default
+                            prompt = opts.prompt or ((opts.user == nil or opts.user == g.user) and g.prompt or nil),
+                            timeout = 180 })
     if not ok then
       vm:close()
       error(err, 0)

@@ -260,20 +260,24 @@ function Out:_read(path, names, resume, fname)
       end
     end
   else
-    for line in text:gmatch("([^\n]+)\n") do
-      local ok, row = pcall(json.decode, line)
-      if not ok or type(row) ~= "table" or type(row.params) ~= "table" then
-        errors.raise { class = "BadArgument", command = fname, desc = path .. " holds a line that is not a sweep result" }
+    local n = 0
+    for line in text:gmatch("([^\n]*)\n") do
+      n = n + 1
+      if line ~= "" then
+        local ok, row = decode_line(fname, path, n, line)
+        if not ok or type(row) ~= "table" or type(row.params) ~= "table" then
+          errors.raise { class = "BadArgument", command = fname, desc = path .. " holds a line that is not a sweep result" }
+        end
+        local have = plan.sorted_keys(row.params)
+        if table.concat(have, ",") ~= table.concat(names, ",") then
+          errors.raise { class = "BadArgument", command = fname,
+                         desc = string.format("%s has results with parameters %s; this sweep's are %s", path,
+                                              table.concat(have, ","), table.concat(names, ",")),
+                         hint = "use another out= for a sweep with other parameters" }
+        end
+        self.done[row.run] = true
+        self.rows = self.rows + 1
       end
-      local have = plan.sorted_keys(row.params)
-      if table.concat(have, ",") ~= table.concat(names, ",") then
-        errors.raise { class = "BadArgument", command = fname,
-                       desc = string.format("%s has results with parameters %s; this sweep's are %s", path,
-                                            table.concat(have, ","), table.concat(names, ",")),
-                       hint = "use another out= for a sweep with other parameters" }
-      end
-      self.done[row.run] = true
-      self.rows = self.rows + 1
     end
   end
   self.want = want
