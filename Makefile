@@ -68,7 +68,7 @@ STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)
 UNIT_TESTS := build/test_qmp
 include tests/unit/Makefile.inc
 
-.PHONY: all test test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
+.PHONY: all test test-soak test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
 
 all: qshell plugins
 
@@ -122,6 +122,12 @@ test-unit: qshell $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 
 test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 	$(Q)tests/run.sh all
+
+# The soak and fault tier at full length (about 12 minutes; make test runs a
+# 2-minute version): a 300-run sweep under faults, 10^4 launches, 10^5 QMP
+# commands in one shell.
+test-soak: deps all guest
+	$(Q)QSHELL_SOAK=full tests/run.sh soak
 
 # The README's commands on a bare Debian 12 root (tests/fresh.sh; needs root).
 test-fresh:

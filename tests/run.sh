@@ -9,8 +9,9 @@
 # outside the checkout: ~2.5 minutes the first time; on the first QEMU only),
 # source (a QEMU built from the distribution's source and run from its build
 # tree: tests/qemu/build.sh, cached outside the checkout, ~9 minutes the first
-# time), install (make install into a temp prefix, used with the source tree
-# gone), all.
+# time), soak (tests/soak: a sweep under injected faults and a long-lived
+# shell; QSHELL_SOAK=full for the long version), install (make install into a
+# temp prefix, used with the source tree gone), all.
 # Every runner prints "N passed, N failed[, N skipped]"; this sums them and
 # ends with the same line.  Non-zero exit if anything failed, if a runner
 # printed no summary, or if a QEMU process or a temp dir was left behind.
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/.."
 tiers=("$@")
 [ ${#tiers[@]} -eq 0 ] && tiers=(all)
 if [ "${tiers[0]}" = all ]; then
-    tiers=(unit integration cli guest cluster distro source scripts install)
+    tiers=(unit integration cli guest cluster distro source scripts soak install)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qshell-tests.XXXXXX")
@@ -156,6 +157,10 @@ for tier in "${tiers[@]}"; do
     distro)
         # one QEMU: these boots take most of a minute each
         LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/distro ;;
+    soak)
+        # one QEMU: faults under a sweep, and a long-lived shell (2 minutes;
+        # QSHELL_SOAK=full, make test-soak: about 12)
+        LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/soak ;;
     source)
         if b=$(tests/qemu/build.sh); then
             QSHELL_TEST_QEMU_SOURCE=$b run_lua_dir tests/source
