@@ -123,7 +123,7 @@ test-unit: qshell $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 	$(Q)tests/run.sh all
 
-# The soak and fault tier at full length (about 12 minutes; make test runs a
+# The soak and fault tier at full length (about 8 minutes; make test runs a
 # 2-minute version): a 300-run sweep under faults, 10^4 launches, 10^5 QMP
 # commands in one shell.
 test-soak: deps all guest

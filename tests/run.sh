@@ -159,7 +159,7 @@ for tier in "${tiers[@]}"; do
         LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/distro ;;
     soak)
         # one QEMU: faults under a sweep, and a long-lived shell (2 minutes;
-        # QSHELL_SOAK=full, make test-soak: about 12)
+        # QSHELL_SOAK=full, make test-soak: about 8)
         LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/soak ;;
     source)
         if b=$(tests/qemu/build.sh); then

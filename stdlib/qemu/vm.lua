@@ -100,6 +100,8 @@ function VM:qmp(cmd, args, opts)
   if args ~= nil then check.arg("vm:qmp", 2, args, "table") end
   opts = check.options("vm:qmp", opts, qmp_opts, 3)
   self:_live("vm:qmp")
+  -- any command may stop the guest: the VM is no longer known to run
+  self._known_running = nil
   local r, msg, code = self._qmp:execute(cmd, args, opts.timeout or self.qmp_timeout, opts.fd)
   if not r then self:_conn_error(cmd, msg, code) end
   local e = r.error
@@ -150,8 +152,14 @@ function VM:hmp(line, opts)
   return text
 end
 
--- Events of jobs qshell ran for the script (snapshot jobs) are not shown.
-function VM:_hidden(ev)
+-- Events that stop the guest: after one, the VM is no longer known to run.
+local STOP_EVENTS = { STOP = true, SHUTDOWN = true, GUEST_PANICKED = true, BLOCK_IO_ERROR = true,
+                      SUSPEND = true, WATCHDOG = true }
+
+-- Every event QEMU sends passes here once.  Returns true for the events
+-- not shown to the script (the jobs qshell ran for it: snapshot jobs).
+function VM:_seen(ev)
+  if STOP_EVENTS[ev.event] then self._known_running = nil end
   return ev.event == "JOB_STATUS_CHANGE" and type(ev.data) == "table"
     and self._hidden_jobs[ev.data.id] == true
 end
@@ -161,7 +169,7 @@ function VM:_close_qmp()
   local ok, evs = pcall(self._qmp.events, self._qmp)
   if ok then
     for _, ev in ipairs(evs) do
-      if not self:_hidden(ev) then self._backlog[#self._backlog + 1] = ev end
+      if not self:_seen(ev) then self._backlog[#self._backlog + 1] = ev end
     end
   end
   self._qmp:close()
@@ -177,7 +185,7 @@ function VM:events()
   if self._qmp_closed then return out end
   local new = self._qmp:events()
   for i = 1, #new do
-    if not self:_hidden(new[i]) then out[#out + 1] = new[i] end
+    if not self:_seen(new[i]) then out[#out + 1] = new[i] end
   end
   return out
 end
@@ -228,8 +236,9 @@ function VM:wait_event(name, opts)
       end
       self:_conn_error(what, msg, code)
     end
+    local hidden = self:_seen(ev)
     if wanted(ev) then return ev end
-    if not self:_hidden(ev) then self._backlog[#self._backlog + 1] = ev end
+    if not hidden then self._backlog[#self._backlog + 1] = ev end
   end
 end
 
@@ -268,11 +277,22 @@ local PASSING = { inmigrate = true }
 -- vm:_need_running(what): raise NotRunning when the VM is stopped in a
 -- state it will not leave by itself (its guest cannot answer what waits);
 -- true when it runs, false in a state it leaves by itself (inmigrate).
--- A QEMU that does not answer is left to the caller's own wait.
+-- A QEMU that does not answer is left to the caller's own wait.  Known to
+-- run (asked, and since then no command sent and no stop event come) is
+-- taken as running without asking again: a console:run costs no round
+-- trip more.
 function VM:_need_running(what)
   if self._closed or self:_exited() then return true end
+  if self._known_running then
+    pcall(self._pump_events, self) -- a stop event forgets it
+    if self._known_running then return true end
+  end
   local ok, st = pcall(self.qmp, self, "query-status", nil, { timeout = 2 })
-  if not ok or type(st) ~= "table" or st.status == "running" or st.running then return true end
+  if not ok or type(st) ~= "table" then return true end
+  if st.status == "running" or st.running then
+    self._known_running = true
+    return true
+  end
   if PASSING[st.status] then return false end
   errors.raise { class = "NotRunning", command = what,
                  desc = string.format("the VM is not running (QEMU's run state: %s), so its guest cannot answer",
@@ -471,7 +491,7 @@ function VM:_hide_job(id)
   self._hidden_jobs[id] = true
   local kept = {}
   for _, ev in ipairs(self._backlog) do
-    if not self:_hidden(ev) then kept[#kept + 1] = ev end
+    if not self:_seen(ev) then kept[#kept + 1] = ev end
   end
   self._backlog = kept
 end
@@ -495,7 +515,7 @@ function VM:_pump_events(max)
   local evs, _, code = self._qmp:events()
   local new = {}
   for _, ev in ipairs(evs) do
-    if not self:_hidden(ev) then
+    if not self:_seen(ev) then
       self._backlog[#self._backlog + 1] = ev
       new[#new + 1] = ev
     end
