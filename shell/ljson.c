@@ -444,8 +444,9 @@ static int l_json_decode(lua_State *L)
     if (big >= 0) {
         return luaL_error(L, "json.decode: the integer at byte %d does not fit in 64 bits", (int)big + 1);
     }
-    /* (json-c's depth is the most levels it takes: depth + 1 is its error) */
-    json_tokener *tok = json_tokener_new_ex(depth);
+    /* json-c counts depth from 0: +1 so that decode takes the depth levels
+     * encode makes (64 by default; fuzz_qmpline checks the round trip). */
+    json_tokener *tok = json_tokener_new_ex(depth + 1);
     /* Lua strings end in '\0': include it so a bare number can finish. */
     json_object *obj = json_tokener_parse_ex(tok, s, (int)len + 1);
     enum json_tokener_error jerr = json_tokener_get_error(tok);

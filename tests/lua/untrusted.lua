@@ -22,7 +22,7 @@ end
 
 -- n arrays nested in one another, as a Lua value.
 local function nest(n)
-  local t = {}
+  local t = { 1 } -- (json-c counts a level that holds something)
   for _ = 2, n do t = { t } end
   return t
 end
