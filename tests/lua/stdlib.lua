@@ -213,6 +213,34 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   T.ok(not T.exists(path .. ".lock"), "a refused open leaves no lock")
 end)
 
+T.test("results lock: of 8 processes racing for it one holds it, every other names that one", function()
+  local path = tmp .. "/race.csv"
+  local script = tmp .. "/race.lua"
+  local f = assert(io.open(script, "w"))
+  f:write(string.format([[
+    local results = require "qemu.sweep.results"
+    local ok, e = pcall(results.lock, %q, "race")
+    if ok then print("HOLD " .. require("qshell.os").getpid()); qemu.sleep(1); results.unlock(e)
+    else print("BUSY " .. tostring(e.class) .. " " .. tostring(e.desc)) end
+  ]], path))
+  f:close()
+  local cmd = {}
+  for i = 1, 8 do cmd[i] = string.format("./qshell run %s > %s/race%d.out 2>&1 &", script, tmp, i) end
+  T.eq(T.sh(table.concat(cmd, " ") .. " wait"), 0)
+  local holders, busy = {}, {}
+  for i = 1, 8 do
+    local fh = io.open(string.format("%s/race%d.out", tmp, i))
+    local out = fh:read("a"); fh:close()
+    local h = out:match("^HOLD (%d+)")
+    if h then holders[#holders + 1] = h else busy[#busy + 1] = out end
+  end
+  T.eq(#holders, 1, "one holder")
+  for _, out in ipairs(busy) do
+    T.match(out, "^BUSY ResultsBusy .* is being written by another sweep %(pid " .. holders[1] .. " on ")
+  end
+  T.ok(not T.exists(path .. ".lock"), "the holder removed it")
+end)
+
 T.test("append: all of the text or none of it", function()
   local p = tmp .. "/lines"
   T.eq(sys.append(p, "one\n"), true)

@@ -149,16 +149,27 @@ end
 -- host (whose lock this host may not see) is refused with the fix.
 function M.lock(path, fname)
   local lp = lock_path(path)
+  -- the record first: the lock is held without it for one write only
+  local me = provenance.host()
+  local record = json.encode { pid = sys.getpid(), host = me, started = provenance.now_text(),
+                               command = command_line() } .. "\n"
   local fd, prev, code = sys.lock(lp)
   if not fd then
     if code ~= "busy" then errors.from_code(fname, "cannot lock the results file: " .. tostring(prev), code) end
-    local ok, h = pcall(json.decode, fs.read(lp) or "")
+    -- a holder that has just taken it writes its record at once
+    local ok, h
+    local deadline = sys.now() + 1
+    repeat
+      ok, h = pcall(json.decode, fs.read(lp) or "")
+      -- (a record of a holder gone from this host is the one before it)
+      if ok and type(h) == "table" and (h.host ~= me or sys.stat("/proc/" .. tostring(h.pid))) then break end
+      sys.sleep(0.01)
+    until sys.now() > deadline
     errors.raise { class = "ResultsBusy", command = fname,
                    desc = string.format("%s is being written by another sweep (%s); nothing was changed", path,
                                         ok and type(h) == "table" and holder_text(h) or "its holder is starting"),
                    hint = "wait for it to end (then resume=true does the runs it has not), or choose another out=" }
   end
-  local me = provenance.host()
   local ok, h = pcall(json.decode, prev)
   if prev ~= "" and ok and type(h) == "table" and h.host ~= me then
     sys.unlock(fd)
@@ -172,8 +183,7 @@ function M.lock(path, fname)
                                   holder_text(h)))
   end
   local lock = { fd = fd, path = lp }
-  sys.rewrite(fd, json.encode { pid = sys.getpid(), host = me, started = provenance.now_text(),
-                                command = command_line() } .. "\n")
+  sys.rewrite(fd, record)
   held[lock] = true
   return lock
 end
