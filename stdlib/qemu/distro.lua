@@ -19,6 +19,9 @@ local run = require "qemu.run"
 local disk = require "qemu.disk"
 local paths = require "qemu.paths"
 local sys = require "qshell.os"
+local inspect = require "qemu.image.inspect"
+local password = require "qemu.image.password"
+local dfs = require "qemu.image.debugfs"
 
 local M = {}
 
@@ -211,7 +214,6 @@ end
 
 -- Settings written into the installed tree before it becomes a disk.
 local function configure(tree, opts, what)
-  local image = require "qemu.image"
   files.write(tree .. "/etc/hostname", opts.hostname .. "\n", what)
   files.write(tree .. "/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\t" .. opts.hostname ..
               "\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n", what)
@@ -226,7 +228,7 @@ local function configure(tree, opts, what)
     return run.check(a, { command = what, stdin = stdin })
   end
   local function set_password(user, pw)
-    local hash = image.hash_password(pw)
+    local hash = password.hash_password(pw)
     local f = files.scratch_file("chpasswd")
     files.write(f, user .. ":" .. hash .. "\n", what)
     chroot({ "chpasswd", "-e" }, f)
@@ -476,8 +478,7 @@ function M.kernel(image_path, opts)
   if not run.which("debugfs") then
     errors.raise { class = "MissingTool", command = what, desc = "debugfs is not installed", hint = "apt-get install e2fsprogs" }
   end
-  local image = require "qemu.image"
-  local report = image.check(image_path)
+  local report = inspect.check(image_path)
   local fmt = report.format
   local raw = image_path
   if fmt ~= "raw" then
@@ -500,7 +501,6 @@ function M.kernel(image_path, opts)
                      desc = image_path .. " has no ext2/3/4 filesystem" ..
                             (opts.partition and (" in partition " .. opts.partition) or "") .. " to read /boot from" }
     end
-    local dfs = image._debugfs
     local function ls(fs, dir)
       local names = {}
       for _, e in ipairs(dfs.list_dir(fs, dir, what)) do names[#names + 1] = e.name end

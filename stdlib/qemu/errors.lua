@@ -1,5 +1,5 @@
--- qemu.errors: the error objects every public qshell call raises, and the
--- hints for the known traps.
+-- qemu.errors: the error objects every public qshell call raises, the
+-- hints for the known traps, and which HMP replies are errors.
 --
 -- An error is a table {class=, desc=, command=, hint=, where=} with a
 -- one-line __tostring, so an uncaught error prints one readable line and
@@ -163,6 +163,27 @@ function M.hint_for(text)
     if text:find(trap[1]) then return trap[2] end
   end
   return nil
+end
+
+-- HMP failures arrive as successful replies: recognise them (vm:hmp, and
+-- the snapshot commands of a QEMU without snapshot jobs).
+local hmp_errors = {
+  "^Error",
+  "^unknown command",
+  "^Unknown command",
+  "^Parameter '.-' expects",
+  "^invalid ",
+  "^Invalid ",
+  "^Could not ",
+  "^Device '.-' not found",
+  "^Snapshot '.-' does not exist",
+}
+
+function M.hmp_failed(text)
+  for _, p in ipairs(hmp_errors) do
+    if text:find(p) then return true end
+  end
+  return false
 end
 
 return M

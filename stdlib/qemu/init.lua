@@ -81,7 +81,9 @@ end
 -- Called by the shell once the script has finished normally: quit what the
 -- script left running, gracefully (lua_close would only kill).
 function M._shutdown()
-  if launch then launch.shutdown_all() end
+  -- (loaded by whatever launched: qemu.launch, qemu.guest.launch, a sweep)
+  local l = package.loaded["qemu.launch"]
+  if l then l.shutdown_all() end
 end
 
 local names = {}

@@ -29,6 +29,7 @@ local paths = require "qemu.paths"
 local run = require "qemu.run"
 local sys = require "qshell.os"
 local json = require "qshell.json"
+local plugin_so = require "qemu.plugin_so"
 
 local M = {}
 
@@ -350,7 +351,7 @@ local function build(fname, o)
   end
   -- A .so QEMU would refuse (no qemu_plugin_version or qemu_plugin_install)
   -- is a build error: say so now, naming the source.
-  local cok, cerr = pcall(require("qemu.plugin").check, tmp)
+  local cok, cerr = pcall(plugin_so.check, tmp)
   if not cok then
     discard()
     local e = errors.is(cerr) and cerr or { desc = tostring(cerr) }

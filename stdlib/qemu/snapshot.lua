@@ -135,7 +135,7 @@ function M._snapshot_op(self, fname, job, hmp, args, timeout)
   if M._has_snapshot_jobs(self) then return M._run_job(self, fname, job, args, timeout) end
   local text = self:qmp("human-monitor-command", { ["command-line"] = hmp .. " " .. args.tag },
                         { timeout = timeout })
-  if require("qemu.vm").hmp_failed(text) then return (text:gsub("%s+$", "")) end
+  if errors.hmp_failed(text) then return (text:gsub("%s+$", "")) end
   return nil
 end
 

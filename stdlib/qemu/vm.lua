@@ -111,25 +111,9 @@ function VM:qmp(cmd, args, opts)
   return r["return"]
 end
 
--- HMP failures arrive as successful replies: recognise them.
-local hmp_errors = {
-  "^Error",
-  "^unknown command",
-  "^Unknown command",
-  "^Parameter '.-' expects",
-  "^invalid ",
-  "^Invalid ",
-  "^Could not ",
-  "^Device '.-' not found",
-  "^Snapshot '.-' does not exist",
-}
-
-function VM.hmp_failed(text)
-  for _, p in ipairs(hmp_errors) do
-    if text:find(p) then return true end
-  end
-  return false
-end
+-- HMP failures arrive as successful replies: qemu.errors recognises them
+-- (snapshot.lua asks it too).
+VM.hmp_failed = errors.hmp_failed
 
 -- vm:hmp(line [, {timeout=}]) -> text; an HMP error reply raises
 function VM:hmp(line, opts)

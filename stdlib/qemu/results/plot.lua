@@ -8,6 +8,7 @@ local errors = require "qemu.errors"
 local check = require "qemu.check"
 local fs = require "qemu.fs"
 local run = require "qemu.run"
+local group = require "qemu.results.group"
 
 local M = {}
 
@@ -24,9 +25,7 @@ local function q(s)
   return '"' .. tostring(s):gsub("\\", "\\\\"):gsub('"', '\\"') .. '"'
 end
 
-local function text(v)
-  return require("qemu.results")._text(v)
-end
+local text = group.text
 
 local function size_of(fname, size)
   if size == nil then return 800, 600 end
@@ -46,7 +45,6 @@ end
 --   -> {out=, script=, series={{label=, points={{x=, mean=, lo=, hi=, n=}}}}}
 function M.plot(rows, opts)
   local fname = "qemu.results.plot"
-  local results = require "qemu.results"
   if type(rows) ~= "table" then check.bad(fname, "argument 1 must be rows (from qemu.results.read)") end
   opts = check.options(fname, opts, plot_opts, 2)
   if not opts.x then check.bad(fname, "x= (the parameter on the horizontal axis) is required") end
@@ -61,11 +59,11 @@ function M.plot(rows, opts)
     if opts.group == opts.x then check.bad(fname, "group= must be another parameter than x=") end
     by[2] = opts.group
   end
-  local s = results.summary(rows, { by = by, metrics = { opts.y }, where = opts.where })
+  local s = group.summary(rows, { by = by, metrics = { opts.y }, where = opts.where })
   -- A parameter left out of x and group that varies would be averaged
   -- over silently: refuse, naming it.
   local varying = {}
-  local kept = results._filter(fname, rows, opts.where)
+  local kept = group.filter(fname, rows, opts.where)
   for _, p in ipairs(rows.params or {}) do
     if p ~= opts.x and p ~= opts.group then
       local vals, nv = {}, 0

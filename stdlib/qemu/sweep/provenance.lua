@@ -133,7 +133,7 @@ function M.setup(script, lopts, source, vm)
     end
     s.accel = vm.accel
   else
-    local ok, v = pcall(qemu.version, lopts.binary)
+    local ok, v = pcall(require("qemu.binary").version, lopts.binary)
     if ok then
       s.qemu, s.qemu_binary = string.format("%d.%d.%d", v.major, v.minor, v.micro), sys.realpath(v.path) or v.path
     end

@@ -115,7 +115,7 @@ local function open_vm(r, lopts)
   warm = nil
   if not (w and w.i == r.i) then
     if w then w.pending:cancel() end
-    return qemu.launch(lopts)
+    return require("qemu.launch").launch(lopts)
   end
   local vm = require("qemu.launch").finish(w.pending)
   vm.options.paused = w.paused

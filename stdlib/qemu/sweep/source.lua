@@ -49,7 +49,7 @@ function M.resolve(spec, fname, where)
     lopts.disks[i] = dd
   end
   lopts.loadvm = spec.from
-  local vm <close> = qemu.launch(lopts)
+  local vm <close> = require("qemu.launch").launch(lopts)
   vm:checkpoint(dir)
   return { checkpoint = dir, from_tag = true, tag = spec.from }
 end

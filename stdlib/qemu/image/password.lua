@@ -1,0 +1,47 @@
+-- qemu.image.password: SHA-512 crypt(3) hashes of passwords, for
+-- /etc/shadow (qemu.image.customize) and chpasswd -e (qemu.image.build).
+
+local errors = require "qemu.errors"
+local files = require "qemu.fs"
+local check = require "qemu.check"
+local run = require "qemu.run"
+
+local M = {}
+
+local function random_salt()
+  local f, err = io.open("/dev/urandom", "rb")
+  if not f then errors.raise { class = "IOError", command = "qemu.image", desc = "cannot read " .. err } end
+  local bytes = f:read(16)
+  f:close()
+  local alphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+  local out = {}
+  for i = 1, 16 do
+    local b = bytes:byte(i) % 64 + 1
+    out[i] = alphabet:sub(b, b)
+  end
+  return table.concat(out)
+end
+
+-- A SHA-512 crypt(3) hash, the password passed on stdin (not in argv).
+function M.hash_password(pw)
+  local fname = "qemu.image"
+  if pw:find("[\r\n]") then
+    check.bad(fname, "the root password contains a newline: it could never be typed at a login prompt")
+  end
+  if pw == "" then check.bad(fname, "the root password is empty (use a real one)") end
+  local pwfile = files.scratch_file("pw")
+  files.write(pwfile, pw .. "\n", fname)
+  local ok, out = pcall(run.check, { "busybox", "mkpasswd", "-m", "sha512", "-S", random_salt() },
+                        { command = fname, stdin = pwfile })
+  if not ok and run.which("openssl") then
+    ok, out = pcall(run.check, { "openssl", "passwd", "-6", "-salt", random_salt(), "-stdin" },
+                    { command = fname, stdin = pwfile })
+  end
+  os.remove(pwfile)
+  if not ok then error(out, 0) end
+  local hash = out:match("^(%$6%$[^%s]+)")
+  if not hash then errors.raise { class = "CommandFailed", command = fname, desc = "cannot hash the password" } end
+  return hash
+end
+
+return M
