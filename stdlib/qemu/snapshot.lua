@@ -189,12 +189,10 @@ function M.loadvm(self, tag, opts)
                                 { tag = tag, vmstate = vmstate.node, devices = node_names(nodes) },
                                 opts.timeout or DEFAULT_TIMEOUT)
   if err then
-    local status = self:status()
+    local stopped = self:_stopped_state()
     errors.raise { class = "SnapshotFailed", command = fname,
-                   desc = string.format("%s; the VM is %s", err,
-                                        status ~= "running" and ("left stopped (" .. status .. ")") or "running"),
-                   hint = status ~= "running"
-                     and "its state is undefined: load another snapshot, or vm:cont() to go on regardless"
+                   desc = string.format("%s; the VM is %s", err, stopped and ("left stopped (" .. stopped .. ")") or "running"),
+                   hint = stopped and "its state is undefined: load another snapshot, or vm:cont() to go on regardless"
                      or errors.hint_for(err) }
   end
   -- The console still holds what the guest printed before the load.

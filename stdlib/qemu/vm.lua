@@ -122,14 +122,12 @@ function VM:hmp(line, opts)
   if VM.hmp_failed(text) then
     local desc = text:gsub("%s+$", "")
     local hint = errors.hint_for(desc)
-    if line:match("^%s*loadvm%f[%s%z]") then
-      -- A failed loadvm stops the VM before it looks for the tag, and
-      -- leaves it stopped: say so, and the way on.
-      local ok, st = pcall(self.qmp, self, "query-status", nil, { timeout = 2 })
-      if ok and type(st) == "table" and st.status ~= "running" then
-        desc = string.format("%s; the VM is left stopped (%s)", desc, tostring(st.status))
-        hint = "loadvm a tag that exists (info snapshots lists them), or cont to go on from where it stopped"
-      end
+    -- A failed loadvm stops the VM before it looks for the tag, and
+    -- leaves it stopped: say so, and the way on.
+    local stopped = line:match("^%s*loadvm%f[%s%z]") and self:_stopped_state()
+    if stopped then
+      desc = string.format("%s; the VM is left stopped (%s)", desc, stopped)
+      hint = "loadvm a tag that exists (info snapshots lists them), or cont to go on from where it stopped"
     end
     errors.raise { class = "HMPError", command = line, desc = desc, hint = hint }
   end
@@ -257,6 +255,13 @@ local STOPPED = {
 }
 -- States the VM leaves by itself (a restore's incoming state): wait.
 local PASSING = { inmigrate = true }
+
+-- vm:_stopped_state() -> QEMU's run state when the VM is not running, nil
+-- when it runs (or QEMU does not say): what a failed load left.
+function VM:_stopped_state()
+  local ok, st = pcall(self.qmp, self, "query-status", nil, { timeout = 2 })
+  if ok and type(st) == "table" and st.status ~= "running" then return tostring(st.status) end
+end
 
 -- vm:_need_running(what): raise NotRunning when the VM is stopped in a
 -- state it will not leave by itself (its guest cannot answer what waits);

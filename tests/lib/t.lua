@@ -90,6 +90,16 @@ function T.sh(cmd)
   return ok and 0 or code, o, e
 end
 
+-- T.tmpfs(dir, size): a small tmpfs mounted at dir (made) for the rest of
+-- the test file (needs root: the mount is asserted).
+function T.tmpfs(dir, size)
+  os.execute("mkdir -p " .. dir)
+  local code, _, err = T.sh(string.format("mount -t tmpfs -o size=%s tmpfs %s", size, dir))
+  T.eq(code, 0, "a small tmpfs at " .. dir .. " (needs root): " .. err)
+  T.cleanup(function() os.execute("umount -l " .. dir) end)
+  return dir
+end
+
 function T.pid_alive(pid)
   -- kill -0 also succeeds for a zombie: look at /proc state instead.
   local f = io.open("/proc/" .. pid .. "/stat", "r")

@@ -51,11 +51,7 @@ T.test(string.format("a sweep of %d runs under faults: every run once, nothing l
     vm:checkpoint(ckpt)
   end
   -- the results on a small file system of their own, to be filled
-  local mnt = tmp .. "/results"
-  os.execute("mkdir -p " .. mnt)
-  local code, _, err = T.sh("mount -t tmpfs -o size=2m tmpfs " .. mnt)
-  T.eq(code, 0, "a small tmpfs for the results (needs root): " .. err)
-  T.cleanup(function() os.execute("umount -l " .. mnt) end)
+  local mnt = T.tmpfs(tmp .. "/results", "2m")
   local out, filler = mnt .. "/soak.csv", mnt .. "/filler"
   -- the sweep runs with a TMPDIR of its own: its processes are found by it
   local sdir = tmp .. "/sweep-tmp"

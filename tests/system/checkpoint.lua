@@ -413,11 +413,7 @@ T.test("one writer per results file: of two sweeps started together one runs; a 
 end)
 
 T.test("a full disk under a sweep: it stops naming the file and the cause, rows stay whole, resume completes", function()
-  local mnt = tmp .. "/small"
-  os.execute("mkdir -p " .. mnt)
-  local code, _, err = T.sh("mount -t tmpfs -o size=256k tmpfs " .. mnt)
-  T.eq(code, 0, "a small tmpfs for the results (needs root): " .. err)
-  T.cleanup(function() os.execute("umount -l " .. mnt) end)
+  local mnt = T.tmpfs(tmp .. "/small", "256k")
   local out, filler = mnt .. "/full.csv", mnt .. "/filler"
   local spec = {
     from = ckpt, out = out, workers = 1, resume = true, matrix = { n = { 1, 2, 3, 4, 5, 6 } },

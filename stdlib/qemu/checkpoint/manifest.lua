@@ -185,14 +185,11 @@ end
 
 -- The launch table: only M.launch_keys, each value as it may be.
 local function check_launch(fname, dir, launch)
+  -- Earlier versions recorded the QEMU that made the checkpoint, as
+  -- information: never used (the binary is the restore caller's).
+  if type(launch.binary) == "string" then launch.binary = nil end
   for k, v in pairs(launch) do
     local valid = M.launch_keys[k]
-    if k == "binary" and type(v) == "string" then
-      -- Earlier versions recorded the QEMU that made the checkpoint, as
-      -- information: never used (the binary is the restore caller's).
-      launch[k] = nil
-      valid = function() return true end
-    end
     if not valid then
       local what = CALLERS_ONLY[k]
       unsafe(fname, dir, string.format("has launch.%s%s, which a restore never takes from a manifest", tostring(k),
