@@ -154,7 +154,7 @@ $(CONFIG_MK): Makefile tests/deps.sh | build/.dir
 
 # The default guest: rebuilt only when its inputs change (build.sh checks).
 guest: deps $(QS_ROI_HELPER)
-	$(Q)QSHELL_ROI_HELPER=$(QS_ROI_HELPER) tests/guest/build.sh build/guest
+	$(Q)QSHELL_ROI_HELPER=$(QS_ROI_HELPER) guest/build.sh build/guest
 
 # The main job on the default guest: warm up and checkpoint, then a sweep
 # of 12 runs from that checkpoint with 2 workers; prints the results table,
@@ -168,7 +168,7 @@ demo: deps all guest
 	$(Q)./qshell results build/demo/results.csv --baseline plugin=off
 	$(Q)./qshell results build/demo/results.csv --plot x=size y=workload_s --group plugin -o build/demo/workload.png
 
-# Installed layout (qemu/paths.lua finds it from the binary's location):
+# Installed layout (qemu/util/paths.lua finds it from the binary's location):
 #   PREFIX/bin/qshell, PREFIX/lib/qshell/plugins/*.so, PREFIX/lib/qshell/qshell-roi
 #   (the guest's ROI helper), PREFIX/include/qshell-roi.h,
 #   PREFIX/share/qshell/guest/ (the guest builder and its inputs),
@@ -176,7 +176,7 @@ demo: deps all guest
 # uninstall removes exactly these files, then the directories install made
 # when they are empty.
 INST_PLUGINS := libinsn.so libhotblocks.so
-GUEST_FILES  := $(shell cd tests/guest && find build.sh initramfs rootfs -type f | LC_ALL=C sort)
+GUEST_FILES  := $(shell cd guest && find build.sh initramfs rootfs -type f | LC_ALL=C sort)
 EXAMPLES     := $(notdir $(wildcard scripts/*.lua))
 D_BIN    = $(DESTDIR)$(PREFIX)/bin
 D_PLUG   = $(DESTDIR)$(PREFIX)/lib/qshell/plugins
@@ -192,8 +192,8 @@ install: qshell plugins
 	$(Q)install -m 755 $(QS_ROI_HELPER) $(D_PLUG)/../qshell-roi
 	$(Q)install -D -m 644 roi/qshell-roi.h $(D_INC)/qshell-roi.h
 	$(Q)for f in $(GUEST_FILES); do \
-	    if [ -x tests/guest/$$f ]; then m=755; else m=644; fi; \
-	    install -D -m $$m tests/guest/$$f $(D_SHARE)/guest/$$f || exit 1; done
+	    if [ -x guest/$$f ]; then m=755; else m=644; fi; \
+	    install -D -m $$m guest/$$f $(D_SHARE)/guest/$$f || exit 1; done
 	$(Q)for f in $(EXAMPLES); do install -m 644 scripts/$$f $(D_SHARE)/scripts/$$f || exit 1; done
 	$(Q)install -m 644 doc/qshell.1 $(D_MAN1)/qshell.1
 

@@ -3,7 +3,7 @@
  * unconsumed output, a timestamped log, and the interactive attach.
  *
  * Owns: the console socket and the thread that drains it.  Does not own:
- * what to match (Lua patterns in stdlib/qemu/console.lua) or QEMU.
+ * what to match (Lua patterns in stdlib/qemu/vm/console.lua) or QEMU.
  *
  * Why a thread: QEMU's 16550 stops transmitting when the chardev socket is
  * full, and the guest then stalls on printk.  A script that does not look

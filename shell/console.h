@@ -5,7 +5,7 @@
  * so the guest never stalls on a full socket and nothing it prints is lost:
  * bytes go to an in-memory window (for expect/run), to an optional log file
  * with timestamps, and, while attached, to the user's terminal.
- * Pattern matching is the caller's (Lua patterns, in stdlib/qemu/console.lua).
+ * Pattern matching is the caller's (Lua patterns, in stdlib/qemu/vm/console.lua).
  */
 #ifndef QSHELL_CONSOLE_H
 #define QSHELL_CONSOLE_H

@@ -4,9 +4,9 @@
  * gen_char_blob), so the binary carries its stdlib and no install path can
  * be wrong.
  *
- *   embed OUT.c ROOT FILE...   e.g. embed build/stdlib_gen.c stdlib stdlib/qemu/vm.lua
+ *   embed OUT.c ROOT FILE...   e.g. embed build/stdlib_gen.c stdlib stdlib/qemu/vm/init.lua
  *
- * stdlib/qemu/init.lua becomes module "qemu"; stdlib/qemu/vm.lua "qemu.vm".
+ * stdlib/qemu/init.lua becomes module "qemu"; stdlib/qemu/vm/init.lua "qemu.vm".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +18,7 @@ static void die(const char *what, const char *arg)
     exit(1);
 }
 
-/* "stdlib/qemu/vm.lua" -> path "qemu/vm.lua", modname "qemu.vm" */
+/* "stdlib/qemu/vm/init.lua" -> path "qemu/vm/init.lua", modname "qemu.vm" */
 static void names(const char *root, const char *file, char *path, char *mod, size_t n)
 {
     size_t rl = strlen(root);

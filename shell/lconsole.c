@@ -1,7 +1,7 @@
 /*
  * lconsole.c - Lua module "qshell.console.core": userdata "qshell.console"
  * over console.c.  Mechanism only; expect/run/login live in
- * stdlib/qemu/console.lua.
+ * stdlib/qemu/vm/console.lua.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * A proc owns its child and its temp dir from proc.new() on, so the argv can
  * name files in the temp dir before the spawn.  __gc and close() take the
  * short path (SIGKILL, reap, remove the dir) and never block on QMP; the
- * graceful quit ladder is stdlib/qemu/vm.lua's.
+ * graceful quit ladder is stdlib/qemu/vm/init.lua's.
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 

@@ -3,7 +3,7 @@
  *
  * Mechanism only: commands, events, timeouts.  Failures come back Lua-io
  * style as nil, message, code ("timeout", "closed", "interrupted", "io",
- * "protocol"); stdlib/qemu/vm.lua turns them into error objects with hints.
+ * "protocol"); stdlib/qemu/vm/init.lua turns them into error objects with hints.
  */
 #include <string.h>
 

@@ -303,7 +303,7 @@ int qs_report(lua_State *L, int status)
 
 /*
  * package.loaded["qshell.config"]: the version and the binary's own path
- * (exe).  No directory of the build tree is compiled in: stdlib/qemu/paths.lua
+ * (exe).  No directory of the build tree is compiled in: stdlib/qemu/util/paths.lua
  * finds the plugins and the guest builder from where the binary is, so the
  * same binary works in its build tree and after `make install`.
  */

@@ -12,7 +12,7 @@
 /* One embedded stdlib module, generated into build/stdlib_gen.c by embed.c. */
 struct qs_stdlib_entry {
     const char *modname; /* "qemu.vm" */
-    const char *path;    /* "qemu/vm.lua", used as the chunk name */
+    const char *path;    /* "qemu/vm/init.lua", used as the chunk name */
     const char *src;
     size_t len;
 };

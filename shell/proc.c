@@ -4,7 +4,7 @@
  *
  * Owns: child pids, the parent ends of their socketpairs, their temp dirs.
  * Does not own: the QMP conversation (qmp.c) or the stop policy (quit, then
- * TERM, then KILL lives in stdlib/qemu/vm.lua; the pieces are here).
+ * TERM, then KILL lives in stdlib/qemu/vm/init.lua; the pieces are here).
  *
  * No SIGCHLD handler: children are reaped by polling waitpid(WNOHANG), so
  * nothing else in the process (popen, os.execute) loses its exit status.

@@ -48,7 +48,7 @@ rm -rf "$tmp/moved"
 data=$tmp/data
 out=$(cd "$tmp" && env -u QSHELL_GUEST_DIR -u QSHELL_PLUGIN_DIR -u QSHELL_STDLIB XDG_DATA_HOME="$data" \
     timeout 600 "$prefix/bin/qshell" -e '
-local p = require "qemu.paths"
+local p = require "qemu.util.paths"
 print("layout", p.layout().kind, p.plugin_dir(), p.guest_dir())
 local vm <close> = qemu.guest.launch { plugins = { { name = "insn" } } }
 print("uname", (vm.console:run("uname -r")))

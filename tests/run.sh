@@ -3,7 +3,7 @@
 #
 # Tiers: unit (C unit tests, Lua tests without QEMU, the fake QMP peer),
 # integration (real qemu-system-x86_64), cli (the binary from outside),
-# guest (tests/system: booting the Linux guest fixture), cluster (a three-node
+# guest (tests/guest: booting the default Linux guest), cluster (a three-node
 # Slurm cluster on this machine; on the first QEMU only), scripts (the example scripts),
 # distro (a real Debian 12 system disk built with qemu.image.build, cached
 # outside the checkout: ~2.5 minutes the first time; on the first QEMU only),
@@ -143,13 +143,12 @@ for tier in "${tiers[@]}"; do
         for t in build/test_qmp build/test_json build/test_proc build/test_console; do
             run_one $t ${TEST_PREFIX:-} $t
         done
-        run_lua_dir tests/lua
+        run_lua_dir tests/unit
         run_one fuzz tests/fuzz/run.sh "${FUZZ_SHORT_TIME:-10}" build/fuzz/fuzz_qmp build/fuzz/fuzz_qmpline
-        [ -f tests/unit/fakeqmp_test.lua ] && run_one tests/unit/fakeqmp_test.lua $QSHELL tests/unit/fakeqmp_test.lua
         ;;
     integration) per_qemu run_lua_dir tests/integration ;;
     cli) run_lua_dir tests/cli ;;
-    guest) per_qemu run_lua_dir tests/system ;;
+    guest) per_qemu run_lua_dir tests/guest ;;
     scripts) per_qemu run_one scripts tests/scripts.sh ;;
     cluster)
         # one QEMU: a three-node Slurm cluster; what it tests is Slurm's side

@@ -4,9 +4,9 @@
 -- Nothing here overwrites an existing file unless asked (force=true).
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local sys = require "qshell.os"
 local json = require "qshell.json"
 
@@ -132,7 +132,7 @@ function M.create(path, size, opts)
   if opts.force and exists(path) then os.remove(path) end
   qemu_img(fname, args)
   -- qemu.image.customize refuses to write into a file overlays depend on
-  if opts.backing then require("qemu.backing").record(opts.backing, path) end
+  if opts.backing then require("qemu.image.backing").record(opts.backing, path) end
   return path
 end
 

@@ -1,14 +1,14 @@
 -- qemu.guest: the default guest, built by `make guest` from the
--- distribution's cloud kernel and busybox (tests/guest/build.sh).
+-- distribution's cloud kernel and busybox (guest/build.sh).
 --
 --   local g = qemu.guest.default()     -- {kernel=, initrd=, system=, append=, user=, password=, ...}
 --   local vm = qemu.guest.launch{}     -- booted and logged in, on a private overlay
 
 local errors = require "qemu.errors"
-local fs = require "qemu.fs"
-local check = require "qemu.check"
-local paths = require "qemu.paths"
-local run = require "qemu.run"
+local fs = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local paths = require "qemu.util.paths"
+local run = require "qemu.util.run"
 
 local M = {}
 
@@ -157,7 +157,7 @@ function M.launch(opts)
   local disks = { system }
   for _, d in ipairs(opts.disks or {}) do disks[#disks + 1] = d end
   lopts.disks = disks
-  local qemu_launch = require("qemu.launch").launch
+  local qemu_launch = require("qemu.vm.launch").launch
   local vm = qemu_launch(lopts)
   vm.guest = g
   if opts.login ~= false then

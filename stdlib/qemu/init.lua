@@ -18,7 +18,7 @@ local lazy = {
   checkpoint = "qemu.checkpoint",
   image = "qemu.image",
   kernel = "qemu.kernel",
-  pp = "qemu.pp",
+  pp = "qemu.util.pp",
   results = "qemu.results",
 }
 
@@ -30,20 +30,20 @@ M.now = sys.now
 
 -- qemu.version([binary]) -> {major=, minor=, micro=, text=, package=, path=, plugin_api=}
 function M.version(binary)
-  return require("qemu.binary").version(binary)
+  return require("qemu.util.binary").version(binary)
 end
 
 -- qemu.sleep(seconds): Ctrl-C interrupts it
 function M.sleep(seconds)
   if type(seconds) ~= "number" or not (seconds >= 0) or seconds == math.huge then
-    require("qemu.check").bad("qemu.sleep", "seconds must be a number >= 0")
+    require("qemu.util.check").bad("qemu.sleep", "seconds must be a number >= 0")
   end
   local ok = sys.sleep(seconds)
   if not ok then require("qemu.errors").raise { class = "Interrupted", command = "qemu.sleep", desc = "interrupted!" } end
 end
 
 local function load_launch()
-  return require "qemu.launch"
+  return require "qemu.vm.launch"
 end
 
 function M.launch(opts)
@@ -69,7 +69,7 @@ M.sweep = setmetatable({}, {
 
 -- qemu.tmpdir() -> a private dir for this shell, removed when it exits
 function M.tmpdir()
-  return require("qemu.fs").scratch()
+  return require("qemu.util.fs").scratch()
 end
 
 -- qemu.vms() -> the VMs of this shell that are not closed, oldest first
@@ -82,7 +82,7 @@ end
 -- script left running, gracefully (lua_close would only kill).
 function M._shutdown()
   -- (loaded by whatever launched: qemu.launch, qemu.guest.launch, a sweep)
-  local l = package.loaded["qemu.launch"]
+  local l = package.loaded["qemu.vm.launch"]
   if l then l.shutdown_all() end
 end
 

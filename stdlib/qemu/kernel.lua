@@ -9,12 +9,12 @@
 -- terminal, and a failed build raises with the compiler's error lines.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local core = require "qshell.proc.core"
 local sys = require "qshell.os"
-local fs = require "qemu.fs"
-local host = require "qemu.host"
+local fs = require "qemu.util.fs"
+local host = require "qemu.util.host"
 
 local M = {}
 

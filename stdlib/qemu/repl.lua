@@ -5,14 +5,14 @@
 -- qemu.repl.print may be replaced to change how results are shown.
 
 local json = require "qshell.json"
-local pp = require "qemu.pp"
-local check = require "qemu.check"
+local pp = require "qemu.util.pp"
+local check = require "qemu.util.check"
 
 local M = {}
 
 -- The shell keeps its VMs alive until they are closed (a script's dropped
 -- VM is closed by the garbage collector; an interactive one is not).
-require("qemu.launch").pin = true
+require("qemu.vm.launch").pin = true
 
 M.print = pp.print
 M.max_backlog = 10000
@@ -20,7 +20,7 @@ M.max_backlog = 10000
 local chosen -- the VM picked with .use, if still live
 
 local function live()
-  return require("qemu.launch").live()
+  return require("qemu.vm.launch").live()
 end
 
 -- The current VM: the one picked with .use, else the newest live one.

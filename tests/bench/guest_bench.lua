@@ -228,7 +228,7 @@ elseif mode == "warm" then
 elseif mode == "loadvm_argv" then
   local tag = assert(arg[2], "loadvm_argv TAG")
   local g = qemu.guest.default()
-  local binary = require "qemu.binary"
+  local binary = require "qemu.util.binary"
   local qemu_bin = binary.default()
   local argv = { qemu_bin }
   -- a QEMU outside the system's: its own firmware and modules, as

@@ -1,14 +1,14 @@
 -- Sweeps on a Slurm cluster of a controller and three compute nodes
--- (tests/slurm/cluster.sh start DIR 3): each slurmd in its own network and
+-- (tests/cluster/cluster.sh start DIR 3): each slurmd in its own network and
 -- UTS namespace, the shared directory seen at another path by node3, one
 -- munge key.  The tasks land on every node; a node killed mid-sweep loses
 -- and duplicates nothing; a task over its time limit is recorded as timed
 -- out; a killed submitter's sweep resumes; the options reach sbatch.
 local T = require "t"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 local sys = require "qshell.os"
 
-local cluster = "tests/slurm/cluster.sh"
+local cluster = "tests/cluster/cluster.sh"
 local QSHELL = sys.realpath("./qshell")
 
 local code, _, err = T.sh(cluster .. " deps")

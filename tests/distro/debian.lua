@@ -188,7 +188,7 @@ T.test("networking: net=true gives DHCP on QEMU's user network; the guest reache
   local out = c:run("for i in $(seq 100); do ip -4 -o addr | grep -q 10.0.2.15 && break; sleep 0.2; done; " ..
                     "ip -4 -o addr show scope global", { timeout = 40 })
   T.match(out, "10%.0%.2%.15")
-  local job = require("qemu.run").start({ "busybox", "nc", "-l", "-p", tostring(port) })
+  local job = require("qemu.util.run").start({ "busybox", "nc", "-l", "-p", tostring(port) })
   qemu.sleep(0.5)
   local _, st = c:run(string.format("echo over-the-net > /dev/tcp/10.0.2.2/%d", port), { timeout = 20 })
   T.eq(st, 0)

@@ -1,6 +1,6 @@
 -- qemu.image.cloud_init: NoCloud seed disks, read back without a guest
 -- (mtools for vfat, xorriso for iso9660, PyYAML for the YAML when the host
--- has it).  Booting an image with a seed is tests/system's.
+-- has it).  Booting an image with a seed is tests/guest's.
 local T = require "t"
 local json = qemu.json
 

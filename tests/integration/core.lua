@@ -23,7 +23,7 @@ T.test("launch, status, argv, version", function()
 end)
 
 T.test("a QEMU outside the system's gets its own firmware and modules; qemu.version asks it", function()
-  local binary = require "qemu.binary"
+  local binary = require "qemu.util.binary"
   local path = binary.resolve(binary.default())
   local v = qemu.version()
   T.eq(v.path, path)

@@ -2,7 +2,7 @@
 -- validation, a real QEMU with a forward (no guest needed: the host side
 -- of a forward listens as soon as QEMU starts), and checkpoints.
 local T = require "t"
-local launch = require "qemu.launch"
+local launch = require "qemu.vm.launch"
 
 local tmp = T.tmpdir()
 

@@ -18,11 +18,11 @@
 -- beside it.
 
 local errors = require "qemu.errors"
-local fs = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local fs = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local disk = require "qemu.disk"
-local ram = require "qemu.ram"
+local ram = require "qemu.vm.ram"
 local manifest = require "qemu.checkpoint.manifest"
 local migrate = require "qemu.checkpoint.migrate"
 local json = require "qshell.json"
@@ -46,7 +46,7 @@ end
 -- to a file is deprecated there, 9.1 warns); on 7.2 "fd:" with getfd.  The
 -- fd is closed here either way (QEMU has its own copy).
 local function pass_fd(vm, fd)
-  if require("qemu.binary").version(vm.argv[1]).file_migration then
+  if require("qemu.util.binary").version(vm.argv[1]).file_migration then
     -- QEMU picks a free fd set id and says which.
     local ok, r = pcall(vm.qmp, vm, "add-fd", {}, { timeout = 30, fd = fd })
     sys.close(fd)
@@ -256,7 +256,7 @@ function M.make(self, dir, opts)
     format = manifest.FORMAT, qshell = config.version, qemu = self.version, created = os.time(),
     source = { status = was, argv = self.argv, disks = sources,
                kernel = o.kernel and fs.abspath(o.kernel), initrd = o.initrd and fs.abspath(o.initrd),
-               binary = o.binary, host = (require("qemu.host").name() or "") },
+               binary = o.binary, host = (require("qemu.util.host").name() or "") },
     launch = launch, disks = mdisks,
     state = { file = "state", bytes = records.state.size },
     ram = ram_entry(self, ramfd and "ram", ram_data),
@@ -285,7 +285,7 @@ function M.make(self, dir, opts)
   if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
   -- A shared base backs the checkpoint's disk: qemu.image.customize must not write into it.
   for _, d in ipairs(mdisks) do
-    if d.base then require("qemu.backing").record(d.base.path, dir .. "/" .. d.file) end
+    if d.base then require("qemu.image.backing").record(d.base.path, dir .. "/" .. d.file) end
   end
   os.remove(work) -- empty now
   if opts.resume then self:cont() end

@@ -15,9 +15,9 @@
 -- with standard tools: split -b 4M ram c. && sha256sum c.* ...
 
 local errors = require "qemu.errors"
-local fs = require "qemu.fs"
-local check = require "qemu.check"
-local ram = require "qemu.ram"
+local fs = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local ram = require "qemu.vm.ram"
 local json = require "qshell.json"
 local sys = require "qshell.os"
 local hash = require "qshell.hash"

@@ -18,12 +18,12 @@
 -- restores (and shares).
 
 local errors = require "qemu.errors"
-local fs = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
-local ram = require "qemu.ram"
-local host = require "qemu.host"
-local binary = require "qemu.binary"
+local fs = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
+local ram = require "qemu.vm.ram"
+local host = require "qemu.util.host"
+local binary = require "qemu.util.binary"
 local manifest = require "qemu.checkpoint.manifest"
 local migrate = require "qemu.checkpoint.migrate"
 local json = require "qshell.json"

@@ -5,9 +5,9 @@
 -- backend; packages and commands go to qemu.image.virt.
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local disk = require "qemu.disk"
 local sys = require "qshell.os"
 local inspect = require "qemu.image.inspect"
@@ -218,9 +218,9 @@ local function refuse_in_use(path, fmt, what)
                  desc = "cannot open " .. path .. " read-write: " .. msg .. "; nothing was changed" }
 end
 
--- Refuse an image that overlays qshell made depend on (qemu.backing).
+-- Refuse an image that overlays qshell made depend on (qemu.image.backing).
 local function refuse_backing(path, what)
-  local over = require("qemu.backing").overlays_of(path)
+  local over = require("qemu.image.backing").overlays_of(path)
   if #over == 0 then return end
   local more = #over > 1 and string.format(" (and %d more: %s)", #over - 1, table.concat(over, ", ", 2)) or ""
   errors.raise { class = "ImageInUse", command = what,

@@ -4,9 +4,9 @@
 -- qemu.image.kernel (distro.lua) use it.
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 
 local M = {}
 

@@ -12,7 +12,7 @@
 -- copy, and only the blocks that changed go back into it (qemu-io), so an
 -- overlay stays a small overlay.  Every step is planned (and refused) before
 -- the first change; an image a QEMU holds, and one that overlays depend on
--- (qemu.backing), are refused.  Installing or removing packages and running
+-- (qemu.image.backing), are refused.  Installing or removing packages and running
 -- commands need the guest's own tools: they go through virt-customize
 -- (libguestfs), whose appliance needs a kernel: the host's /boot/vmlinuz-*,
 -- or appliance={kernel=, modules=}.
@@ -46,9 +46,9 @@ M.customize = customize.customize
 M._debugfs = { quote = debugfs.quote, list_dir = debugfs.list_dir }
 
 -- Building distribution images, reading their kernels, cloud-init seeds:
--- stdlib/qemu/distro.lua and stdlib/qemu/cloudinit.lua.
-function M.build(opts) return require("qemu.distro").build(opts) end
-function M.kernel(image, opts) return require("qemu.distro").kernel(image, opts) end
-function M.cloud_init(opts) return require("qemu.cloudinit").seed(opts) end
+-- stdlib/qemu/image/build.lua and stdlib/qemu/image/cloudinit.lua.
+function M.build(opts) return require("qemu.image.build").build(opts) end
+function M.kernel(image, opts) return require("qemu.image.build").kernel(image, opts) end
+function M.cloud_init(opts) return require("qemu.image.cloudinit").seed(opts) end
 
 return M

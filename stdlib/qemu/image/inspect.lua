@@ -2,9 +2,9 @@
 -- partition table (MBR, or a GPT behind a protective MBR), the filesystem
 -- at each partition's start, and qemu.image.check's report and hints.
 
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local disk = require "qemu.disk"
 
 local M = {}
@@ -121,7 +121,7 @@ function M.check(path)
   if not ext then
     h[#h + 1] = "no ext2/3/4 filesystem found: qemu.image.customize's file edits need one (virt-customize handles the rest)"
   end
-  if require("qemu.host").accel() ~= "kvm" then
+  if require("qemu.util.host").accel() ~= "kvm" then
     h[#h + 1] = "no usable KVM here: the image boots under TCG, much slower than on KVM; a distribution cloud image " ..
                 "with its generic kernel takes minutes to boot. Boot it with -kernel (e.g. the default guest's cloud " ..
                 "kernel) and add nokaslr, and icount if its kernel reports RCU stalls"

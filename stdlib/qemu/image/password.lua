@@ -2,9 +2,9 @@
 -- /etc/shadow (qemu.image.customize) and chpasswd -e (qemu.image.build).
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 
 local M = {}
 

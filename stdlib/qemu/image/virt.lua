@@ -4,9 +4,9 @@
 -- needs.
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local disk = require "qemu.disk"
 local sys = require "qshell.os"
 local plan = require "qemu.image.plan"
@@ -22,7 +22,7 @@ local function appliance_env(opts, what)
   local env = {}
   local function set(var, value) env[#env + 1] = var .. "=" .. value end
   if not os.getenv("LIBGUESTFS_BACKEND") then set("LIBGUESTFS_BACKEND", "direct") end
-  if not os.getenv("LIBGUESTFS_BACKEND_SETTINGS") and require("qemu.host").accel() ~= "kvm" then
+  if not os.getenv("LIBGUESTFS_BACKEND_SETTINGS") and require("qemu.util.host").accel() ~= "kvm" then
     set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
   end
   -- supermin copies the host's /lib/modules into the appliance; some

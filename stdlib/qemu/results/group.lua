@@ -3,7 +3,7 @@
 -- plot share: their options, where= filters, the text of a cell.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local json = require "qshell.json"
 local plan = require "qemu.sweep.plan"
 local stats = require "qemu.results.stats"

@@ -14,10 +14,10 @@
 -- whose status is not "ok" are counted as failed and give no values.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local json = require "qshell.json"
 local sys = require "qshell.os"
-local results = require "qemu.sweep.results"
+local results = require "qemu.results.file"
 local stats = require "qemu.results.stats"
 local group = require "qemu.results.group"
 

@@ -5,9 +5,9 @@
 -- figure can be restyled by editing that file and running `gnuplot fig.gp`.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
-local fs = require "qemu.fs"
-local run = require "qemu.run"
+local check = require "qemu.util.check"
+local fs = require "qemu.util.fs"
+local run = require "qemu.util.run"
 local group = require "qemu.results.group"
 
 local M = {}

@@ -17,9 +17,9 @@
 --   slurm.lua    the Slurm engine (a job array)
 -- This file checks the options, makes the plan, and hands it to an engine.
 
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local plan = require "qemu.sweep.plan"
-local results = require "qemu.sweep.results"
+local results = require "qemu.results.file"
 local source = require "qemu.sweep.source"
 local runner = require "qemu.sweep.runner"
 

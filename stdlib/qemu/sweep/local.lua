@@ -14,16 +14,16 @@
 --
 -- Engine interface (shared with qemu.sweep.slurm):
 --   engine.run(job) where job = {spec=, runs=, todo= (runs to do), source=
---   (from qemu.sweep.source), tally= (qemu.sweep.results tally), fname=}
+--   (from qemu.sweep.source), tally= (qemu.results.file tally), fname=}
 
 local errors = require "qemu.errors"
 local json = require "qshell.json"
 local sys = require "qshell.os"
 local proc = require "qshell.proc.core"
-local host = require "qemu.host"
+local host = require "qemu.util.host"
 local runner = require "qemu.sweep.runner"
 local provenance = require "qemu.sweep.provenance"
-local results = require "qemu.sweep.results"
+local results = require "qemu.results.file"
 
 local M = {}
 
@@ -45,7 +45,7 @@ end
 local function worker_main(job, task_fd, result_fd)
   -- The parent's VMs are inert copies here (the C cores see they are not
   -- this process's); the VM objects are told so too.
-  for _, vm in ipairs(require("qemu.launch").live()) do vm:_forget() end
+  for _, vm in ipairs(require("qemu.vm.launch").live()) do vm:_forget() end
   results.forget_locks()
   sys.setpgid() -- Ctrl-C on the terminal reaches the parent only
   local buf, queue, stop = { s = "" }, {}, false
@@ -79,7 +79,7 @@ local function worker_main(job, task_fd, result_fd)
     if not sys.write(result_fd, json.encode(res) .. "\n") then break end
   end
   runner.drop_warm()
-  for _, vm in ipairs(require("qemu.launch").live()) do pcall(vm.close, vm) end
+  for _, vm in ipairs(require("qemu.vm.launch").live()) do pcall(vm.close, vm) end
   sys.exit_now(0)
 end
 

@@ -4,7 +4,7 @@
 -- "k1=v1;k2=v2#rep" that names it in the results file, so `resume` can
 -- tell what is done whatever order the axes were written in.
 
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 
 local M = {}
 

@@ -18,7 +18,7 @@ local hash = require "qshell.hash"
 local json = require "qshell.json"
 local sys = require "qshell.os"
 local config = require "qshell.config"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 
 local M = {}
 
@@ -128,12 +128,12 @@ function M.setup(script, lopts, source, vm)
   if vm then
     s.qemu = vm.version
     if vm.argv then
-      local ok, path = pcall(require("qemu.binary").resolve, vm.argv[1])
+      local ok, path = pcall(require("qemu.util.binary").resolve, vm.argv[1])
       s.qemu_binary = ok and path and (sys.realpath(path) or path) or vm.argv[1]
     end
     s.accel = vm.accel
   else
-    local ok, v = pcall(require("qemu.binary").version, lopts.binary)
+    local ok, v = pcall(require("qemu.util.binary").version, lopts.binary)
     if ok then
       s.qemu, s.qemu_binary = string.format("%d.%d.%d", v.major, v.minor, v.micro), sys.realpath(v.path) or v.path
     end
@@ -143,7 +143,7 @@ function M.setup(script, lopts, source, vm)
 end
 
 function M.host()
-  return require("qemu.host").name() or "?"
+  return require("qemu.util.host").name() or "?"
 end
 
 function M.now_text()

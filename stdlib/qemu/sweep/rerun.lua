@@ -16,12 +16,12 @@
 -- the script's hash, plugins, ...) and the metrics side by side.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local json = require "qshell.json"
 local sys = require "qshell.os"
-local fs = require "qemu.fs"
-local run = require "qemu.run"
-local results = require "qemu.sweep.results"
+local fs = require "qemu.util.fs"
+local run = require "qemu.util.run"
+local results = require "qemu.results.file"
 local provenance = require "qemu.sweep.provenance"
 
 local M = {}

@@ -105,7 +105,7 @@ local function start_warm(spec, source, r)
   local lo = {}
   for k, v in pairs(lopts) do lo[k] = v end
   lo.paused = true
-  local started, pending = pcall(require("qemu.launch").start, lo)
+  local started, pending = pcall(require("qemu.vm.launch").start, lo)
   if started then warm = { i = r.i, pending = pending, paused = lopts.paused } end
 end
 
@@ -115,9 +115,9 @@ local function open_vm(r, lopts)
   warm = nil
   if not (w and w.i == r.i) then
     if w then w.pending:cancel() end
-    return require("qemu.launch").launch(lopts)
+    return require("qemu.vm.launch").launch(lopts)
   end
-  local vm = require("qemu.launch").finish(w.pending)
+  local vm = require("qemu.vm.launch").finish(w.pending)
   vm.options.paused = w.paused
   if not w.paused then vm:cont() end
   return vm

@@ -23,13 +23,13 @@
 -- submits only the rest.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local json = require "qshell.json"
 local core = require "qshell.proc.core"
 local sys = require "qshell.os"
-local fs = require "qemu.fs"
-local host = require "qemu.host"
-local run_mod = require "qemu.run"
+local fs = require "qemu.util.fs"
+local host = require "qemu.util.host"
+local run_mod = require "qemu.util.run"
 local runner = require "qemu.sweep.runner"
 local provenance = require "qemu.sweep.provenance"
 
@@ -143,7 +143,7 @@ function M.task(spec, runs, job)
                    from_tag = plan.from_tag, tag = plan.tag }
   local per = plan.tasks_per_node or 1
   if per > 1 and #mine > 1 then
-    local results = require "qemu.sweep.results"
+    local results = require "qemu.results.file"
     local tally = results.tally(runs, setmetatable({ path = result }, TaskOut), 0)
     local lspec = setmetatable({ workers = per, progress = false }, { __index = spec })
     require("qemu.sweep.local").run { spec = lspec, runs = runs, todo = mine, source = source, tally = tally,

@@ -6,9 +6,9 @@
 -- are).
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
-local fs = require "qemu.fs"
-local run = require "qemu.run"
+local check = require "qemu.util.check"
+local fs = require "qemu.util.fs"
+local run = require "qemu.util.run"
 
 local M = {}
 
@@ -49,7 +49,7 @@ function M.resolve(spec, fname, where)
     lopts.disks[i] = dd
   end
   lopts.loadvm = spec.from
-  local vm <close> = require("qemu.launch").launch(lopts)
+  local vm <close> = require("qemu.vm.launch").launch(lopts)
   vm:checkpoint(dir)
   return { checkpoint = dir, from_tag = true, tag = spec.from }
 end

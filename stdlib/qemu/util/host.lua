@@ -9,7 +9,7 @@
 --   host.accel() -> "kvm" or "tcg": what accel="auto" picks here
 
 local sys = require "qshell.os"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 
 local M = {}
 

@@ -4,7 +4,7 @@ local T = require "t"
 
 local sys = require "qshell.os"
 local hash = require "qshell.hash"
-local run = require "qemu.run"
+local run = require "qemu.util.run"
 local tmp = T.tmpdir()
 
 local function write(path, data)

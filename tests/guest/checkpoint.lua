@@ -94,7 +94,7 @@ T.test("a checkpoint on another QEMU: restored where it has the machine type, el
   T.eq(m.qemu, qemu.version().text)
   for _, b in ipairs(others) do
     local v = qemu.version(b)
-    if require("qemu.binary").machines(b)[m.launch.machine_type] then
+    if require("qemu.util.binary").machines(b)[m.launch.machine_type] then
       local vm <close> = qemu.launch { restore = ckpt, binary = b }
       T.eq(vm.version, v.text)
       local n = count(vm)

@@ -3,7 +3,7 @@
 local T = require "t"
 
 local sys = require "qshell.os"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 local tmp = T.tmpdir()
 
 T.test("every error class the stdlib raises is listed in qemu.errors.classes", function()
@@ -110,7 +110,7 @@ T.test("qshell.os: diff_blocks gives the changed blocks and reads only data", fu
 end)
 
 T.test("console: ANSI escapes stripped; guest and image options checked before anything starts", function()
-  local strip = require("qemu.console").strip_ansi
+  local strip = require("qemu.vm.console").strip_ansi
   T.eq(strip("\27[0;1;31m\226\151\143\27[0m unit \27]0;title\7done\27[?2004l"), "\226\151\143 unit done")
   T.eq(strip("a\rb\n"), "a\rb\n")
   T.raises(function() qemu.guest.launch { guest = 5 } end, "BadArgument", "guest=")
@@ -145,7 +145,7 @@ T.test("qemu.fs: atomic write, append, slurp errors are tables, abspath", functi
 end)
 
 T.test("qemu.host: cores within what the machine has", function()
-  local host = require "qemu.host"
+  local host = require "qemu.util.host"
   local _, n = T.sh("nproc")
   local c = host.cores()
   T.ok(c >= 1 and c <= tonumber(n), "cores " .. c .. " vs nproc " .. n)
@@ -179,7 +179,7 @@ T.test("sweep results: a cell of 100+ characters formats (it crashed)", function
 end)
 
 T.test("sweep results: CSV writer widens the header; read gives it back", function()
-  local results = require "qemu.sweep.results"
+  local results = require "qemu.results.file"
   local plan = require "qemu.sweep.plan"
   local runs, names = plan.expand({ n = { 1, 2 } }, 1)
   local path = tmp .. "/res/sub/out.csv"
@@ -218,7 +218,7 @@ T.test("results lock: of 8 processes racing for it one holds it, every other nam
   local script = tmp .. "/race.lua"
   local f = assert(io.open(script, "w"))
   f:write(string.format([[
-    local results = require "qemu.sweep.results"
+    local results = require "qemu.results.file"
     local ok, e = pcall(results.lock, %q, "race")
     if ok then print("HOLD " .. require("qshell.os").getpid()); qemu.sleep(1); results.unlock(e)
     else print("BUSY " .. tostring(e.class) .. " " .. tostring(e.desc)) end
@@ -251,7 +251,7 @@ T.test("append: all of the text or none of it", function()
   T.eq(ok, nil)
   T.match(msg, "^/dev/full: No space left on device")
   T.eq(code, "io")
-  T.raises(function() require("qemu.fs").append("/dev/full", "x", "t") end, "IOError", "No space left")
+  T.raises(function() require("qemu.util.fs").append("/dev/full", "x", "t") end, "IOError", "No space left")
 end)
 
 T.run()

@@ -1,4 +1,4 @@
--- qemu.backing: which images are the backing files of overlays qshell
+-- qemu.image.backing: which images are the backing files of overlays qshell
 -- made, so that nothing writes into one by accident.
 --
 -- An overlay stores only the clusters that differ from its backing file,
@@ -20,7 +20,7 @@
 -- never the overlay.
 
 local sys = require "qshell.os"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 
 local M = {}
 
@@ -32,7 +32,7 @@ local PRUNE_AT = 256
 
 -- The registry's path.
 function M.file()
-  return require("qemu.paths").cache_dir() .. "/backing"
+  return require("qemu.util.paths").cache_dir() .. "/backing"
 end
 
 -- The real path of the backing file a qcow2 names in its header; false

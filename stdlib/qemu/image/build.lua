@@ -13,11 +13,11 @@
 -- debugfs, as libguestfs' virt-get-kernel does.
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local disk = require "qemu.disk"
-local paths = require "qemu.paths"
+local paths = require "qemu.util.paths"
 local sys = require "qshell.os"
 local inspect = require "qemu.image.inspect"
 local password = require "qemu.image.password"
@@ -357,7 +357,7 @@ function M.build(opts)
   -- A rebuild replaces the disk that overlays and checkpoints may read
   -- their unchanged clusters from.
   if files.is_file(out .. "/system.qcow2") and not opts.force then
-    local users = require("qemu.backing").overlays_of(out .. "/system.qcow2")
+    local users = require("qemu.image.backing").overlays_of(out .. "/system.qcow2")
     if #users > 0 then
       errors.raise { class = "ImageInUse", command = what,
                      desc = string.format("%s/system.qcow2 is the backing file of %s: rebuilding it would change what " ..

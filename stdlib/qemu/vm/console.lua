@@ -6,7 +6,7 @@
 -- text never satisfies two waits.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local sys = require "qshell.os"
 
 local Console = {}

@@ -14,14 +14,14 @@
 --   QMP and HMP     qmp, hmp, events, wait_event
 --   run state       status, pause, cont
 --   process         quit, kill, wait, close (also <close>)
---   snapshots       savevm, loadvm, delvm, snapshots       (qemu/snapshot.lua)
+--   snapshots       savevm, loadvm, delvm, snapshots       (qemu/vm/snapshot.lua)
 --   checkpoints     checkpoint                             (qemu/checkpoint/make.lua)
 --   plugins         plugin_log, plugin_result
 --   console         attach (and the vm.console object, qemu/console.lua)
 -- Methods starting with "_" are for the other stdlib modules, never scripts.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 
 local VM = {}
 VM.__index = VM
@@ -375,7 +375,7 @@ function VM:close()
       for line in self._proc:log_tail(1 << 16):gmatch("[^\n]+") do
         if line:lower():find("deprecat") then found[#found + 1] = self.argv[1] .. ": " .. line .. "\n" end
       end
-      if #found > 0 then pcall(require("qemu.fs").append, dep, table.concat(found)) end
+      if #found > 0 then pcall(require("qemu.util.fs").append, dep, table.concat(found)) end
     end
     self._proc:close()
   end
@@ -389,21 +389,21 @@ VM.__close = VM.close
 
 -- ---- implemented in their own modules ----
 
--- Snapshots (stdlib/qemu/snapshot.lua): internal snapshots in the VM's
+-- Snapshots (stdlib/qemu/vm/snapshot.lua): internal snapshots in the VM's
 -- qcow2 images, through QMP jobs or HMP with its errors caught.
-function VM:savevm(tag, opts) return require("qemu.snapshot").savevm(self, tag, opts) end
-function VM:loadvm(tag, opts) return require("qemu.snapshot").loadvm(self, tag, opts) end
-function VM:delvm(tag, opts) return require("qemu.snapshot").delvm(self, tag, opts) end
-function VM:snapshots() return require("qemu.snapshot").snapshots(self) end
+function VM:savevm(tag, opts) return require("qemu.vm.snapshot").savevm(self, tag, opts) end
+function VM:loadvm(tag, opts) return require("qemu.vm.snapshot").loadvm(self, tag, opts) end
+function VM:delvm(tag, opts) return require("qemu.vm.snapshot").delvm(self, tag, opts) end
+function VM:snapshots() return require("qemu.vm.snapshot").snapshots(self) end
 
 -- Checkpoints (stdlib/qemu/checkpoint/): the VM state, its RAM and frozen
 -- disks in a directory that qemu.launch{restore=} starts from.
 function VM:checkpoint(dir, opts) return require("qemu.checkpoint.make").make(self, dir, opts) end
 
--- Regions of interest (stdlib/qemu/roi.lua): the guest's ROI markers, as
+-- Regions of interest (stdlib/qemu/vm/roi.lua): the guest's ROI markers, as
 -- the VM's insn (or hotblocks) plugin reports them.
-function VM:wait_roi(id, opts) return require("qemu.roi").wait(self, id, opts) end
-function VM:roi_events() return require("qemu.roi").events(self) end
+function VM:wait_roi(id, opts) return require("qemu.vm.roi").wait(self, id, opts) end
+function VM:roi_events() return require("qemu.vm.roi").events(self) end
 
 -- vm:plugin_log() -> the text the VM's plugins printed (qemu_plugin_outs)
 function VM:plugin_log()
@@ -418,7 +418,7 @@ end
 
 -- vm:plugin_result(name) -> the JSON result a plugin wrote to its out= file,
 -- or a contrib plugin's report read from the plugin log (cache, execlog,
--- howvec, hotpages: stdlib/qemu/plugin_build.lua), as a table (read after
+-- howvec, hotpages: stdlib/qemu/plugin/build.lua), as a table (read after
 -- QEMU ended: quit, wait or kill; before vm:close()).
 function VM:plugin_result(name)
   check.arg("vm:plugin_result", 1, name, "string")
@@ -441,7 +441,7 @@ function VM:plugin_result(name)
     end
   end
   -- QEMU's contrib plugins print their report into the plugin log: read it there.
-  local pb = require "qemu.plugin_build"
+  local pb = require "qemu.plugin.build"
   for _, p in ipairs(self.plugins or {}) do
     local parser = pb.parser_name(p.path)
     if not p.out and (p.name == name or parser == pb.parser_name(name)) and pb.parsers[parser] then

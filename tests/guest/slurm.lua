@@ -1,11 +1,11 @@
 -- The Slurm engine of qemu.sweep on a real one-node cluster (munge,
 -- slurmctld, slurmd from the distribution), started and stopped here.
 local T = require "t"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 local sys = require "qshell.os"
 
 local tmp = T.tmpdir()
-local cluster = "tests/slurm/cluster.sh"
+local cluster = "tests/cluster/cluster.sh"
 
 local code, _, err = T.sh(cluster .. " deps")
 assert(code == 0, "cannot install slurm: " .. err)

@@ -11,7 +11,7 @@
 -- workload's end is seen the moment its end marker runs.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local sys = require "qshell.os"
 local json = require "qshell.json"
 

@@ -1,4 +1,4 @@
--- qemu.sweep.results: a sweep's results file, CSV or JSONL (by its name).
+-- qemu.results.file: a sweep's results file, CSV or JSONL (by its name).
 --
 -- The writer appends one whole row per finished run (a killed sweep leaves
 -- whole rows), widens a CSV header when a later run brings a new metric,
@@ -12,9 +12,9 @@
 -- <out>.lock for its whole life (lock() below).
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local json = require "qshell.json"
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 local plan = require "qemu.sweep.plan"
 local provenance = require "qemu.sweep.provenance"
 local sys = require "qshell.os"

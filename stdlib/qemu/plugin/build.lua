@@ -1,4 +1,4 @@
--- qemu.plugin_build: TCG plugins compiled from C against a QEMU source
+-- qemu.plugin.build: TCG plugins compiled from C against a QEMU source
 -- tree, QEMU's own contrib plugins among them, and readers for the text
 -- reports those plugins print.  Reached through qemu.plugin:
 --
@@ -23,13 +23,13 @@
 -- sources (tests/qemu/source.sh, or `apt-get source qemu`, does).
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
-local fs = require "qemu.fs"
-local paths = require "qemu.paths"
-local run = require "qemu.run"
+local check = require "qemu.util.check"
+local fs = require "qemu.util.fs"
+local paths = require "qemu.util.paths"
+local run = require "qemu.util.run"
 local sys = require "qshell.os"
 local json = require "qshell.json"
-local plugin_so = require "qemu.plugin_so"
+local plugin_so = require "qemu.plugin.so"
 
 local M = {}
 
@@ -113,7 +113,7 @@ function M.source(binary)
   if binary ~= nil then check.arg(fname, 1, binary, "string") end
   local env = os.getenv("QSHELL_QEMU_SRC")
   if env and env ~= "" then return check_tree(fname, env, "QSHELL_QEMU_SRC") end
-  local v = require("qemu.binary").version(binary)
+  local v = require("qemu.util.binary").version(binary)
   local want = source_version(v.package)
   local best, best_rank
   for _, root in ipairs(src_roots()) do
@@ -266,7 +266,7 @@ function M.check_api(path, binary)
   if binary ~= nil then check.arg(fname, 2, binary, "string") end
   local api, rec = M.api_of(path)
   if not api then return nil end
-  local v = require("qemu.binary").version(binary)
+  local v = require("qemu.util.binary").version(binary)
   local r = v.plugin_api
   if api < r.min or api > r.cur then
     plugin_error(fname,

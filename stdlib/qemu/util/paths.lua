@@ -1,7 +1,7 @@
 -- qemu.paths: where qshell's own files are, found from where the binary is
 -- (config.exe), never from a path compiled in.  Two layouts:
 --
---   build tree   TOP/qshell        TOP/build/plugins   TOP/tests/guest/build.sh
+--   build tree   TOP/qshell        TOP/build/plugins   TOP/guest/build.sh
 --                                  TOP/build/roi/qshell-roi
 --                                  guest built into TOP/build/guest (by `make guest`)
 --   installed    PREFIX/bin/qshell PREFIX/lib/qshell/plugins
@@ -16,7 +16,7 @@ local config = require "qshell.config"
 
 local M = {}
 
-local is_file = require("qemu.fs").is_file
+local is_file = require("qemu.util.fs").is_file
 
 local function env(name)
   local v = os.getenv(name)
@@ -30,7 +30,7 @@ function M.layout()
   if layout then return layout end
   local exe = config.exe or ""
   local dir = exe:match("^(.*)/[^/]*$") or "."
-  if is_file(dir .. "/tests/guest/build.sh") and is_file(dir .. "/stdlib/qemu/init.lua") then
+  if is_file(dir .. "/guest/build.sh") and is_file(dir .. "/stdlib/qemu/init.lua") then
     layout = { kind = "tree", top = dir }
   else
     layout = { kind = "installed", prefix = dir:match("^(.*)/bin$") or (dir .. "/..") }
@@ -79,7 +79,7 @@ end
 -- The guest builder script (build.sh OUTDIR), or nil when it is not there.
 function M.guest_builder()
   local l = M.layout()
-  local p = l.kind == "tree" and l.top .. "/tests/guest/build.sh"
+  local p = l.kind == "tree" and l.top .. "/guest/build.sh"
             or l.prefix .. "/share/qshell/guest/build.sh"
   return is_file(p) and p or nil
 end

@@ -9,11 +9,11 @@
 -- output (qemu_plugin_outs) goes to a per-VM log, vm:plugin_log().
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
-local paths = require "qemu.paths"
+local check = require "qemu.util.check"
+local paths = require "qemu.util.paths"
 local sys = require "qshell.os"
 local json = require "qshell.json"
-local plugin_so = require "qemu.plugin_so"
+local plugin_so = require "qemu.plugin.so"
 
 local M = {}
 
@@ -81,7 +81,7 @@ function M.arg(spec)
 end
 
 -- qemu.plugin.check(path) -> true, or raises PluginError with the reason
--- (qemu.plugin_so: qemu.plugin_build checks what it compiles with it too).
+-- (qemu.plugin.so: qemu.plugin.build checks what it compiles with it too).
 M.check = plugin_so.check
 
 -- QEMU's plugin load errors -> the fix.
@@ -97,7 +97,7 @@ for _, t in ipairs(plugin_traps) do errors.traps[#errors.traps + 1] = t end
 -- very QEMU takes, asked of it.
 function M.load_hint(log, binary)
   if not (log or ""):find("plugin requires API version") then return nil end
-  local ok, v = pcall(require("qemu.binary").version, binary)
+  local ok, v = pcall(require("qemu.util.binary").version, binary)
   if not ok then return nil end
   return string.format("this QEMU (%s) takes plugin API versions %d to %d: rebuild the plugin for one of them " ..
                        "(qshell's own plugins declare 1 on QEMU 7.2/8.x and 2 on 9.0+)",
@@ -124,7 +124,7 @@ function M.launch_args(fname, plugins, ctx, add)
     for k, v in pairs(spec.args or {}) do s.args[k] = v end
     local path = spec.path or M.find(spec.name or "")
     M.check(path)
-    if ctx.binary then require("qemu.plugin_build").check_api(path, ctx.binary) end
+    if ctx.binary then require("qemu.plugin.build").check_api(path, ctx.binary) end
     -- The project's plugins write their result to the VM's temp dir unless told otherwise.
     if spec.name and s.args.out == nil then
       s.args.out = string.format("%s/%s-%d.json", ctx.tmpdir, spec.name, i)
@@ -133,10 +133,10 @@ function M.launch_args(fname, plugins, ctx, add)
     specs[i] = s
   end
   -- The guest's ROI markers reach vm:wait_roi through one plugin's events= FIFO.
-  local fifo = require("qemu.roi").plan(fname, specs, ctx.tmpdir)
+  local fifo = require("qemu.vm.roi").plan(fname, specs, ctx.tmpdir)
   if fifo then
     ctx.after = ctx.after or {}
-    ctx.after[#ctx.after + 1] = function(vm) require("qemu.roi").attach(vm, fifo) end
+    ctx.after[#ctx.after + 1] = function(vm) require("qemu.vm.roi").attach(vm, fifo) end
   end
   for _, s in ipairs(specs) do add("-plugin", M.arg(s)) end
   if #plugins > 0 then
@@ -148,8 +148,8 @@ end
 
 -- Plugins compiled from C against a QEMU source tree (QEMU's contrib
 -- plugins among them) and readers for their text reports live in
--- qemu.plugin_build, loaded on first use.
-local function pb() return require "qemu.plugin_build" end
+-- qemu.plugin.build, loaded on first use.
+local function pb() return require "qemu.plugin.build" end
 function M.build(opts) return pb().build(opts) end                  -- {src=, qemu_src=, name=, cflags=, binary=} -> .so
 function M.contrib(name, opts) return pb().contrib(name, opts) end  -- QEMU's contrib/plugins/<name>.c -> .so
 function M.contrib_names(opts) return pb().contrib_names(opts) end

@@ -1,4 +1,4 @@
--- qemu.cloudinit: NoCloud seed disks for images that run cloud-init
+-- qemu.image.cloudinit: NoCloud seed disks for images that run cloud-init
 -- (qemu.image.cloud_init delegates here).
 --
 --   seed{out=, user="debian", password=, ssh_authorized_keys={...}, hostname=,
@@ -16,9 +16,9 @@
 -- syntax).  Does not own: the filesystem (qemu.disk.populate) or booting.
 
 local errors = require "qemu.errors"
-local files = require "qemu.fs"
-local check = require "qemu.check"
-local run = require "qemu.run"
+local files = require "qemu.util.fs"
+local check = require "qemu.util.check"
+local run = require "qemu.util.run"
 local disk = require "qemu.disk"
 local sys = require "qshell.os"
 

@@ -164,7 +164,7 @@ end
 -- M.image(src, dst, command) -> job: copy (dst a path or fd) or hash (dst
 -- nil) a RAM file on every core; job:wait() -> digest, size, data bytes.
 function M.image(src, dst, command)
-  local threads = math.min(require("qemu.host").cores(), 16)
+  local threads = math.min(require("qemu.util.host").cores(), 16)
   local job, msg, code = ramc.image(src, dst, threads)
   if not job then errors.from_code(command, msg, code) end
   return job

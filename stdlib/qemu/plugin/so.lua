@@ -1,10 +1,10 @@
--- qemu.plugin_so: whether a file is a TCG plugin QEMU can load: a 64-bit
+-- qemu.plugin.so: whether a file is a TCG plugin QEMU can load: a 64-bit
 -- little-endian ELF shared object that exports qemu_plugin_version and
 -- qemu_plugin_install, read without binutils.  qemu.plugin checks each
--- .so with it before QEMU starts, qemu.plugin_build each .so it compiles.
+-- .so with it before QEMU starts, qemu.plugin.build each .so it compiles.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local sys = require "qshell.os"
 
 local M = {}

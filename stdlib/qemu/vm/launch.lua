@@ -9,10 +9,10 @@ local sys = require "qshell.os"
 local qmpc = require "qshell.qmp.core"
 local consolec = require "qshell.console.core"
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local VM = require "qemu.vm"
-local host = require "qemu.host"
-local ram = require "qemu.ram"
+local host = require "qemu.util.host"
+local ram = require "qemu.vm.ram"
 local restore = require "qemu.checkpoint.restore"
 
 local M = {}
@@ -132,7 +132,7 @@ end
 -- loadvm=tag: the tag must be in the first writable qcow2 disk (where
 -- QEMU keeps the vmstate), and that disk must not be a throw-away layer.
 local function check_loadvm(fname, opts)
-  local snapshot = require "qemu.snapshot"
+  local snapshot = require "qemu.vm.snapshot"
   local disk = require "qemu.disk"
   snapshot.check_tag(fname, opts.loadvm)
   for _, d in ipairs(opts.disks or {}) do
@@ -259,7 +259,7 @@ end
 -- A launch with net= that failed: is it because this QEMU has no user
 -- networking (built without libslirp)?  Asked of the binary only then.
 local function check_user_net(fname, binary)
-  local ok, st = pcall(require("qemu.run").run, { binary, "-netdev", "help" }, { command = fname })
+  local ok, st = pcall(require("qemu.util.run").run, { binary, "-netdev", "help" }, { command = fname })
   if not ok or st.code ~= 0 then return end
   for line in st.stdout:gmatch("[^\n]+") do
     if line:match("^%s*user%s*$") then return end
@@ -279,7 +279,7 @@ end
 
 local function build_argv(opts, ctx)
   local fname = "qemu.launch"
-  local binary = require "qemu.binary"
+  local binary = require "qemu.util.binary"
   local argv = { binary.default(opts.binary) }
   ctx.binary = argv[1] -- plugins built here are checked against its API
   local function add(...)
@@ -465,7 +465,7 @@ function M.finish(pending)
     _ramfd = ctx.ram.fd,
   }
   if ctx.sockets >= 2 then
-    local Console = require "qemu.console"
+    local Console = require "qemu.vm.console"
     vm.console = Console.new(vm, consolec.open(p:take_socket(2), t0))
   end
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end

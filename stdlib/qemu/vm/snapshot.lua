@@ -9,7 +9,7 @@
 -- existing tag is never replaced unless asked, a missing one is an error.
 
 local errors = require "qemu.errors"
-local check = require "qemu.check"
+local check = require "qemu.util.check"
 local disk = require "qemu.disk"
 
 local M = {}

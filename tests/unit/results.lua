@@ -4,7 +4,7 @@
 -- real gnuplot, and the live view following a growing file.
 local T = require "t"
 
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 local json = qemu.json
 local tmp = T.tmpdir()
 

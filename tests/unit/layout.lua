@@ -176,7 +176,7 @@ local function global_qemu_lines(text)
 end
 
 T.test("the global-qemu finder sees code, not comments or strings", function()
-  local hits = global_qemu_lines('local a = require "qemu.fs"\n-- qemu.launch{}\nlocal h = "qemu.disk.amend(x) \\" qemu.x()"\n' ..
+  local hits = global_qemu_lines('local a = require "qemu.util.fs"\n-- qemu.launch{}\nlocal h = "qemu.disk.amend(x) \\" qemu.x()"\n' ..
                                  'local vm = qemu.launch(o)\nlocal t = [[\n  qemu.vms()\n]]\nx.qemu.y = 1\n' ..
                                  "for _, v in ipairs(qemu.vms()) do end -- qemu.x\n")
   T.eq(table.concat(hits, " "), "4 9")

@@ -4,7 +4,7 @@
 -- or is gone), and the progress line on a terminal.
 local T = require "t"
 
-local fs = require "qemu.fs"
+local fs = require "qemu.util.fs"
 local sys = require "qshell.os"
 local tmp = T.tmpdir()
 

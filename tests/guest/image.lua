@@ -297,7 +297,7 @@ T.test("bad input: newline in a password, not ext4, snapshots kept, packages wit
   T.raises(function() qemu.image.customize(tmp .. "/nope.img", { root_password = "x" }) end, "BadArgument", "no such image")
   local blank = qemu.disk.create(tmp .. "/blank.img", "8M", { format = "raw" })
   T.raises(function() qemu.image.customize(blank, { root_password = "x" }) end, "NotExt")
-  if not require("qemu.run").which("virt-customize") then
+  if not require("qemu.util.run").which("virt-customize") then
     local e = T.raises(function() qemu.image.customize(img, { install = { "vim" } }) end, "MissingTool")
     T.match(e.hint, "libguestfs%-tools")
     -- a mixed call: the debugfs part does not run when the rest cannot

@@ -15,8 +15,8 @@
 
 local sys = require "qshell.os"
 local errors = require "qemu.errors"
-local fs = require "qemu.fs"
-local run = require "qemu.run"
+local fs = require "qemu.util.fs"
+local run = require "qemu.util.run"
 
 local M = {}
 

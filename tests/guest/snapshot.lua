@@ -148,7 +148,7 @@ T.test("a failed loadvm says the VM is stopped and how to go on", function()
   vm:savevm("good")
   -- Make qshell believe in a snapshot the image does not have, so that the
   -- load fails inside QEMU rather than in qshell's own check.
-  local snap = require "qemu.snapshot"
+  local snap = require "qemu.vm.snapshot"
   local real = snap._snapshot_state
   snap._snapshot_state = function(self, f)
     local nodes, vmstate, list = real(self, f)
