@@ -8,6 +8,7 @@
 #   make deps       install the distribution packages qshell needs
 #   make demo       the main job on the default guest
 #   make install    PREFIX=/usr/local DESTDIR= (make uninstall: the same files)
+#   make doc        rewrite doc/reference.md from the contract comments
 #   make test-fresh the README's two commands on a bare Debian 12 root (root only)
 #
 # Switches: V=1 (full commands), WERROR=1, SAN=address,undefined, VERSION=...
@@ -68,9 +69,29 @@ STDLIB := $(shell find stdlib -name '*.lua' | LC_ALL=C sort)
 UNIT_TESTS := build/test_qmp
 include tests/unit/Makefile.inc
 
-.PHONY: all test test-soak test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
+PHONY_DOC := docs doc
+.PHONY: $(PHONY_DOC) all test test-soak test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
 
-all: qshell plugins
+all: qshell plugins docs
+
+# The Lua reference, generated from the contract comments in stdlib/ by the
+# binary just built: the man page qshell-lua(7) and the LuaCATS annotations
+# (installed), and doc/reference.md (committed; `make doc` rewrites it, and a
+# unit test fails when it is not what the comments say).
+DOCS := build/doc/qshell-lua.7 build/doc/meta/qemu.lua
+docs: $(DOCS)
+
+build/doc/qshell-lua.7: qshell
+	$(call msg,DOC,$@)
+	$(Q)mkdir -p $(@D) && ./qshell doc --man > $@.tmp && mv $@.tmp $@
+
+build/doc/meta/qemu.lua: qshell
+	$(call msg,DOC,$@)
+	$(Q)mkdir -p $(@D) && ./qshell doc --meta > $@.tmp && mv $@.tmp $@
+
+doc: qshell
+	$(call msg,DOC,doc/reference.md)
+	$(Q)./qshell doc --markdown > doc/reference.md.tmp && mv doc/reference.md.tmp doc/reference.md
 
 include plugins/Makefile.inc
 include tests/fuzz/Makefile.inc
@@ -172,7 +193,8 @@ demo: deps all guest
 #   PREFIX/bin/qshell, PREFIX/lib/qshell/plugins/*.so, PREFIX/lib/qshell/qshell-roi
 #   (the guest's ROI helper), PREFIX/include/qshell-roi.h,
 #   PREFIX/share/qshell/guest/ (the guest builder and its inputs),
-#   PREFIX/share/qshell/scripts/*.lua, PREFIX/share/man/man1/qshell.1
+#   PREFIX/share/qshell/scripts/*.lua, PREFIX/share/qshell/meta/qemu.lua (LuaCATS),
+#   PREFIX/share/man/man1/qshell.1, PREFIX/share/man/man7/qshell-lua.7
 # uninstall removes exactly these files, then the directories install made
 # when they are empty.
 INST_PLUGINS := libinsn.so libhotblocks.so
@@ -182,11 +204,12 @@ D_BIN    = $(DESTDIR)$(PREFIX)/bin
 D_PLUG   = $(DESTDIR)$(PREFIX)/lib/qshell/plugins
 D_SHARE  = $(DESTDIR)$(PREFIX)/share/qshell
 D_MAN1   = $(DESTDIR)$(PREFIX)/share/man/man1
+D_MAN7   = $(DESTDIR)$(PREFIX)/share/man/man7
 D_INC    = $(DESTDIR)$(PREFIX)/include
 
-install: qshell plugins
+install: qshell plugins docs
 	$(call msg,INSTALL,$(DESTDIR)$(PREFIX))
-	$(Q)install -d $(D_BIN) $(D_PLUG) $(D_SHARE)/scripts $(D_MAN1)
+	$(Q)install -d $(D_BIN) $(D_PLUG) $(D_SHARE)/scripts $(D_SHARE)/meta $(D_MAN1) $(D_MAN7)
 	$(Q)install -m 755 qshell $(D_BIN)/qshell
 	$(Q)for p in $(INST_PLUGINS); do install -m 644 $(QS_PLUGIN_OUT)/$$p $(D_PLUG)/$$p || exit 1; done
 	$(Q)install -m 755 $(QS_ROI_HELPER) $(D_PLUG)/../qshell-roi
@@ -196,19 +219,21 @@ install: qshell plugins
 	    install -D -m $$m guest/$$f $(D_SHARE)/guest/$$f || exit 1; done
 	$(Q)for f in $(EXAMPLES); do install -m 644 scripts/$$f $(D_SHARE)/scripts/$$f || exit 1; done
 	$(Q)install -m 644 doc/qshell.1 $(D_MAN1)/qshell.1
+	$(Q)install -m 644 build/doc/qshell-lua.7 $(D_MAN7)/qshell-lua.7
+	$(Q)install -m 644 build/doc/meta/qemu.lua $(D_SHARE)/meta/qemu.lua
 
 uninstall:
 	$(call msg,RM,$(DESTDIR)$(PREFIX))
-	$(Q)rm -f $(D_BIN)/qshell $(D_MAN1)/qshell.1 $(addprefix $(D_PLUG)/,$(INST_PLUGINS)) \
+	$(Q)rm -f $(D_BIN)/qshell $(D_MAN1)/qshell.1 $(D_MAN7)/qshell-lua.7 $(D_SHARE)/meta/qemu.lua $(addprefix $(D_PLUG)/,$(INST_PLUGINS)) \
 	    $(D_PLUG)/../qshell-roi $(D_INC)/qshell-roi.h \
 	    $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)) $(addprefix $(D_SHARE)/scripts/,$(EXAMPLES))
 	$(Q)for d in $(sort $(dir $(addprefix $(D_SHARE)/guest/,$(GUEST_FILES)))); do \
 	    while [ "$$d" != "$(D_SHARE)/" ] && rmdir "$$d" 2>/dev/null; do d=$$(dirname "$$d")/; done; done
-	$(Q)rmdir $(D_SHARE)/scripts $(D_SHARE) $(D_PLUG) $(DESTDIR)$(PREFIX)/lib/qshell 2>/dev/null || true
+	$(Q)rmdir $(D_SHARE)/scripts $(D_SHARE)/meta $(D_SHARE) $(D_PLUG) $(DESTDIR)$(PREFIX)/lib/qshell 2>/dev/null || true
 	$(Q)rmdir $(D_INC) 2>/dev/null || true
 
 clean:
-	rm -rf build/*.o build/*.d build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/roi build/bench build/fuzz qshell
+	rm -rf build/*.o build/*.d build/doc build/stdlib_gen.c build/embed build/test_* build/fakeqmp build/ptyrun build/plugins build/roi build/bench build/fuzz qshell
 
 format:
 	clang-format -i shell/*.c shell/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c

@@ -34,18 +34,8 @@
 
 #define SLICE_MS 100
 
-static int fail(struct qs_console *c, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(struct qs_console *c, int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
-    va_end(ap);
-    c->err = err;
-    return -1;
-}
+/* util.h's qs_fail over this core's err and errstr */
+#define fail(obj, code, ...) QS_FAIL(obj, code, __VA_ARGS__)
 
 static void write_all(int fd, const char *p, size_t n)
 {

@@ -234,7 +234,7 @@ static int fail_errno(lua_State *L, struct hjob *j, const char *what)
 {
     int e = errno;
     job_release(j);
-    return qs_pushfail(L, lua_pushfstring(L, "%s: %s", what, strerror(e)), "io");
+    return qs_pusherrno(L, what, e);
 }
 
 static int open_new(const char *path, int mode)
@@ -385,7 +385,7 @@ static int l_hash_sha256(lua_State *L)
     j.out_fd = -1;
     j.in_fd = open(path, O_RDONLY | O_CLOEXEC);
     if (j.in_fd < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     unsigned char *buf = malloc(CHUNK);
     if (!buf) {

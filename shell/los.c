@@ -71,7 +71,7 @@ static int l_os_realpath(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     char *r = realpath(path, NULL);
     if (!r) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     lua_pushstring(L, r); /* a memory error here would leak r; PATH_MAX-sized at most */
     free(r);
@@ -84,7 +84,7 @@ static int l_os_stat(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     struct stat st;
     if (lstat(path, &st) < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     lua_createtable(L, 0, 4);
     const char *type = S_ISREG(st.st_mode)   ? "file"
@@ -115,7 +115,7 @@ static int l_os_chmod(lua_State *L)
     lua_Integer mode = luaL_checkinteger(L, 2);
     luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "not a file mode");
     if (chmod(path, (mode_t)mode) < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -149,7 +149,7 @@ static int l_os_open(lua_State *L)
     int m = luaL_checkoption(L, 2, "r", modes);
     int fd = open(path, flags[m] | O_CLOEXEC, 0644);
     if (fd < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     lua_pushinteger(L, fd);
     return 1;
@@ -160,7 +160,7 @@ static int l_os_mkfifo(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     if (mkfifo(path, 0600) < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -188,7 +188,7 @@ static int l_os_fork(lua_State *L)
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        return qs_pushfail(L, strerror(errno), "io");
+        return qs_pusherrno(L, NULL, errno);
     }
 #ifdef __linux__
     if (pid == 0) {
@@ -224,7 +224,7 @@ static int l_os_pipe(lua_State *L)
 {
     int fds[2];
     if (pipe(fds) < 0) {
-        return qs_pushfail(L, strerror(errno), "io");
+        return qs_pusherrno(L, NULL, errno);
     }
     set_cloexec(fds[0]);
     set_cloexec(fds[1]);
@@ -258,7 +258,7 @@ static int l_os_poll(lua_State *L)
             return qs_pushfail(L, "interrupted", "interrupted");
         }
         if (errno != EINTR) {
-            return qs_pushfail(L, strerror(errno), "io");
+            return qs_pusherrno(L, NULL, errno);
         }
         r = 0;
     }
@@ -303,7 +303,7 @@ static int l_os_write(lua_State *L)
             continue;
         }
         if (n < 0) {
-            return qs_pushfail(L, strerror(errno), errno == EPIPE ? "closed" : "io");
+            return errno == EPIPE ? qs_pushfail(L, strerror(errno), "closed") : qs_pusherrno(L, NULL, errno);
         }
         s += n;
         len -= (size_t)n;
@@ -330,7 +330,7 @@ static int l_os_append(lua_State *L)
         if (fd >= 0) {
             close(fd);
         }
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+        return qs_pusherrno(L, path, e);
     }
     while (len > 0) {
         ssize_t n = write(fd, s, len);
@@ -343,13 +343,13 @@ static int l_os_append(lua_State *L)
             int cut = ftruncate(fd, st.st_size);
             (void)cut; /* the write's error is the one to report */
             close(fd);
-            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+            return qs_pusherrno(L, path, e);
         }
         s += n;
         len -= (size_t)n;
     }
     if (close(fd) < 0 && errno != EINTR) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -369,7 +369,7 @@ static int l_os_lock(lua_State *L)
     for (int tries = 0; tries < 10; tries++) {
         int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0) {
-            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+            return qs_pusherrno(L, path, errno);
         }
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
             int e = errno;
@@ -380,7 +380,7 @@ static int l_os_lock(lua_State *L)
             if (e == EWOULDBLOCK) {
                 return qs_pushfail(L, lua_pushfstring(L, "%s is locked", path), "busy");
             }
-            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+            return qs_pusherrno(L, path, e);
         }
         struct stat held, now;
         if (fstat(fd, &held) == 0 && stat(path, &now) == 0 && held.st_ino == now.st_ino &&
@@ -411,7 +411,7 @@ static int l_os_rewrite(lua_State *L)
     size_t len;
     const char *s = luaL_checklstring(L, 2, &len);
     if (ftruncate(fd, 0) < 0 || pwrite(fd, s, len, 0) != (ssize_t)len) {
-        return qs_pushfail(L, strerror(errno), "io");
+        return qs_pusherrno(L, NULL, errno);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -450,7 +450,7 @@ static int l_os_waitpid(lua_State *L)
         return 1;
     }
     if (r < 0) {
-        return qs_pushfail(L, strerror(errno), "io");
+        return qs_pusherrno(L, NULL, errno);
     }
     qs_push_status(L, st);
     return 1;
@@ -500,7 +500,7 @@ static int l_os_listdir(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     DIR *d = opendir(path);
     if (!d) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)), "io");
+        return qs_pusherrno(L, path, errno);
     }
     size_t n = 0, cap = 64;
     char **names = xmalloc(cap * sizeof *names);
@@ -540,8 +540,7 @@ static int l_os_mkdir(lua_State *L)
     int parents = lua_toboolean(L, 2);
     if (!parents) {
         if (mkdir(path, 0777) < 0) {
-            return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(errno)),
-                               errno == EEXIST ? "exists" : "io");
+            return qs_pusherrno(L, path, errno);
         }
         lua_pushboolean(L, 1);
         return 1;
@@ -568,9 +567,9 @@ static int l_os_mkdir(lua_State *L)
         }
     }
     if (rc < 0) {
-        lua_pushfstring(L, "%s: %s", buf, strerror(err));
+        lua_pushstring(L, buf);
         free(buf);
-        return qs_pushfail(L, lua_tostring(L, -1), "io");
+        return qs_pusherrno(L, lua_tostring(L, -1), err);
     }
     free(buf);
     lua_pushboolean(L, 1);
@@ -583,7 +582,8 @@ static int l_os_rename(lua_State *L)
     const char *from = luaL_checkstring(L, 1);
     const char *to = luaL_checkstring(L, 2);
     if (rename(from, to) < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s -> %s: %s", from, to, strerror(errno)), "io");
+        int e = errno;
+        return qs_pusherrno(L, lua_pushfstring(L, "%s -> %s", from, to), e);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -738,7 +738,7 @@ out:
         if (strcmp(code, "interrupted") == 0) {
             return qs_pushfail(L, "interrupted", code);
         }
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", fail, strerror(err)), code);
+        return qs_pusherrno(L, fail, err);
     }
     /* Only now build the result (listdir's rule: nothing above raises). */
     lua_createtable(L, (int)n, 0);
@@ -755,7 +755,16 @@ out:
     return 2;
 }
 
+/* os.errcode(errno) -> the code qshell.os would return for it ("io",
+ * "interrupted", "perm", ...): for the errno numbers Lua's io library gives. */
+static int l_os_errcode(lua_State *L)
+{
+    lua_pushstring(L, qs_errno_code((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
 static const luaL_Reg os_funcs[] = {
+    {"errcode", l_os_errcode},
     {"access", l_os_access},   {"append", l_os_append},   {"chmod", l_os_chmod},
     {"close", l_os_close},     {"lock", l_os_lock},       {"rewrite", l_os_rewrite},
     {"unlock", l_os_unlock},

@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE /* realpath */
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
@@ -48,6 +49,38 @@ int qs_pushfail(lua_State *L, const char *msg, const char *code)
     lua_pushstring(L, msg);
     lua_pushstring(L, code);
     return 3;
+}
+
+const char *qs_errno_code(int err)
+{
+    switch (err) {
+    case EINTR:
+        return "interrupted";
+    case EEXIST:
+        return "exists";
+    case EACCES:
+    case EPERM:
+    case EROFS:
+        return "perm";
+    case ENOSPC:
+    case EDQUOT:
+        return "nospace";
+    case ENOENT:
+    case ENOTDIR:
+        return "notfound";
+    default:
+        return "io";
+    }
+}
+
+int qs_pusherrno(lua_State *L, const char *what, int err)
+{
+    const char *msg = what ? lua_pushfstring(L, "%s: %s", what, strerror(err)) : strerror(err);
+    int n = qs_pushfail(L, msg, qs_errno_code(err));
+    if (what) {
+        lua_remove(L, -4); /* the message pushed above */
+    }
+    return n;
 }
 
 void qs_pushdigest(lua_State *L, const unsigned char *md)
@@ -120,9 +153,40 @@ static int preload_loader(lua_State *L)
     return 1;
 }
 
+/*
+ * qshell.stdlib: the embedded sources, for the manual (stdlib/qemu/doc reads
+ * the contract comments out of them).  sources() -> {{path=, module=,
+ * source=}, ...} in the embedded order.
+ */
+static int stdlib_sources(lua_State *L)
+{
+    lua_newtable(L);
+    for (int i = 0; qs_stdlib[i].modname; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, qs_stdlib[i].path);
+        lua_setfield(L, -2, "path");
+        lua_pushstring(L, qs_stdlib[i].modname);
+        lua_setfield(L, -2, "module");
+        lua_pushlstring(L, qs_stdlib[i].src, qs_stdlib[i].len);
+        lua_setfield(L, -2, "source");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int luaopen_qshell_stdlib(lua_State *L)
+{
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, stdlib_sources);
+    lua_setfield(L, -2, "sources");
+    return 1;
+}
+
 static void preload_stdlib(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_qshell_stdlib);
+    lua_setfield(L, -2, "qshell.stdlib");
     for (int i = 0; qs_stdlib[i].modname; i++) {
         lua_pushinteger(L, i);
         lua_pushcclosure(L, preload_loader, 1);

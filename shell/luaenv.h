@@ -45,6 +45,16 @@ int qs_report(lua_State *L, int status);
  * "interrupted" the Ctrl-C is consumed here, since the caller now raises.
  */
 int qs_pushfail(lua_State *L, const char *msg, const char *code);
+/*
+ * A failed system call: nil, "what: strerror(err)" (or strerror alone when
+ * what is NULL), and the code for err: "interrupted" (EINTR), "exists",
+ * "perm" (EACCES, EPERM, EROFS), "nospace" (ENOSPC, EDQUOT), "notfound"
+ * (ENOENT, ENOTDIR), else "io".  stdlib/qemu/errors.lua maps each code to
+ * its class; this is the one place an errno becomes a code.
+ */
+int qs_pusherrno(lua_State *L, const char *what, int err);
+/* The code for an errno value (os.errcode gives it to Lua, for io.open's). */
+const char *qs_errno_code(int err);
 
 /* Push a 32-byte digest (SHA-256) as 64 lowercase hex digits. */
 void qs_pushdigest(lua_State *L, const unsigned char *md);

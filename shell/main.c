@@ -44,6 +44,9 @@ static const char usage_text[] =
     "       qshell [options] results FILE... [OPTIONS]\n"
     "                                             summary, comparison, figure or live view\n"
     "                                             of sweep results (qshell results --help)\n"
+    "       qshell [options] doc [NAME...|--man|--markdown|--meta]\n"
+    "                                             the Lua API reference: an entry, the man\n"
+    "                                             page qshell-lua(7), Markdown, LuaCATS\n"
     "       qshell [options] attach SOCKET        shell on a QEMU started with\n"
     "                                             -qmp unix:SOCKET,server=on,wait=off\n"
     "options:\n"
@@ -117,6 +120,12 @@ static int parse_args(int argc, char **argv, struct opts *o, struct qs_state *st
                 return usage_error("'run' needs a script%s", "");
             }
             i++;
+        } else if (strcmp(argv[i], "doc") == 0) {
+            /* qshell doc [--man|--markdown|--meta] [NAME...]: the Lua reference */
+            o->mode = "cli";
+            o->target = "qemu.doc.cli";
+            o->script_index = i;
+            return -1;
         } else if (strcmp(argv[i], "results") == 0) {
             /* qshell results ...: a command written in Lua, given its args */
             o->mode = "cli";

@@ -43,10 +43,21 @@ static int call_repl(lua_State *L, const char *fn, int nargs, int nres)
     return qs_report(L, qs_docall(L, nargs, nres));
 }
 
+/* .help: the shell's own help; .help NAME: that entry of the Lua reference
+ * (qemu.doc.help, the same text as help(NAME)). */
 static int m_help(lua_State *L, int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    if (argc == 2) {
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "qemu.doc.help");
+        if (qs_report(L, qs_docall(L, 1, 1)) != LUA_OK) {
+            return META_ERROR;
+        }
+        lua_getfield(L, -1, "help");
+        lua_remove(L, -2);
+        lua_pushstring(L, argv[1]);
+        return qs_report(L, qs_docall(L, 1, 0)) == LUA_OK ? META_OK : META_ERROR;
+    }
     if (repl_module(L) != LUA_OK) {
         qs_report(L, LUA_ERRRUN);
         return META_ERROR;
@@ -118,7 +129,7 @@ static int m_quit(lua_State *L, int argc, char **argv)
 }
 
 static const struct meta_cmd commands[] = {
-    {".help", 0, 1, m_help, ".help"},
+    {".help", 0, 1, m_help, ".help [NAME]"},
     {".vms", 0, 0, m_vms, ".vms"},
     {".use", 1, 1, m_use, ".use N|NAME"},
     {".load", 1, 1, m_load, ".load FILE"},

@@ -36,18 +36,8 @@
  */
 static struct qs_proc *live_head;
 
-static int fail(struct qs_proc *p, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(struct qs_proc *p, int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p->errstr, sizeof p->errstr, fmt, ap);
-    va_end(ap);
-    p->err = err;
-    return -1;
-}
+/* util.h's qs_fail over this core's err and errstr */
+#define fail(obj, code, ...) QS_FAIL(obj, code, __VA_ARGS__)
 
 /*
  * A qshell killed by SIGKILL cannot remove its temp dirs (PDEATHSIG takes

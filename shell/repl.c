@@ -564,6 +564,14 @@ int repl_main(lua_State *L, const char *attach_socket)
         lua_setglobal(L, "vm");
         lua_pop(L, 1);
     }
+    /* The shell's one global beyond qemu and vm: help(x) prints x's entry of
+     * the Lua reference (qemu.doc.help), unless LUA_INIT made its own. */
+    static const char help_def[] =
+        "if help == nil then help = function(x) return require('qemu.doc.help').help(x) end end";
+    if (luaL_loadbuffer(L, help_def, sizeof help_def - 1, "=(shell)") != LUA_OK ||
+        qs_report(L, qs_docall(L, 0, 0)) != LUA_OK) {
+        return 1;
+    }
     if (!isatty(STDIN_FILENO)) {
         return run_pipe(L);
     }

@@ -159,6 +159,16 @@ int deadline_ms(double deadline, int cap_ms)
     return ms > 2e9 ? 2000000000 : (int)ms;
 }
 
+int qs_fail(int *errp, char *buf, size_t size, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    *errp = err;
+    return -1;
+}
+
 int set_cloexec(int fd)
 {
     int fl = fcntl(fd, F_GETFD);

@@ -42,6 +42,17 @@ double now_mono(void);
 double deadline_after(double timeout);
 int deadline_ms(double deadline, int cap_ms);
 
+/*
+ * The one way a C core records a failure: the error code into *errp, the
+ * message (printf-style) into buf; returns -1 for `return qs_fail(...)`.
+ * Each core wraps it as fail(obj, code, fmt, ...) over its own err/errstr
+ * fields; the Lua glue turns err into a code name (qs_pushfail) and
+ * stdlib/qemu/errors.lua's one table turns the name into an error class.
+ */
+int qs_fail(int *errp, char *buf, size_t size, int err, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+#define QS_FAIL(obj, code, ...) qs_fail(&(obj)->err, (obj)->errstr, sizeof (obj)->errstr, (code), __VA_ARGS__)
+
 int set_cloexec(int fd);
 /*
  * Fork-inert objects.  A sweep worker is a fork() of qshell and inherits

@@ -3,7 +3,8 @@
 # its source tree.  A copy of the tree is built and installed into a temp
 # PREFIX (and staged with DESTDIR), the copy is moved away, and the
 # installed qshell boots the default guest (built on first use into
-# $XDG_DATA_HOME/qshell/guest) with the insn plugin; its man page renders;
+# $XDG_DATA_HOME/qshell/guest) with the insn plugin; its man pages render
+# (qshell(1), and the Lua reference qshell-lua(7) by name);
 # `make uninstall` removes every file install put there.
 set -u
 cd "$(dirname "$0")/.."
@@ -75,6 +76,19 @@ warn=$(groff -mandoc -ww -z "$man1" 2>&1)
 page=$(MANWIDTH=80 man -l "$man1" 2>&1)
 if [ -z "$warn" ] && grep -q "^NAME" <<<"$page" && grep -q "qshell — scriptable QEMU experiments" <<<"$page" &&
     grep -q "EXIT STATUS" <<<"$page"; then ok; else bad "man -l qshell.1 renders cleanly" "$warn$page"; fi
+
+# The Lua reference: `man qshell-lua` finds it by name under the prefix,
+# with every entry help() has (qemu.launch, a VM method); the LuaCATS file
+# for editors is installed beside the guest and is Lua.
+page=$(MANPATH=$prefix/share/man MANWIDTH=100 man qshell-lua 2>&1)
+warn=$(groff -mandoc -ww -z "$prefix/share/man/man7/qshell-lua.7" 2>&1)
+if [ -z "$warn" ] && grep -q "qshell-lua - the Lua API of qshell" <<<"$page" && grep -q "qemu.launch(" <<<"$page" &&
+    grep -q "vm:checkpoint(" <<<"$page"; then ok; else bad "man qshell-lua renders the Lua reference" "$warn$page"; fi
+meta=$prefix/share/qshell/meta/qemu.lua
+if head -n 1 "$meta" 2>/dev/null | grep -qx -- "---@meta qemu" && luac5.4 -p "$meta" 2>/dev/null &&
+    grep -q "^function qemu.launch(" "$meta"; then ok; else bad "the LuaCATS annotations are installed" "$(head -n 5 "$meta" 2>&1)"; fi
+out=$(cd "$tmp" && "$prefix/bin/qshell" doc qemu.disk.create 2>&1)
+if [ $? -eq 0 ] && grep -q "^qemu.disk.create(" <<<"$out"; then ok; else bad "qshell doc NAME prints an entry" "$out"; fi
 
 # uninstall removes exactly what install put there.
 touch "$prefix/bin/not-ours"

@@ -14,7 +14,19 @@ local M = {}
 
 local UNITS = { [""] = 1, B = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4, P = 1024 ^ 5 }
 
--- M.size(v) -> bytes: 1048576, "512M", "1.5G", "64k" (binary units, as qemu-img)
+---@api qemu.disk.parse_size qemu.disk.parse_size(size) -> bytes
+--- A size as qshell's disk functions take it, in bytes.
+---
+--- `size` is a positive integer (bytes) or a string: a number, possibly with a fraction, and an optional
+--- binary unit `K`, `M`, `G`, `T` or `P` (either case, optionally followed by `i` and/or `B`): `"512M"`,
+--- `"1.5G"`, `"64k"`, `"2GiB"`. Units are powers of 1024, as `qemu-img` reads them; a fraction of a byte
+--- is dropped. A Lua float (`1e9`) is refused: give an integer or a string.
+---
+---     print(qemu.disk.parse_size("1.5G"))   --> 1610612736
+---
+---@param size integer|string  bytes, or a string with a binary unit
+---@return integer bytes  the size in bytes
+---@error BadArgument  not an integer or a string, a unit that is not K/M/G/T/P, a size that is not positive
 function M.parse_size(v, fname)
   fname = fname or "qemu.disk"
   if math.type(v) == "integer" then
@@ -81,9 +93,15 @@ local MAGIC = {
   { "LUKS\xba\xbe", "luks" }, { "<<< ", "vdi" }, { "\x7f\x10\xda\xbe", "vdi" },
 }
 
--- Detect a file's format from its first bytes, as QEMU's probes do, but
--- without letting a raw image be taken for something else by accident:
--- the format is then given to QEMU explicitly.
+---@api qemu.disk.detect_format qemu.disk.detect_format(path) -> format | nil
+--- The image format of a file, read from its first bytes as QEMU's probes do.
+---
+--- The result is `"qcow2"`, `"qcow"`, `"vmdk"`, `"vpc"`, `"vhdx"`, `"qed"`, `"luks"` or `"vdi"` for a
+--- file with that format's signature, `"raw"` for anything else. qshell's disk functions pass the format
+--- to `qemu-img` and QEMU explicitly, so that a raw image whose first bytes happen to look like a
+--- header is never taken for something else.
+---@param path string  the image file
+---@return string|nil format  the format name; nil when the file cannot be opened
 function M.detect_format(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -103,7 +121,36 @@ local create_opts = { format = "string", backing = "string", backing_format = "s
                       force = "boolean", compat = "string", preallocation = "string",
                       cluster_size = "string|number" }
 
--- qemu.disk.create(path, size [, {format="qcow2", backing=, force=false, compat=}])
+---@api qemu.disk.create qemu.disk.create(path, size [, options]) -> path
+--- Create an empty disk image (with `qemu-img create`, offline, no root).
+---
+--- An existing file is refused (`FileExists`, nothing changed) unless `force=true`; the directory of
+--- `path` must exist. With `backing=` the new image is a copy-on-write overlay over that file: its
+--- backing path is stored absolute and its backing format recorded (detected from the file's first
+--- bytes unless `backing_format=` is given), so QEMU never has to probe it; `size` may then be nil (the
+--- overlay is as large as its backing file). qshell remembers the overlay, and `qemu.image.customize`
+--- refuses to write into its backing file while the overlay exists.
+---
+---     qemu.disk.create("sys.qcow2", "10G")
+---     qemu.disk.create("old.qcow2", "1G", { compat = "0.10" })   -- readable by QEMU older than 1.1
+---
+---@param path string  the image to create
+---@param size integer|string|nil  its virtual size: bytes or a string like `"10G"` (see `qemu.disk.parse_size`); may
+---   be nil with `backing=`
+---@param options? table  every key is optional:
+---   `format=` string, default `"qcow2"`: the image format (any that `qemu-img create` knows: `"qcow2"`, `"raw"`, ...);
+---   `backing=` string: an existing image to overlay;
+---   `backing_format=` string, default the format detected from `backing`'s first bytes;
+---   `compat=` string: the qcow2 version, `"1.1"` (v3, qemu-img's default) or `"0.10"` (v2, for QEMU older than 1.1);
+---   `preallocation=` string: `qemu-img`'s preallocation mode (`"off"`, `"metadata"`, `"falloc"`, `"full"`);
+---   `cluster_size=` string|number: the qcow2 cluster size (`"64k"`, 65536);
+---   `force=` boolean, default false: replace an existing file.
+---@return string path  `path`, as given
+---@error BadArgument  an unknown option or a wrong type, an empty path, a directory that does not exist, no size and
+---   no backing, a bad size, a backing image that does not exist
+---@error FileExists  `path` exists and `force` is not true
+---@error DiskError  `qemu-img create` failed (its message is in the error)
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.create(path, size, opts)
   local fname = "qemu.disk.create"
   opts = check.options(fname, opts, create_opts, 3)
@@ -136,9 +183,23 @@ function M.create(path, size, opts)
   return path
 end
 
--- qemu.disk.info(path) -> {format=, virtual_size=, actual_size=, compat=,
---   backing=, backing_format=, snapshots={...}, dirty=, cluster_size=, file=}
--- Works while a QEMU holds the image (qemu-img -U).
+---@api qemu.disk.info qemu.disk.info(path) -> info
+--- What `qemu-img info` says about an image, as a table.
+---
+--- It works while a running QEMU holds the image (the image is opened without taking QEMU's lock).
+---
+---     print(qemu.disk.info("run1.qcow2").backing)
+---
+---@param path string  an existing image
+---@return table info  `{format=, virtual_size=, actual_size=, compat=, backing=, backing_format=, snapshots=, dirty=, cluster_size=, file=}`:
+---   `format` the format name; `virtual_size` the size the guest sees and `actual_size` the bytes it takes on the host;
+---   `compat` the qcow2 version (`"0.10"` or `"1.1"`, nil for other formats); `backing` and `backing_format` the backing
+---   file as recorded in the image (nil without one); `snapshots` the internal snapshots, a list as `qemu.disk.snapshots`
+---   returns; `dirty` true when the image was not closed cleanly; `cluster_size` in bytes (nil for raw); `file` the
+---   file name.
+---@error BadArgument  `path` is not a string or there is no such file
+---@error DiskError  `qemu-img info` failed, or its answer could not be read
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.info(path)
   local fname = "qemu.disk.info"
   check_image(fname, path)
@@ -185,7 +246,21 @@ local amend_opts = { compat = function(v)
   return false, 'must be "0.10" or "1.1"'
 end, lazy_refcounts = "boolean" }
 
--- qemu.disk.amend(path, {compat="0.10"|"1.1", lazy_refcounts=})
+---@api qemu.disk.amend qemu.disk.amend(path, options)
+--- Change a qcow2 image's format options in place (`qemu-img amend`).
+---
+--- `compat="0.10"` makes a qcow2 v3 image readable by QEMU older than 1.1, the fix for its "QCOW version 3"
+--- error; `compat="1.1"` makes a v2 image v3. The image must not be open in a running QEMU.
+---
+---     qemu.disk.amend("sys.qcow2", { compat = "0.10" })
+---
+---@param path string  an existing qcow2 image
+---@param options table  at least one of:
+---   `compat=` `"0.10"` (or `"v2"`) or `"1.1"` (or `"v3"`): the qcow2 version;
+---   `lazy_refcounts=` boolean: qcow2's lazy refcounts on or off (needs compat 1.1).
+---@error BadArgument  an unknown option or a wrong value, no option at all, no such file, an image that is not qcow2
+---@error DiskError  `qemu-img amend` failed (an image in use by QEMU, lazy refcounts on a v2 image, ...)
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.amend(path, opts)
   local fname = "qemu.disk.amend"
   check_image(fname, path)
@@ -201,7 +276,28 @@ end
 local convert_opts = { format = "string", src_format = "string", force = "boolean",
                        compress = "boolean" }
 
--- qemu.disk.convert(src, dst [, {format="qcow2", force=false, compress=false}])
+---@api qemu.disk.convert qemu.disk.convert(src, dst [, options]) -> dst
+--- Copy an image into a new one of another format (`qemu-img convert`).
+---
+--- The source's format is detected from its first bytes (never probed by QEMU) unless `src_format=` says
+--- it. The copy is a whole image: it has no backing file even when `src` has one. `dst` is refused when it
+--- exists, unless `force=true`. Convert a raw disk to qcow2 when QEMU says it is "writable but does not
+--- support snapshots".
+---
+---     qemu.disk.convert("disk.raw", "disk.qcow2")
+---
+---@param src string  an existing image
+---@param dst string  the image to write
+---@param options? table  every key is optional:
+---   `format=` string, default `"qcow2"`: the format of `dst`;
+---   `src_format=` string, default the format detected from `src`'s first bytes;
+---   `compress=` boolean, default false: compress the data (qcow2 only);
+---   `force=` boolean, default false: replace an existing `dst`.
+---@return string dst  `dst`, as given
+---@error BadArgument  an unknown option or a wrong type, no such `src`, `dst`'s directory does not exist
+---@error FileExists  `dst` exists and `force` is not true
+---@error DiskError  `qemu-img convert` failed (its message is in the error)
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.convert(src, dst, opts)
   local fname = "qemu.disk.convert"
   check_image(fname, src)
@@ -217,8 +313,20 @@ end
 
 local resize_opts = { shrink = "boolean" }
 
--- qemu.disk.resize(path, size [, {shrink=false}]): growing is always safe;
--- shrinking cuts data off and needs shrink=true.
+---@api qemu.disk.resize qemu.disk.resize(path, size [, options])
+--- Change an image's virtual size (`qemu-img resize`).
+---
+--- Growing is always allowed; shrinking cuts the data past the new end off, and is refused unless
+--- `shrink=true`. The file system inside is not resized: grow it in the guest afterwards.
+---
+---     qemu.disk.resize("data.qcow2", "20G")
+---
+---@param path string  an existing image
+---@param size integer|string  the new virtual size: bytes or a string like `"20G"` (see `qemu.disk.parse_size`)
+---@param options? table  `shrink=` boolean, default false: allow a size below the current one
+---@error BadArgument  an unknown option or a wrong type, no such file, a bad size, a smaller size without `shrink=true`
+---@error DiskError  `qemu-img resize` failed (an image in use by QEMU, ...)
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.resize(path, size, opts)
   local fname = "qemu.disk.resize"
   check_image(fname, path)
@@ -241,8 +349,24 @@ end
 
 local overlay_opts = { force = "boolean" }
 
--- qemu.disk.overlay(base, path [, {force=false}]) -> path: a qcow2 whose
--- backing file is base (format given, path absolute)
+---@api qemu.disk.overlay qemu.disk.overlay(base, path [, options]) -> path
+--- Create a qcow2 copy-on-write overlay over an image: the guest writes into the overlay, `base` stays as it is.
+---
+--- The overlay records `base`'s absolute path and its format (detected from its first bytes), and is as
+--- large as `base`. Several VMs can run at once on overlays of one base, which QEMU's lock would refuse
+--- for the base itself. qshell remembers the overlay: `qemu.image.customize` and `qemu.image.build`
+--- refuse to change `base` while the overlay exists, since that would corrupt it.
+---
+---     qemu.disk.overlay("sys.qcow2", "run1.qcow2")
+---
+---@param base string  an existing image (any format)
+---@param path string  the overlay to create
+---@param options? table  `force=` boolean, default false: replace an existing file at `path`
+---@return string path  `path`, as given
+---@error BadArgument  an unknown option or a wrong type, no such `base`, `path`'s directory does not exist
+---@error FileExists  `path` exists and `force` is not true
+---@error DiskError  `qemu-img create` failed
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.overlay(base, path, opts)
   local fname = "qemu.disk.overlay"
   check.arg(fname, 2, path, "string")
@@ -251,12 +375,34 @@ function M.overlay(base, path, opts)
   return M.create(path, nil, { backing = base, force = opts.force })
 end
 
--- qemu.disk.snapshots(path) -> list of internal snapshots
+---@api qemu.disk.snapshots qemu.disk.snapshots(path) -> list
+--- The internal snapshots stored in an image (as `vm:savevm` makes them), read offline.
+---
+--- It works while a running QEMU holds the image.
+---
+---     for _, s in ipairs(qemu.disk.snapshots("kept.qcow2")) do print(s.tag, s.vm_size) end
+---
+---@param path string  an existing image
+---@return table[] list  `{tag=, id=, vm_size=, date=, vm_clock=, icount=}` per snapshot, in the order of their ids:
+---   `vm_size` the bytes of VM state (0 for a disk-only snapshot), `date` seconds since the epoch, `vm_clock` the
+---   guest's clock in seconds, `icount` the instruction counter (nil when QEMU recorded none); empty when there is none
+---@error BadArgument  `path` is not a string or there is no such file
+---@error DiskError  `qemu-img info` failed
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.snapshots(path)
   return M.info(path).snapshots
 end
 
--- qemu.disk.delete_snapshot(path, tag)
+---@api qemu.disk.delete_snapshot qemu.disk.delete_snapshot(path, tag)
+--- Delete an internal snapshot from an image, offline (`qemu-img snapshot -d`).
+---
+--- The image must not be open in a running QEMU (`vm:delvm` deletes one from a running VM).
+---@param path string  an existing image
+---@param tag string  the snapshot's tag
+---@error BadArgument  an argument is not a string, no such file
+---@error SnapshotNotFound  the image has no snapshot `tag` (the message lists the tags it has)
+---@error DiskError  `qemu-img snapshot` failed (an image in use by QEMU, ...)
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
 function M.delete_snapshot(path, tag)
   local fname = "qemu.disk.delete_snapshot"
   check_image(fname, path)
@@ -336,8 +482,8 @@ end
 -- 8 KiB cluster, the largest mkfs.fat picks below 8 GiB).
 local FAT_MAX_FILE = 4294967295
 local function fat_tree(fname, dir, rel)
-  local names, err = sys.listdir(dir)
-  if not names then errors.raise { class = "IOError", command = fname, desc = err } end
+  local names, err, err_code = sys.listdir(dir)
+  if not names then errors.from_code(fname, err, err_code) end
   local bytes, seen = 8192, {}
   for _, name in ipairs(names) do
     local path, shown = dir .. "/" .. name, (rel and rel .. "/" or "") .. name
@@ -458,12 +604,45 @@ local function make_vfat(fname, tools, raw, opts, label, offset, fs_bytes, top)
   return fat_bits(fname, raw, offset)
 end
 
--- qemu.disk.populate(path, {from=dir, fs="ext4", size=, partition=false,
---   label=, fat=, format="qcow2", force=false}) -> path
--- A filesystem filled from a host directory: ext2/3/4 with mkfs -d, FAT
--- with mkfs.fat and mcopy; no mount, no nbd, no root.  size is the disk's
--- (rounded up to a whole MiB); with partition=true the disk gets an MBR
--- with one partition from 1 MiB to its end (the guest sees /dev/sdX1).
+---@api qemu.disk.populate qemu.disk.populate(path, options) -> path
+--- Make a disk holding a file system filled from a host directory: no mount, no nbd, no root.
+---
+--- ext2/3/4 are made by e2fsprogs' `mkfs -d`; vfat by dosfstools' `mkfs.fat`, then mtools' `mcopy`. Every
+--- program is looked for first: a missing one is a `MissingTool` error naming its package, before anything
+--- is written. A filesystem label finds the disk in the guest whatever the kernel calls it
+--- (`mount $(findfs LABEL=data) /mnt`): IDE disks are named in the order their probes finish.
+---
+--- FAT holds no links, owners or modes: a symbolic link is copied as the file it points to, modification
+--- times are kept, and a tree FAT cannot hold is refused, naming the path, before anything is written: a
+--- name with one of `"*/:<>?\|` or a control character, or ending in a dot or a space; two names in one
+--- directory that differ only in case; a link to a directory or a dangling one; a FIFO, socket or device;
+--- a file of 4 GiB or more. A label that does not fit its file system is an error, never cut short.
+---
+---     local data = qemu.disk.populate("data.qcow2", { from = "inputs/", size = "3G", partition = true, label = "data" })
+---     qemu.disk.populate("esp.raw", { from = "efi/", fs = "vfat", fat = 32, size = "100M", partition = true,
+---                                     label = "ESP", format = "raw" })
+---
+---@param path string  the disk image to create
+---@param options table  `from=` is required, the other keys are optional:
+---   `from=` string: the host directory whose contents become the file system's root;
+---   `fs=` string, default `"ext4"`: `"ext2"`, `"ext3"`, `"ext4"` or `"vfat"` (alias `"fat"`);
+---   `size=` integer|string: the disk's size (rounded up to a whole MiB), partition included: `size="3G"` makes a 3 GiB
+---   disk either way; default the tree's size plus room, at least 16 MiB;
+---   `partition=` boolean, default false: an MBR with one partition from 1 MiB to the end of the disk (the guest's
+---   `/dev/sdb1`), of type 0x83 for ext and the FAT's own type for vfat (0x0c FAT32, 0x0e FAT16, 0x01 FAT12);
+---   `label=` string: the file system's label; ext takes up to 16 bytes; FAT up to 11 ASCII characters without any of
+---   `*?.,;:/\|+=<>[]"`, stored in upper case (`label="cidata"` reads back as `CIDATA`);
+---   `fat=` 12, 16 or 32 (vfat only): the FAT width; default mkfs.fat's choice by size (FAT32 from 512 MiB up); a UEFI
+---   system partition wants 32;
+---   `format=` string, default `"qcow2"`: the image format (`"raw"` writes the file system straight into `path`);
+---   `force=` boolean, default false: replace an existing file at `path`.
+---@return string path  `path`, as given
+---@error BadArgument  an unknown option or a wrong type, no `from=` or not a directory, an unknown `fs`, `fat=`
+---   without vfat, a label that does not fit, a size too small for the partition, a tree FAT cannot hold
+---@error FileExists  `path` exists and `force` is not true
+---@error MissingTool  mkfs.ext2/3/4 (e2fsprogs), mkfs.vfat (dosfstools), mcopy (mtools) or sfdisk (fdisk) is not installed
+---@error DiskError  mkfs, mcopy, sfdisk or `qemu-img` failed; a file system too small for the files says so in its hint
+---@error IOError  a directory of the tree cannot be read
 function M.populate(path, opts)
   local fname = "qemu.disk.populate"
   opts = check.options(fname, opts, populate_opts, 2)
@@ -532,11 +711,30 @@ function M.populate(path, opts)
   return path
 end
 
--- qemu.disk.nbd_attach(path [, {format=, readonly=false}]) -> handle
--- {device="/dev/nbd0", partitions={...}, close=fn}: the root-only path
--- through the kernel's nbd driver.  Always disconnected on error; use
--- `local h <close> = qemu.disk.nbd_attach(p)`.
 local nbd_opts = { format = "string", readonly = "boolean" }
+
+---@api qemu.disk.nbd_attach qemu.disk.nbd_attach(path [, options]) -> handle
+--- Attach an image to the host as a block device through the kernel's nbd driver (`qemu-nbd`); root only.
+---
+--- The first free `/dev/nbdN` (of nbd0 to nbd15) is used; the nbd module is loaded (`modprobe nbd
+--- max_part=8`) when it is not. The device is disconnected by `handle.close()`, when the handle goes
+--- out of scope as a `<close>` variable, or when it is collected. `qemu.disk.populate` makes file systems
+--- without nbd or root.
+---
+---     local h <close> = qemu.disk.nbd_attach("sys.qcow2", { readonly = true })
+---     print(h.device, h.partitions[1])   --> /dev/nbd0  /dev/nbd0p1
+---
+---@param path string  an existing image
+---@param options? table  every key is optional:
+---   `format=` string, default the format detected from the file's first bytes;
+---   `readonly=` boolean, default false: attach it read-only.
+---@return table handle  `{device=, partitions=, path=, close=}`: `device` the `/dev/nbdN` path, `partitions` the
+---   list of its partition devices (`/dev/nbdNp1`, ...), `path` the image, `close` the function that disconnects it
+---@error BadArgument  an unknown option or a wrong type, no such file
+---@error NbdUnavailable  no nbd module (the hint says how to load it), `qemu-nbd` is not installed, or every
+---   `/dev/nbdN` is in use
+---@error PermissionDenied  `/dev/nbd0` is not writable: not root
+---@error DiskError  `qemu-nbd --connect` failed
 function M.nbd_attach(path, opts)
   local fname = "qemu.disk.nbd_attach"
   check_image(fname, path)

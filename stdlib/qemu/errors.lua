@@ -60,22 +60,49 @@ M.classes = {
   KernelBuildFailed = "make failed",
 }
 
--- The short codes the C glue returns (nil, msg, code) -> the class a
--- public call raises.  "closed" depends on what closed: callers that know
--- (QEMU went away) raise QEMUExited themselves.
+-- The one map from the short codes the C glue returns (nil, msg, code) to
+-- the class a public call raises; shell/luaenv.c's qs_errno_code is the one
+-- map from errno values to codes.  "closed" depends on what closed: callers
+-- that know (QEMU went away) raise QEMUExited themselves.
 local CODE_CLASS = {
   interrupted = "Interrupted", timeout = "Timeout", exec = "LaunchFailed", io = "IOError",
-  protocol = "ProtocolError", closed = "IOError", exists = "FileExists",
+  protocol = "ProtocolError", closed = "IOError", exists = "FileExists", perm = "PermissionDenied",
+  nospace = "IOError", notfound = "IOError",
 }
 
--- M.class_for(code [, overrides]) -> class; overrides maps codes to the
--- class a caller wants instead (e.g. {exec="MissingTool"}).
+---@api qemu.errors.class_for qemu.errors.class_for(code [, overrides]) -> class
+--- The error class for a failure code of qshell's C functions.
+--- The codes are the third result of the low-level calls (`nil, msg, code`):
+--- "io", "interrupted", "timeout", "exists", "perm", "nospace", "notfound",
+--- "closed", "exec", "protocol"; a number is an errno value (as Lua's
+--- `io.open` returns). An unknown code is `IOError`.
+---@param code string|integer  the code, or an errno value
+---@param overrides? table  code -> class, for a caller that knows better (e.g. `{exec = "MissingTool"}`)
+---@return string class  the class name
 function M.class_for(code, overrides)
+  if math.type(code) == "integer" then code = require("qshell.os").errcode(code) end
   return (overrides and overrides[code]) or CODE_CLASS[code] or "IOError"
 end
 
--- M.from_code(command, msg, code [, fields]): raise the error for a code
--- of the C glue; fields (hint=, class overrides as overrides=) add to it.
+---@api qemu.errors.from_code qemu.errors.from_code(command, msg, code [, fields])
+--- Raises the error for a failed low-level call: the class from its code.
+--- Every qshell function that fails after a system call raises through it,
+--- so an interrupted call is `Interrupted`, a refused one `PermissionDenied`,
+--- an existing file `FileExists`, whatever the call was.
+---
+---     local f, msg, errno = io.open(path, "rb")
+---     if not f then qemu.errors.from_code("myscript", "cannot read " .. msg, errno) end
+---@param command string  what failed, as the error's `command`
+---@param msg string  the description
+---@param code string|integer  the code (see `qemu.errors.class_for`), or an errno value
+---@param fields? table  more fields for the error (`hint=`, `desc=`), and `overrides=` as for `class_for`
+---@error IOError  for "io", "closed", "nospace", "notfound" and unknown codes
+---@error Interrupted  for "interrupted" (EINTR: Ctrl-C)
+---@error PermissionDenied  for "perm" (EACCES, EPERM, EROFS)
+---@error FileExists  for "exists"
+---@error Timeout  for "timeout"
+---@error LaunchFailed  for "exec" (a program that could not be started)
+---@error ProtocolError  for "protocol"
 function M.from_code(command, msg, code, fields)
   local t = {}
   for k, v in pairs(fields or {}) do t[k] = v end
@@ -86,6 +113,52 @@ function M.from_code(command, msg, code, fields)
   M.raise(t)
 end
 
+---@apiclass qemu.error err  The error every qemu call raises: a table with a one-line tostring
+--- Every public function raises on failure; nothing fails silently. An
+--- uncaught error prints one line:
+---
+---     sweep.lua:12: qemu.launch: unknown option 'memroy' (did you mean 'memory'?) (BadArgument)
+---
+--- and `pcall` gives the structured value:
+---
+---     local ok, e = pcall(vm.qmp, vm, "no-such-command")
+---     print(e.class, e.desc)   --> CommandNotFound  The command no-such-command has not been found
+---     if qemu.errors.is(e, "Timeout") then ... end
+---
+--- The classes are QMP's own (`GenericError`, `CommandNotFound`,
+--- `DeviceNotFound`, ...: an error reply of `vm:qmp`) and qshell's, each
+--- described in `qemu.errors.classes` (class name -> what it means):
+--- `BadArgument` (misuse: wrong types, unknown option names, a closed
+--- handle), `LaunchFailed`, `QEMUExited` (QEMU went away during a call),
+--- `Timeout`, `Interrupted` (Ctrl-C), `HMPError` (an HMP command that failed:
+--- QEMU reports these as successful replies), `ConnectFailed`,
+--- `ProtocolError`, `IOError`, `PermissionDenied`, `FileExists`,
+--- `MissingTool`, `CommandFailed`, `LoginFailed`, `ShellExited`,
+--- `ConsoleOverflow`, `NotRunning` (a console or ROI wait on a VM that is
+--- paused or stopped), `NotBuilt`, the snapshot classes (`SnapshotExists`,
+--- `SnapshotNotFound`, `SnapshotUnsupported`, `SnapshotFailed`), the
+--- checkpoint, sweep and results classes (`NotACheckpoint`,
+--- `CheckpointFailed`, `CheckpointCorrupt`, `SlurmError`, `BadResults`,
+--- `ResultsBusy`, `RerunMismatch`), and those of disks, images, plugins and
+--- kernel builds (`DiskError`, `NbdUnavailable`, `NotExt`, `ImageInUse`,
+--- `CustomizeFailed`, `BuildFailed`, `NoKernel`, `PluginError`,
+--- `NotAKernelTree`, `NotConfigured`, `KernelConfigError`,
+--- `KernelBuildFailed`). `hint` names the fix for the known traps (qcow2
+--- v3 on an old QEMU, snapshots on a raw disk, an image locked by another
+--- QEMU, KVM that does not work, RCU stalls, a missing root fs, an illegal
+--- instruction under TCG).
+---
+--- A few errors of the embedded C modules are plain Lua strings instead
+--- (`qemu.json.encode`/`decode`, a closed console): `qemu.errors.is`
+--- tells them apart.
+---@field class string  the error's class: "BadArgument", "Timeout", QMP's "GenericError", ...
+---@field desc string  what went wrong, in one sentence (QMP's own description for a QMP error)
+---@field command string|nil  the call or command that failed: "qemu.launch", "vm:savevm", a QMP command's name, an HMP line, `console:run("...")`
+---@field hint string|nil  the fix, when the error is a known trap
+---@field where string|nil  the first place in your script on the way to the call: "script.lua:12"
+---@field exit table|nil  QEMU's (or a helper program's) exit status `{code=, signal=, desc=}`, when it ended: QEMUExited, LaunchFailed, CommandFailed, KernelBuildFailed
+---@field argv string[]|nil  the argv that failed: LaunchFailed from `qemu.launch`, KernelBuildFailed
+---@field log string|nil  a log: the build log's path for kernel builds; QEMU's log text when a restore's machine type is missing
 local Error = {}
 Error.__index = Error
 Error.__name = "qemu.error"
@@ -116,17 +189,51 @@ local function user_frame(level)
   end
 end
 
+---@api qemu.errors.new qemu.errors.new(fields) -> err
+--- Makes an error object of `fields`, without raising it.
+--- The table itself becomes the error (it gets the error metatable, so
+--- `tostring` gives one line), and `where` is set to the caller's place in
+--- the script unless given. Raise it later with `error(err, 0)`.
+---
+---     local e = qemu.errors.new { class = "BadResults", command = "mycheck", desc = "no rows" }
+---     print(e)   --> script.lua:3: mycheck: no rows (BadResults)
+---
+---@param fields table  `{class=, desc=, command=, hint=, ...}`; `desc` is required
+---@return qemu.error err  the same table, now an error object
 function M.new(t)
   assert(type(t) == "table" and t.desc, "errors.new needs {desc=}")
   t.where = t.where or user_frame(3)
   return setmetatable(t, Error)
 end
 
+---@api qemu.errors.raise qemu.errors.raise(fields)
+--- Raises an error object made of `fields`, as qshell's own calls do.
+--- The table itself becomes the error, with `where` set to the caller's
+--- place in the script unless given; it is raised without Lua's position
+--- prefix (level 0), so an uncaught one prints its one line. Use it in a
+--- script or sweep to fail with a class a caller can test with
+--- `qemu.errors.is`.
+---
+---     if out ~= "ok" then
+---       qemu.errors.raise { class = "CommandFailed", command = "self-test", desc = "the guest said " .. out }
+---     end
+---
+---@param fields table  `{class=, desc=, command=, hint=, ...}`: at least `class` and `desc`
 function M.raise(t)
   t.where = t.where or user_frame(3)
   error(setmetatable(t, Error), 0)
 end
 
+---@api qemu.errors.is qemu.errors.is(e [, class]) -> boolean
+--- Whether a value caught with `pcall` is a qshell error object, of that class if one is given.
+--- A plain Lua error (a string) is not.
+---
+---     local ok, e = pcall(vm.console.run, vm.console, "make", { timeout = 600 })
+---     if not ok and qemu.errors.is(e, "Timeout") then print("too slow:", e.desc) end
+---
+---@param e any  the caught error value
+---@param class? string  the class it must have ("Timeout", "GenericError", ...); nil: any class
+---@return boolean yes  true when `e` is an error object (of that class)
 function M.is(e, class)
   return getmetatable(e) == Error and (class == nil or e.class == class)
 end
@@ -157,6 +264,23 @@ M.traps = {
     "an illegal instruction under TCG: the guest code uses a CPU feature TCG lacks; pick cpu=\"max\" or build the guest code without AVX (-mno-avx)" },
 }
 
+---@api qemu.errors.hint_for qemu.errors.hint_for(text) -> hint
+--- The fix for a known trap that a piece of QEMU's or the guest's text shows, or nil.
+--- The traps (in `qemu.errors.traps`): a qcow2 v3 image on an old QEMU, a
+--- writable disk that is not qcow2 under snapshots, no disk to hold a
+--- snapshot, an image locked by another QEMU, KVM not usable, RCU stall
+--- warnings, a missing root file system, a file system too small for its
+--- files, an illegal instruction under TCG, and (once `qemu.plugin` is
+--- loaded) QEMU's plugin load errors.
+--- The first trap found in the text answers. qshell's errors carry the hint
+--- already (`e.hint`); this is for text a script reads itself (a log, a
+--- console tail).
+---
+---     local h = qemu.errors.hint_for(vm.console:tail(40))
+---     if h then print("hint: " .. h) end
+---
+---@param text string  the text to look at (anything else gives nil)
+---@return string|nil hint  the fix, or nil when the text shows no known trap
 function M.hint_for(text)
   if type(text) ~= "string" then return nil end
   for _, trap in ipairs(M.traps) do
@@ -179,6 +303,13 @@ local hmp_errors = {
   "^Snapshot '.-' does not exist",
 }
 
+---@api qemu.errors.hmp_failed qemu.errors.hmp_failed(text) -> boolean
+--- Whether an HMP reply's text is an error message.
+--- QEMU answers a failed HMP command with a successful QMP reply whose text
+--- is the error ("Error: ...", "unknown command: ...", "Could not ...");
+--- `vm:hmp` raises `HMPError` for these, and this is its test.
+---@param text string  the reply text of `human-monitor-command`
+---@return boolean failed  true when the text is an error
 function M.hmp_failed(text)
   for _, p in ipairs(hmp_errors) do
     if text:find(p) then return true end

@@ -52,9 +52,30 @@ local function read_description(dir, what)
   return g
 end
 
--- qemu.guest.default() -> {kernel=, initrd=, system=, append=, memory=,
---   user=, password=, login_prompt=, prompt=, kernel_version=, dir=}
--- Built on first use when it is not there yet.
+---@api qemu.guest.default qemu.guest.default() -> guest
+--- The default guest: a small Linux system to boot, built from the distribution's packages, without root.
+---
+--- It is the current Debian cloud kernel (extracted, not installed); an initramfs with busybox that
+--- loads the IDE and virtio disk drivers and switches to `root=` (the default guest boots
+--- `root=LABEL=qshell-root`); and a partitioned ext4 system disk (qcow2) with a busybox userland, a getty on
+--- ttyS0, root's password `qshell` and the `qshell-roi` helper that marks regions of interest. It is built
+--- on first use (about 20 s, once; `make guest` builds it too) into `build/guest/` of the source tree, or
+--- `$XDG_DATA_HOME/qshell/guest` for an installed qshell; `QSHELL_GUEST_DIR` names another directory. `make
+--- guest` rebuilds it only when its inputs change. The description is read once per shell.
+---
+---     local g = qemu.guest.default()
+---     print(g.kernel_version, g.system)
+---     local vm <close> = qemu.launch { kernel = g.kernel, initrd = g.initrd, append = g.append,
+---                                      memory = g.memory, disks = { qemu.guest.overlay() } }
+---
+---@return table guest  `{kernel=, initrd=, system=, append=, memory=, user=, password=, login_prompt=, prompt=,
+---   kernel_version=, dir=, ...}`: `kernel`, `initrd` and `system` (the system disk, which is never written by
+---   `qemu.guest.launch`) are absolute paths; `append` the kernel command line; `memory` its memory size; `user`,
+---   `password`, `login_prompt` and `prompt` its console login; `dir` the guest's directory
+---@error NotBuilt  the guest is not built and no guest builder came with this qshell, or building it failed (the
+---   builder's message is in the error)
+---@error BadArgument  the directory's `guest.lua` does not return a table
+---@error Timeout  building it took more than 30 minutes
 function M.default()
   if cached then return cached end
   local dir = paths.guest_dir()
@@ -71,8 +92,20 @@ function M.default()
   return g
 end
 
--- qemu.guest.load(dir) -> the guest described by dir/guest.lua (what
--- qemu.image.build and `make guest` write), for qemu.guest.launch{guest=}.
+---@api qemu.guest.load qemu.guest.load(dir) -> guest
+--- The guest described by `dir/guest.lua`, as `qemu.image.build` and `make guest` write it, for
+--- `qemu.guest.launch{guest=}`.
+---
+--- `guest.lua` is a Lua file run with no access to anything (`return {kernel=, initrd=, system=, append=,
+--- memory=, user=, password=, login_prompt=, prompt=}`); its file names are relative to `dir`.
+---
+---     local vm <close> = qemu.guest.launch { guest = qemu.guest.load("images/exp") }
+---
+---@param dir string  the guest's directory
+---@return table guest  the description with `kernel`, `initrd` and `system` made absolute and `dir` added, as
+---   `qemu.guest.default` returns it
+---@error BadArgument  `dir` is not a string, it has no readable `guest.lua`, that file does not return a table, it
+---   names no `kernel=` or `system=`, or that file is missing
 function M.load(dir)
   local what = "qemu.guest.load"
   check.arg(what, 1, dir, "string")
@@ -94,8 +127,22 @@ function M.load(dir)
   return g
 end
 
--- qemu.guest.overlay([path]) -> path of a fresh qcow2 overlay over the
--- guest's system disk (in the shell's scratch dir unless a path is given).
+---@api qemu.guest.overlay qemu.guest.overlay([path]) -> path
+--- A new qcow2 overlay over the default guest's system disk, to boot it without writing the disk itself.
+---
+--- Without `path` the overlay is made in the shell's temporary directory (removed when the shell
+--- ends); give a path to keep it, e.g. for a `vm:savevm` snapshot to load later with
+--- `qemu.guest.launch{system=path, loadvm=tag}`. The guest is built first when it is not there yet.
+---
+---     local disk = qemu.guest.overlay("kept.qcow2")
+---     local vm <close> = qemu.guest.launch { system = disk }
+---
+---@param path? string  the overlay to create (default: a new file in the shell's temporary directory)
+---@return string path  the overlay's path
+---@error FileExists  `path` exists already
+---@error BadArgument  `path`'s directory does not exist
+---@error NotBuilt  the default guest is not built and could not be
+---@error DiskError  `qemu-img create` failed
 function M.overlay(path, g)
   g = g or M.default()
   if not path then
@@ -107,13 +154,38 @@ end
 local launch_extra = { login = "boolean", system = "string", guest = true, user = "string", password = "string",
                        login_prompt = "string", prompt = "string" }
 
--- qemu.guest.launch([opts]) -> vm, booted and logged in as root.
--- opts: any qemu.launch option (disks are added after the system disk),
--- plus guest= (a guest from qemu.guest.load/qemu.image.build, or its
--- directory; default: the default guest), system= (an image to boot
--- instead of a fresh overlay of the guest's), login=false (return as
--- soon as QEMU runs), and for another image's login: user=, password=,
--- login_prompt=, prompt=.
+---@api qemu.guest.launch qemu.guest.launch([options]) -> vm
+--- Boot a guest and log in on its serial console: the default guest unless `guest=` names another.
+---
+--- The guest boots on a fresh qcow2 overlay of its system disk in the shell's temporary directory, so its
+--- image is never written; `system=` boots that image instead (it is written). The guest's kernel,
+--- initrd, command line and memory are used unless the options give others. With `system=` and `kernel=`
+--- but no `guest=` (an image of your own), nothing of the default guest applies: the login is root at
+--- `login: `, the prompt `# `, the memory 1G. The login waits up to 180 s; when it fails the VM is closed.
+--- The guest's description is `vm.guest`.
+---
+--- The kernel names IDE disks in the order its disk probes finish: `-hdb` is `/dev/sdb` almost always,
+--- but a loaded host can swap `sda` and `sdb`. A file system label finds a disk whatever it is called.
+---
+---     local data = qemu.disk.populate("data.qcow2", { from = "inputs/", label = "data" })
+---     local vm <close> = qemu.guest.launch { disks = { data }, icount = { shift = 2 } }
+---     vm.console:run("mount $(findfs LABEL=data) /mnt")   -- usually /dev/sdb
+---
+---@param options? table  every option of `qemu.launch` (`disks` come after the system disk: hdb, ...), plus:
+---   `guest=` table|string: the guest to boot, as `qemu.image.build` or `qemu.guest.load(dir)` returns it, or its
+---   directory; default `qemu.guest.default()`;
+---   `system=` string: boot this image as the system disk instead of a fresh overlay (e.g. an overlay kept for
+---   `loadvm`, or an image of your own with `kernel=`, `initrd=`, `append=`);
+---   `login=` boolean, default true: false returns as soon as QEMU runs (needed with `paused=true` or `console=false`);
+---   `user=`, `password=`, `login_prompt=`, `prompt=` strings: the login of another image or user (default the guest's).
+---@return qemu.VM vm  the running VM, logged in (unless `login=false`)
+---@error BadArgument  options that are not a table, a wrong type, a `guest=` that is not a guest or its directory,
+---   `paused=true` or `console=false` without `login=false`, and every misuse `qemu.launch` refuses
+---@error NotBuilt  the default guest is not built and could not be
+---@error LaunchFailed  QEMU did not start (and the other errors of `qemu.launch`)
+---@error LoginFailed  the console login did not reach a shell prompt
+---@error Timeout  no login prompt or shell prompt within 180 s
+---@error QEMUExited  QEMU ended during the login
 function M.launch(opts)
   opts = opts or {}
   if type(opts) ~= "table" then check.bad("qemu.guest.launch", "options must be a table") end

@@ -49,8 +49,17 @@ end
 
 -- ---- the job count ----
 
--- qemu.kernel.jobs() -> the -j a build uses by default: one job per core, at
--- most one per 1.5 GiB of available memory, at least 1.
+---@api qemu.kernel.jobs qemu.kernel.jobs() -> jobs, cores
+--- The number of parallel make jobs `qemu.kernel.build` runs by default, and the number of cores.
+---
+--- One job per core this process may run on, at most one per 1.5 GiB of available memory (`MemAvailable`, or
+--- less under a cgroup memory limit), at least 1: a kernel build that would run out of memory is slower
+--- than one with fewer jobs.
+---
+---     local jobs, cores = qemu.kernel.jobs()
+---
+---@return integer jobs  the default `-j`
+---@return integer cores  the cores this process may run on
 function M.jobs()
   local c = host.cores()
   local by_mem = math.floor(host.available_memory() / MEM_PER_JOB)
@@ -124,6 +133,21 @@ local function render(name, value)
   return name .. "=" .. value
 end
 
+---@apiclass qemu.KernelConfig config  A kernel tree's `.config`, as a table of its options
+---
+--- `qemu.kernel.config(src [, {out=}])` returns it. The object is the table `{CONFIG_X = text, ...}`: each
+--- option as written in the file (`"y"`, `"m"`, `'"text"'` with its quotes, `"123"`, `"0x1000"`), and a
+--- `# CONFIG_X is not set` line as `"n"`; `pairs(config)` gives the options only. `config:get` and
+--- `config:set` read and write them by name (with or without `CONFIG_`), `config:save()` writes the file.
+--- Assigning nil to an option (`config.CONFIG_X = nil`) drops its line when saving. Run a build (or `make
+--- olddefconfig`) after saving, so that kconfig checks the result.
+---
+---     local cfg = qemu.kernel.config("linux-6.1", { out = "build/tiny" })
+---     print(cfg:get("LOG_BUF_SHIFT"))                     --> 17
+---     cfg:set("LOCALVERSION", "-exp1"):set("DEBUG_INFO_NONE", "y"):save()
+---
+---@field [string] string  `CONFIG_X` -> the option's text as in the file (`"n"` for an option that is not set)
+
 -- The object is the table {CONFIG_X = value, ...}; its file and lines are
 -- kept aside, so pairs(cfg) gives the options only.
 local private = setmetatable({}, { __mode = "k" })
@@ -136,26 +160,56 @@ function ConfigMT.__tostring(cfg)
   return string.format("kernel config %s (%d options)", private[cfg].path, n)
 end
 
--- cfg:get(name) -> "y" | "m" | "n" | the string (unquoted) | the number as a string | nil
+---@api config:get config:get(name) -> value | nil
+--- An option's value: `"y"`, `"m"`, `"n"` (not set), a string option's text without its quotes, or a number as a string.
+---
+---     print(cfg:get("SERIAL_8250"), cfg:get("CONFIG_LOCALVERSION"))   --> y   -exp1
+---
+---@param name string  the option, with or without `CONFIG_` (`"SERIAL_8250"`)
+---@return string|nil value  its value; nil when the `.config` does not have it
+---@error BadArgument  a name that is not a string of letters, digits and `_`
 function Config:get(name)
   local raw = rawget(self, option_name("cfg:get", name))
   return raw and unquote(raw)
 end
 
--- cfg:set(name, value) -> cfg; value "y", "m", "n", true/false, a string or an integer
+---@api config:set config:set(name, value) -> config
+--- Set an option (in the table: `config:save()` writes the file); chainable.
+---
+--- `true` and `false` are `"y"` and `"n"`; `"y"`, `"m"` and `"n"` are written as they are, as are integers and
+--- strings of digits or hex (`"0x1000"`); any other string is quoted. An option that is a string in the file
+--- stays a string (`config:set("LOCALVERSION", "1")` writes `"1"`).
+---
+---     cfg:set("LOCALVERSION", "-exp1"):set("DEBUG_INFO_NONE", true):save()
+---
+---@param name string  the option, with or without `CONFIG_`
+---@param value string|integer|boolean  `"y"`, `"m"`, `"n"`, true/false, a string (without its quotes, no newline) or
+---   an integer
+---@return qemu.KernelConfig config  the same object
+---@error BadArgument  a bad name, a value of another type (a fraction, a table), a string with a newline
 function Config:set(name, value)
   local key = option_name("cfg:set", name)
   rawset(self, key, option_value("cfg:set", key, value, rawget(self, key)))
   return self
 end
 
--- cfg:path() -> the .config file
+---@api config:path config:path() -> path
+--- The `.config` file this object reads and saves.
+---@return string path  the file's path (`SRC/.config`, or `OUT/.config` for an `out=` build directory)
 function Config:path()
   return private[self].path
 end
 
--- cfg:save() -> path: the file's lines in their order, changed values
--- rewritten, other lines untouched, new options at the end.
+---@api config:save config:save() -> path
+--- Write the options back into the `.config`.
+---
+--- The file keeps its lines in their order: changed options are rewritten in place (`"n"` as
+--- `# CONFIG_X is not set`), other lines are untouched, options set to nil are dropped and new options go at
+--- the end, sorted. The file is replaced whole (written beside it and renamed). kconfig has not checked the
+--- result: run a build, or `make olddefconfig`, after saving.
+---@return string path  the `.config` written
+---@error BadArgument  an entry put into the table directly that is not `CONFIG_NAME = "text"` (use `config:set`)
+---@error IOError  the file could not be written
 function Config:save()
   local p = private[self]
   local out, written = {}, {}
@@ -187,14 +241,14 @@ function Config:save()
   for _, k in ipairs(new) do out[#out + 1] = render(k, self[k]) end
   local text = table.concat(out, "\n") .. "\n"
   local tmp = p.path .. ".qshell-tmp"
-  local f, err = io.open(tmp, "wb")
-  if not f then errors.raise { class = "IOError", command = "cfg:save", desc = err } end
+  local f, err, err_code = io.open(tmp, "wb")
+  if not f then errors.from_code("cfg:save", err, err_code) end
   f:write(text)
   f:close()
-  local ok, rerr = os.rename(tmp, p.path)
+  local ok, rerr, rerr_code = os.rename(tmp, p.path)
   if not ok then
     os.remove(tmp)
-    errors.raise { class = "IOError", command = "cfg:save", desc = rerr }
+    errors.from_code("cfg:save", rerr, rerr_code)
   end
   p.lines = parse_config(text)
   return p.path
@@ -202,8 +256,22 @@ end
 
 local config_opts = { out = "string" }
 
--- qemu.kernel.config(src [, {out=}]) -> the .config of the tree (or of its
--- O= build directory) as an object
+---@api qemu.kernel.config qemu.kernel.config(src [, options]) -> config
+--- A kernel tree's `.config` as an object to read and edit: `config:get`, `config:set`, `config:save`.
+---
+--- The file is `src/.config`, or `out/.config` for a tree built with `out=` (make's `O=`).
+---
+---     local cfg = qemu.kernel.config("linux-6.1", { out = "build/tiny" })
+---     print(cfg:get("LOG_BUF_SHIFT"))                     --> 17
+---     cfg:set("LOCALVERSION", "-exp1"):set("DEBUG_INFO_NONE", "y"):save()
+---     qemu.kernel.build { src = "linux-6.1", out = "build/tiny" }   -- keeps the edited .config
+---
+---@param src string  the top of a Linux source tree
+---@param options? table  `out=` string: the build directory (`O=`) whose `.config` to read
+---@return qemu.KernelConfig config  the options, with `config:get`, `config:set`, `config:save` and `config:path`
+---@error BadArgument  an unknown option or a wrong type
+---@error NotAKernelTree  `src` is not the top of a Linux source tree
+---@error NotConfigured  there is no `.config` (configure it first: `qemu.kernel.build{src=, config="defconfig"}`)
 function M.config(src, opts)
   local fname = "qemu.kernel.config"
   opts = check.options(fname, opts, config_opts, 2)
@@ -331,15 +399,15 @@ local function make(ctx, args, what)
   ctx.logf:write(string.format("%s# qshell: %s\n", ctx.logf:seek("end") > 0 and "\n" or "", table.concat(argv, " ")))
   ctx.logf:flush()
   local start = ctx.logf:seek("end")
-  local p <close>, msg = core.new("qshell-kernel")
-  if not p then errors.raise { class = "IOError", command = ctx.fname, desc = msg } end
+  local p <close>, msg, code = core.new("qshell-kernel")
+  if not p then errors.from_code(ctx.fname, msg, code) end
   local ok, err, code = p:spawn(argv, 0)
   if not ok then
     errors.from_code(ctx.fname, err, code, { overrides = { exec = "MissingTool" },
                                              hint = code == "exec" and BUILD_DEPS or nil })
   end
-  local fd, ferr = sys.open(p:logpath(), "r")
-  if not fd then errors.raise { class = "IOError", command = ctx.fname, desc = ferr } end
+  local fd, ferr, ferr_code = sys.open(p:logpath(), "r")
+  if not fd then errors.from_code(ctx.fname, ferr, ferr_code) end
   local _ <close> = setmetatable({}, { __close = function() sys.close(fd) end })
   local st
   local tick = 0.01 -- short steps (a config target) end within a few ticks
@@ -398,6 +466,9 @@ local function copy_file(fname, from, to)
   fs.write(to, fs.slurp(from, fname), fname)
 end
 
+-- The config methods, for the reference's help(config:set) (qemu.doc).
+M._Config = Config
+
 local build_opts = {
   src = "string", config = "string", jobs = positive_int, out = "string", log = "string",
   options = "table", target = "string", timeout = check.positive, progress = "boolean",
@@ -410,8 +481,59 @@ local function kept(want, got)
   return got == want or (got ~= nil and want:match("^0[xX]") and got:lower() == want:lower())
 end
 
--- qemu.kernel.build{src=, config=, jobs=, out=, log=, options=, target="bzImage",
---   timeout=, progress=} -> {bzimage=, vmlinux=, log=, jobs=, seconds=, config=}
+---@api qemu.kernel.build qemu.kernel.build(options) -> build
+--- Configure and build a Linux kernel from a source tree: `make`, from an argv (never a shell), with a bounded `-j`;
+--- no root.
+---
+--- `src` must be the top of a kernel tree (a `Makefile`, and `Kconfig` or `arch/x86`). Everything is checked
+--- before make runs. The steps:
+---
+--- - the configuration: `config="defconfig"`, `"tinyconfig"`, `"allnoconfig"`, an arch's `"..._defconfig"`,
+---   `"oldconfig"` (new options get their defaults: make's stdin is /dev/null) or `"olddefconfig"` runs
+---   `make <name>`; any other value is the path of a config file, copied to `.config` and completed with
+---   `make olddefconfig`. Without `config=` an existing `.config` is kept (`olddefconfig`), else `defconfig`.
+--- - `options` are written into `.config`, then `make olddefconfig`. An option that did not survive it
+---   (kconfig drops unknown names and resets options whose dependencies are not met) is a `KernelConfigError`
+---   naming it, before anything is compiled.
+--- - `make -jN <target>`.
+---
+--- Everything make prints goes to the log as it arrives, each step under a `# qshell: make ...` line; on a
+--- terminal a progress line shows on stderr (`[kernel] bzImage: 1234 lines, CC kernel/fork.o, 0:42`). A failed
+--- step raises `KernelBuildFailed` naming the log, with the last compiler errors and the lines around them
+--- (or the last 15 lines), and a hint for the known traps (a source tree not clean for `out=`, missing flex,
+--- bison, bc, libelf-dev or libssl-dev). On a timeout or Ctrl-C, make and its children are killed.
+---
+---     local k = qemu.kernel.build { src = "linux-6.1", out = "build/tiny", config = "tinyconfig",
+---                                   options = { SERIAL_8250 = "y", SERIAL_8250_CONSOLE = "y", PRINTK = "y",
+---                                               TTY = "y", BINFMT_ELF = "y", BLK_DEV_INITRD = "y" } }
+---     print(k.bzimage, k.jobs, k.seconds)
+---     local vm <close> = qemu.launch { kernel = k.bzimage, initrd = qemu.guest.default().initrd }
+---
+---@param options table  `src=` is required, the other keys are optional:
+---   `src=` string: the top of the Linux source tree;
+---   `out=` string: the build directory (make's `O=`), made if missing, so that the tree itself stays clean; default:
+---   build in `src`;
+---   `config=` string: a config target or a config file's path (above); default keep the `.config` there, else `defconfig`;
+---   `options=` table: `{SERIAL_8250_CONSOLE="y", CMDLINE="console=ttyS0", LOG_BUF_SHIFT=14, ...}`, names with or
+---   without `CONFIG_`, values `"y"`, `"m"`, `"n"`, true/false, strings without their quotes, integers (as
+---   `config:set` takes them);
+---   `target=` string, default `"bzImage"`: the make target;
+---   `jobs=` integer: the parallel jobs; default `qemu.kernel.jobs()`;
+---   `log=` string: the log file; default `<out or src>/qshell-build.log`;
+---   `timeout=` number: seconds for the whole build (no limit by default);
+---   `progress=` boolean, default true: the progress line on a terminal.
+---@return table build  `{bzimage=, vmlinux=, config=, log=, jobs=, seconds=}`: the paths of `arch/x86/boot/bzImage` and
+---   `vmlinux` (nil when the target made none), of the `.config` and of the log; the jobs used; the seconds it took
+---@error BadArgument  options that are not a table, no `src=`, an unknown option or a wrong type, a config file that
+---   does not exist, a bad option name or value, a bad target, an `out` that is not a directory, a log that cannot be
+---   written
+---@error NotAKernelTree  `src` is not the top of a Linux source tree
+---@error MissingTool  make is not installed
+---@error KernelConfigError  `make olddefconfig` did not keep an option of `options` (named, with its value now)
+---@error KernelBuildFailed  a make step failed (the log named, the compiler's errors quoted), or `make bzImage` left
+---   no bzImage
+---@error Timeout  the build ran longer than `timeout`
+---@error Interrupted  Ctrl-C
 function M.build(opts)
   local fname = "qemu.kernel.build"
   if type(opts) ~= "table" then check.bad(fname, "argument #1 must be a table {src=, config=, ...}") end
@@ -522,8 +644,23 @@ end
 
 local clean_opts = { out = "string", timeout = check.positive }
 
--- qemu.kernel.clean(src [, {out=}]): make mrproper (the .config and every
--- build output), and the default build log
+---@api qemu.kernel.clean qemu.kernel.clean(src [, options])
+--- Remove a kernel build: `make mrproper` (the `.config` and every output), and the default build log.
+---
+--- With `out=` the build directory is cleaned (nothing happens when it does not exist); without it the tree
+--- itself, which a build with `out=` needs clean.
+---
+---     qemu.kernel.clean("linux-6.1", { out = "build/tiny" })
+---
+---@param src string  the top of a Linux source tree
+---@param options? table  every key is optional:
+---   `out=` string: the build directory (make's `O=`) to clean;
+---   `timeout=` number: seconds to wait for make (no limit by default).
+---@error BadArgument  an unknown option or a wrong type, an `out` that is not a directory
+---@error NotAKernelTree  `src` is not the top of a Linux source tree
+---@error KernelBuildFailed  `make mrproper` failed
+---@error Timeout  make ran longer than `timeout`
+---@error LaunchFailed  make is not installed
 function M.clean(src, opts)
   local fname = "qemu.kernel.clean"
   opts = check.options(fname, opts, clean_opts, 2)

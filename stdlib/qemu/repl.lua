@@ -417,6 +417,8 @@ Lines:
   !line                      an HMP (human monitor) command, e.g. !info registers
 Dot-commands (on an empty line):
   .help                      this text
+  .help NAME                 NAME's entry in the Lua reference (also help(qemu.launch),
+                             help(vm.quit), help() for every name; man qshell-lua)
   .vms                       the VMs of this shell (* = current)
   .use N|NAME                make VM N the current one (also the global `vm`)
   .load FILE                 run a Lua file
@@ -425,7 +427,7 @@ Dot-commands (on an empty line):
 Keys: Tab completes Lua names, :commands and their arguments, !commands and
 file names in strings; Ctrl-C clears the line or interrupts a running call;
 Ctrl-D leaves.
-The Lua API (README.md has the manual):
+The Lua API (help(name) for an entry, man qshell-lua for the reference):
   qemu.launch{...} -> vm     qemu.attach(socket) -> vm     qemu.guest.launch{} -> vm
   vm:qmp(cmd, args)  vm:hmp(line)  vm:events()  vm:wait_event(name, {timeout=, match=})
   vm:status() vm:pause() vm:cont() vm:quit() vm:kill() vm:wait() vm:close() vm:attach()

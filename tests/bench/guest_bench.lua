@@ -264,7 +264,7 @@ elseif mode == "sweep" then
   local dt = (now() - t0) * 1e6
   if r.ok ~= n then
     for _, x in ipairs(r.results) do
-      if x.status ~= "ok" then io.stderr:write("run " .. tostring(x.key) .. ": " .. tostring(x.error) .. "\n") end
+      if x.status ~= "ok" then io.stderr:write("run " .. tostring(x.run) .. ": " .. tostring(x.error) .. "\n") end
     end
     error(string.format("sweep: %d of %d runs ok", r.ok, n), 0)
   end

@@ -52,6 +52,28 @@ wait 0
 ]==])
 end)
 
+T.test("help(x) and .help NAME print the reference's entry; a wrong name says so", function()
+  local log = pty([==[
+expect qshell>
+send help(qemu.disk.create)\r
+expect Arguments
+expect qshell>
+send .help vm:quit\r
+expect vm:quit(
+expect qshell>
+send .help qemu.nothing_here\r
+expect no entry for 'qemu.nothing_here'
+expect qshell>
+send .help\r
+expect .help NAME
+expect qshell>
+send \x04
+wait 0
+]==])
+  T.match(log, "qemu%.disk%.create%(")
+  T.match(log, "Errors")
+end)
+
 T.test("history is saved and reloaded", function()
   os.remove(tmp .. "/history")
   pty([==[

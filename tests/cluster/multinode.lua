@@ -149,7 +149,7 @@ T.test("the tasks land on all three nodes; node3 finds the shared files at its o
     T.eq(r.prov, rows[1].prov, "one setup on every node")
   end
   T.ok(hosts.node1 and hosts.node2 and hosts.node3, "every node ran runs")
-  local setup = qemu.results.read(out).setups[rows[1].prov]
+  local setup = qemu.results.read(out).provenance[rows[1].prov]
   T.eq(setup.checkpoint, sys.realpath(ckpt), "the checkpoint as the submitter names it")
   T.match(setup.script, "/sweep1%.lua$")
   T.eq(node_qemus(), "")

@@ -112,7 +112,7 @@ T.test("parse: cache's report, other plugins' lines skipped", function()
   -- the same by .so name and path; result() names the plugin log
   T.eq(qemu.plugin.parse("libcache.so", CACHE_TEXT).sum.data_misses, 10)
   T.eq(qemu.plugin.result(CACHE_TEXT, "/x/y/libcache.so").sum.data_misses, 10)
-  T.eq(qemu.plugin.parser_name("/x/libcache.so"), "cache")
+  T.eq(qemu.plugin._parser_name("/x/libcache.so"), "cache")
   T.raises(function() qemu.plugin.result("insn: 5 instructions\n", "libcache.so") end, "PluginError",
            "no cache report.*in the plugin log")
   T.raises(function() qemu.plugin.parse("nosuch", CACHE_TEXT) end, "PluginError", "parsers: cache, execlog")

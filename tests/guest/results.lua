@@ -69,7 +69,7 @@ T.test("every row names its host, start time and setup; the sidecar holds the se
   T.ok(ids.off ~= ids.insn, "plugin on and off are different setups")
   T.eq(stdout:match("prov (%x+)"), ids.off, "qemu.sweep's return value carries the id (run 1: add=1;plugin=off#1)")
   local side = qemu.json.decode(fs.read(tmp .. "/res.provenance.json"))
-  local s = side.setups[ids.insn]
+  local s = side.provenance[ids.insn]
   local v = qemu.version()
   T.eq(s.qemu, string.format("%d.%d.%d", v.major, v.minor, v.micro))
   T.eq(s.qemu_binary, sys.realpath(v.path))
@@ -83,7 +83,7 @@ T.test("every row names its host, start time and setup; the sidecar holds the se
   T.eq(s.script_sha256, sha(script))
   T.eq(s.args[1], "warm.ckpt")
   T.eq(s.cwd, sys.realpath(tmp))
-  T.eq(#side.setups[ids.off].plugins, 0)
+  T.eq(#side.provenance[ids.off].plugins, 0)
   T.eq(side.sweep.total, 4)
 end)
 

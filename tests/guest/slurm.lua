@@ -77,7 +77,7 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
       T.match(r.started, "^%d+%-%d+%-%d+T")
       T.eq(r.prov, rows[1].prov, "one setup")
     end
-    local setup = qemu.results.read(out).setups[rows[1].prov]
+    local setup = qemu.results.read(out).provenance[rows[1].prov]
     T.eq(setup.checkpoint, sys.realpath(ckpt))
     local v = qemu.version()
     T.eq(setup.qemu, string.format("%d.%d.%d", v.major, v.minor, v.micro))

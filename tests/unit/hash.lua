@@ -32,7 +32,7 @@ T.test("sha256: the standard vectors and a file larger than one read, as sha256s
   local nothing, msg, code = hash.sha256(tmp .. "/missing")
   T.eq(nothing, nil)
   T.match(msg, "missing: No such file")
-  T.eq(code, "io")
+  T.eq(code, "notfound")
 end)
 
 T.test("file and copy jobs run side by side; a copy never overwrites and is read-only", function()

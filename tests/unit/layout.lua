@@ -190,4 +190,52 @@ T.test("stdlib modules require what they use, not the global qemu", function()
   T.eq(table.concat(found, ", "), "", "uses of the global qemu (require the module instead)")
 end)
 
+-- README's "How the code is laid out" table: {first cell, whole row}.
+local function layout_rows()
+  local text = slurp("README.md")
+  local a = text:find("\n## How the code is laid out\n", 1, true)
+  T.ok(a, "README has its layout section")
+  local b = text:find("\n##", a + 10, true)
+  local rows = {}
+  for line in text:sub(a, b):gmatch("[^\n]+") do
+    local first, rest = line:match("^| (.-) | (.*) |$")
+    if first and first ~= "where" and first ~= "---" then rows[#rows + 1] = { first = first, text = line } end
+  end
+  return rows
+end
+
+T.test("README's layout table names every file of shell/ and stdlib/, and only what exists", function()
+  local rows = layout_rows()
+  T.ok(#rows > 10, "the table has its rows")
+  -- Is name in a row whose first cell names dir (or names dir .. name)?
+  local function named(dir, name)
+    for _, r in ipairs(rows) do
+      if r.first:find("`" .. dir .. name .. "`", 1, true) then return true end
+      if r.first:find("`" .. dir .. "`", 1, true) and r.text:find("`" .. name .. "`", 1, true) then return true end
+      -- a first cell listing files of one folder: `stdlib/qemu/kernel.lua`, `disk.lua`
+      local lead = r.first:match("^`([^`]*/)[^`/]+`")
+      if lead == dir and r.first:find("`" .. name .. "`", 1, true) then return true end
+    end
+    return false
+  end
+  local missing = {}
+  for _, p in ipairs(files) do
+    local dir, name = p:match("^(.*/)([^/]+)$")
+    if not named(dir, name) then missing[#missing + 1] = p end
+  end
+  for _, name in ipairs(sys.listdir("shell")) do
+    if name:find("%.c$") and not named("shell/", name) then missing[#missing + 1] = "shell/" .. name end
+  end
+  T.eq(table.concat(missing, ", "), "", "files the layout table does not name")
+  local stale = {}
+  for _, r in ipairs(rows) do
+    local lead
+    for path in r.first:gmatch("`([^`]+)`") do
+      if path:find("/") then lead = path:match("^(.*/)") else path = (lead or "") .. path end
+      if not sys.stat((path:gsub("/$", ""))) then stale[#stale + 1] = path end
+    end
+  end
+  T.eq(table.concat(stale, ", "), "", "paths in the layout table that do not exist")
+end)
+
 T.run()

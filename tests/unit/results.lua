@@ -290,7 +290,7 @@ end)
 T.test("follow: the summary grows with the file and ends when the sweep's runs are in", function()
   local p = tmp .. "/live.csv"
   write("live.csv", HEADER)
-  write("live.provenance.json", json.encode { format = 1, setups = {}, sweep = { total = 3, params = { "mode", "size" } } })
+  write("live.provenance.json", json.encode { format = 1, provenance = {}, sweep = { total = 3, params = { "mode", "size" } } })
   local out = tmp .. "/follow.out"
   local code = T.sh(string.format("(%s results --follow %s --interval 0.1 --timeout 60 > %s 2>&1; echo $? > %s.rc) &",
                                   "./qshell", p, out, out))
@@ -312,7 +312,7 @@ end)
 T.test("follow: a JSONL file ends the same way (its sidecar's run count)", function()
   local p = tmp .. "/live.jsonl"
   write("live.jsonl", "")
-  write("live.provenance.json", json.encode { format = 1, setups = {}, sweep = { total = 2, params = { "x" } } })
+  write("live.provenance.json", json.encode { format = 1, provenance = {}, sweep = { total = 2, params = { "x" } } })
   local out = tmp .. "/followj.out"
   T.eq(T.sh(string.format("(./qshell results --follow %s --interval 0.1 --timeout 60 > %s 2>&1; echo $? > %s.rc) &",
                           p, out, out)), 0)

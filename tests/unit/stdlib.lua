@@ -4,6 +4,7 @@ local T = require "t"
 
 local sys = require "qshell.os"
 local fs = require "qemu.util.fs"
+local json = require "qshell.json"
 local tmp = T.tmpdir()
 
 T.test("every error class the stdlib raises is listed in qemu.errors.classes", function()
@@ -42,7 +43,7 @@ T.test("qshell.os: listdir is sorted in C, even with table.sort replaced", funct
   local none, msg, code = sys.listdir(tmp .. "/nope")
   T.eq(none, nil)
   T.match(msg, "nope")
-  T.eq(code, "io")
+  T.eq(code, "notfound")
 end)
 
 T.test("qshell.os: mkdir with parents, mkdir of an existing dir, rename", function()
@@ -105,12 +106,12 @@ T.test("qshell.os: diff_blocks gives the changed blocks and reads only data", fu
   local none, msg, code = sys.diff_blocks(tmp .. "/nope", a)
   T.eq(none, nil)
   T.match(msg, "nope")
-  T.eq(code, "io")
+  T.eq(code, "notfound")
   T.ok(not pcall(sys.diff_blocks, a, b, 0), "a block size of 0 is misuse")
 end)
 
 T.test("console: ANSI escapes stripped; guest and image options checked before anything starts", function()
-  local strip = require("qemu.vm.console").strip_ansi
+  local strip = require("qemu.vm.console")._strip_ansi
   T.eq(strip("\27[0;1;31m\226\151\143\27[0m unit \27]0;title\7done\27[?2004l"), "\226\151\143 unit done")
   T.eq(strip("a\rb\n"), "a\rb\n")
   T.raises(function() qemu.guest.launch { guest = 5 } end, "BadArgument", "guest=")
@@ -153,14 +154,14 @@ T.test("qemu.host: cores within what the machine has", function()
   T.eq(host.fmt_time(125), "2:05")
 end)
 
-T.test("sweep plan: stable keys, axis order, repeats", function()
+T.test("sweep plan: stable run names, axis order, repeats", function()
   local plan = require "qemu.sweep.plan"
   local runs, names = plan.expand({ size = { 1, 1e6 }, mode = { "a", "b" } }, 2)
   T.eq(#runs, 8)
   T.eq(table.concat(names, ","), "mode,size")
-  T.eq(runs[1].key, "mode=a;size=1#1")
-  T.eq(runs[4].key, "mode=a;size=1000000#2")
-  local todo, skipped = plan.todo(runs, { [runs[1].key] = true })
+  T.eq(runs[1].run, "mode=a;size=1#1")
+  T.eq(runs[4].run, "mode=a;size=1000000#2")
+  local todo, skipped = plan.todo(runs, { [runs[1].run] = true })
   T.eq(#todo, 7)
   T.eq(skipped, 1)
   T.raises(function() plan.check_matrix("f", { status = { 1 } }) end, "BadArgument")
@@ -185,8 +186,8 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   local path = tmp .. "/res/sub/out.csv"
   local out = results.open(path, names, false, "t")
   local tally = results.tally(runs, out, 0)
-  tally:record { i = 1, status = "ok", wall = 0.5, metrics = { a = 1 } }
-  tally:record { i = 2, status = "failed", wall = 0.25, error = 'a "quoted", comma', metrics = nil }
+  tally:record { i = 1, status = "ok", wall_s = 0.5, metrics = { a = 1 } }
+  tally:record { i = 2, status = "failed", wall_s = 0.25, error = 'a "quoted", comma', metrics = nil }
   tally:finish()
   local rows = qemu.sweep.read(path)
   T.eq(#rows, 2)
@@ -201,8 +202,8 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   T.ok(not T.exists(path .. ".lock"), "the lock file goes with close")
   -- a new metric in a resumed sweep widens the header
   local out2 = results.open(path, names, true, "t")
-  T.ok(out2.done[runs[1].key] and out2.done[runs[2].key])
-  runs[1].status, runs[1].wall, runs[1].metrics = "ok", 1, { a = 2, b = 3 }
+  T.ok(out2.done[runs[1].run] and out2.done[runs[2].run])
+  runs[1].status, runs[1].wall_s, runs[1].metrics = "ok", 1, { a = 2, b = 3 }
   out2:append(runs[1])
   rows = qemu.sweep.read(path)
   T.eq(table.concat(rows.columns, ","), "run,repeat,n,status,wall_s,error,host,started,prov,a,b")
@@ -211,6 +212,86 @@ T.test("sweep results: CSV writer widens the header; read gives it back", functi
   out2:close()
   T.raises(function() results.open(path, names, false, "t") end, "FileExists")
   T.ok(not T.exists(path .. ".lock"), "a refused open leaves no lock")
+end)
+
+T.test("sweep results: one name per fact (run, wall_s, provenance) from the tally to the file", function()
+  local results = require "qemu.results.file"
+  local plan = require "qemu.sweep.plan"
+  local runs, names = plan.expand({ n = { 1, 2 } }, 1)
+  for _, kind in ipairs { "csv", "jsonl" } do
+    local path = tmp .. "/names/out." .. kind
+    local out = results.open(path, names, false, "t")
+    local tally = results.tally(runs, out, 0, function() return { qemu = "9.9.9" } end)
+    tally:record { i = 1, status = "ok", wall_s = 0.5, metrics = { a = 1 }, provenance = { qemu = "1.2.3" } }
+    tally:record { i = 2, status = "failed", wall_s = 0.25, error = "x" } -- a worker that died: provenance_for
+    tally:finish()
+    out:close()
+    T.eq(tally.results[1].run, "n=1#1")
+    T.eq(tally.results[1].wall_s, 0.5)
+    T.eq(tally.results[1].provenance.qemu, "1.2.3")
+    T.eq(tally.results[2].provenance.qemu, "9.9.9")
+    T.eq(tally.results[1].key, nil)
+    T.eq(tally.results[1].wall, nil)
+    local rows = qemu.sweep.read(path)
+    T.eq(rows[1].run, "n=1#1")
+    T.eq(rows[1].wall_s, 0.5)
+    T.eq(rows.provenance[rows[1].prov].qemu, "1.2.3")
+    T.eq(rows.provenance[rows[2].prov].qemu, "9.9.9")
+    T.eq(rows.setups, nil)
+    local side = json.decode(fs.read(tmp .. "/names/out.provenance.json"))
+    T.eq(side.provenance[rows[1].prov].qemu, "1.2.3", kind)
+    T.eq(side.setups, nil)
+    os.remove(tmp .. "/names/out.provenance.json")
+  end
+end)
+
+T.test("sweep results: a sidecar written with the old key `setups` still reads, and a resume keeps it", function()
+  local results = require "qemu.results.file"
+  local plan = require "qemu.sweep.plan"
+  local runs, names = plan.expand({ n = { 1, 2 } }, 1)
+  local path = tmp .. "/old/out.csv"
+  fs.mkdir_p(tmp .. "/old", "t")
+  fs.write(path, "run,repeat,n,status,wall_s,error,host,started,prov,a\nn=1#1,1,1,ok,0.500,,h,t,aaaaaaaaaaaa,1\n", "t")
+  fs.write(tmp .. "/old/out.provenance.json",
+           json.encode { format = 1, setups = { aaaaaaaaaaaa = { qemu = "7.2.0" } }, sweep = { total = 2 } }, "t")
+  local rows = qemu.results.read(path)
+  T.eq(rows.provenance.aaaaaaaaaaaa.qemu, "7.2.0")
+  T.eq(rows.sweep.total, 2)
+  local out = results.open(path, names, true, "t")
+  local tally = results.tally(runs, out, 1)
+  tally:record { i = 2, status = "ok", wall_s = 1, metrics = { a = 2 }, provenance = { qemu = "10.0.0" } }
+  tally:finish()
+  out:close()
+  rows = qemu.sweep.read(path)
+  T.eq(rows.provenance.aaaaaaaaaaaa.qemu, "7.2.0", "the old row's provenance is kept")
+  T.eq(rows.provenance[rows[2].prov].qemu, "10.0.0")
+  local side = json.decode(fs.read(tmp .. "/old/out.provenance.json"))
+  T.eq(side.setups, nil, "written back under the one key")
+  T.eq(side.provenance.aaaaaaaaaaaa.qemu, "7.2.0")
+end)
+
+T.test("sweep: a failed append raises through the one mapping (the class from the code)", function()
+  local results = require "qemu.results.file"
+  local plan = require "qemu.sweep.plan"
+  local _, names = plan.expand({ n = { 1 } }, 1)
+  local out = results.open(tmp .. "/full/out.csv", names, false, "t")
+  local path = out.path
+  out.path = "/dev/full"
+  local ok, e = pcall(out._write, out, "a row\n")
+  out.path = path
+  out:close()
+  T.ok(not ok)
+  T.eq(e.class, "IOError")
+  T.eq(e.command, "qemu.sweep")
+  T.match(e.desc, "^cannot append a result to /dev/full: No space left on device; the sweep stopped")
+  T.match(e.hint, "resume=true")
+end)
+
+T.test("qemu.sweep without a table is BadArgument, not a Lua error", function()
+  T.raises(function() qemu.sweep() end, "BadArgument", "argument #1 must be a table, got nil")
+  T.raises(function() qemu.sweep("x") end, "BadArgument", "argument #1 must be a table, got string")
+  T.raises(function() require("qemu.sweep").sweep(42) end, "BadArgument", "got number")
+  T.raises(function() qemu.sweep {} end, "BadArgument", "run= ")
 end)
 
 T.test("results lock: of 8 processes racing for it one holds it, every other names that one", function()
@@ -250,8 +331,33 @@ T.test("append: all of the text or none of it", function()
   local ok, msg, code = sys.append("/dev/full", "row\n")
   T.eq(ok, nil)
   T.match(msg, "^/dev/full: No space left on device")
-  T.eq(code, "io")
+  T.eq(code, "nospace")
   T.raises(function() require("qemu.util.fs").append("/dev/full", "x", "t") end, "IOError", "No space left")
+end)
+
+T.test("one map from failures to classes: errno codes from C and from Lua's io alike", function()
+  local errors = require "qemu.errors"
+  local fs = require "qemu.util.fs"
+  local dir = T.tmpdir()
+  -- C calls: the code names the cause, the class follows from it
+  local _, _, code = sys.mkdir(dir)
+  T.eq(code, "exists")
+  T.eq(errors.class_for(code), "FileExists")
+  -- Lua's io gives errno numbers: the same map
+  local f, _, errno = io.open(dir .. "/no/such/file", "rb")
+  T.eq(f, nil)
+  T.eq(errors.class_for(errno), "IOError")
+  T.eq(sys.errcode(errno), "notfound")
+  T.eq(sys.errcode(4), "interrupted")
+  T.eq(errors.class_for(4), "Interrupted")
+  T.eq(errors.class_for(13), "PermissionDenied")
+  -- a raise after a C call goes through it: a directory that cannot be made
+  -- under a file is an IOError; one in a read-only place is PermissionDenied
+  fs.write(dir .. "/file", "x", "t")
+  T.raises(function() fs.mkdir_p(dir .. "/file/sub", "t") end, "IOError", "cannot create the directory")
+  -- sysfs refuses a new directory, even to root (EPERM)
+  T.raises(function() fs.mkdir_p("/sys/qshell-nope", "t") end, "PermissionDenied", "cannot create the directory")
+  T.raises(function() fs.slurp(dir .. "/absent", "t") end, "IOError", "cannot read")
 end)
 
 T.run()

@@ -111,8 +111,8 @@ function M.make(self, dir, opts)
   local replacing = false
   if st then
     if st.type ~= "dir" then check.bad(fname, "%s exists and is not a directory", dir) end
-    local entries, lerr = sys.listdir(dir)
-    if not entries then errors.raise { class = "IOError", command = fname, desc = lerr } end
+    local entries, lerr, lerr_code = sys.listdir(dir)
+    if not entries then errors.from_code(fname, lerr, lerr_code) end
     if #entries > 0 then
       if not opts.force then
         errors.raise { class = "FileExists", command = fname,
@@ -180,8 +180,8 @@ function M.make(self, dir, opts)
     -- to another process is 2-4 times slower), and a thread hashes it as
     -- it grows (the stream only appends; zero pages are not in it, so the
     -- file is compact).
-    local fd, oerr = sys.open(work .. "/state", "wx")
-    if not fd then errors.raise { class = "IOError", command = fname, desc = oerr } end
+    local fd, oerr, oerr_code = sys.open(work .. "/state", "wx")
+    if not fd then errors.from_code(fname, oerr, oerr_code) end
     local ferr, fcode
     sink, ferr, fcode = hash.follow(work .. "/state")
     if not sink then
@@ -278,11 +278,11 @@ function M.make(self, dir, opts)
     end
   end
   for name in pairs(records) do
-    local rok, rerr = sys.rename(work .. "/" .. name, dir .. "/" .. name)
-    if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
+    local rok, rerr, rerr_code = sys.rename(work .. "/" .. name, dir .. "/" .. name)
+    if not rok then errors.from_code(fname, rerr, rerr_code) end
   end
-  local rok, rerr = sys.rename(work .. "/manifest.json", dir .. "/manifest.json")
-  if not rok then errors.raise { class = "IOError", command = fname, desc = rerr } end
+  local rok, rerr, rerr_c = sys.rename(work .. "/manifest.json", dir .. "/manifest.json")
+  if not rok then errors.from_code(fname, rerr, rerr_c) end
   -- A shared base backs the checkpoint's disk: qemu.image.customize must not write into it.
   for _, d in ipairs(mdisks) do
     if d.base then require("qemu.image.backing").record(d.base.path, dir .. "/" .. d.file) end

@@ -257,7 +257,49 @@ function M.is_file(name)
          or name:match("^disk%-%d+%.%a+$") ~= nil
 end
 
--- M.read(dir [, fname]) -> manifest (raises when dir is not a checkpoint)
+---@api qemu.checkpoint.read qemu.checkpoint.read(dir) -> manifest
+--- The manifest of the checkpoint in `dir`, checked as a restore checks it.
+---
+--- A checkpoint may be anyone's (a colleague's, a download, a copy on a
+--- cluster's scratch), so its `manifest.json` is read as data: it is refused
+--- before it is parsed when it is over 1 MiB or nests deeper than 32 levels,
+--- and refused when it asks for anything qshell never writes into one: a
+--- file outside `dir` or a link out of it, a file that is not a regular
+--- file, a `-machine` or `-accel` setting that names a host file or backend
+--- (`kernel=`, `dumpdtb=`, `pflash0=`, a path), a port forward on an address
+--- other than the loopback (127.x.x.x), launch options a restore takes only from its caller
+--- (`extra`, `plugins`, `disks`, `loadvm`), or any key qshell does not record.
+--- Checkpoints of format 2 (an earlier qshell, the RAM in the state stream)
+--- are read as well as the current format 3. The files themselves are not
+--- checked here: `qemu.checkpoint.verify` does that.
+---
+---     local m = qemu.checkpoint.read("warm.ckpt")
+---     print(m.qemu, m.launch.machine_type, m.launch.memory)
+---
+---@param dir string  the checkpoint directory (made by `vm:checkpoint`)
+---@return table manifest  the decoded `manifest.json`: `{format=, qshell=, qemu=, created=,
+---   launch=, disks=, state=, ram=, files=, source=, console=}`. `format` is 3 (2: an
+---   earlier qshell); `qshell` and `qemu` the versions that made it; `created` Unix time;
+---   `launch` the options that define the machine (`machine_type` as QEMU resolved it,
+---   e.g. "pc-i440fx-7.2", and `machine`, `cpu`, `smp`, `memory`, `accel`, `kernel`,
+---   `initrd` (names of files in `dir`), `append` (as QEMU got it; `append_given` as the
+---   script gave it), `console`, `net` as launched);
+---   `disks` a list of `{file=, format="qcow2", virtual_size=, actual_size=, interface=,
+---   readonly=, cache=, base=}` (`base` = `{path=, format=, size=, mtime=, sha256=}` for
+---   a disk made with `shared_base=true`, else absent); `state` = `{file="state",
+---   bytes=}`; `ram` = `{id=, size=, file=, data=}` (the guest RAM's backend, its file in
+---   `dir` and the bytes of data in it; absent when QEMU held the RAM itself); `files`
+---   maps each file name to `{size=, mtime=, sha256=}` (the RAM file:
+---   `{size=, mtime=, sha256_chunks=, chunk=}`, the SHA-256 of the SHA-256 digests of
+---   its 4 MiB chunks in order); `source` where it was made from (`{status=, argv=,
+---   disks=, kernel=, initrd=, binary=, host=}`, information only); `console` what the
+---   serial console knew of the guest (its kernel's log level)
+---@error BadArgument  `dir` is not a string
+---@error NotACheckpoint  no such directory, no `manifest.json` in it, not a qshell manifest,
+---   one made by a much older qshell (format 1) or a newer one, one too big or too deep,
+---   or one that asks for what qshell never writes into a checkpoint (the error names it)
+-- (fname: the command the errors name, for the callers that read a manifest
+-- on their own behalf: qemu.launch{restore=}, qemu.sweep, ...)
 function M.read(dir, fname)
   fname = fname or "qemu.checkpoint.read"
   check.arg(fname, 1, dir, "string")
@@ -494,16 +536,62 @@ function M.check_files(dir, m, full, fname)
   check_images(dir, m, fname)
 end
 
--- qemu.checkpoint.verify(dir) -> true: every file (and a referenced base)
--- matches its size and digest in the manifest; CheckpointCorrupt otherwise
+---@api qemu.checkpoint.verify qemu.checkpoint.verify(dir) -> true
+--- Check every file of the checkpoint in `dir` against its manifest, digests included.
+---
+--- Every file's size and digest (SHA-256; for the RAM file the digest of its
+--- 4 MiB chunks, hashed on every core) is computed again and compared with
+--- the manifest, and so is a base outside the checkpoint that a disk made
+--- with `shared_base=true` names; the disks' qcow2 headers must name no file
+--- but their recorded base. A restore (`qemu.launch{restore=dir}`) checks
+--- the sizes always but the digests only of files whose mtime changed (and
+--- of a base, once per process), unless given `verify=true`: this is the
+--- full check, for a checkpoint copied from elsewhere. It reads every byte,
+--- so it takes as long as reading the checkpoint does.
+---
+---     qemu.checkpoint.verify("/shared/me/warm.ckpt")   -- raises if anything differs
+---
+---@param dir string  the checkpoint directory
+---@return boolean ok  true (a mismatch raises)
+---@error BadArgument  `dir` is not a string
+---@error NotACheckpoint  `dir` is not a checkpoint (see `qemu.checkpoint.read`), an image
+---   names a backing or data file other than its recorded base, or a base is not a
+---   regular file
+---@error CheckpointCorrupt  a file is missing, has another size or digest than the
+---   manifest records, or a recorded base is gone or changed (the file is named)
+---@error IOError  a file could not be read
 function M.verify(dir)
   local m = M.read(dir, "qemu.checkpoint.verify")
   M.check_files(dir, m, true, "qemu.checkpoint.verify")
   return true
 end
 
--- qemu.checkpoint.info(dir) -> {qemu=, machine_type=, created=, launch=, disks=, files=,
---   bytes=, ram=, source=, text=}: what is in a checkpoint; info.text is a summary to print
+---@api qemu.checkpoint.info qemu.checkpoint.info(dir) -> info
+--- What is in the checkpoint in `dir`, with a summary to print.
+---
+--- It reads the manifest only (checked as `qemu.checkpoint.read` checks
+--- it); `qemu.checkpoint.verify` checks the files. `info.text` looks like:
+---
+---     checkpoint warm.ckpt
+---       made      2026-12-06 23:51:23 by qshell 1.0 on QEMU 7.2.22 (host)
+---       machine   pc-i440fx-7.2, accel tcg, memory 256M, smp 1
+---       kernel    kernel (from /home/me/qshell/build/guest/vmlinuz), append "console=ttyS0 ..."
+---       state     0.3 MB (devices only)
+---       ram       ram 83.8 MB of data in 256 MiB (shared by restores)
+---       disk 0    disk-0.qcow2 5.1 MB (68157440 virtual), self-contained
+---       total     105.0 MB in 5 files
+---
+---     io.write(qemu.checkpoint.info("warm.ckpt").text)
+---
+---@param dir string  the checkpoint directory
+---@return table info  `{qemu=, machine_type=, created=, launch=, disks=, files=, bytes=, ram=,
+---   source=, text=}`: the QEMU version that made it, the machine type QEMU resolved
+---   (e.g. "pc-i440fx-7.2"), the time it was made (Unix time), and the manifest's
+---   `launch`, `disks`, `files`, `ram` and `source` (as `qemu.checkpoint.read` describes
+---   them); `bytes` is the size of its files (the RAM file counted by the data in it, its
+---   holes left out); `text` the summary above, ending in a newline
+---@error BadArgument  `dir` is not a string
+---@error NotACheckpoint  `dir` is not a checkpoint (see `qemu.checkpoint.read`)
 function M.info(dir)
   local m = M.read(dir, "qemu.checkpoint.info")
   -- (the RAM file counts its data: the rest is holes)

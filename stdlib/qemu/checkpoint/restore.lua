@@ -100,8 +100,33 @@ function M.note(dir, plan, why)
                                 why))
 end
 
--- M.sharing(dir [, binary]) -> shared, why: would restores of the
--- checkpoint in dir share its RAM on this QEMU?  Says why not, once.
+---@api qemu.checkpoint.sharing qemu.checkpoint.sharing(dir [, binary]) -> shared, why
+--- Whether VMs restored from the checkpoint in `dir` on a QEMU share its RAM, and if not, why.
+---
+--- VMs restored from a checkpoint with a RAM file map that file
+--- copy-on-write: N restores hold one copy of the pages they read, and each
+--- pays only for the pages it writes. Restores copy the RAM into each VM
+--- instead when the checkpoint holds its RAM in its state stream (it was
+--- made by an earlier qshell, from a VM that was itself restored, or from a
+--- VM whose RAM options qshell left to QEMU: `extra=` with `-m`, `-mem-path`
+--- or a memory backend, `machine=` naming one), when the RAM file cannot be
+--- mapped (a file system without mmap), or on QEMU before 8.2 when this user
+--- may not open the RAM file read-write (a read-only copy: `chmod u+w` it).
+--- When they do not share, the reason is also printed on stderr, once per
+--- checkpoint and process (`qshell: restores of DIR copy its RAM into each
+--- VM (...): WHY`), as the first such restore would print it.
+---
+---     local shared, why = qemu.checkpoint.sharing("warm.ckpt")
+---     if not shared then print("each run copies the RAM: " .. why) end
+---
+---@param dir string  the checkpoint directory
+---@param binary? string  the QEMU the restores would run (default: `$QSHELL_QEMU`, else
+---   qemu-system-x86_64 on PATH), as `qemu.launch{binary=}` takes it
+---@return boolean shared  true when restores map the checkpoint's RAM file (shared)
+---@return string|nil why  what keeps them from sharing (nil when they share)
+---@error BadArgument  `dir` is not a string
+---@error NotACheckpoint  `dir` is not a checkpoint (see `qemu.checkpoint.read`)
+---@error LaunchFailed  no such QEMU binary, or it does not say its version
 function M.sharing(dir, bin)
   local m = manifest.read(dir, "qemu.checkpoint.sharing")
   local real = sys.realpath(dir) or fs.abspath(dir)

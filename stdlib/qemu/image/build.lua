@@ -299,10 +299,67 @@ local function write_description(out, d, what)
   files.write(out .. "/guest.lua", table.concat(lines, "\n") .. "\n", what)
 end
 
--- qemu.image.build{suite="bookworm", packages={...}, size="2G", root_password=,
---   hostname="debian", users={{name=, password=, groups=, shell=, uid=}},
---   network=true, disable_auto_upgrades=true, mirror=, kernel_package=,
---   memory="1G", append=, out=dir, force=false} -> the guest (qemu.guest.load(out))
+---@api qemu.image.build qemu.image.build([options]) -> guest
+--- Build a real, bootable Debian system disk from the distribution's packages, and the guest that boots it.
+---
+--- mmdebstrap installs the suite (variant `apt`, plus systemd-sysv, udev, dbus, iproute2, initramfs-tools,
+--- e2fsprogs, the kernel package and `packages`; `locales` with `cloud-init`) into a directory; qshell
+--- writes its fstab, hostname, hosts, passwords (SHA-512 crypt), users (`useradd -m` in the tree), a
+--- systemd-networkd DHCP setup for every ethernet link (`network=true`; pairs with `net=` on
+--- `qemu.launch`), masks the apt timers (`disable_auto_upgrades=true`) and installs
+--- `/usr/local/bin/qshell-roi` (the region-of-interest marker); `qemu.disk.populate` makes the tree a qcow2
+--- with an MBR and one ext4 partition labelled `qshell-root` (no nbd, no mount, no libguestfs). Beside
+--- it go the tree's kernel (`vmlinuz`), its `initrd.img`, and `guest.lua`, the description
+--- `qemu.guest.load` reads. The guest boots with `root=LABEL=qshell-root console=ttyS0 nokaslr` (the
+--- serial getty on ttyS0 comes from `console=`).
+---
+--- The result is cached by its inputs, in `out` or in `~/.cache/qshell/images/SUITE-HASH` (delete what you
+--- no longer use): the same inputs return at once (no root needed then), `force=true` rebuilds. A build is
+--- made beside `out` and moved into place whole, so a failed or interrupted one leaves `out` as it was.
+--- Rebuilding a disk that overlays or checkpoints qshell made still use is refused (they would read the
+--- new disk's clusters) unless `force=true`. A package that does not exist, a mirror that cannot be
+--- reached and a suite the mirror lacks are `BuildFailed` errors that say so (a package name the host's
+--- apt lists do not know, for the host's own suite, is refused before mmdebstrap runs). On a terminal a
+--- progress line shows mmdebstrap's step.
+---
+--- Building takes a few minutes (about 2.5) and needs root (mmdebstrap's root mode, so that files belong
+--- to root in the image); the image boots without root.
+---
+---     local g = qemu.image.build { packages = { "build-essential" }, root_password = "secret", hostname = "exp" }
+---     local vm <close> = qemu.guest.launch { guest = g, net = true, smp = 2 }
+---     print(vm.console:run("systemctl is-system-running"))   --> "running", 0
+---
+---@param options? table  every key is optional:
+---   `suite=` string, default `"bookworm"`: the Debian codename;
+---   `packages=` string[], default `{}`: more packages to install;
+---   `size=` integer|string, default `"2G"`: the system disk's size, at least 512M;
+---   `root_password=` string: root's password (non-empty, no newline); without it root has none (the login asks for none);
+---   `hostname=` string, default `"debian"`: letters, digits and `-`, at most 63 (one label, no dots);
+---   `users=` table: `{{name=, password=, groups={...}, shell="/bin/bash", uid=}, ...}`, accounts made with
+---   `useradd -m` (a password is non-empty, without a newline or a colon; the groups must exist in the image);
+---   `network=` boolean, default true: DHCP on every ethernet link with systemd-networkd;
+---   `disable_auto_upgrades=` boolean, default true: mask `apt-daily.timer` and `apt-daily-upgrade.timer`;
+---   `mirror=` string: the Debian mirror; default mmdebstrap's (deb.debian.org, with the suite's -updates and -security);
+---   `kernel_package=` string, default `"linux-image-cloud-amd64"`: the kernel's package;
+---   `memory=` string, default `"1G"`: the guest's memory, as `qemu.guest.launch` will give it;
+---   `append=` string: more kernel command line, after `root=LABEL=qshell-root console=ttyS0 nokaslr`;
+---   `out=` string: the directory to build into (new, empty, or an earlier build's); default in qshell's cache;
+---   `force=` boolean, default false: rebuild even when the inputs have not changed, and even when overlays use the disk.
+---@return table guest  the guest in `out`, as `qemu.guest.load(out)` reads it: `{kernel=, initrd=, system=, append=,
+---   memory=, user="root", password=, login_prompt="login: ", prompt="# ", kernel_version=, suite=, hostname=,
+---   packages=, dir=}`, to pass as `qemu.guest.launch{guest=}`
+---@error BadArgument  an unknown option or a wrong type, a suite that is not a codename, a bad host name, package
+---   name, user, password or size
+---@error FileExists  `out` holds files that are not an image `qemu.image.build` made
+---@error MissingTool  mmdebstrap, mkfs.ext4, sfdisk or qemu-img is not installed
+---@error PermissionDenied  not root (an image that is built already needs none)
+---@error ImageInUse  the disk in `out` is the backing file of overlays qshell made (named), without `force=true`
+---@error BuildFailed  mmdebstrap failed (no such package, no mirror, no such suite: said so), a user could not be
+---   added, the kernel package installed no kernel or initrd, no qshell-roi helper
+---@error CommandFailed  a command run in the tree (chpasswd, passwd, locale-gen, ...) failed
+---@error DiskError  making the disk failed
+---@error Timeout  mmdebstrap ran for more than an hour
+---@error Interrupted  Ctrl-C (`out` is left as it was)
 function M.build(opts)
   local what = "qemu.image.build"
   local given = check.options(what, opts or {}, build_opts)
@@ -438,17 +495,17 @@ function M.build(opts)
     if files.is_dir(out) then
       local old = out .. ".qshell-old"
       run.run({ "rm", "-rf", "--", old }, { command = what })
-      local rok, rerr = sys.rename(out, old)
-      if not rok then errors.raise { class = "IOError", command = what, desc = rerr } end
-      rok, rerr = sys.rename(work, out)
+      local rok, rerr, rerr_code = sys.rename(out, old)
+      if not rok then errors.from_code(what, rerr, rerr_code) end
+      rok, rerr, rerr_code = sys.rename(work, out)
       if not rok then
         sys.rename(old, out)
-        errors.raise { class = "IOError", command = what, desc = rerr }
+        errors.from_code(what, rerr, rerr_code)
       end
       run.run({ "rm", "-rf", "--", old }, { command = what })
     else
-      local rok, rerr = sys.rename(work, out)
-      if not rok then errors.raise { class = "IOError", command = what, desc = rerr } end
+      local rok, rerr, rerr_code = sys.rename(work, out)
+      if not rok then errors.from_code(what, rerr, rerr_code) end
     end
   end)
   run.run({ "rm", "-rf", tree }, { command = what })
@@ -463,11 +520,35 @@ end
 
 local kernel_opts = { out = "string", partition = check.positive }
 
--- qemu.image.kernel(image [, {out=dir, partition=N}]) -> {kernel=, initrd=,
---   version=, root=, device=, partition=, append=}
--- The newest /boot/vmlinuz-* of the image's root filesystem (or of its
--- /boot partition) and its initrd, copied to out (default: the shell's
--- scratch dir); root= is "UUID=..." of the root filesystem.
+---@api qemu.image.kernel qemu.image.kernel(image [, options]) -> kernel
+--- The kernel and initrd inside any Linux image, copied out so that the image boots with `-kernel`.
+---
+--- The newest `/boot/vmlinuz-*` and its initrd (`initrd.img-V`, `initramfs-V.img` or `initrd-V`) are read offline
+--- with debugfs, without root or a mount, from any image format `qemu-img` reads: from the root file system's
+--- `/boot`, or from a separate ext `/boot` partition. Booting a distribution image with `-kernel` and `nokaslr`
+--- avoids its bootloader and is much faster under TCG.
+---
+---     local k = qemu.image.kernel("debian-12-nocloud-amd64.qcow2")
+---     local vm <close> = qemu.launch { kernel = k.kernel, initrd = k.initrd, append = k.append,
+---                                      disks = { qemu.disk.overlay("debian-12-nocloud-amd64.qcow2", "exp.qcow2") } }
+---
+---@param image string  the image file
+---@param options? table  every key is optional:
+---   `out=` string: the directory to copy the files to (made if missing); default a directory in the shell's
+---   temporary directory;
+---   `partition=` integer: read only this partition (1-based); default every ext partition, the root found by its `/etc`.
+---@return table kernel  `{kernel=, initrd=, version=, root=, device=, partition=, append=}`: `kernel` the copied
+---   `vmlinuz-VERSION`, `initrd` the copied initrd (nil when the image has none), `version` the kernel's version;
+---   `root` is `UUID=...` of the root file system when there is an initrd (its udev finds the disk whatever it is
+---   called), else the device; `device` the root's name as the first disk (`/dev/sda1`, `/dev/sda` unpartitioned);
+---   `partition` the root's partition number (nil unpartitioned); `append` is `root=... console=ttyS0 nokaslr`
+---@error BadArgument  an unknown option or a wrong type, no such image
+---@error MissingTool  debugfs is not installed (package e2fsprogs)
+---@error NotExt  the image (or `partition`) holds no ext2/3/4 file system
+---@error NoKernel  no ext file system of the image has a `/boot/vmlinuz-*`
+---@error CustomizeFailed  debugfs could not read the kernel or the initrd out of the image
+---@error DiskError  `qemu-img` could not read the image
+---@error CommandFailed  converting the image to raw failed
 function M.kernel(image_path, opts)
   local what = "qemu.image.kernel"
   check.arg(what, 1, image_path, "string")
@@ -507,8 +588,8 @@ function M.kernel(image_path, opts)
       return names
     end
     local function fs_uuid(off)
-      local f, err = io.open(raw, "rb")
-      if not f then errors.raise { class = "IOError", command = what, desc = err } end
+      local f, err, err_code = io.open(raw, "rb")
+      if not f then errors.from_code(what, err, err_code) end
       f:seek("set", off + 1024 + 0x68)
       local u = f:read(16) or ""
       f:close()

@@ -350,7 +350,57 @@ local function iso_argv()
                  hint = 'apt-get install xorriso (make deps installs it), or use format="vfat"' }
 end
 
--- M.seed(opts) -> path of the seed disk (raw)
+---@api qemu.image.cloud_init qemu.image.cloud_init(options) -> path
+--- Make a NoCloud seed disk for an image that runs cloud-init (Debian's `generic` and `genericcloud` images, Ubuntu's
+--- cloud images).
+---
+--- Attach it as a second disk; cloud-init finds it by its label and configures the system on its first
+--- boot. The seed is a raw image holding two files: `user-data` (a `#cloud-config` document) and
+--- `meta-data` (`instance-id`, `local-hostname`). Every option is checked, and both documents written,
+--- before anything is written to disk. The YAML is written by qshell, not pasted together: every string is
+--- double-quoted and escaped, so quotes, colons, `#`, newlines, YAML words (`yes`, `null`, `~`) and any
+--- Unicode arrive as written; text that is not UTF-8 is refused. Images cannot be downloaded on machines
+--- without internet access: bring a cloud image and check it with `qemu.image.check` first.
+---
+---     local seed = qemu.image.cloud_init {
+---       out = "seed.img", password = "secret", hostname = "exp1",
+---       packages = { "build-essential" },
+---       write_files = { ["/etc/motd"] = "experiment 42\n" },
+---       runcmd = { "systemctl disable --now unattended-upgrades", { "touch", "/root/ready" } },
+---     }
+---     local vm <close> = qemu.launch { disks = { qemu.disk.overlay("debian-12-generic-amd64.qcow2", "exp.qcow2"), seed },
+---                                      memory = "2G", net = { forward = { { host = 2222, guest = 22 } } } }
+---     vm.console:login { user = "debian", password = "secret", timeout = 300 }
+---
+---@param options table  `out=` is required, the other keys are optional:
+---   `out=` string: the seed's path; an existing file is refused unless `force=true`;
+---   `user=` string|false, default `"debian"`: the default user's name; the image's default user, renamed, keeps the
+---   groups, sudo rights and shell its cloud.cfg gives it; false leaves the image's own default user (`debian`,
+---   `ubuntu`, ...) as it is;
+---   `password=` string: that user's password, in plain text (`password:`, `chpasswd: {expire: false}`,
+---   `lock_passwd: false`, and `ssh_pwauth: true` so that ssh takes it too); the seed holds it readable;
+---   `ssh_authorized_keys=` string[]: public keys for that user;
+---   `hostname=` string: the guest's host name (`hostname:` in user-data, `local-hostname` in meta-data);
+---   `runcmd=` table: commands run once at the end of the first boot: strings (run by `sh -c`) or argv lists
+---   (`{"touch", "/root/ready"}`);
+---   `packages=` string[]: packages installed on the first boot (the guest needs a network: `net=true`);
+---   `write_files=` table: `{{path=, content=, permissions=, owner=, append=, defer=}, ...}` or a map
+---   `{["/etc/motd"] = "text"}`; `permissions` an octal string (`"0644"`) or an integer (`tonumber("644", 8)`),
+---   cloud-init's defaults (0644, root:root) otherwise; content that is not UTF-8 text is sent base64, so any
+---   bytes arrive as they are;
+---   `config=` table: other cloud-config keys, written as given (`{timezone="UTC", bootcmd={...}}`); a key one of the
+---   options above writes is refused;
+---   `instance_id=` string: default a fresh random `iid-qshell-...`, so that every new seed is a new instance and
+---   cloud-init runs its first-boot steps again; give one to keep it;
+---   `format=` string, default `"vfat"`: `"vfat"` (made with `qemu.disk.populate`, label `cidata`, stored as `CIDATA`,
+---   no root) or `"iso9660"` (volume id `cidata`, made with xorriso, or genisoimage when that is what is installed);
+---   `force=` boolean, default false: overwrite `out`.
+---@return string path  `out`
+---@error BadArgument  no options or no `out=`, an unknown option or a wrong type or value, a `config=` key an option
+---   writes, text that is not UTF-8, a value YAML cannot hold
+---@error FileExists  `out` exists and `force` is not true
+---@error MissingTool  `format="iso9660"` without xorriso or genisoimage; `"vfat"` without dosfstools or mtools
+---@error DiskError  making the file system failed
 function M.seed(opts)
   if opts == nil then check.bad(FNAME, "give the options: {out=\"seed.img\", password=..., ...}") end
   opts = check.options(FNAME, opts, seed_opts, 1)

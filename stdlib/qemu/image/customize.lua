@@ -257,8 +257,8 @@ local function write_back(path, base, work, cluster, what)
     end
   end
   if #writes == 0 then return 0 end
-  local src, err = io.open(work, "rb")
-  if not src then errors.raise { class = "IOError", command = what, desc = "cannot read " .. err } end
+  local src, err, err_code = io.open(work, "rb")
+  if not src then errors.from_code(what, "cannot read " .. err, err_code) end
   local chunks, total = {}, 0
   local ok, werr = pcall(function()
     local batch = {}
@@ -346,16 +346,112 @@ local function customize_debugfs(path, opts, what)
   if not ok then error(err, 0) end
 end
 
--- qemu.image.customize(path, {root_password=, write={[guest_path]=text},
---   symlinks={[guest_path]=target}, delete={paths}, hostname=,
---   users={{name=, password=, groups=, shell=, uid=, home=}, ...},
---   enable={units}, disable={units}, mask={units}, disable_auto_upgrades=,
---   install={pkgs}, uninstall={pkgs}, run={cmds}, force=false,
---   partition=N, backend="auto"|"debugfs"|"virt-customize",
---   appliance={kernel=, modules=}})
--- virt-customize runs under `env` with LIBGUESTFS_BACKEND=direct,
--- LIBGUESTFS_BACKEND_SETTINGS=force_tcg without KVM (each only when unset)
--- and SUPERMIN_KERNEL/SUPERMIN_MODULES from appliance=.
+---@api qemu.image.customize qemu.image.customize(path, options)
+--- Edit a system image before it boots: passwords, users, files, links, the host name, systemd units, packages.
+---
+--- The file edits need neither root nor libguestfs: e2fsprogs' `debugfs` writes them into the image's ext2/3/4
+--- file system (by default the largest ext partition of an MBR or GPT disk). They run in this order:
+--- `delete`, `write`, `symlinks`, `hostname`, `root_password`, `users`, `enable`, `disable`, `mask`,
+--- `disable_auto_upgrades`; so one call can write a unit file and enable it, or delete a file and put a link
+--- in its place. Every option is checked before anything is written, and the steps are planned against the
+--- image (counting what `write=` adds and `delete=` removes): a refusal is a `CustomizeFailed` error that
+--- names the file, user, group or unit and ends "nothing was changed".
+---
+--- - `users`: each user gets a line in `/etc/passwd` and `/etc/shadow` (the password hashed with SHA-512; without
+---   `password=` the account is locked, `!`), a group of its own name with the same id in `/etc/group` (and
+---   `/etc/gshadow` when the image has one), a place in each of `groups`, and a home directory (default
+---   `/home/NAME`, mode 0755, the user's) holding a copy of `/etc/skel`; a home that exists is left as it is. `uid`
+---   defaults to the first id from 1000 free as a uid and as a gid; `shell` to `/bin/bash` when the image has it,
+---   else `/bin/sh`. A user or a group of the user's name that exists, an id that is taken, and a group in `groups`
+---   that the image lacks are refused.
+--- - `enable` finds the unit file in `/etc/systemd/system`, `/usr/local/lib/systemd/system`, `/lib/systemd/system`,
+---   `/usr/lib/systemd/system` (links on the way followed), reads its `[Install]` section and links
+---   `/etc/systemd/system/TARGET.wants/UNIT` (`WantedBy=`; `.requires` for `RequiredBy=`, `.upholds` for
+---   `UpheldBy=`) and `/etc/systemd/system/ALIAS` (`Alias=`) to it, as `systemctl --root` does; the units `Also=`
+---   names are enabled too; a template takes its instance from the name (`getty@ttyS1.service`) or from
+---   `DefaultInstance=`. A unit that is not there, one without an `[Install]` section and a masked one are refused.
+--- - `disable` removes those links, and any other link named after the unit in `/etc/systemd/system/*.wants`,
+---   `*.requires` and `*.upholds` (a mask stays). `mask` links `/etc/systemd/system/UNIT` to `/dev/null`; a unit
+---   file of that name there is refused, not replaced.
+---
+--- A raw image is edited in place. A qcow2 is edited in a raw copy beside a pristine one, and only the
+--- blocks that changed are written back into it: the image keeps its format, compat level, backing file and
+--- internal snapshots, and an overlay grows by the clusters the edits touch (typically a few hundred KB),
+--- whatever the size of its backing file. The two copies take the image's data twice in `$TMPDIR` (sparse files).
+---
+--- Refused, with nothing changed: an image a running QEMU has open (this shell's or another's, as its disk or
+--- as the backing file of its overlay: `ImageInUse`); an image that is the backing file of an overlay qshell
+--- made (`qemu.disk.create{backing=}`, `qemu.disk.overlay`, a checkpoint's `shared_base`) while that overlay
+--- exists, since changing it corrupts the overlay (`ImageInUse` naming the overlay: customize the overlay
+--- instead, or pass `force=true`); an image without an ext file system (`NotExt`).
+---
+--- `install=`, `uninstall=` and `run=` need the guest's own tools and go through `virt-customize`
+--- (libguestfs-tools: about 110 packages, a ~675 MB appliance cache, about 20 s per call under TCG), which
+--- boots a small appliance VM; qshell sets `LIBGUESTFS_BACKEND=direct`, and `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`
+--- without KVM, each only when it is not exported. The edits only debugfs makes (`symlinks`, `delete`, `hostname`,
+--- `users`, `enable`, `disable`, `mask`) are made first, with debugfs, together with `write=` (so a unit written
+--- can be enabled); the rest goes through virt-customize: files, `install=` (with `--network`; otherwise
+--- `--no-network`), `uninstall=`, `run=` (needs `/bin/sh` in the image), the apt settings, the root password
+--- last (SHA-512). The image must look like Linux to libguestfs (`/bin`, and `/etc/fstab` or `/etc/hosts`).
+--- The appliance needs a kernel: the host's newest `/boot/vmlinuz-*`, or `appliance={kernel=, modules=}` (a
+--- Debian kernel `.deb` unpacked with `dpkg-deb -x DEB DIR`, its modules indexed with `depmod -b DIR VERSION`:
+--- `kernel=DIR/boot/vmlinuz-VERSION`, `modules=DIR/lib/modules/VERSION`); supermin also needs a `/lib/modules`
+--- directory on the host (an empty one will do). Export `LIBGUESTFS_DEBUG=1` for the appliance's details.
+---
+---     local img = qemu.disk.overlay("debian-12-nocloud-amd64.qcow2", "exp.qcow2")
+---     qemu.image.customize(img, {
+---       root_password = "secret", disable_auto_upgrades = true, hostname = "exp42",
+---       users = { { name = "alice", password = "alice's", groups = { "sudo" } } },
+---       write = { ["/etc/motd"] = "experiment 42\n",
+---                 ["/etc/systemd/system/bench.service"] =
+---                   "[Service]\nExecStart=/opt/bench/run\n[Install]\nWantedBy=multi-user.target\n" },
+---       enable = { "bench.service" },
+---       mask = { "unattended-upgrades.service" },
+---       symlinks = { ["/usr/local/bin/bench"] = "/opt/bench/run" },
+---       delete = { "/etc/update-motd.d/10-uname" },
+---     })   -- exp.qcow2 is still an overlay, a few hundred KB; the base is untouched
+---
+---@param path string  the image (raw or qcow2 for the debugfs edits; any format virt-customize reads for the rest)
+---@param options table  at least one edit; every key is optional:
+---   `root_password=` string: root's password, hashed (SHA-512 crypt, passed on stdin): a colon is fine, a newline is
+---   refused;
+---   `write=` table: `{[guest_path]=text}`, files written, their missing parent directories made (root's, 0755); a new file
+---   is root's, mode 0644; an existing file keeps its mode and owner; every file is read back;
+---   `symlinks=` table: `{["/path/link"]="target"}`, symbolic links, parent directories made; an existing link is
+---   replaced, an
+---   existing file or directory is refused (`delete=` it first);
+---   `delete=` string[]: files and links removed; a directory only when it is empty (or everything in it is in the list
+---   too); a path that is not there is refused;
+---   `hostname=` string: `/etc/hostname`, and the `127.0.1.1` line of `/etc/hosts` (`127.0.1.1 NAME`;
+---   `127.0.1.1 FQDN SHORT`
+---   for a dotted name), added when there is none; an RFC 1123 name (labels of letters, digits and inner hyphens,
+---   joined by dots);
+---   `users=` table: `{{name=, password=, groups={...}, shell=, uid=, home=}, ...}`, accounts as `useradd -m` makes
+---   them (above);
+---   `enable=`, `disable=`, `mask=` string[]: systemd unit names (`"ssh.service"`), handled as `systemctl --root`
+---   does (above);
+---   a unit in two of them is refused;
+---   `disable_auto_upgrades=` boolean: when true, the apt settings that stop automatic updates and upgrades
+---   (`/etc/apt/apt.conf.d/20auto-upgrades`), with `apt-daily.timer` and `apt-daily-upgrade.timer` masked;
+---   `install=`, `uninstall=` string[]: packages to install or remove (virt-customize);
+---   `run=` string[]: shell commands to run in the image (virt-customize);
+---   `force=` boolean, default false: edit an image that overlays qshell made depend on;
+---   `partition=` integer: the partition to edit (1-based); default the largest ext partition;
+---   `backend=` string, default `"auto"`: `"debugfs"` refuses `install=`, `uninstall=` and `run=`; `"virt-customize"`
+---   sends `root_password=`, `write=` and `disable_auto_upgrades=` there too, and refuses the debugfs-only edits;
+---   `appliance=` table: `{kernel=, modules=}`, the kernel of virt-customize's appliance (sets `SUPERMIN_KERNEL` and
+---   `SUPERMIN_MODULES`, overriding exported ones).
+---@error BadArgument  an unknown option or a wrong type or value (the option is named), nothing to do, a unit in two
+---   lists, an edit the chosen backend does not do, no such image, no such partition, an image neither raw nor qcow2
+---   (debugfs), an appliance file that does not exist
+---@error ImageInUse  a running QEMU has the image open, or overlays qshell made depend on it (without `force=true`)
+---@error NotExt  the image (or `partition`) holds no ext2/3/4 file system
+---@error CustomizeFailed  a refusal (the file, user, group or unit named: nothing was changed), debugfs or
+---   virt-customize failed (its own error lines), no `/lib/modules` on the host for virt-customize
+---@error MissingTool  `install=`, `uninstall=` or `run=` without virt-customize (libguestfs-tools), or no kernel for
+---   its appliance
+---@error DiskError  `qemu-img` cannot read the image
+---@error LaunchFailed  `qemu-img`, `qemu-io` or debugfs is not installed
 function M.customize(path, opts)
   local what = "qemu.image.customize"
   check.arg(what, 1, path, "string")

@@ -93,9 +93,29 @@ end
 
 -- ---- check ----
 
--- qemu.image.check(path) -> {format=, compat=, virtual_size=, backing=,
---   table="mbr"|"gpt"|"none", partitions={{number=, offset=, size=, type=, fs=}},
---   filesystem= (for an unpartitioned image), hints={...}}
+---@api qemu.image.check qemu.image.check(path) -> report
+--- What a user-supplied image is, read without changing it, with hints for the known traps.
+---
+--- It reads the format, the partition table (MBR, or a GPT behind a protective MBR) and the file system at the
+--- start of each partition, and gives hints for: a qcow2 v3 image an older QEMU refuses ("QCOW version 3"), a
+--- raw image (no internal snapshots), no ext file system (`qemu.image.customize`'s file edits need one), and,
+--- without KVM, booting a distribution image under TCG (its own kernel boots slowly there: boot it with
+--- `-kernel` and `nokaslr`, and `icount` if its kernel reports RCU stalls). It works while a QEMU holds the image.
+---
+---     local r = qemu.image.check("debian-12-generic-amd64.qcow2")
+---     for _, h in ipairs(r.hints) do print(h) end
+---
+---@param path string  the image file
+---@return table report  `{format=, compat=, virtual_size=, backing=, table=, partitions=, filesystem=, snapshots=, hints=}`:
+---   `format`, `compat`, `virtual_size` and `backing` as `qemu.disk.info` gives them; `table` is `"mbr"`, `"gpt"`,
+---   `"none"` or `"gpt (damaged header)"`; `partitions` a list of `{number=, offset=, size=, type=, fs=}` (bytes;
+---   `type` from the table: `"linux"`, `"swap"`, `"fat32"`, `"efi"`, `"lvm"`, `"ntfs"`, `"gpt"` for a GPT entry, or
+---   `"0xNN"`; `fs` `"ext2"`, `"ext3"`, `"ext4"`, `"vfat"`, `"ntfs"`, `"xfs"` or nil); `filesystem` the file system of
+---   an unpartitioned image (nil otherwise); `snapshots` the number of internal snapshots; `hints` a list of strings
+---@error BadArgument  `path` is not a string, or there is no such file
+---@error DiskError  `qemu-img` cannot read the image
+---@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error CommandFailed  reading the image's sectors failed
 function M.check(path)
   local fname = "qemu.image.check"
   check.arg(fname, 1, path, "string")

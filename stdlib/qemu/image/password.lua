@@ -9,8 +9,8 @@ local run = require "qemu.util.run"
 local M = {}
 
 local function random_salt()
-  local f, err = io.open("/dev/urandom", "rb")
-  if not f then errors.raise { class = "IOError", command = "qemu.image", desc = "cannot read " .. err } end
+  local f, err, err_code = io.open("/dev/urandom", "rb")
+  if not f then errors.from_code("qemu.image", "cannot read " .. err, err_code) end
   local bytes = f:read(16)
   f:close()
   local alphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -22,7 +22,19 @@ local function random_salt()
   return table.concat(out)
 end
 
--- A SHA-512 crypt(3) hash, the password passed on stdin (not in argv).
+---@api qemu.image.hash_password qemu.image.hash_password(password) -> hash
+--- A SHA-512 crypt(3) hash of a password (`$6$salt$...`), as `/etc/shadow` and `chpasswd -e` take it.
+---
+--- The salt is random. The password goes to `busybox mkpasswd` (or, failing that, `openssl passwd -6`) on
+--- stdin, never on a command line another user could read.
+---
+---     print(qemu.image.hash_password("secret"))   --> $6$...
+---
+---@param password string  the password: non-empty, without a newline
+---@return string hash  the crypt hash
+---@error BadArgument  an empty password, or one with a newline (it could never be typed at a login prompt)
+---@error LaunchFailed  neither busybox nor openssl is installed
+---@error CommandFailed  the hashing program failed or printed no hash
 function M.hash_password(pw)
   local fname = "qemu.image"
   if pw:find("[\r\n]") then

@@ -191,15 +191,15 @@ end
 local function sha256_text(fname, text)
   local p = fs.scratch_file("plugin-key")
   fs.write(p, text, fname)
-  local sum, err = require("qshell.hash").sha256(p)
+  local sum, err, err_code = require("qshell.hash").sha256(p)
   os.remove(p)
-  if not sum then errors.raise { class = "IOError", command = fname, desc = "cannot hash the build key: " .. tostring(err) } end
+  if not sum then errors.from_code(fname, "cannot hash the build key: " .. tostring(err), err_code) end
   return sum
 end
 
 local function sha256_file(fname, p)
-  local sum, err = require("qshell.hash").sha256(p)
-  if not sum then errors.raise { class = "IOError", command = fname, desc = "cannot read " .. p .. ": " .. tostring(err) } end
+  local sum, err, err_c = require("qshell.hash").sha256(p)
+  if not sum then errors.from_code(fname, "cannot read " .. p .. ": " .. tostring(err), err_c) end
   return sum
 end
 
@@ -367,18 +367,18 @@ local function build(fname, o)
   -- Both through names of this process's own (sweep workers may build
   -- the same plugin at once).
   local rtmp = string.format("%s/.lib%s.so.build.json.%d.tmp", dir, o.name, sys.getpid())
-  local f, ferr = io.open(rtmp, "wb")
+  local f, ferr, why_code = io.open(rtmp, "wb")
   local wok = f and f:write(json.encode(rec, { pretty = true }) .. "\n") and f:close()
   local why = not f and ferr or (not wok and "cannot write " .. rtmp) or nil
   if not why then
-    local rok, rmsg = sys.rename(rtmp, record_path(so))
-    if rok then rok, rmsg = sys.rename(tmp, so) end
-    why = not rok and rmsg or nil
+    local rok, rmsg, rcode = sys.rename(rtmp, record_path(so))
+    if rok then rok, rmsg, rcode = sys.rename(tmp, so) end
+    why, why_code = not rok and rmsg or nil, rcode
   end
   if why then
     os.remove(rtmp)
     os.remove(tmp)
-    errors.raise { class = "IOError", command = fname, desc = "cannot store the plugin in " .. dir .. ": " .. why }
+    errors.from_code(fname, "cannot store the plugin in " .. dir .. ": " .. why, why_code)
   end
   return so
 end

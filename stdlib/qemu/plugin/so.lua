@@ -45,7 +45,21 @@ local function elf_dynsyms(path)
   return names
 end
 
--- qemu.plugin.check(path) -> true, or raises PluginError with the reason
+---@api qemu.plugin.check qemu.plugin.check(path) -> true
+--- Check that a file is a TCG plugin QEMU can load, before any QEMU is started.
+---
+--- It must exist, be a 64-bit little-endian ELF shared object, and export `qemu_plugin_version` and
+--- `qemu_plugin_install`. `qemu.launch` checks every plugin this way; QEMU's own load errors ("plugin
+--- requires API version 99", "does not declare API version", "qemu_plugin_install returned error code -1")
+--- come back from `qemu.launch` as `LaunchFailed` errors that name the fix.
+---
+---     qemu.plugin.check("/x/libmine.so")
+---
+---@param path string  the `.so`
+---@return boolean ok  true
+---@error BadArgument  `path` is not a string
+---@error PluginError  no such file, not a 64-bit little-endian ELF shared object, or a symbol missing (the hint says
+---   how to declare it)
 function M.check(path)
   local fname = "qemu.plugin.check"
   check.arg(fname, 1, path, "string")

@@ -2,7 +2,7 @@
 --
 -- The writer appends one whole row per finished run (a killed sweep leaves
 -- whole rows), widens a CSV header when a later run brings a new metric,
--- keeps the runs' setups in the provenance sidecar, and on resume reads
+-- keeps the runs' provenance in the sidecar, and on resume reads
 -- which runs are done.  load() is the strict reader every consumer uses
 -- (qemu.sweep.read, qemu.results, rerun): bad input is rejected with its
 -- line number, a truncated last line (a killed sweep) is left out with a
@@ -294,12 +294,12 @@ function Out:_read(path, names, resume, fname)
   return self
 end
 
--- Keep a run's setup in the sidecar (once per distinct setup; the sidecar
--- is replaced whole, never edited in place).
-function Out:note_setup(id, setup)
+-- Keep a run's provenance in the sidecar (once per distinct provenance;
+-- the sidecar is replaced whole, never edited in place).
+function Out:note_provenance(id, prov)
   self.sidecar = self.sidecar or provenance.read_sidecar(self.path)
-  if self.sidecar.setups[id] then return end
-  self.sidecar.setups[id] = setup
+  if self.sidecar.provenance[id] then return end
+  self.sidecar.provenance[id] = prov
   fs.write(provenance.sidecar(self.path), provenance.canonical(self.sidecar) .. "\n", "qemu.sweep")
 end
 
@@ -314,10 +314,10 @@ end
 
 function Out:append(r)
   local line
-  if r.prov and r.provenance then self:note_setup(r.prov, r.provenance) end
+  if r.prov and r.provenance then self:note_provenance(r.prov, r.provenance) end
   if self.kind == "jsonl" then
-    line = json.encode { run = r.key, ["repeat"] = r.rep, params = r.params, status = r.status,
-                         wall_s = r.wall, error = r.error or json.null, host = r.host or json.null,
+    line = json.encode { run = r.run, ["repeat"] = r.rep, params = r.params, status = r.status,
+                         wall_s = r.wall_s, error = r.error or json.null, host = r.host or json.null,
                          started = r.started or json.null, prov = r.prov or json.null,
                          provenance = r.provenance or json.null,
                          metrics = r.metrics or json.object {} } .. "\n"
@@ -340,10 +340,10 @@ function Out:append(r)
       self.pending = nil
       for _, p in ipairs(pending) do self:append(p) end
     end
-    local f = { csv_field(r.key), csv_field(r.rep) }
+    local f = { csv_field(r.run), csv_field(r.rep) }
     for _, k in ipairs(self.names) do f[#f + 1] = csv_field(r.params[k]) end
     f[#f + 1] = csv_field(r.status)
-    f[#f + 1] = string.format("%.3f", r.wall)
+    f[#f + 1] = string.format("%.3f", r.wall_s)
     f[#f + 1] = csv_field(r.error)
     f[#f + 1] = csv_field(r.host)
     f[#f + 1] = csv_field(r.started)
@@ -386,12 +386,12 @@ end
 function Out:_write(line)
   -- One write per row, all of it or none (a full disk cuts a half row off
   -- again): a kill or a failed write leaves whole rows.
-  local ok, msg = sys.append(self.path, line)
+  local ok, msg, code = sys.append(self.path, line)
   if not ok then
-    errors.raise { class = "IOError", command = "qemu.sweep",
-                   desc = string.format("cannot append a result to %s; the sweep stopped, the rows before are whole",
-                                        msg),
-                   hint = "free space (or fix the file system), then run it again with resume=true for the rest" }
+    errors.from_code("qemu.sweep",
+                     string.format("cannot append a result to %s; the sweep stopped, the rows before are whole", msg),
+                     code,
+                     { hint = "free space (or fix the file system), then run it again with resume=true for the rest" })
   end
 end
 
@@ -429,14 +429,14 @@ end
 -- parameters and metrics at the top level (JSONL rows also keep
 -- `provenance`).  rows.columns (file order), rows.params, rows.metrics
 -- (names), rows.lines[i] (the line row i starts on), rows.warnings, and
--- rows.setups (the provenance sidecar's, or the JSONL rows' own).
+-- rows.provenance (prov id -> provenance: the sidecar's, or the JSONL rows' own).
 function M.load(path, fname)
   fname = fname or "qemu.results.read"
   local text = fs.read(path)
   if not text then
     errors.raise { class = "BadArgument", command = fname, desc = "cannot open " .. path .. ": no such results file" }
   end
-  local rows = { columns = {}, params = {}, metrics = {}, lines = {}, warnings = {}, setups = {}, path = path }
+  local rows = { columns = {}, params = {}, metrics = {}, lines = {}, warnings = {}, provenance = {}, path = path }
   local function add_name(list, set, k)
     if not set[k] then set[k] = true; list[#list + 1] = k end
   end
@@ -467,7 +467,7 @@ function M.load(path, fname)
         end
         if type(r.provenance) == "table" then
           row.provenance = r.provenance
-          if r.prov and r.prov ~= json.null then rows.setups[r.prov] = r.provenance end
+          if r.prov and r.prov ~= json.null then rows.provenance[r.prov] = r.provenance end
         end
         rows[#rows + 1] = row
         rows.lines[#rows] = n
@@ -521,18 +521,54 @@ function M.load(path, fname)
     end
   end
   local side = provenance.read_sidecar(path)
-  rows.setups = side.setups
+  rows.provenance = side.provenance
   rows.sweep = side.sweep
   return rows
 end
 
--- qemu.sweep.read(path) -> rows: M.load under the public name.
+---@api qemu.sweep.read qemu.sweep.read(path) -> rows
+--- The rows of one results file that `qemu.sweep` wrote (CSV or JSONL, by its name).
+---
+--- The same reader as `qemu.results.read`, for one file: numbers come back
+--- as numbers, empty cells as nil, quoted CSV cells as written; a row with
+--- more fields than the header, a JSONL line that is not a result, or a
+--- header that is not a sweep's raises `BadResults` naming `file:line`; a
+--- truncated last line (a sweep killed while writing it) is left out and
+--- noted in `rows.warnings`. The file is never rewritten by reading it.
+---
+---     local rows = qemu.sweep.read("results.csv")
+---     for _, r in ipairs(rows) do print(r.run, r.status, r.wall_s) end
+---
+---@param path string  the results file (`.csv`, or `.jsonl`/`.json` for JSONL)
+---@return table rows  a list of rows, each keyed by column: `run` (the run's name, e.g.
+---   "size=1000#2"), `repeat`, each parameter, `status` ("ok" or "failed"), `wall_s`,
+---   `error`, `host`, `started`, `prov` (its setup's id), each metric (JSONL rows also
+---   `provenance`, the whole setup); and the fields `columns` (the column names in file
+---   order), `params` and `metrics` (the names of the parameters and metrics),
+---   `lines` (`lines[i]`: the line row i starts on), `warnings` (strings), `provenance`
+---   (`prov` id -> provenance, from the provenance sidecar or the JSONL rows), `sweep` (the
+---   sidecar's `{total=, params=, started=}`, or nil) and `path`
+---@error BadArgument  `path` is not a string, or there is no such file
+---@error BadResults  a line that is not a sweep's result (too long, nested too deep, more
+---   fields than the header, a header that is not a sweep's): the error names `file:line`
 function M.read(path)
   check.arg("qemu.sweep.read", 1, path, "string")
   return M.load(path, "qemu.sweep.read")
 end
 
--- qemu.sweep.format(rows [, columns]) -> the rows as an aligned text table
+---@api qemu.sweep.format qemu.sweep.format(rows [, columns]) -> text
+--- The rows of a results file as an aligned text table.
+---
+--- One line per row under a header line, columns two spaces apart;
+--- fractional numbers with 4 significant digits, missing cells empty.
+--- For statistics over the repeats use `qemu.results.summary`.
+---
+---     io.write(qemu.sweep.format(qemu.sweep.read("results.csv"), { "run", "status", "wall_s" }))
+---
+---@param rows table  rows from `qemu.sweep.read` or `qemu.results.read` (or a list of tables)
+---@param columns? string[]  the columns to show, in order (default: `rows.columns`, else the
+---   sorted keys of the first row)
+---@return string text  the table, one line per row, ending in a newline
 function M.format(rows, columns)
   columns = columns or rows.columns
   if not columns then
@@ -569,27 +605,28 @@ end
 local Tally = {}
 Tally.__index = Tally
 
--- M.tally(runs, out, skipped [, setup_for]): out is the writer (or nil);
--- setup_for(run) gives the provenance of a run whose worker died before
--- reporting one.
-function M.tally(runs, out, skipped, setup_for)
+-- M.tally(runs, out, skipped [, provenance_for]): out is the writer (or
+-- nil); provenance_for(run) gives the provenance of a run whose worker died
+-- before reporting one.
+function M.tally(runs, out, skipped, provenance_for)
   return setmetatable({ runs = runs, out = out, ok = 0, failed = 0, skipped = skipped or 0,
-                        results = {}, setup_for = setup_for }, Tally)
+                        results = {}, provenance_for = provenance_for }, Tally)
 end
 
--- Record one result {i=, status=, metrics=, error=, wall=, host=, started=,
--- setup=} of run i.
+-- Record one result {i=, status=, metrics=, error=, wall_s=, host=, started=,
+-- provenance=} of run i.
 function Tally:record(res)
   local r = self.runs[res.i]
-  r.status, r.metrics, r.error, r.wall = res.status, res.metrics, res.error, res.wall
+  r.status, r.metrics, r.error, r.wall_s = res.status, res.metrics, res.error, res.wall_s
   r.host, r.started = res.host, res.started
   r.interrupted = res.interrupted
-  local setup = res.setup
-  if setup == nil and self.setup_for then
-    local ok, s = pcall(self.setup_for, r)
-    setup = ok and s or nil
+  local prov = res.provenance
+  if prov == json.null then prov = nil end -- a Slurm task's line without one
+  if prov == nil and self.provenance_for then
+    local ok, p = pcall(self.provenance_for, r)
+    prov = ok and p or nil
   end
-  if setup then r.provenance, r.prov = setup, provenance.id(setup) end
+  if prov then r.provenance, r.prov = prov, provenance.id(prov) end
   self.results[#self.results + 1] = r
   self.last = r
   if res.status == "ok" then self.ok = self.ok + 1 else self.failed = self.failed + 1 end
@@ -600,7 +637,7 @@ end
 function Tally:last_text(width)
   local r = self.last
   if not r then return nil end
-  local parts = { r.key, r.status }
+  local parts = { r.run, r.status }
   if r.status == "ok" then
     local keys = plan.sorted_keys(r.metrics or {})
     for i = 1, math.min(#keys, 2) do

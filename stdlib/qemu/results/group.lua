@@ -148,9 +148,46 @@ end
 
 local summary_opts = { by = "table|string", metrics = "table|string", where = "table" }
 
--- qemu.results.summary(rows [, {by=, metrics=, where=}]) -> summary
---   summary = {by=, metrics=, groups = {{key={param=value}, label=, runs=, ok=,
---              failed=, stats={metric={n=, mean=, sd=, min=, median=, max=, ci_lo=, ci_hi=}}}}}
+---@api qemu.results.summary qemu.results.summary(rows [, {by=, metrics=, where=}]) -> summary
+--- The statistics of each numeric metric over the repeats, per group of rows with the same parameters.
+---
+--- Rows are grouped by the parameters (all of them, or those `by` names),
+--- and each numeric metric of a group gets `n` (the runs with a value),
+--- mean, sample standard deviation, min, median, max and the 95%
+--- confidence interval of the mean (Student's t with n-1 degrees of
+--- freedom; none with one value). Runs whose status is not "ok" count as
+--- failed and give no values. A metric is numeric when its values in
+--- successful runs are numbers (`true`/`false` count as 1/0); metrics that
+--- hold text are left out unless `metrics` names them, which is an error.
+--- Groups come in the order of their parameters' values (numbers
+--- numerically). `qemu.results.format` prints it; `qshell results FILE` is
+--- this:
+---
+---     plugin  size   metric        n  failed  mean       ci95      sd        min        median     max
+---     insn    2000   workload_s    3  0       0.46656    ± 0.0419  0.01685   0.4503     0.46544    0.48395
+---
+---     local s = qemu.results.summary(rows, { by = { "size" }, metrics = { "seconds" }, where = { plugin = "off" } })
+---     for _, g in ipairs(s.groups) do
+---       local d = g.stats.seconds
+---       print(g.label, d.mean, d.ci_lo, d.ci_hi)
+---     end
+---
+---@param rows table  rows from `qemu.results.read` (rows made by hand need `by=`: they do not
+---   say which columns are parameters)
+---@param options? table  `by=` string[] or "a,b" (default: every parameter): the parameters that
+---   make a group; `metrics=` string[] or "a,b" (default: every numeric metric): the metrics
+---   to describe; `where=` table `{param=value or {values}}` (default: all rows): only the
+---   rows whose column has that value (or one of those values)
+---@return table summary  `{kind="summary", by=, metrics=, rows=, groups=}`: the grouping
+---   parameters, the metrics described, the number of rows used, and `groups`, a list of
+---   `{key=, label=, runs=, ok=, failed=, stats=}`: `key` the group's parameters
+---   (`{param=value}`), `label` them as "p=v q=w", its runs, ok and failed, and `stats`
+---   metric -> `{n=, mean=, sd=, min=, median=, max=, ci_lo=, ci_hi=}` (as
+---   `qemu.results.stats.describe` gives it)
+---@error BadArgument  rows that are not a table, an unknown option or a wrong type, a `by`
+---   that is not a parameter, a `where` column the rows do not have, a `metrics` name that is
+---   no metric or holds text
+---@error BadResults  a numeric metric with a text cell (the file and line are named)
 function M.summary(rows, opts)
   local fname = "qemu.results.summary"
   is_rows(fname, rows, 1)

@@ -27,13 +27,42 @@ M.stats = stats
 
 -- ---- reading ----
 
--- qemu.results.read(path, ...) -> rows: one or more results files as one
--- list (columns, params and metrics are the union, in order of appearance).
+---@api qemu.results.read qemu.results.read(path [, path2, ...]) -> rows
+--- Read one or more results files of `qemu.sweep` (CSV or JSONL, by the name) as one list of rows.
+---
+--- Several files are read as one: the union of their columns (a file
+--- written before a new metric widened the header, or other sweeps). Numbers
+--- come back as numbers, empty cells as nil, quoted CSV cells (commas,
+--- quotes, newlines) as written (a CSV's `true`/`false` stay text; the
+--- statistics count them as 1/0). A row with more fields than the header, a
+--- JSONL line that is not a result, or a header that is not a sweep's raises
+--- `BadResults` naming `file:line`; a truncated last line (a sweep killed
+--- while writing it) is left out and noted in `rows.warnings`. A results
+--- file is never rewritten by reading it. The rows go to
+--- `qemu.results.summary`, `compare` and `plot`.
+---
+---     local rows = qemu.results.read("a.csv", "b.csv")
+---     print(#rows, table.concat(rows.params, ","), table.concat(rows.metrics, ","))
+---
+---@param path string  a results file (`.csv`, or `.jsonl`/`.json` for JSONL)
+---@param ... string  more results files, read as part of the same list
+---@return table rows  a list of rows, each keyed by column: `run` (the run's name, e.g.
+---   "size=1000#2"), `repeat`, each parameter, `status` ("ok" or "failed"), `wall_s`,
+---   `error`, `host`, `started`, `prov` (its setup's id), each metric (JSONL rows also
+---   `provenance`, the whole setup); and the fields `columns` (the column names, in order
+---   of appearance), `params` and `metrics` (the names of the parameters and metrics),
+---   `lines` and `files` (`lines[i]`, `files[i]`: where row i is), `warnings` (strings),
+---   `provenance` (`prov` id -> provenance, from the provenance sidecars or the JSONL
+---   rows) and `sweep` (`{total=, params=, started=}` from the sidecar of the first file
+---   that has one, or nil)
+---@error BadArgument  no file given, a path that is not a string, no such file
+---@error BadResults  a line that is not a sweep's result (the error names `file:line`), or a
+---   name that is a parameter in one file and a metric in another
 function M.read(...)
   local paths = { ... }
   local fname = "qemu.results.read"
   if #paths == 0 then check.bad(fname, "give at least one results file") end
-  local all = { columns = {}, params = {}, metrics = {}, lines = {}, files = {}, warnings = {}, setups = {} }
+  local all = { columns = {}, params = {}, metrics = {}, lines = {}, files = {}, warnings = {}, provenance = {} }
   local seen = { columns = {}, params = {}, metrics = {} }
   for i, path in ipairs(paths) do
     check.arg(fname, i, path, "string")
@@ -49,7 +78,7 @@ function M.read(...)
       all.files[#all] = path
     end
     for _, w in ipairs(rows.warnings) do all.warnings[#all.warnings + 1] = w end
-    for id, s in pairs(rows.setups or {}) do all.setups[id] = s end
+    for id, p in pairs(rows.provenance or {}) do all.provenance[id] = p end
     all.sweep = all.sweep or rows.sweep
   end
   -- A parameter of one file that is a metric of another cannot be grouped.
@@ -94,11 +123,48 @@ local function compare_row(out, key, label, metric, a, b)
                               ratio_hi = hi, differs = not stats.overlap(a, b) }
 end
 
--- qemu.results.compare(a, b [, {by=, metrics=, where=, labels={"A","B"}}]) -> comparison
--- qemu.results.compare(rows, {baseline={param=value}, by=, metrics=, where=}) -> comparison
---   comparison.rows = {{key=, metric=, a=stats, b=stats, ratio=, ratio_lo=, ratio_hi=, differs=}}
---   ratio = b.mean / a.mean (a: the first file, or the baseline); differs:
---   the 95% intervals of the two means do not overlap.
+---@api qemu.results.compare qemu.results.compare(rows_a [, rows_b] [, options]) -> comparison
+--- Compare two sets of results group by group, or the groups of one set against a baseline value of a parameter.
+---
+--- With two sets of rows (two sweeps: before and after), the groups of
+--- `rows_b` are matched to those of `rows_a` by their parameters. With one
+--- set and `baseline={plugin="off"}`, each group whose `plugin` has another
+--- value is compared with the group that has `plugin="off"` and the same
+--- other parameters. Per group and metric: both sides' statistics, the
+--- ratio of the means b / a (a: the first set, or the baseline) with a 95%
+--- interval (delta method: the relative standard errors in quadrature,
+--- Welch's degrees of freedom), and whether the two means' 95% intervals do
+--- not overlap (`differs`). Groups or metrics found on one side only are
+--- listed in `missing`. `qemu.results.format` prints it (`qshell results A
+--- --compare B`, `qshell results FILE --baseline plugin=off`):
+---
+---     plugin  size   metric      n_a  mean_a   n_b  mean_b   ratio   ratio_ci95        differs
+---     insn    2000   workload_s  3    0.3581   3    0.46656  1.3029  [1.0000, 1.6057]
+---     ratio = b / a; a = plugin=off, b = each row; * where the 95% intervals of the means do not overlap
+---
+---     local c = qemu.results.compare(rows, { baseline = { plugin = "off" } })
+---     print(qemu.results.format(c, "markdown"))
+---
+---@param rows_a table  rows from `qemu.results.read` (the first set, or the only one)
+---@param rows_b? table  the second set of rows; leave it out to compare with `baseline=`
+---@param options? table  `baseline=` table `{param=value}` (one parameter; one set of rows
+---   only): the group to compare with; `by=` string[] or "a,b" (default: every parameter,
+---   with the baseline's parameter): the parameters that make a group; `metrics=` string[] or
+---   "a,b" (default: every numeric metric): the metrics to compare; `where=` table
+---   `{param=value or {values}}`: only the rows with those values; `labels=` string[]
+---   (default {"a", "b"}): the two sets' names, in the legend and in `missing`
+---@return table comparison  `{kind="compare", by=, metrics=, labels=, rows=, missing=}` (with
+---   `baseline=` also `baseline`): `rows` a list of `{key=, label=, metric=, a=, b=, ratio=,
+---   ratio_lo=, ratio_hi=, differs=}`, one per group and metric: `key` the group's
+---   parameters (`{param=value}`), `label` them as "p=v q=w", `a` and `b` the two sides'
+---   statistics (as `qemu.results.stats.describe` gives them), `ratio` = b.mean / a.mean
+---   with its 95% interval `ratio_lo`..`ratio_hi` (nil with one value on a side), `differs`
+---   true when the two means' 95% intervals do not overlap; `missing` a list of what was not
+---   compared, as text
+---@error BadArgument  rows that are not a table, an unknown option or a wrong type,
+---   `baseline` with two sets (or neither a second set nor `baseline`), a baseline naming more
+---   than one parameter or a value no row has, and what `qemu.results.summary` refuses
+---@error BadResults  a numeric metric with a text cell (the row is named)
 function M.compare(a, b, opts)
   local fname = "qemu.results.compare"
   is_rows(fname, a, 1)
@@ -185,8 +251,21 @@ end
 
 -- ---- formatting ----
 
--- A number for a reader: whole numbers whole, large ones rounded to a
--- whole number, others to 5 significant digits (digits= for more).
+---@api qemu.results.number qemu.results.number(v [, digits]) -> text
+--- A number as the results tables print it: whole numbers whole, large ones rounded, others to 5 significant digits.
+---
+--- Whole numbers (below 1e15) print without a fraction; others of 1e4 and
+--- more are rounded to a whole number (unless `digits` is given); the rest
+--- get `digits` significant digits. NaN is "nan", nil is "", anything that
+--- is not a number is `tostring`'s text.
+---
+---     qemu.results.number(0.123456789)     -- "0.12346"
+---     qemu.results.number(331781023.4)     -- "331781023"
+---     qemu.results.number(2 / 3, 3)        -- "0.667"
+---
+---@param v any  the value (a number, usually)
+---@param digits? integer  significant digits (default 5)
+---@return string text  the number as text
 function M.number(v, digits)
   if v == nil then return "" end
   if type(v) ~= "number" then return tostring(v) end
@@ -285,7 +364,29 @@ end
 
 local FORMATS = { table = true, csv = true, markdown = true, json = true }
 
--- qemu.results.format(summary_or_comparison [, "table"|"csv"|"markdown"|"json"]) -> text
+---@api qemu.results.format qemu.results.format(t [, format]) -> text
+--- A summary or a comparison as text: an aligned table, CSV, Markdown or JSON.
+---
+--- "table" (the default) and "markdown" print numbers for a reader
+--- (`qemu.results.number`) and the interval of a mean as `± half-width`; a
+--- comparison gets a legend line and a `not compared: ...` line per group or
+--- metric on one side only. "csv" and "json" are for programs: numbers in
+--- full, each interval as its two ends (`ci95_lo`, `ci95_hi`). The
+--- columns: the group's parameters, `metric`, then for a summary `n`,
+--- `failed`, `mean`, `ci95` (csv/json: `ci95_lo`, `ci95_hi`), `sd`, `min`,
+--- `median`, `max`; for a comparison `n_a`, `mean_a`, `n_b`, `mean_b`,
+--- `ratio`, `ratio_ci95`, `differs` (csv/json: `n_a`, `mean_a`, `ci95_lo_a`,
+--- `ci95_hi_a`, `n_b`, `mean_b`, `ci95_lo_b`, `ci95_hi_b`, `ratio`,
+--- `ratio_lo`, `ratio_hi`, `differs`). A group with no value of a metric
+--- has no line for it (one line for its failed count when it has none at
+--- all). JSON is an array of objects, one per line of the table.
+---
+---     print(qemu.results.format(qemu.results.summary(rows), "markdown"))
+---
+---@param t table  a summary (`qemu.results.summary`) or a comparison (`qemu.results.compare`)
+---@param format? string  "table" (default), "csv", "markdown" or "json"
+---@return string text  the text, ending in a newline
+---@error BadArgument  `t` is not a summary or a comparison, or an unknown format
 function M.format(t, fmt)
   local fname = "qemu.results.format"
   if type(t) ~= "table" or (t.kind ~= "summary" and t.kind ~= "compare") then
@@ -366,11 +467,30 @@ local function distinct_runs(rows)
   return n
 end
 
--- qemu.results.follow(path [, {by=, metrics=, where=, format=, interval=0.5, timeout=}])
--- Print the summary of a results file and again whenever it grows, until
--- the sweep that writes it has all its runs (its provenance sidecar says
--- how many), timeout= seconds pass, or Ctrl-C.  On a terminal the summary
--- is redrawn in place.  Returns the last summary.
+---@api qemu.results.follow qemu.results.follow(path [, options]) -> summary
+--- Print the summary of a results file, and again whenever it grows, until its sweep has all its runs.
+---
+--- Each time the file (or its provenance sidecar) changes, it prints a
+--- line `PATH: N/TOTAL runs, F failed (HH:MM:SS)` and the summary, redrawn
+--- in place when stdout is a terminal. It ends when the sweep has all its
+--- runs (the sidecar gives the total; without one it goes on), after
+--- `timeout` seconds, or on Ctrl-C (which ends it without an error). A file
+--- that does not exist yet is waited for. A Slurm sweep's `out` grows as
+--- its submitter gathers the tasks' results, so the same works there.
+--- `qshell results --follow FILE` is this.
+---
+---     qemu.results.follow("results.csv", { timeout = 600, metrics = { "seconds" } })
+---
+---@param path string  the results file a sweep writes
+---@param options? table  `by=`, `metrics=`, `where=`: as `qemu.results.summary` takes them;
+---   `format=` string (default "table"): as `qemu.results.format` takes it; `interval=`
+---   number (default 0.5): seconds between looks at the file; `timeout=` number (default:
+---   none): seconds to follow it at most; `out=` a file (default `io.stdout`): where to print
+---@return table|nil summary  the last summary printed (as `qemu.results.summary` gives it),
+---   nil when the file had no rows
+---@error BadArgument  `path` is not a string, an unknown option or a wrong type, and what
+---   `qemu.results.summary` and `qemu.results.format` refuse
+---@error BadResults  the file cannot be read (the line is named)
 function M.follow(path, opts)
   local fname = "qemu.results.follow"
   check.arg(fname, 1, path, "string")

@@ -41,8 +41,40 @@ local function size_of(fname, size)
   return w, h
 end
 
--- qemu.results.plot(rows, {x=, y=, group=, out=, size="800x600", title=, where=, logx=, logy=})
---   -> {out=, script=, series={{label=, points={{x=, mean=, lo=, hi=, n=}}}}}
+---@api qemu.results.plot qemu.results.plot(rows, {x=, y=, out= [, group=, where=, size=, title=, logx=, logy=]}) -> plot
+--- Draw a metric against a parameter, each point the mean over the repeats with its 95% interval as an error bar.
+---
+--- One line per value of `group`; numeric x values on a numeric axis,
+--- others as categories in order. Lines at the same x are drawn a little
+--- apart so their error bars do not hide each other. gnuplot draws it
+--- (package `gnuplot-nox`): the script is kept beside the figure
+--- (`fig.png` -> `fig.gp`, data included, written even when gnuplot is
+--- missing), so the figure can be restyled by editing it and running
+--- `gnuplot fig.gp` in its directory. A parameter that is neither `x` nor
+--- `group` and varies is refused (a point would average over it): give it
+--- as `group`, or keep one value with `where`. `qshell results FILE --plot
+--- x=size y=seconds --group plugin -o fig.png` is this.
+---
+---     qemu.results.plot(rows, { x = "size", y = "seconds", group = "plugin", out = "fig.svg" })
+---
+---@param rows table  rows from `qemu.results.read`
+---@param options table  `x=` string (required): the parameter on the horizontal axis; `y=`
+---   string (required): the metric on the vertical axis; `out=` string (required): the
+---   figure, a `.png`, `.svg` or `.pdf` file (missing directories are made); `group=`
+---   string: a parameter other than `x`, one line per value; `where=` table
+---   `{param=value or {values}}`: only those rows; `size=` "WxH" or {w, h} (default
+---   "800x600"): pixels, each 100..10000; `title=` string (default "Y by X"); `logx=`,
+---   `logy=` boolean (default false): logarithmic axes
+---@return table plot  `{out=, script=, series=}`: the figure, the gnuplot script, and `series`,
+---   a list of `{label=, points=}` (one per line: `label` "group=value", or the metric), each
+---   point `{x=, mean=, lo=, hi=, n=}` (`lo`..`hi` the 95% interval of the mean, the mean
+---   itself with one value)
+---@error BadArgument  rows that are not a table, an unknown option or a wrong type, no `x`, `y`
+---   or `out`, a figure that is not .png/.svg/.pdf, a bad size, `group` equal to `x`, another
+---   parameter that varies, no rows to plot, and what `qemu.results.summary` refuses
+---@error BadResults  the metric has a text cell (the row is named)
+---@error MissingTool  gnuplot is not installed (the script is written: run gnuplot on it later)
+---@error CommandFailed  gnuplot failed (its message is in the error)
 function M.plot(rows, opts)
   local fname = "qemu.results.plot"
   if type(rows) ~= "table" then check.bad(fname, "argument 1 must be rows (from qemu.results.read)") end

@@ -28,8 +28,18 @@ local function t_cf(v)
            + (3 * z7 + 19 * z5 + 17 * z3 - 15 * z) / (384 * v ^ 3)
 end
 
--- The two-sided 95% quantile of Student's t with df degrees of freedom
--- (df may be fractional: Welch).
+---@api qemu.results.stats.t975 qemu.results.stats.t975(df) -> t
+--- The 0.975 quantile of Student's t with `df` degrees of freedom: the factor of a two-sided 95% interval.
+---
+--- From a table (4 decimals) for whole `df` below 30; between two whole
+--- values, linear in 1/df (`df` may be fractional, as Welch's are); from 30
+--- on, the Cornish-Fisher expansion; 1.96 (the normal quantile) for
+--- `math.huge`.
+---
+---     qemu.results.stats.t975(2)   -- 4.3027: the 95% interval of 3 values is mean ± 4.3027 * sd / sqrt(3)
+---
+---@param df number  degrees of freedom
+---@return number|nil t  the quantile; nil when `df` is nil or below 1
 function M.t975(df)
   if not df or df < 1 then return nil end
   if df >= 30 then return df == math.huge and Z975 or t_cf(df) end
@@ -41,6 +51,19 @@ function M.t975(df)
   return a + (b - a) * w
 end
 
+---@api qemu.results.stats.describe qemu.results.stats.describe(values) -> stats
+--- The statistics of a list of numbers: n, mean, sd, min, median, max and the 95% confidence interval of the mean.
+---
+--- `sd` is the sample standard deviation (n - 1); the interval is
+--- mean ± t975(n - 1) * sd / sqrt(n). With one value there is no `sd` and
+--- no interval; with none, only `n = 0`.
+---
+---     local d = qemu.results.stats.describe { 1.0, 1.2, 1.1 }
+---     print(d.mean, d.ci_lo, d.ci_hi)
+---
+---@param values number[]  the measurements
+---@return table stats  `{n=, mean=, sd=, min=, median=, max=, ci_lo=, ci_hi=}` (`sd`, `ci_lo`
+---   and `ci_hi` nil with fewer than 2 values; only `n` with none)
 function M.describe(values)
   local n = #values
   if n == 0 then return { n = 0 } end
@@ -62,6 +85,21 @@ function M.describe(values)
   return d
 end
 
+---@api qemu.results.stats.ratio qemu.results.stats.ratio(a, b) -> ratio, lo, hi
+--- The ratio of two means, b / a, with its 95% interval.
+---
+--- The interval is the delta method's (the relative standard errors of the
+--- two means added in quadrature, good for means away from zero) with
+--- Welch's degrees of freedom. `qemu.results.compare` uses it.
+---
+---     local r, lo, hi = qemu.results.stats.ratio(qemu.results.stats.describe(off), qemu.results.stats.describe(on))
+---
+---@param a table  the statistics of the baseline (`qemu.results.stats.describe`)
+---@param b table  the statistics of the other side
+---@return number|nil ratio  b.mean / a.mean; nil when a side has no values or a's mean is 0
+---@return number|nil lo  the interval's low end; nil when a side has a single value (the same as
+---   `ratio` when both sides have no spread)
+---@return number|nil hi  the interval's high end (as `lo`)
 function M.ratio(a, b)
   if not (a and b and a.n and b.n and a.n > 0 and b.n > 0) or a.mean == 0 then return nil end
   local r = b.mean / a.mean
@@ -76,6 +114,16 @@ function M.ratio(a, b)
   return r, r - half, r + half
 end
 
+---@api qemu.results.stats.overlap qemu.results.stats.overlap(a, b) -> boolean
+--- Whether the 95% intervals of two means overlap.
+---
+--- False only when both intervals exist and are apart: a side with a single
+--- value (no interval) counts as overlapping. `qemu.results.compare` marks
+--- a difference (`differs`) where this is false.
+---
+---@param a table  statistics from `qemu.results.stats.describe`
+---@param b table  statistics from `qemu.results.stats.describe`
+---@return boolean overlap  false when the intervals are apart
 function M.overlap(a, b)
   if not (a.ci_lo and b.ci_lo) then return true end
   return not (a.ci_hi < b.ci_lo or b.ci_hi < a.ci_lo)

@@ -84,10 +84,19 @@ local function worker_main(job, task_fd, result_fd)
 end
 
 local function spawn_worker(job)
-  local tr, tw = sys.pipe()
-  local rr, rw = sys.pipe()
-  local pid = sys.fork()
-  if not pid then errors.raise { class = "IOError", command = job.fname, desc = "fork failed" } end
+  local tr, tw, tcode = sys.pipe()
+  if not tr then errors.from_code(job.fname, "pipe: " .. tostring(tw), tcode) end
+  local rr, rw, rcode = sys.pipe()
+  if not rr then
+    sys.close(tr)
+    sys.close(tw)
+    errors.from_code(job.fname, "pipe: " .. tostring(rw), rcode)
+  end
+  local pid, _, code = sys.fork()
+  if not pid then
+    for _, fd in ipairs { tr, tw, rr, rw } do sys.close(fd) end
+    errors.from_code(job.fname, "fork failed", code)
+  end
   if pid == 0 then
     sys.close(tw)
     sys.close(rr)
@@ -163,7 +172,7 @@ function M.run(job)
     sys.close(w.result)
     if w.busy then
       running = running - 1
-      res.i, res.status, res.wall = w.busy, "failed", sys.now() - w.started
+      res.i, res.status, res.wall_s = w.busy, "failed", sys.now() - w.started
       res.host = provenance.host()
       tally:record(res)
     end

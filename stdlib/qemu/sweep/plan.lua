@@ -1,8 +1,8 @@
 -- qemu.sweep.plan: what a sweep runs.  The matrix (parameter name -> list
 -- of values) is expanded into runs in a stable order (axes sorted by name,
--- values in the order given, repeats innermost); each run has a key
--- "k1=v1;k2=v2#rep" that names it in the results file, so `resume` can
--- tell what is done whatever order the axes were written in.
+-- values in the order given, repeats innermost); each run has a name
+-- "k1=v1;k2=v2#rep" (its `run`, the results file's run column), so
+-- `resume` can tell what is done whatever order the axes were written in.
 
 local check = require "qemu.util.check"
 
@@ -28,7 +28,7 @@ function M.value_text(v)
   return tostring(v)
 end
 
-function M.run_key(params, names, rep)
+function M.run_name(params, names, rep)
   local parts = {}
   for _, k in ipairs(names) do parts[#parts + 1] = k .. "=" .. M.value_text(params[k]) end
   return table.concat(parts, ";") .. "#" .. rep
@@ -47,7 +47,7 @@ function M.check_matrix(fname, matrix)
   end
 end
 
--- expand(matrix, reps) -> runs {i=, params=, rep=, key=}, names (sorted axes)
+-- expand(matrix, reps) -> runs {i=, params=, rep=, run=}, names (sorted axes)
 function M.expand(matrix, reps)
   local names = M.sorted_keys(matrix)
   local combos = { {} }
@@ -66,17 +66,17 @@ function M.expand(matrix, reps)
   local runs = {}
   for _, c in ipairs(combos) do
     for r = 1, reps do
-      runs[#runs + 1] = { i = #runs + 1, params = c, rep = r, key = M.run_key(c, names, r) }
+      runs[#runs + 1] = { i = #runs + 1, params = c, rep = r, run = M.run_name(c, names, r) }
     end
   end
   return runs, names
 end
 
--- The runs not yet in `done` (a set of keys), and how many were skipped.
+-- The runs not yet in `done` (a set of run names), and how many were skipped.
 function M.todo(runs, done)
   local todo, skipped = {}, 0
   for _, r in ipairs(runs) do
-    if done and done[r.key] then skipped = skipped + 1 else todo[#todo + 1] = r end
+    if done and done[r.run] then skipped = skipped + 1 else todo[#todo + 1] = r end
   end
   return todo, skipped
 end

@@ -9,10 +9,11 @@
 -- share one id and a changed QEMU or script shows as a new one.  The host
 -- and the start time belong to the row.
 --
--- CSV rows carry host, started and prov (the id); the setups are in the
--- sidecar OUT-without-extension.provenance.json, which also names the
--- sweep's run count (for `qshell results --follow`).  JSONL rows carry the
--- whole setup.
+-- CSV rows carry host, started and prov (the id); the provenance records
+-- are in the sidecar OUT-without-extension.provenance.json (its
+-- `provenance`: id -> record), which also names the sweep's run count (for
+-- `qshell results --follow`).  JSONL rows carry the whole record as
+-- `provenance`.
 
 local hash = require "qshell.hash"
 local json = require "qshell.json"
@@ -44,8 +45,8 @@ function M.canonical(v)
   return json.encode(v)
 end
 
-function M.id(setup)
-  return hash.string(M.canonical(setup)):sub(1, 12)
+function M.id(prov)
+  return hash.string(M.canonical(prov)):sub(1, 12)
 end
 
 local file_hashes = {}
@@ -106,9 +107,10 @@ local function plugins_of(list)
   return out
 end
 
--- M.setup(script, lopts, source, vm) -> setup: a run's setup from its launch
--- options and, when it started, its VM (else the QEMU it would have run).
-function M.setup(script, lopts, source, vm)
+-- M.of_run(script, lopts, source, vm) -> provenance: a run's provenance
+-- (its setup) from its launch options and, when it started, its VM (else
+-- the QEMU it would have run).
+function M.of_run(script, lopts, source, vm)
   local s = {}
   for k, v in pairs(script) do s[k] = v end
   s.qshell = config.version
@@ -155,17 +157,24 @@ function M.sidecar(out)
   return (out:gsub("%.[%w]+$", "")) .. ".provenance.json"
 end
 
--- Read a sidecar: {setups = {id = setup}, sweep = {...}} (empty when none).
+-- Read a sidecar: {provenance = {id = provenance}, sweep = {...}} (empty
+-- when none).  Sidecars written before the key was `provenance` have
+-- `setups`: read as the same (and written back as `provenance`).
 function M.read_sidecar(out)
   local text = fs.read(M.sidecar(out))
-  if not text then return { setups = {} } end
+  if not text then return { provenance = {} } end
   local ok, t = pcall(json.decode, text)
-  if not ok or type(t) ~= "table" then return { setups = {} } end
-  t.setups = t.setups or {}
+  if not ok or type(t) ~= "table" then return { provenance = {} } end
+  local old = type(t.setups) == "table" and t.setups or {}
+  t.setups = nil
+  if type(t.provenance) ~= "table" then t.provenance = {} end
+  for id, p in pairs(old) do
+    if t.provenance[id] == nil then t.provenance[id] = p end
+  end
   return t
 end
 
--- The fields two setups differ in: {{field=, was=, now=}, ...}.
+-- The fields two provenance records differ in: {{field=, was=, now=}, ...}.
 function M.differences(old, new)
   local keys, seen = {}, {}
   for k in pairs(old or {}) do keys[#keys + 1] = k; seen[k] = true end

@@ -11,8 +11,8 @@
 -- wrote the results file runs that one run, in the child, writes the
 -- result for the caller and ends the script there (as a Slurm task does).
 -- Before that, what cannot match is refused (the script or the checkpoint
--- gone); after, the new run's setup is compared field by field with the
--- recorded one (QEMU version or binary, the checkpoint's manifest hash,
+-- gone); after, the new run's provenance is compared field by field with
+-- the recorded one (QEMU version or binary, the checkpoint's manifest hash,
 -- the script's hash, plugins, ...) and the metrics side by side.
 
 local errors = require "qemu.errors"
@@ -89,55 +89,104 @@ end
 
 local rerun_opts = { timeout = check.positive }
 
--- qemu.sweep.rerun(results_path, row [, {timeout=}]) -> report
---   report = {run=, index=, path=, row= (as recorded), status=, error=, metrics=, wall_s=,
---             host=, started=, provenance= (the setup now), recorded= (the setup then),
---             differences={{field=, was=, now=}}, metrics_compared={{name=, was=, now=, ratio=}}, text=}
+---@api qemu.sweep.rerun qemu.sweep.rerun(path, row [, {timeout=}]) -> report
+--- Run one row of a results file again from what it records, and say what differs.
+---
+--- The row's setup names the script that wrote the file, its arguments and
+--- working directory: the script runs again (a child qshell, in that
+--- directory, with those arguments), and the `qemu.sweep` call that wrote
+--- the file runs that one run only and ends the script there (other sweeps
+--- of the script do nothing; what the script does before that call runs
+--- again). Nothing is written to the results file. The report compares the
+--- new setup field by field with the recorded one (a changed QEMU shows as
+--- `qemu: 7.2.22 -> 10.0.2`, an edited script as `script_sha256: ... ->
+--- ...`) and the metrics side by side. `qshell sweep --rerun results.csv
+--- ROW` prints `report.text` and exits 0 when the run succeeded again, 1
+--- when not:
+---
+---     rerun of plugin=insn;size=2000#1 (row 5 of build/demo/results.csv)
+---       recorded  ok, wall 1.026 s, on vm at 2026-12-02T08:37:27Z
+---       now       ok, wall 1.420 s, on vm at 2026-12-02T08:37:45Z
+---       metric              recorded             now  now/recorded
+---       workload_s           0.48842        0.360943  0.7390
+---       instructions       331822275       331789695  0.9999
+---       setup     the same as recorded
+---
+---     local r = qemu.sweep.rerun("build/demo/results.csv", "plugin=insn;size=2000#1")
+---     if #r.differences > 0 then io.write(r.text) end        -- what changed since the row was written
+---     print(r.metrics.instructions / r.row.instructions)     -- now against then
+---
+---@param path string  the results file
+---@param row integer|string  the row: its number in the file (1 = the first result; a
+---   string of digits counts as a number), or the run's name (its `run` column, e.g.
+---   "plugin=insn;size=2000#1"; of several rows with that name, the last)
+---@param options? table  `timeout=` number (default: none): seconds the rerun (the whole
+---   script) may take
+---@return table report  `{run=, index=, path=, row=, status=, error=, metrics=, wall_s=, host=,
+---   started=, provenance=, recorded=, differences=, metrics_compared=, text=}`: the run's
+---   name, the row's number, the file, the row as recorded (`qemu.sweep.read`'s row);
+---   the new run's status ("ok" or "failed"), error, metrics (name -> value), wall time,
+---   host and start time; its setup now (`provenance`) and as recorded (`recorded`);
+---   `differences`, the setup fields that differ: `{{field=, was=, now=}}`;
+---   `metrics_compared`, the recorded metrics and new ones side by side:
+---   `{{name=, was=, now=, ratio=}}` (`ratio` = now / was, nil unless both are numbers);
+---   `text`, the report above
+---@error BadArgument  `path` is not a string or no such file, a bad option, no such row
+---   number or run name
+---@error BadResults  the results file cannot be read (the line is named)
+---@error RerunMismatch  the row cannot be rerun as recorded: it records no setup (written
+---   before provenance existed, or its id is not in the sidecar), it ran from code that is
+---   not a script file, the script, its directory or the checkpoint is gone (the error names
+---   it, and the script's or checkpoint's recorded hash), or the script's sweep no longer
+---   has the run
+---@error CommandFailed  the script ended without rerunning the run (its output is in the
+---   message)
+---@error Timeout  `timeout` seconds passed
 function M.rerun(path, which, opts)
   local fname = "qemu.sweep.rerun"
   check.arg(fname, 1, path, "string")
   opts = check.options(fname, opts, rerun_opts, 3)
   local rows = results.load(path, fname)
   local row, index = find_row(fname, path, rows, which)
-  local setup = row.provenance or (row.prov and rows.setups[row.prov])
-  if type(setup) ~= "table" then
+  local recorded = row.provenance or (row.prov and rows.provenance[row.prov])
+  if type(recorded) ~= "table" then
     mismatch(string.format("row %d of %s (%s) records no setup%s", index, path, tostring(row.run),
                            row.prov and (": its provenance id " .. row.prov .. " is not in " ..
                                          provenance.sidecar(path)) or ""),
              "results written before provenance existed cannot be rerun; run the sweep again")
   end
-  if not setup.script then
+  if not recorded.script then
     mismatch(string.format("row %d of %s ran from code that is not a script file (%s): nothing to run again",
-                           index, path, tostring(setup.run_file)))
+                           index, path, tostring(recorded.run_file)))
   end
-  if not fs.is_file(setup.script) then
-    mismatch(string.format("the script %s that ran row %d is gone", setup.script, index),
-             "put it back (its SHA-256 was " .. tostring(setup.script_sha256) .. ")")
+  if not fs.is_file(recorded.script) then
+    mismatch(string.format("the script %s that ran row %d is gone", recorded.script, index),
+             "put it back (its SHA-256 was " .. tostring(recorded.script_sha256) .. ")")
   end
-  if setup.cwd and not fs.is_dir(setup.cwd) then
-    mismatch(string.format("the directory %s the sweep ran in is gone", setup.cwd))
+  if recorded.cwd and not fs.is_dir(recorded.cwd) then
+    mismatch(string.format("the directory %s the sweep ran in is gone", recorded.cwd))
   end
-  if setup.checkpoint and not fs.is_dir(setup.checkpoint) then
-    mismatch(string.format("the checkpoint %s that row %d started from is gone", setup.checkpoint, index),
-             "make it again (its manifest hash was " .. tostring(setup.checkpoint_id) ..
+  if recorded.checkpoint and not fs.is_dir(recorded.checkpoint) then
+    mismatch(string.format("the checkpoint %s that row %d started from is gone", recorded.checkpoint, index),
+             "make it again (its manifest hash was " .. tostring(recorded.checkpoint_id) ..
              "; a new one will differ) and rerun, or restore it from a copy")
   end
   local result = fs.scratch_file("rerun", ".json")
   os.remove(result)
   local self = sys.realpath("/proc/self/exe")
-  local argv = { "env", "-C", setup.cwd or ".",
+  local argv = { "env", "-C", recorded.cwd or ".",
                  "QSHELL_SWEEP_RERUN=" .. row.run,
                  "QSHELL_SWEEP_RERUN_FILE=" .. (sys.realpath(path) or path),
                  "QSHELL_SWEEP_RERUN_OUT=" .. result,
-                 self, "run", setup.script }
-  for _, a in ipairs(setup.args or {}) do argv[#argv + 1] = a end
+                 self, "run", recorded.script }
+  for _, a in ipairs(recorded.args or {}) do argv[#argv + 1] = a end
   local st = run.run(argv, { command = fname, timeout = opts.timeout })
   local text = fs.read(result)
   os.remove(result)
   if not text then
     local out = ((st.stderr ~= "" and st.stderr or st.stdout):gsub("%s+$", ""))
     errors.raise { class = "CommandFailed", command = fname,
-                   desc = string.format("the script %s %s without rerunning %s%s", setup.script, st.desc, row.run,
+                   desc = string.format("the script %s %s without rerunning %s%s", recorded.script, st.desc, row.run,
                                         out ~= "" and (": " .. out:sub(-1500)) or ""),
                    hint = "the script must still reach the qemu.sweep call that wrote " .. path ..
                           " with a matrix that has this run" }
@@ -150,9 +199,9 @@ function M.rerun(path, which, opts)
   end
   local r = { run = row.run, index = index, path = path, row = row, status = res.status,
               error = res.error ~= json.null and res.error or nil, metrics = res.metrics or {},
-              wall_s = res.wall, host = res.host, started = res.started, provenance = res.setup,
-              recorded = setup }
-  r.differences = provenance.differences(setup, res.setup)
+              wall_s = res.wall_s, host = res.host, started = res.started, provenance = res.provenance,
+              recorded = recorded }
+  r.differences = provenance.differences(recorded, res.provenance)
   r.metrics_compared = {}
   local names, seen = {}, {}
   for _, m in ipairs(rows.metrics) do if row[m] ~= nil then names[#names + 1] = m; seen[m] = true end end
@@ -182,7 +231,7 @@ end
 -- file runs the one run, writes its result and ends the script.  Another
 -- sweep of the script (writing another file) does nothing and returns an
 -- empty summary.
-function M.task(spec, runs, key, fname)
+function M.task(spec, runs, name, fname)
   local file = os.getenv("QSHELL_SWEEP_RERUN_FILE") or ""
   local out = os.getenv("QSHELL_SWEEP_RERUN_OUT") or ""
   local mine = spec.out and (sys.realpath(spec.out) == file or
@@ -191,9 +240,9 @@ function M.task(spec, runs, key, fname)
     return { total = 0, ok = 0, failed = 0, skipped = 0, results = {}, out = spec.out, rerun = "other sweep" }
   end
   local r
-  for _, x in ipairs(runs) do if x.key == key then r = x end end
+  for _, x in ipairs(runs) do if x.run == name then r = x end end
   if not r then
-    fs.write(out, json.encode { missing = runs[1] and runs[1].key or "(none)" }, fname)
+    fs.write(out, json.encode { missing = runs[1] and runs[1].run or "(none)" }, fname)
     os.exit(0, true)
   end
   local source = require("qemu.sweep.source").resolve(spec, fname)

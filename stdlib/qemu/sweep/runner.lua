@@ -1,10 +1,9 @@
 -- qemu.sweep.runner: one run of a sweep, the same under every engine.
 -- The VM is qemu.launch{restore=checkpoint, ...the run's launch options}
 -- in its own overlay; the run function's metrics (or its error) come back
--- as a result {i=, status="ok"|"failed", metrics=, error=, wall=, host=,
--- started=, setup=}, with a roi<ID>_insns column per region of interest
--- when the insn plugin ran; setup is the run's provenance (see
--- qemu.sweep.provenance).
+-- as a result {i=, status="ok"|"failed", metrics=, error=, wall_s=, host=,
+-- started=, provenance=}, with a roi<ID>_insns column per region of
+-- interest when the insn plugin ran (provenance: see qemu.sweep.provenance).
 
 local sys = require "qshell.os"
 local plan = require "qemu.sweep.plan"
@@ -69,10 +68,10 @@ local function script_of(spec)
   return script_facts.facts
 end
 
--- M.setup(spec, source, params [, vm]) -> the provenance of a run
-function M.setup(spec, source, params, vm)
+-- M.provenance(spec, source, params [, vm]) -> the provenance of a run
+function M.provenance(spec, source, params, vm)
   local ok, lopts = pcall(M.launch_options, spec, params, source)
-  return provenance.setup(script_of(spec), ok and lopts or {}, source, vm)
+  return provenance.of_run(script_of(spec), ok and lopts or {}, source, vm)
 end
 
 -- Did the run end because this process is being stopped (SIGTERM from
@@ -138,13 +137,13 @@ function M.run(spec, source, r, next_r)
     vm_seen = vm
     if type(next_r) == "function" then next_r = next_r() end
     if next_r then start_warm(spec, source, next_r) end
-    out.setup = provenance.setup(script_of(spec), lopts, source, vm)
+    out.provenance = provenance.of_run(script_of(spec), lopts, source, vm)
     return roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
   end)
-  out.wall = sys.now() - t0
-  if not out.setup then
-    local sok, setup = pcall(provenance.setup, script_of(spec), lopts or {}, source, vm_seen)
-    out.setup = sok and setup or nil
+  out.wall_s = sys.now() - t0
+  if not out.provenance then
+    local pok, prov = pcall(provenance.of_run, script_of(spec), lopts or {}, source, vm_seen)
+    out.provenance = pok and prov or nil
   end
   if ok then
     out.status, out.metrics = "ok", res

@@ -95,7 +95,7 @@ local function already_done(path)
   if not text or text == "" then return done end
   for line in text:gmatch("([^\n]*)\n") do
     local ok, r = pcall(json.decode, line)
-    if ok and type(r) == "table" and r.key then done[r.key] = true end
+    if ok and type(r) == "table" and r.run then done[r.run] = true end
   end
   if not text:match("\n$") then fs.append(path, "\n", "qemu.sweep") end
   return done
@@ -109,9 +109,10 @@ function TaskOut:append(r)
   -- The task being stopped (Slurm's SIGTERM reaches the workers too) is
   -- not a result: the submitter gives the reason, a retry runs it again.
   if r.interrupted or tostring(r.error):find("^the worker died") then return end
-  fs.append(self.path, json.encode { key = r.key, status = r.status, metrics = r.metrics or json.object {},
-                                     error = r.error or json.null, wall = r.wall, host = r.host,
-                                     started = r.started, setup = r.provenance or json.null } .. "\n", "qemu.sweep")
+  fs.append(self.path, json.encode { run = r.run, status = r.status, metrics = r.metrics or json.object {},
+                                     error = r.error or json.null, wall_s = r.wall_s, host = r.host,
+                                     started = r.started, provenance = r.provenance or json.null } .. "\n",
+            "qemu.sweep")
 end
 function TaskOut:finish() end
 
@@ -124,20 +125,20 @@ function M.task(spec, runs, job)
                    desc = "QSHELL_SWEEP_JOB is set but SLURM_ARRAY_TASK_ID is not: not a Slurm array task" }
   end
   local plan = json.decode(fs.slurp(job .. "/plan.json", "qemu.sweep"))
-  -- The setup as the submitter names it (paths differ on this node).
+  -- The provenance as the submitter names it (paths differ on this node).
   provenance.task_script = plan.script
-  local bykey = {}
-  for _, r in ipairs(runs) do bykey[r.key] = r end
+  local byrun = {}
+  for _, r in ipairs(runs) do byrun[r.run] = r end
   local result = string.format("%s/task-%d.jsonl", job, id)
   local done = already_done(result)
   local mine = {}
-  for _, key in ipairs(plan.tasks[id + 1] or {}) do
-    local r = bykey[key]
+  for _, name in ipairs(plan.tasks[id + 1] or {}) do
+    local r = byrun[name]
     if not r then
       errors.raise { class = "SlurmError", command = "qemu.sweep",
-                     desc = "the plan names run " .. key .. " that this script's matrix does not have" }
+                     desc = "the plan names run " .. name .. " that this script's matrix does not have" }
     end
-    if not done[key] then mine[#mine + 1] = r end
+    if not done[name] then mine[#mine + 1] = r end
   end
   local source = { checkpoint = on_node(plan, plan.checkpoint), shown = plan.checkpoint_shown,
                    from_tag = plan.from_tag, tag = plan.tag }
@@ -154,7 +155,7 @@ function M.task(spec, runs, job)
       -- Stopped by Slurm (time limit, scancel): the run is not a result;
       -- the submitter gives the reason, or a resume runs it again.
       if res.interrupted then os.exit(1, true) end
-      res.key = r.key
+      res.run = r.run
       fs.append(result, json.encode(res) .. "\n", "qemu.sweep")
     end
   end
@@ -337,7 +338,7 @@ local function gather_dir(dir, ntasks, offsets, take)
     for line in complete:gmatch("([^\n]+)\n") do
       local ok, res = pcall(json.decode, line)
       -- a line a dying node left half written (closed by the retry) is skipped
-      if ok and type(res) == "table" and res.key then take(res, t) end
+      if ok and type(res) == "table" and res.run then take(res, t) end
     end
   end
 end
@@ -421,14 +422,14 @@ function M.run(j)
   fs.mkdir_p(root, fname)
   root = sys.realpath(root)
   local progress = host.progress("sweep", { enabled = spec.progress })
-  local bykey = {}
-  for _, r in ipairs(todo) do bykey[r.key] = r end
+  local byrun = {}
+  for _, r in ipairs(todo) do byrun[r.run] = r end
   local seen = {}
   local nodes = {} -- where tasks ran: squeue's view and the results' hosts
   local function take(res)
-    local r = bykey[res.key]
-    if r and not seen[res.key] then
-      seen[res.key] = true
+    local r = byrun[res.run]
+    if r and not seen[res.run] then
+      seen[res.run] = true
       res.i = r.i
       if res.host then nodes[res.host] = true end
       tally:record(res)
@@ -473,7 +474,7 @@ function M.run(j)
     end
   end
   local rest = {}
-  for _, r in ipairs(todo) do if not seen[r.key] then rest[#rest + 1] = r end end
+  for _, r in ipairs(todo) do if not seen[r.run] then rest[#rest + 1] = r end end
   if #rest == 0 then
     progress:done()
     return { job = root, collected = #todo }
@@ -498,7 +499,7 @@ function M.run(j)
   for t = 1, ntasks do plan.tasks[t] = json.array {} end
   for i, r in ipairs(rest) do
     local t = (i - 1) % ntasks + 1
-    plan.tasks[t][#plan.tasks[t] + 1] = r.key
+    plan.tasks[t][#plan.tasks[t] + 1] = r.run
   end
   fs.write(sub.dir .. "/plan.json", json.encode(plan), fname)
   local separate_log = roots and #roots > 1
@@ -523,12 +524,13 @@ function M.run(j)
   local info = { ntasks = ntasks, runs = #rest, sbatch = sb, submitted = provenance.now_text(),
                  submitter = provenance.host(), pid = sys.getpid() }
   fs.write(sub.dir .. "/submission.json", json.encode(info), fname)
-  local p, perr = core.new("qshell-run")
-  if not p then errors.raise { class = "IOError", command = fname, desc = perr } end
-  local ok, err = p:spawn(sb, 0, p:tmpdir() .. "/sbatch.out")
+  local p, perr, pcode = core.new("qshell-run")
+  if not p then errors.from_code(fname, perr, pcode) end
+  local ok, err, code = p:spawn(sb, 0, p:tmpdir() .. "/sbatch.out")
   if not ok then
     p:close()
-    errors.raise { class = "SlurmError", command = fname, desc = err }
+    -- sbatch not started is a job not submitted (an interrupted spawn stays Interrupted)
+    errors.from_code(fname, err, code, { overrides = { io = "SlurmError", exec = "SlurmError" } })
   end
 
   -- Gather while the array runs; watch the tasks' states and nodes.
@@ -615,10 +617,10 @@ function M.run(j)
     tasks[t + 1] = { index = t, state = last[t] and last[t].state, node = last[t] and last[t].node }
   end
   for i, r in ipairs(rest) do
-    if not seen[r.key] then
+    if not seen[r.run] then
       local t = (i - 1) % ntasks
-      seen[r.key] = true
-      tally:record { i = r.i, status = "failed", wall = 0, host = last[t] and last[t].node,
+      seen[r.run] = true
+      tally:record { i = r.i, status = "failed", wall_s = 0, host = last[t] and last[t].node,
                      error = reason_for(t, last[t], sopts, sub.dir, sberr, roots) }
     end
   end
@@ -632,9 +634,30 @@ end
 
 -- ---- status ----
 
--- M.status(path) -> {dir=, submission=, jobid=, tasks={{index=, state=, node=, runs=, reported=,
---   ok=, failed=}}, runs=, reported=, ok=, failed=, text=}: a Slurm sweep's progress from its
--- job dir (or the results file it belongs to: OUT.slurm).
+---@api qemu.sweep.slurm_status qemu.sweep.slurm_status(path) -> status
+--- The progress of a Slurm sweep's latest submission: its array tasks, their state and node, and the runs they reported.
+---
+--- It reads the job dir (what the tasks wrote so far) and asks `squeue`
+--- for the tasks' states; a job Slurm has forgotten shows the states
+--- recorded when its submitter finished gathering (`done` for a task that
+--- reported all its runs, `?` when nothing says). It works while the job
+--- runs, from any machine that sees the job dir. `qshell sweep --status
+--- results.csv` (or the job dir) prints `status.text`.
+---
+---     local st = qemu.sweep.slurm_status("/shared/me/results.csv")
+---     print(st.jobid, st.reported .. "/" .. st.runs)
+---     for _, t in ipairs(st.tasks) do print(t.index, t.state, t.node, t.reported) end
+---
+---@param path string  the sweep's results file (`out`: its job dir is `out.slurm`) or its job
+---   dir
+---@return table status  `{dir=, submission=, jobid=, runs=, reported=, ok=, failed=, tasks=,
+---   text=}`: the job dir, the submission's number, the Slurm job id, the runs it submitted,
+---   reported so far, and of those ok and failed; `tasks` a list of `{index=, state=, node=,
+---   runs=, reported=, ok=, failed=}` per array task (`state` as squeue says, e.g. RUNNING,
+---   PENDING, COMPLETED, TIMEOUT; `node` where it runs or ran); `text` a table of them to
+---   print
+---@error BadArgument  `path` is not a string, or neither it nor `path.slurm` is a Slurm sweep's
+---   job dir
 function M.status(path)
   local fname = "qemu.sweep.slurm_status"
   check.arg(fname, 1, path, "string")
@@ -653,8 +676,8 @@ function M.status(path)
   gather_dir(sub.dir, #plan.tasks, {}, function(res, t)
     local e = per[t] or { seen = {}, ok = 0, failed = 0, reported = 0, hosts = {} }
     per[t] = e
-    if not e.seen[res.key] then
-      e.seen[res.key] = true
+    if not e.seen[res.run] then
+      e.seen[res.run] = true
       e.reported = e.reported + 1
       if res.status == "ok" then e.ok = e.ok + 1 else e.failed = e.failed + 1 end
       if res.host then e.hosts[res.host] = true end

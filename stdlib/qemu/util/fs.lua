@@ -16,8 +16,10 @@ local errors = require "qemu.errors"
 
 local M = {}
 
-local function io_error(command, desc, hint)
-  errors.raise { class = "IOError", command = command or "qemu.fs", desc = desc, hint = hint }
+-- code: what the C call (or Lua's io, an errno number) said; its class
+-- comes from the one map in qemu.errors.
+local function io_error(command, desc, code)
+  errors.from_code(command or "qemu.fs", desc, code or "io")
 end
 
 -- Anything at p (a dangling link too).
@@ -70,8 +72,8 @@ end
 
 -- The contents of a file; raises IOError when it cannot be read.
 function M.slurp(p, command)
-  local f, msg = io.open(p, "rb")
-  if not f then io_error(command, "cannot read " .. msg) end
+  local f, msg, errno = io.open(p, "rb")
+  if not f then io_error(command, "cannot read " .. msg, errno) end
   local s = f:read("a")
   f:close()
   return s
@@ -81,33 +83,33 @@ end
 -- never half of one (a temp file beside it, renamed over it).
 function M.write(p, text, command)
   local tmp = p .. ".tmp"
-  local f, msg = io.open(tmp, "wb")
-  if not f then io_error(command, "cannot write " .. msg) end
-  local ok, werr = f:write(text)
-  local cok, cerr = f:close()
+  local f, msg, errno = io.open(tmp, "wb")
+  if not f then io_error(command, "cannot write " .. msg, errno) end
+  local ok, werr, wno = f:write(text)
+  local cok, cerr, cno = f:close()
   if not ok or not cok then
     os.remove(tmp)
-    io_error(command, "cannot write " .. tmp .. ": " .. tostring(werr or cerr))
+    io_error(command, "cannot write " .. tmp .. ": " .. tostring(werr or cerr), wno or cno)
   end
-  local rok, rmsg = sys.rename(tmp, p)
+  local rok, rmsg, rcode = sys.rename(tmp, p)
   if not rok then
     os.remove(tmp)
-    io_error(command, "cannot replace " .. p .. ": " .. rmsg)
+    io_error(command, "cannot replace " .. p .. ": " .. rmsg, rcode)
   end
 end
 
 -- Append text to p in one write (whole lines stay whole when a process is
 -- killed).
 function M.append(p, text, command)
-  local ok, msg = sys.append(p, text)
-  if not ok then io_error(command, "cannot append to " .. msg) end
+  local ok, msg, code = sys.append(p, text)
+  if not ok then io_error(command, "cannot append to " .. msg, code) end
 end
 
 -- Make p and its missing parents; an existing directory is fine.
 function M.mkdir_p(p, command)
-  local ok, msg = sys.mkdir(p, true)
+  local ok, msg, code = sys.mkdir(p, true)
   if not ok then
-    io_error(command, "cannot create the directory " .. msg)
+    io_error(command, "cannot create the directory " .. msg, code)
   end
 end
 
@@ -132,8 +134,8 @@ local scratch, count = nil, 0
 -- A private 0700 directory for this qshell, removed when it exits.
 function M.scratch()
   if not scratch then
-    local p, msg = proc.new("qshell")
-    if not p then io_error("qemu.tmpdir", msg) end
+    local p, msg, code = proc.new("qshell")
+    if not p then io_error("qemu.tmpdir", msg, code) end
     scratch = p -- never spawned; its __gc (at lua_close) and the atexit hook remove the dir
   end
   return scratch:tmpdir()

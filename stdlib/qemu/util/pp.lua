@@ -46,6 +46,19 @@ local function sorted_keys(t)
   return n, keys
 end
 
+---@api qemu.pp.format qemu.pp.format(value [, {width=80, depth=6, items=30}]) -> text
+--- A value as the interactive shell prints it: Lua syntax, readable.
+--- Nested tables stay on one line when they fit in `width`, and are indented
+--- otherwise; keys are sorted; JSON null is `null`; lists longer than
+--- `items` are cut with a count of the rest; tables deeper than `depth` and
+--- cycles are marked. Objects with a `__tostring` (a VM, an error) print as
+--- their string.
+---
+---     print(qemu.pp.format(vm:qmp("query-status")))   --> { running = true, singlestep = false, status = "running" }
+---@param value any  what to format
+---@param options? table  `width=` (80) columns before a table is split over lines, `depth=` (6) levels shown,
+---   `items=` (30) list items shown
+---@return string text  the formatted value (no newline at the end)
 function M.format(v, opts)
   opts = opts or {}
   local width = opts.width or 80
@@ -119,7 +132,11 @@ function M.format(v, opts)
   return fmt(v, "", 1)
 end
 
--- pp.print(...) prints each value formatted, tab-separated.
+---@api qemu.pp.print qemu.pp.print(...)
+--- Prints each value as `qemu.pp.format` formats it, tab-separated, and a newline.
+---
+---     qemu.pp.print(qemu.version())
+---@param ... any  the values
 function M.print(...)
   local n = select("#", ...)
   local out = {}

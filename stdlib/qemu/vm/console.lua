@@ -9,6 +9,21 @@ local errors = require "qemu.errors"
 local check = require "qemu.util.check"
 local sys = require "qshell.os"
 
+---@apiclass qemu.Console console  The guest's serial console (ttyS0) of a VM: vm.console
+--- `qemu.launch` connects the guest's first serial port to qshell before
+--- QEMU starts (a socketpair drained by a reader thread, so the guest never
+--- stalls on a full buffer): nothing the kernel prints is lost. What the
+--- guest prints collects in a window of unconsumed output (8 MiB at most)
+--- that `expect` and `run` search; a match consumes the output up to its
+--- end, as expect(1) does, so the same text never satisfies two waits. It
+--- is `vm.console` of a VM launched with `console=true` (the default); an
+--- attached VM has none. It is closed with the VM; its methods then raise
+--- a plain Lua error ("attempt to use a closed console").
+---
+---     local vm <close> = qemu.guest.launch {}          -- booted, logged in
+---     local out, status = vm.console:run("uname -r")   --> "6.1.0-...-cloud-amd64", 0
+---     vm.console:send("dmesg | tail -1\r")
+---     local _, secs = vm.console:expect("%[%s*(%d+%.%d+)%]")
 local Console = {}
 Console.__index = Console
 Console.__name = "qemu.console"
@@ -47,7 +62,16 @@ function Console:_note_cloud_init(text)
   end
 end
 
--- The last n lines the guest printed (consumed or not), for messages.
+---@api vm.console:tail vm.console:tail([n]) -> text
+--- The last lines the guest printed, consumed or not.
+--- For messages and a look at the screen: it consumes nothing. Carriage
+--- returns are removed and trailing empty lines dropped. It sees the last
+--- 16,000 bytes already consumed plus the unconsumed output.
+---
+---     print(vm.console:tail(40))
+---
+---@param n? integer  how many lines (default 10)
+---@return string text  the lines, joined with "\n"
 function Console:tail(n)
   n = n or 10
   local text = (self._recent .. self._c:peek()):gsub("\r", "")
@@ -145,7 +169,21 @@ function Console:_ready(what)
   while self._vm:_need_running(what) == false and sys.now() < deadline do sys.sleep(0.02) end
 end
 
--- console:send(text): raw bytes to the guest (end lines with "\r")
+---@api vm.console:send vm.console:send(text)
+--- Sends raw bytes to the guest's serial port, as typed keys.
+--- End lines with "\r" (Enter). Nothing is waited for; the guest's echo
+--- stays in the console's output for `expect`. Unlike `run`, `expect` and
+--- `login`, it also types into a paused VM: the bytes wait in the serial
+--- port until the guest runs (the way to start a workload at `vm:cont()`
+--- without input during the run).
+---
+---     vm.console:send("poweroff -f\r")
+---
+---@param text string  the bytes to send
+---@error BadArgument  text is not a string
+---@error QEMUExited  QEMU has ended (the console is closed)
+---@error Timeout  the bytes could not be written within 10 s
+---@error Interrupted  Ctrl-C while sending
 function Console:send(text)
   check.arg("console:send", 1, text, "string")
   local ok, msg, code = self._c:send(text, 10)
@@ -160,7 +198,34 @@ local function expect_args(fname, pattern, opts)
   return check.options(fname, opts, expect_opts, 2)
 end
 
--- console:expect(pattern [, timeout | {timeout=, plain=}]) -> match, captures...
+---@api vm.console:expect vm.console:expect(pattern [, timeout | {timeout=30, plain=false}]) -> match, captures...
+--- Waits until the guest's console output matches a Lua pattern, and consumes the output up to the match's end.
+--- The search starts at the oldest unconsumed output, so text printed
+--- before the call counts, but never text an earlier match consumed. On a
+--- timeout the error shows the pattern and the last console lines and names
+--- the fix for the known traps (nothing printed at all: no `console=ttyS0`
+--- in `append`; RCU stalls: `icount`; "Unable to mount root fs": `root=` and
+--- the disk interface; "invalid opcode": the CPU model). If QEMU exits
+--- meanwhile, the error says how, with the guest's kernel panic line. When
+--- the console has been quiet for half a second, QEMU is asked whether the
+--- VM runs at all: a paused or stopped VM raises `NotRunning` at once
+--- instead of at the timeout.
+---
+---     vm.console:expect("login: ", 120)
+---     local _, version = vm.console:expect("Linux version (%S+)")
+---     vm.console:expect("[ OK ]", { plain = true })
+---
+---@param pattern string  a Lua pattern, or literal text with `plain=true`
+---@param options? number|table  the timeout in seconds, or `{timeout=30, plain=false}`: `timeout=` (number >= 0) seconds to
+---   wait (default 30), `plain=` (boolean) match `pattern` as literal text
+---@return string match  the matched text
+---@return string|integer ...  the pattern's captures, as `string.find` returns them
+---@error Timeout  no match within the timeout (the last console lines and a hint are in the message)
+---@error QEMUExited  QEMU ended before a match (its exit status, the last console lines, the panic line)
+---@error NotRunning  the VM is paused or stopped: its guest cannot print (the run state and the fix are named)
+---@error ConsoleOverflow  the guest printed more than 8 MiB before a match: the start of it was dropped
+---@error BadArgument  pattern is not a string, a bad option
+---@error Interrupted  Ctrl-C while waiting
 function Console:expect(pattern, opts)
   opts = expect_args("console:expect", pattern, opts)
   local what = string.format("console:expect(%q)", pattern)
@@ -172,7 +237,15 @@ function Console:expect(pattern, opts)
   return buf:sub(s, e), table.unpack(r, 4, r.n)
 end
 
--- console:flush() -> the unconsumed output, now consumed
+---@api vm.console:flush vm.console:flush() -> text
+--- Returns the unconsumed console output, and consumes it.
+--- The text is as the guest sent it (with its "\r\n"). A later `expect`
+--- sees only what is printed after.
+---
+---     vm.console:flush()                 -- forget the boot messages
+---     vm.console:send("ls\r")
+---
+---@return string text  everything printed since the last match or flush
 function Console:flush()
   local buf = self._c:peek()
   self:_consume(#buf, buf)
@@ -194,7 +267,8 @@ local function strip_ansi(s)
   s = s:gsub("\27[()][%w]", ""):gsub("\27[=>78cDEHM]", "")
   return s
 end
-Console.strip_ansi = strip_ansi
+-- (For the unit tests; scripts use console:run{strip_ansi=true}.)
+Console._strip_ansi = strip_ansi
 
 -- The lines the console printed last (consumed or not), for the checks
 -- that look at what is on the screen now.
@@ -262,13 +336,52 @@ function Console:_kernel_level()
   return self._klevel
 end
 
--- console:run(cmd [, {timeout=, prompt=, strip_ansi=, kernel_messages=}]) -> output, status
--- The command runs in the guest's shell between two markers the echo of the
--- typed line cannot contain; output from before the call is discarded.
--- While it runs, the kernel's console log level is 1 (as root), so kernel
--- messages stay in the guest's dmesg instead of the output;
--- kernel_messages=true leaves them.  A timeout or Ctrl-C interrupts the
--- command (^C) and waits for the shell before raising.
+---@api vm.console:run vm.console:run(cmd [, {timeout=30, prompt=, strip_ansi=false, kernel_messages=false}]) -> output, status
+--- Runs a command in the guest's shell and returns its output and exit status.
+--- The guest must be at a shell prompt (after `vm.console:login`, or
+--- `qemu.guest.launch`). Output from before the call is discarded. The
+--- command runs between two markers that the echo of the typed line cannot
+--- contain, so neither the echo nor earlier output can satisfy the wait; it
+--- is run with `eval`, so its own `;`, `#` and newlines stay its own. The
+--- output has "\r\n" turned into "\n" and no final newline; a lone "\r" (a
+--- progress line redrawn) is kept as the command printed it.
+---
+--- Kernel messages (`[ 28.9] EXT4-fs (sdb): mounted ...`) never land in the
+--- output: while the command runs, the kernel's console log level is 1 (set
+--- with shell builtins in /proc/sys/kernel/printk; needs root in the
+--- guest). The level is read once per console (one extra command at the
+--- first `run`) and that value is put back after each command, so a
+--- command that ends the shell cannot leave it lowered. Messages printed
+--- meanwhile stay in the guest's `dmesg`; on a timeout the last lines of
+--- `dmesg` are searched for the known traps (an RCU stall: the `icount`
+--- hint). `kernel_messages=true` leaves the log level alone.
+---
+--- A timeout or Ctrl-C interrupts the guest command: qshell sends ^C,
+--- waits until the shell reads lines again, then raises, so the next `run`
+--- works (the error says when the command does not end on ^C). A command
+--- that ends the shell (`exit 3`, `logout`) raises `ShellExited` once the
+--- login prompt is back and the console is quiet for half a second; the
+--- prompt is left for `vm.console:login`. `run("(exit 3)")` returns status 3.
+--- A paused or stopped VM raises `NotRunning` before anything is typed.
+---
+---     local out, status = vm.console:run("uname -r")
+---     local ok = select(2, vm.console:run("test -e /dev/vdb")) == 0
+---     local log = vm.console:run("make 2>&1", { timeout = 600, strip_ansi = true })
+---
+---@param cmd string  the shell command line (several lines allowed)
+---@param options? table  `timeout=` (number >= 0): seconds the command may take (default 30);
+---   `prompt=` (string): after the command, wait for this literal text (the shell's prompt) and consume it;
+---   `strip_ansi=` (boolean, default false): remove terminal escapes (colours, cursor moves, titles) from the output;
+---   `kernel_messages=` (boolean, default false): leave the kernel's console log level alone
+---@return string output  what the command printed (stdout and stderr, as the terminal shows them)
+---@return integer status  the command's exit status
+---@error Timeout  the command did not finish within the timeout (it was interrupted with ^C)
+---@error ShellExited  the command ended the guest's shell: the login prompt is back
+---@error NotRunning  the VM is paused or stopped (the run state and the fix are named)
+---@error QEMUExited  QEMU ended during the command
+---@error ConsoleOverflow  the command printed more than 8 MiB
+---@error BadArgument  cmd is not a string, a bad option
+---@error Interrupted  Ctrl-C (the guest command was interrupted too)
 function Console:run(cmd, opts)
   check.arg("console:run", 1, cmd, "string")
   opts = check.options("console:run", opts, run_opts, 2)
@@ -378,12 +491,45 @@ local WAIT_BOOT = "[ -d /run/systemd/system ] && command -v systemctl >/dev/null
 local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " ..
               "bind 'set enable-bracketed-paste off' 2>/dev/null; true"
 
--- console:login{user=, password=, timeout=, login_prompt=, prompt=, setup=true, wait_boot=true}
--- Logs in at the login prompt: a fresh one, one a script already waited
--- for (expect), or none at all when a getty logged in by itself
--- ("(automatic login)") or a shell prompt is already waiting.  On a
--- guest whose cloud-init is still at work, "Login incorrect" is tried
--- again at the next prompt until cloud-init says it finished.
+---@api vm.console:login vm.console:login([{user="root", password=, timeout=60, login_prompt="login: ", prompt=, setup=true, wait_boot=true}])
+--- Logs in on the serial console and returns at the shell prompt.
+--- The login prompt must be the last thing the guest printed: a fresh one,
+--- or one a script already waited for with `expect`. A getty that logged in
+--- by itself (`NAME login: root (automatic login)`) or a shell prompt
+--- already waiting needs nothing typed. Kernel messages printed after a
+--- prompt do not hide it; a login prompt that other output followed (a late
+--- boot message) is asked for again with an empty line after 3 s of quiet.
+--- "Login incorrect" raises `LoginFailed`, and so does a password prompt
+--- when no `password` was given.
+---
+--- On the first boot of a cloud image, cloud-init sets a seed's user and
+--- password late: while the console shows cloud-init running and not yet
+--- finished, a "Login incorrect" is followed by another login at the next
+--- prompt, until `timeout`; a wrong password still fails as soon as
+--- cloud-init has finished. With `setup=true` the shell then gets
+--- `PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat` (systemctl on a serial line
+--- would wait in `less`) and, in bash, bracketed paste off. With
+--- `wait_boot=true`, on a systemd guest login returns once the boot is over
+--- (`systemctl is-system-running --wait`): services still starting write to
+--- the console themselves, which no log level holds back.
+---
+---     vm.console:login { user = "debian", password = "secret" }
+---     vm.console:run("sudo -n true")
+---
+---@param options? table  `user=` (string, default "root");
+---   `password=` (string): typed when the guest asks for one (default: none);
+---   `timeout=` (number >= 0): seconds to reach the shell prompt (default 60);
+---   `login_prompt=` (string, default "login: "): the getty's prompt, literal text;
+---   `prompt=` (string): the shell's prompt, literal text (default "# " for root, "$ " for any other user);
+---   `setup=` (boolean, default true): set the pagers to cat and bracketed paste off;
+---   `wait_boot=` (boolean, default true): on a systemd guest, wait up to max(timeout, 300) s for the boot to finish
+---@error LoginFailed  "Login incorrect", or the guest asks for a password and none was given
+---@error Timeout  no prompt within the timeout, or (wait_boot) the boot did not finish within max(timeout, 300) s
+---@error NotRunning  the VM is paused or stopped (the run state and the fix are named)
+---@error QEMUExited  QEMU ended meanwhile
+---@error ConsoleOverflow  the guest printed more than 8 MiB before a prompt
+---@error BadArgument  a bad option
+---@error Interrupted  Ctrl-C while waiting
 function Console:login(opts)
   opts = check.options("console:login", opts, login_opts)
   local timeout = opts.timeout or 60
@@ -499,12 +645,24 @@ function Console:login(opts)
   end
 end
 
--- console:log(path | nil): append everything the guest prints from now on,
--- each line stamped with seconds since the VM started; nil stops.
+---@api vm.console:log vm.console:log(path)
+--- Appends everything the guest prints from now on to a file; `log(nil)` stops.
+--- Each line is stamped with the seconds since QEMU started
+--- (`[    2.345678] ...`). Each log starts on a line of its own: a file whose
+--- last line is unfinished gets a newline first, and a line the guest left
+--- open is ended when the log is switched or stopped or QEMU goes away, so
+--- one file can collect many boots. Another `log(path)` switches files.
+--- Logging does not consume output: `expect` and `run` see it all the same.
+---
+---     vm.console:log("boot.log")
+---
+---@param path string|nil  the file to append to, or nil to stop logging
+---@error IOError  the file cannot be opened
+---@error BadArgument  path is neither a string nor nil
 function Console:log(path)
   if path ~= nil then check.arg("console:log", 1, path, "string") end
-  local ok, msg = self._c:log(path)
-  if not ok then errors.raise { class = "IOError", command = "console:log", desc = msg } end
+  local ok, msg, code = self._c:log(path)
+  if not ok then errors.from_code("console:log", msg, code) end
 end
 
 -- console:attach(): the guest's console in this terminal; Ctrl-] returns.
@@ -513,6 +671,17 @@ function Console:_close()
   self._c:close()
 end
 
+---@api vm.console:attach vm.console:attach()
+--- Puts the guest's serial console in this terminal, until Ctrl-] returns.
+--- As `vm:attach()`, which checks first that the VM is live: raw mode (the
+--- terminal restored on every path), the output not consumed yet shown
+--- first, and the terminal's size sent to the guest's shell only while its
+--- prompt waits.
+---
+---     vm.console:attach()
+---
+---@error QEMUExited  QEMU has ended, or went away while attached
+---@error IOError  the terminal cannot be put in raw mode
 function Console:attach()
   io.stderr:write(string.format("[attached to %s's console; Ctrl-] returns]\r\n", self._vm.name))
   local ok, msg, code = self._c:attach(0x1d, self._prompt or "# ")

@@ -5,24 +5,54 @@
 -- and the tail of its log, and stopping is the QEMUMachine ladder (QMP quit,
 -- wait, SIGTERM, wait, SIGKILL, always reaped).
 --
--- Fields: vm.pid, vm.argv, vm.log, vm.name, vm.tmpdir, vm.accel, vm.version,
--- vm.options, vm.plugins, vm.console, vm.guest, vm.restored_from, vm.ram
--- ({size=, backing=, path=}: where the guest's RAM lives, see qemu.ram).
+-- Fields: the ---@apiclass block below.
 --
--- Methods (every one is declared in this file; the implementations of the
--- snapshot and checkpoint methods live in their modules):
+-- Methods (declared in this file, or in vm/delegated.lua for those whose work
+-- is in a module of its own):
 --   QMP and HMP     qmp, hmp, events, wait_event
 --   run state       status, pause, cont
 --   process         quit, kill, wait, close (also <close>)
---   snapshots       savevm, loadvm, delvm, snapshots       (qemu/vm/snapshot.lua)
---   checkpoints     checkpoint                             (qemu/checkpoint/make.lua)
---   plugins         plugin_log, plugin_result
---   console         attach (and the vm.console object, qemu/console.lua)
+--   snapshots       savevm, loadvm, delvm, snapshots       (vm/delegated.lua -> vm/snapshot.lua)
+--   checkpoints     checkpoint                             (vm/delegated.lua -> checkpoint/make.lua)
+--   ROI             wait_roi, roi_events                   (vm/delegated.lua -> vm/roi.lua)
+--   plugins         plugin_log, plugin_result              (vm/delegated.lua)
+--   console         attach (and the vm.console object, vm/console.lua)
 -- Methods starting with "_" are for the other stdlib modules, never scripts.
 
 local errors = require "qemu.errors"
 local check = require "qemu.util.check"
 
+---@apiclass qemu.VM vm  A QEMU this shell launched (qemu.launch) or attached to (qemu.attach), and its QMP connection
+--- The object `qemu.launch`, `qemu.attach` and `qemu.guest.launch` return.
+--- Its methods run QMP and HMP commands, wait for events, stop and end
+--- QEMU, and take snapshots and checkpoints; `vm.console` is its serial
+--- console. `local vm <close> = qemu.launch{...}` closes it at the end of
+--- the scope, also on errors; a VM still open when a script ends is quit
+--- gracefully. `tostring(vm)` is "vm NAME (live|exited|closed, pid N)".
+--- The fields are for reading (but `qmp_timeout`).
+---
+---     local vm <close> = qemu.launch { restore = "warm.ckpt" }
+---     print(vm.name, vm.pid, vm.accel, vm.version)
+---     print(vm.ram.backing, vm.ram.path)   --> mapped  /home/me/warm.ckpt/ram
+---
+---@field name string  the VM's name: `name=` of the launch, else "vm1", "vm2", ... in the order of this shell's VMs
+---@field pid integer|nil  QEMU's process id; nil once QEMU has ended, and for an attached VM
+---@field argv string[]|nil  the exact argv QEMU was started with (nil for an attached VM)
+---@field log string|nil  the file with QEMU's stdout and stderr, readable until `vm:close()` (nil for an attached VM)
+---@field tmpdir string|nil  the VM's private temp dir (plugin results, overlays of a restore), removed by `vm:close()` (nil for an attached VM)
+---@field accel string|nil  the accelerator QEMU runs with ("kvm" or "tcg": "auto" resolved; nil for an attached VM)
+---@field version string|nil  the QEMU version the VM's QEMU reported in its QMP greeting ("7.2.22")
+---@field options table|nil  the launch options (after a restore: the machine as restored, with `restore=`)
+---@field console qemu.Console|nil  the guest's serial console (nil with `console=false`, and for an attached VM)
+---@field plugins table[]|nil  the TCG plugins loaded, each `{name=, path=, out=}` (`out`: the result file, or nil)
+---@field ram table|nil  where the guest's RAM lives: `{size=, backing=, path=, id=}`; `size` in bytes (nil when unknown);
+---   `backing` "memfd" (a memfd this shell holds), "mapped" (a checkpoint's RAM file, copy-on-write), "copied"
+---   (a checkpoint's RAM copied into a memfd) or "qemu" (RAM QEMU holds itself); `path` the mapped RAM file;
+---   `id` the memory backend's id ("pc.ram"); nil for an attached VM
+---@field restored_from string|nil  the checkpoint directory the VM was restored from (`restore=`), else nil
+---@field guest table|nil  for `qemu.guest.launch`: the guest it booted (as `qemu.guest.default()` describes it)
+---@field socket string|nil  for an attached VM: the QMP socket's path
+---@field qmp_timeout number  the default timeout of `vm:qmp` and `vm:hmp`, in seconds (300); a script may set it
 local VM = {}
 VM.__index = VM
 VM.__name = "qemu.vm"
@@ -92,9 +122,29 @@ local function fd_arg(v)
 end
 local qmp_opts = { timeout = check.nonneg, fd = fd_arg }
 
--- vm:qmp(cmd [, args [, {timeout=, fd=}]]) -> the "return" value
--- fd= passes a file descriptor with the command (SCM_RIGHTS), for getfd
--- and add-fd; the caller still owns and closes its copy.
+---@api vm:qmp vm:qmp(command [, arguments [, {timeout=300, fd=}]]) -> result
+--- Runs one QMP command and returns its `return` value as Lua values.
+--- The arguments are a Lua table, encoded as `qemu.json.encode` does (a
+--- whole float such as `1e9` goes out as an integer); the result is decoded
+--- as `qemu.json.decode` does (JSON null is `qemu.null`). An error reply
+--- raises with QMP's own class and description. A round trip is one send
+--- and one receive system call; events that arrive meanwhile are kept for
+--- `vm:events()` and `vm:wait_event()`.
+---
+---     for _, cpu in ipairs(vm:qmp("query-cpus-fast")) do print(cpu["cpu-index"], cpu["qom-path"]) end
+---     vm:qmp("device_add", { driver = "e1000", id = "n1" })
+---
+---@param command string  the QMP command ("query-status", "device_add", ...)
+---@param arguments? table  the command's arguments (a value JSON cannot hold is a plain Lua error)
+---@param options? table  `timeout=` (number >= 0): seconds to wait for the reply (default `vm.qmp_timeout`, 300);
+---   `fd=` (integer >= 0): an open file descriptor passed with the command (SCM_RIGHTS), as `getfd` and `add-fd`
+---   expect; your copy stays yours to close
+---@return any result  the reply's `return` value (often a table; `{}` for commands that return nothing)
+---@error GenericError  and QMP's other classes (CommandNotFound, DeviceNotFound, ...): QEMU refused the command
+---@error BadArgument  command is not a string, arguments not a table, a bad option; the VM is closed
+---@error QEMUExited  QEMU had ended or went away during the command (its exit status and the end of its log; `e.exit`)
+---@error Timeout  no reply within the timeout
+---@error Interrupted  Ctrl-C while waiting for the reply
 function VM:qmp(cmd, args, opts)
   check.arg("vm:qmp", 1, cmd, "string")
   if args ~= nil then check.arg("vm:qmp", 2, args, "table") end
@@ -112,14 +162,29 @@ function VM:qmp(cmd, args, opts)
 end
 
 -- HMP failures arrive as successful replies: qemu.errors recognises them
--- (snapshot.lua asks it too).
-VM.hmp_failed = errors.hmp_failed
+-- (snapshot.lua asks it too; scripts: qemu.errors.hmp_failed).
 
--- vm:hmp(line [, {timeout=}]) -> text; an HMP error reply raises
+---@api vm:hmp vm:hmp(line [, {timeout=300}]) -> text
+--- Runs a human-monitor (HMP) command and returns its text.
+--- QEMU reports a failed HMP command as a successful reply whose text is the
+--- error message ("Error: ...", "unknown command: ...", "Could not ..."):
+--- here such a reply raises `HMPError`. An HMP `loadvm` that fails says that
+--- it left the VM stopped, and how to go on.
+---
+---     print(vm:hmp("info registers"))
+---
+---@param line string  the command line, as typed at QEMU's monitor
+---@param options? table  `timeout=` (number >= 0): seconds to wait for the reply (default `vm.qmp_timeout`, 300)
+---@return string text  what the command printed
+---@error HMPError  the reply is an HMP error message
+---@error BadArgument  line is not a string, a bad option; the VM is closed
+---@error QEMUExited  QEMU had ended or went away during the command
+---@error Timeout  no reply within the timeout
+---@error Interrupted  Ctrl-C while waiting for the reply
 function VM:hmp(line, opts)
   check.arg("vm:hmp", 1, line, "string")
   local text = self:qmp("human-monitor-command", { ["command-line"] = line }, opts)
-  if VM.hmp_failed(text) then
+  if errors.hmp_failed(text) then
     local desc = text:gsub("%s+$", "")
     local hint = errors.hint_for(desc)
     -- A failed loadvm stops the VM before it looks for the tag, and
@@ -158,7 +223,19 @@ function VM:_close_qmp()
   self._qmp_closed = true
 end
 
--- vm:events() -> every event received so far, oldest first (drains)
+---@api vm:events vm:events() -> list
+--- Every QMP event received so far and not yet taken, oldest first.
+--- The list is drained: the next call returns only newer events. Events
+--- that arrive while a command waits for its reply are kept (up to 100,000
+--- not yet read; beyond that the oldest go), also after QEMU ended. Events
+--- of the jobs qshell runs itself (the snapshot jobs of `vm:savevm` and its
+--- kin) are not shown.
+---
+---     vm:pause(); vm:cont()
+---     for _, ev in ipairs(vm:events()) do print(ev.event, ev.timestamp.seconds) end   --> STOP, RESUME
+---
+---@return table[] list  the events, each `{event=, data=, timestamp={seconds=, microseconds=}}` as QEMU sent it
+---@error BadArgument  the VM is closed
 function VM:events()
   -- Also after QEMU ended: the events it sent before are still here.
   if self._closed then check.bad("vm:events", "%s is closed", tostring(self)) end
@@ -181,12 +258,27 @@ local function event_match(event, match)
   end
   return true
 end
-VM.event_match = event_match
 
 local wait_opts = { timeout = check.nonneg, match = "table" }
 
--- vm:wait_event([name [, {timeout=, match=}]]) -> event
--- Events that do not match stay queued for vm:events().
+---@api vm:wait_event vm:wait_event([name [, {timeout=60, match=}]]) -> event
+--- Waits for the next event with that name whose fields contain `match`.
+--- The events already received are looked at first. `match` is a subset
+--- match, recursively, as QEMU's Python tools do: every key of `match` must
+--- be in the event with an equal value. Events that do not match stay
+--- queued for `vm:events()` and later waits.
+---
+---     vm:qmp("system_powerdown")
+---     vm:wait_event("SHUTDOWN", { timeout = 30, match = { data = { guest = true } } })
+---
+---@param name? string  the event's name ("SHUTDOWN", "STOP", ...); nil: any event
+---@param options? table  `timeout=` (number >= 0): seconds to wait (default 60);
+---   `match=` (table): fields the event must contain (default: none)
+---@return table event  the event, `{event=, data=, timestamp=}`
+---@error Timeout  no such event within the timeout
+---@error QEMUExited  QEMU ended before such an event came
+---@error BadArgument  name is not a string, a bad option; the VM is closed
+---@error Interrupted  Ctrl-C while waiting
 function VM:wait_event(name, opts)
   if name ~= nil then check.arg("vm:wait_event", 1, name, "string") end
   opts = check.options("vm:wait_event", opts, wait_opts, 2)
@@ -224,11 +316,40 @@ function VM:wait_event(name, opts)
   end
 end
 
--- vm:status() -> "running", "paused", "shutdown", ... (query-status)
+---@api vm:status vm:status() -> state
+--- QEMU's run state, as QMP `query-status` says it.
+--- A VM that is not running cannot answer on its console: `vm.console:run`,
+--- `expect`, `login` and `vm:wait_roi` on one fail within a second with
+--- `NotRunning`, which names the run state and the fix ("paused":
+--- `vm:cont()`; "postmigrate": stopped after `vm:checkpoint` without
+--- `resume=true`; "restore-vm": a `loadvm` failed part way; "prelaunch":
+--- launched with `paused=true`; "io-error", "guest-panicked",
+--- "internal-error", "suspended", ... each with its own). "inmigrate" (a
+--- restore still loading) is waited for.
+---
+---     if vm:status() ~= "running" then vm:cont() end
+---
+---@return string state  "running", "paused", "shutdown", "postmigrate", "prelaunch", "inmigrate", ...
+---@error BadArgument  the VM is closed
+---@error QEMUExited  QEMU has ended
+---@error Timeout  QEMU did not answer within `vm.qmp_timeout`
 function VM:status()
   return self:qmp("query-status").status
 end
 
+---@api vm:pause vm:pause()
+--- Stops the guest's vCPUs (QMP `stop`); `vm:cont()` runs them again.
+--- A paused VM's guest cannot answer: console waits and `vm:wait_roi` fail
+--- with `NotRunning` (`vm.console:send` still types into it: what is typed
+--- runs at `cont`). QEMU sends a `STOP` event.
+---
+---     vm:pause()
+---     local ok, e = pcall(vm.console.run, vm.console, "uptime")
+---     print(e)  --> console:run("uptime"): the VM is not running (QEMU's run state: paused), ...; hint: vm:cont() runs it ...
+---     vm:cont()
+---
+---@error BadArgument  the VM is closed
+---@error QEMUExited  QEMU has ended
 function VM:pause()
   self:qmp("stop")
 end
@@ -289,14 +410,40 @@ function VM:_need_running(what)
                  hint = STOPPED[st.status] or "vm:cont() runs it" }
 end
 
+---@api vm:cont vm:cont()
+--- Runs the guest's vCPUs (QMP `cont`).
+--- After `vm:pause()`, `paused=true`, a checkpoint without `resume=true` or a
+--- failed load. `cont` of a running VM is no error. QEMU sends a `RESUME`
+--- event.
+---
+---     local vm <close> = qemu.launch { restore = "ic.ckpt", paused = true }
+---     vm.console:send("\r")
+---     vm:cont()
+---
+---@error BadArgument  the VM is closed
+---@error QEMUExited  QEMU has ended
+---@error GenericError  QEMU cannot run the VM in its state (after a guest panic or an internal error: "Resetting the Virtual Machine is required")
 function VM:cont()
   self:qmp("cont")
 end
 
 local quit_opts = { timeout = check.nonneg }
 
--- vm:quit([{timeout=}]) -> exit status {code=, signal=, desc=}
--- QMP quit, wait; SIGTERM, wait; SIGKILL; always reaped.
+---@api vm:quit vm:quit([{timeout=30}]) -> status
+--- Ends QEMU gracefully and returns its exit status.
+--- QMP `quit`, then up to `timeout` seconds for QEMU to exit; then
+--- SIGTERM and up to `min(timeout, 10)` seconds; then SIGKILL. QEMU is
+--- always reaped. The log and the plugins' results stay readable until
+--- `vm:close()`, and the events QEMU sent are kept for `vm:events()`. A VM
+--- that had already ended returns its status. For an attached VM, QMP `quit`
+--- is sent and the monitor closed (the VM is then closed); the result is nil.
+---
+---     local st = vm:quit()
+---     print(st.desc)   --> exited with status 0
+---
+---@param options? table  `timeout=` (number >= 0): seconds QEMU is given to exit after each request (default 30)
+---@return table|nil status  `{code=, signal=, desc=}`: `code` the exit status or `signal` the signal number, `desc` e.g. "exited with status 0"; nil for an attached VM
+---@error BadArgument  a bad option
 function VM:quit(opts)
   opts = check.options("vm:quit", opts, quit_opts)
   if self._closed then return self._exit end
@@ -325,7 +472,15 @@ function VM:quit(opts)
   return st
 end
 
--- vm:kill() -> exit status: SIGKILL now, reaped
+---@api vm:kill vm:kill() -> status
+--- Kills QEMU with SIGKILL now, reaps it, and returns its exit status.
+--- Nothing is saved: disks get what QEMU had written. A VM that had already
+--- ended returns its status. The log stays readable until `vm:close()`.
+---
+---     print(vm:kill().desc)   --> was killed by signal 9 (Killed)
+---
+---@return table status  `{code=, signal=, desc=}` (`signal` 9 unless QEMU had ended before)
+---@error BadArgument  an attached VM (not this shell's process)
 function VM:kill()
   if self._closed then return self._exit end
   if not self._proc then check.bad("vm:kill", "an attached VM is not this shell's process") end
@@ -338,7 +493,20 @@ end
 
 local vmwait_opts = { timeout = check.nonneg }
 
--- vm:wait([{timeout=}]) -> exit status: wait for QEMU to end by itself
+---@api vm:wait vm:wait([{timeout=}]) -> status
+--- Waits for QEMU to end by itself and returns its exit status.
+--- E.g. after a guest `poweroff` (QEMU runs with `-no-reboot` by default,
+--- so a guest reboot ends it too), or a plugin's instruction limit. A VM
+--- that had already ended returns its status at once.
+---
+---     vm.console:send("poweroff -f\r")
+---     print(vm:wait({ timeout = 60 }).code)   --> 0
+---
+---@param options? table  `timeout=` (number >= 0): seconds to wait (default: no limit)
+---@return table|nil status  `{code=, signal=, desc=}` (nil for a closed attached VM)
+---@error Timeout  QEMU still runs after `timeout` seconds
+---@error BadArgument  an attached VM (not this shell's process), a bad option
+---@error Interrupted  Ctrl-C while waiting
 function VM:wait(opts)
   opts = check.options("vm:wait", opts, vmwait_opts)
   if self._exit or self._closed then return self._exit end
@@ -356,8 +524,23 @@ function VM:wait(opts)
   return st
 end
 
--- vm:close(): quit if still running (short grace), then free everything:
--- sockets, the process, the temp dir.  What <close> calls.
+---@api vm:close vm:close() -> status
+--- Quits QEMU if it still runs, then frees everything the VM holds.
+--- A running QEMU is quit as `vm:quit` does with 3 s for each step (QMP
+--- `quit`, SIGTERM, SIGKILL); then the monitor and console sockets are
+--- closed and the VM's temp dir (its log, the plugins' results) is removed.
+--- `local vm <close> = qemu.launch{...}` calls it at the end of the scope,
+--- also on errors. Closing twice is no error. For an attached VM it only
+--- disconnects: QEMU goes on running. Afterwards `vm:qmp` and the other
+--- methods that need QEMU raise `BadArgument`; `quit`, `kill`, `wait` and
+--- `close` return the exit status.
+---
+---     do
+---       local vm <close> = qemu.launch { kernel = "bzImage" }
+---       vm.console:expect("Linux version")
+---     end                                -- QEMU is gone here
+---
+---@return table|nil status  QEMU's exit status `{code=, signal=, desc=}` (nil for an attached VM)
 function VM:close()
   if self._closed then return self._exit end
   if self._proc and not self:_exit_status() then
@@ -387,77 +570,9 @@ end
 
 VM.__close = VM.close
 
--- ---- implemented in their own modules ----
-
--- Snapshots (stdlib/qemu/vm/snapshot.lua): internal snapshots in the VM's
--- qcow2 images, through QMP jobs or HMP with its errors caught.
-function VM:savevm(tag, opts) return require("qemu.vm.snapshot").savevm(self, tag, opts) end
-function VM:loadvm(tag, opts) return require("qemu.vm.snapshot").loadvm(self, tag, opts) end
-function VM:delvm(tag, opts) return require("qemu.vm.snapshot").delvm(self, tag, opts) end
-function VM:snapshots() return require("qemu.vm.snapshot").snapshots(self) end
-
--- Checkpoints (stdlib/qemu/checkpoint/): the VM state, its RAM and frozen
--- disks in a directory that qemu.launch{restore=} starts from.
-function VM:checkpoint(dir, opts) return require("qemu.checkpoint.make").make(self, dir, opts) end
-
--- Regions of interest (stdlib/qemu/vm/roi.lua): the guest's ROI markers, as
--- the VM's insn (or hotblocks) plugin reports them.
-function VM:wait_roi(id, opts) return require("qemu.vm.roi").wait(self, id, opts) end
-function VM:roi_events() return require("qemu.vm.roi").events(self) end
-
--- vm:plugin_log() -> the text the VM's plugins printed (qemu_plugin_outs)
-function VM:plugin_log()
-  if not self._plugin_log then check.bad("vm:plugin_log", "this VM has no plugins") end
-  if self._closed then check.bad("vm:plugin_log", "%s is closed (read it before vm:close())", tostring(self)) end
-  local f = io.open(self._plugin_log, "rb")
-  if not f then return "" end
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
--- vm:plugin_result(name) -> the JSON result a plugin wrote to its out= file,
--- or a contrib plugin's report read from the plugin log (cache, execlog,
--- howvec, hotpages: stdlib/qemu/plugin/build.lua), as a table (read after
--- QEMU ended: quit, wait or kill; before vm:close()).
-function VM:plugin_result(name)
-  check.arg("vm:plugin_result", 1, name, "string")
-  for _, p in ipairs(self.plugins or {}) do
-    if p.name == name and p.out then
-      local f = io.open(p.out, "rb")
-      if not f then
-        errors.raise { class = "PluginError", command = "vm:plugin_result",
-                       desc = string.format("plugin %s wrote no result to %s%s", name, p.out,
-                                            self._exit and "" or " (QEMU is still running: results are written at exit)") }
-      end
-      local text = f:read("a")
-      f:close()
-      local ok, v = pcall(require("qshell.json").decode, text)
-      if not ok then
-        errors.raise { class = "PluginError", command = "vm:plugin_result",
-                       desc = string.format("plugin %s's result %s is not JSON: %s", name, p.out, tostring(v)) }
-      end
-      return v
-    end
-  end
-  -- QEMU's contrib plugins print their report into the plugin log: read it there.
-  local pb = require "qemu.plugin.build"
-  for _, p in ipairs(self.plugins or {}) do
-    local parser = pb.parser_name(p.path)
-    if not p.out and (p.name == name or parser == pb.parser_name(name)) and pb.parsers[parser] then
-      return pb.result(self:plugin_log(), p.path)
-    end
-  end
-  check.bad("vm:plugin_result", "no plugin named %s with an out= file or a report this shell reads in this VM", name)
-end
-
--- vm:attach(): the guest's serial console in this terminal (raw mode;
--- Ctrl-] returns).  The guest's shell is told the terminal size.
-function VM:attach()
-  self:_live("vm:attach")
-  if not self.console then check.bad("vm:attach", "this VM has no captured console (console=false)") end
-  self.console:attach()
-end
+-- The methods whose work is in other modules: snapshots, checkpoints,
+-- regions of interest, plugin output, the console in this terminal.
+require("qemu.vm.delegated").install(VM)
 
 -- ---- for the other stdlib modules (not a script API) ----
 

@@ -353,7 +353,7 @@ local function build_argv(opts, ctx)
   end
   if opts.net then add("-nic", M.net_arg(fname, opts.net)) end
   if opts.loadvm then add("-loadvm", check_loadvm(fname, opts)) end
-  if opts.plugins then require("qemu.plugin").launch_args(fname, opts.plugins, ctx, add) end
+  if opts.plugins then require("qemu.plugin")._launch_args(fname, opts.plugins, ctx, add) end
   if opts.extra then
     for _, a in ipairs(list_of_strings(fname, "extra", opts.extra)) do add(a) end
   end
@@ -381,8 +381,8 @@ function M.start(opts)
   if opts == nil then opts = {} end
   check.options(fname, opts, launch_opts)
   local t0 = sys.now()
-  local p, msg = proc.new("qshell")
-  if not p then errors.raise { class = "IOError", command = fname, desc = msg } end
+  local p, msg, code = proc.new("qshell")
+  if not p then errors.from_code(fname, msg, code) end
   local ctx = { tmpdir = p:tmpdir(), sockets = 1, proc = p }
   local given = opts
   local rctx
@@ -450,7 +450,7 @@ function M.finish(pending)
     errors.from_code(fname, desc, hcode, { overrides = { timeout = "LaunchFailed", closed = "LaunchFailed",
                                                          io = "LaunchFailed", protocol = "LaunchFailed" },
                                            exit = st, argv = argv,
-                                           hint = require("qemu.plugin").load_hint(log, argv[1])
+                                           hint = require("qemu.plugin")._load_hint(log, argv[1])
                                                   or errors.hint_for(log) })
   end
   serial = serial + 1
@@ -488,13 +488,135 @@ function M.finish(pending)
   return vm
 end
 
+---@api qemu.launch qemu.launch([options]) -> vm
+--- Starts QEMU and returns the VM once QEMU answers on QMP.
+--- Every option is optional, and an unknown option name is an error (which
+--- names the option you probably meant, when one is close). The argv is built in full and kept
+--- as `vm.argv`: what you read there is exactly what QEMU got. QEMU always
+--- gets `-nodefaults -display none` (no default NIC, VGA, serial or monitor:
+--- add devices with `extra=`), and `-no-reboot` unless `reboot=true`. Its
+--- monitor is a socketpair inherited by QEMU (no socket file), and its
+--- serial port is captured from the first instruction on (`vm.console`),
+--- so nothing the kernel prints is lost. When the console is captured and
+--- `append=` has no `console=`, `console=ttyS0` is added to it.
+---
+--- A QEMU outside the system's place (a package extracted under a
+--- directory, a `make install` prefix, a build tree) gets `-L` for its own
+--- firmware and `QEMU_MODULE_DIR` for its modules, not the system QEMU's.
+---
+--- For low-noise measurements add `nokaslr` to `append=` and
+--- `icount={shift=..., sleep=false}`. The user network (`net=`) is slirp:
+--- no root, no bridge; the guest gets 10.0.2.15 by DHCP, the host is
+--- 10.0.2.2, DNS 10.0.2.3; it is one `-nic user,...` word in `vm.argv`, and
+--- needs a QEMU built with libslirp.
+---
+---     local vm <close> = qemu.launch { memory = "1G", smp = 2,
+---                                      disks = { "sys.qcow2", { file = "data.raw", interface = "virtio" } } }
+---     print(table.concat(vm.argv, " "))
+---     local web <close> = qemu.launch { disks = { "debian.qcow2" }, memory = "1G",
+---                                       net = { forward = { { host = 2222, guest = 22 } } } }
+---
+---@param options? table  the machine and how to start it; every key is optional:
+---   `binary=` (string): the QEMU binary, a path or a name in PATH (default `$QSHELL_QEMU`, else "qemu-system-x86_64").
+---   `accel=` (string): "auto" (default), "tcg", "kvm", or another `-accel` value. "auto" is "tcg" when `plugins=` or
+---   `icount=` is given, else "kvm" when /dev/kvm is usable and the CPU shows vmx/svm, else "tcg"; `vm.accel` says which.
+---   `machine=`, `cpu=` (string): `-machine`, `-cpu` (default: QEMU's).
+---   `smp=` (integer >= 1 or string): the number of vCPUs, or an `-smp` string.
+---   `memory=` (string or number): guest RAM in QEMU's `-m` syntax, "512M", "1G", or a number of MiB (default
+---   QEMU's 128 MiB). A plain size on a pc, q35 or microvm machine puts the RAM in a memfd this shell holds
+---   (`vm.ram.backing` "memfd": `vm:checkpoint` then stores it as a file its restores share); RAM options in
+---   `extra=` or `machine=`, or a `memory=` that is not a plain size, leave the RAM to QEMU ("qemu").
+---   `kernel=`, `initrd=` (string): `-kernel`, `-initrd`; the files must be readable; `initrd=` needs `kernel=`.
+---   `append=` (string or list of strings): the kernel command line (a list is joined with spaces); needs `kernel=`.
+---   `disks=` (list): each a path, or a table `{file=, interface="ide", format=, readonly=false, snapshot=false,
+---   cache=, node=}`. The file must exist. `interface` is "ide" (default: disks[1] is hda, disks[2] hdb, ... as
+---   `-hda`/`-hdb`), "virtio", "scsi", "nvme" or "none"; `format` is read from the image's first bytes (qcow2,
+---   raw, vmdk, ...) unless given; `readonly=true` needs "virtio" or "scsi" (QEMU's IDE disks cannot be
+---   read-only); `snapshot=true` sends the writes to a temporary file QEMU throws away; `cache` is QEMU's
+---   `cache=` mode; `node` is the block node name (default "disk0", "disk1", ... in order).
+---   `console=` (boolean, default true): capture the serial console (ttyS0) as `vm.console`; false: no serial port.
+---   `icount=` (table, or just the shift): `{shift="auto"|0..10 (default "auto"), sleep=false, align=false}`, as
+---   `-icount shift=N,sleep=off`; TCG only. Guest time is instructions x 2^shift ns, and with `sleep=false` idle
+---   time is skipped (a guest `sleep 5` takes a fraction of a second): exact, repeatable instruction counts, and
+---   the cure for RCU stall warnings under heavy instrumentation.
+---   `reboot=` (boolean, default false): let the guest reboot; by default (`-no-reboot`) a guest reboot or
+---   `panic=-1` ends QEMU.
+---   `loadvm=` (string): start from this internal snapshot (`-loadvm`); the tag is checked first in the first
+---   writable qcow2 disk (which must not be `snapshot=true`).
+---   `net=` (true or table): one NIC on QEMU's user-mode network. `true` (or `{}`) is
+---   `-nic user,model=virtio-net-pci`; the table `{model="virtio-net-pci", forward={...}, restrict=false,
+---   hostname=}`: `model` any NIC device name ("e1000", "rtl8139", ...); `restrict=true` lets the guest reach
+---   nothing outside (forwards still work); `hostname` the name DHCP hands out; `forward` a list of
+---   `{host=, guest=, proto="tcp"|"udp" (default "tcp"), address="127.0.0.1"}`, ports 1-65535, the host side
+---   listening on 127.0.0.1 unless `address` says otherwise ("0.0.0.0": every interface); a host port
+---   forwarded twice is an error.
+---   `paused=` (boolean, default false): start with the guest stopped (`-S`, also after `restore=`); it runs at
+---   `vm:cont()`, so a script can type console input first (exact, repeatable runs).
+---   `plugins=` (list): TCG plugins, each `{name=, args=}` (a plugin of this project, e.g. "insn", "hotblocks")
+---   or `{path=, args=}` (a .so of your own); `args` the plugin's arguments (table, written with QEMU's escaping:
+---   see `qemu.plugin.arg`). Each .so is checked first (it exists, is a shared object with QEMU's plugin
+---   symbols, its API version fits this QEMU). Plugins need TCG (refused under kvm). The project's plugins get
+---   an `out=` file in the VM's temp dir unless given one (`vm:plugin_result`); the plugins' text output goes
+---   to a file of its own (`vm:plugin_log`); the first of insn/hotblocks reports the guest's ROI markers to
+---   `vm:wait_roi` (unless one has `events=`). `vm.plugins` lists them.
+---   `restore=` (string): start from the checkpoint in this directory (`vm:checkpoint`): its files are checked
+---   first (sizes, and the digest of a file whose mtime changed), the disks are fresh overlays over its images
+---   in the VM's temp dir, the RAM file is mapped copy-on-write; the guest runs about 60 ms after the launch
+---   began. The machine comes from the checkpoint: `memory`, `smp`, `machine`, `cpu`, `kernel`, `initrd`,
+---   `append`, `console`, `accel` may only repeat its values, `disks=` and `loadvm=` are refused, and `net=` may
+---   change the forwards, `restrict` and `hostname` but not the NIC model (left out: the recorded one).
+---   `plugins`, `icount`, `name`, `timeout`, `reboot`, `extra`, `paused` and `binary` are free.
+---   `verify=` (boolean, default false): with `restore=`, check every file's digest first, not only changed ones.
+---   `extra=` (list of strings): raw argv words appended at the end.
+---   `name=` (string): `-name`, and `vm.name` (default "vm1", "vm2", ... in the order of this shell's VMs).
+---   `timeout=` (number > 0): seconds to wait for QMP to answer (default 30); with `restore=`, also for the
+---   state to load (default 600).
+---@return qemu.VM vm  the running VM (paused with `paused=true`); also `vm.restored_from` after a restore
+---@error BadArgument  an unknown option or a wrong type; a missing kernel, initrd or disk file; `initrd=` or
+---   `append=` without `kernel=`; a read-only IDE disk; `icount=` or `plugins=` under kvm; a bad `net=`; `verify=`
+---   without `restore=`; a `loadvm=` tag that is not valid, or no writable qcow2 disk to hold it; with `restore=`:
+---   `disks=`, `loadvm=`, a machine option that differs from the checkpoint's, another NIC model, a machine type
+---   this QEMU lacks
+---@error LaunchFailed  QEMU could not be started, exited before QMP answered, or did not answer within `timeout`:
+---   the message has its exit status and the end of its log, `e.exit` and `e.argv` are set, and `hint` names the
+---   fix for a known trap (KVM not usable, a plugin QEMU refused, a QEMU without user networking for `net=`)
+---@error SnapshotNotFound  the `loadvm=` tag is not in the disk
+---@error PluginError  a plugin named by `name=` is not built, or a `path=` is not a plugin QEMU can load
+---@error NotACheckpoint  `restore=` names a directory that is not a checkpoint, or whose manifest asks for what qshell never writes into one
+---@error CheckpointCorrupt  a checkpoint file's size or digest does not match its manifest
+---@error CheckpointFailed  QEMU did not load the checkpoint's state
+---@error Timeout  the checkpoint's state was not loaded within `timeout` (default 600 s)
+---@error Interrupted  Ctrl-C while QEMU was starting
+---@error IOError  a temp dir, socket or file operation failed
 function M.launch(opts)
   return M.finish(M.start(opts))
 end
 
 local attach_opts = { timeout = check.nonneg, name = "string" }
 
--- qemu.attach(socket_path [, {timeout=, name=}]) -> vm (not owned: no pid)
+---@api qemu.attach qemu.attach(socket [, {timeout=0, name=}]) -> vm
+--- A VM object for a QEMU started elsewhere, through its QMP socket.
+--- Start that QEMU with `-qmp unix:SOCKET,server=on,wait=off`. It is not
+--- this shell's process: `vm.pid`, `vm.argv` and `vm.console` are nil and
+--- `vm.socket` is the socket's path; `vm:kill()`, `vm:wait()` and
+--- `vm:checkpoint()` are errors; `vm:quit()` asks QEMU to quit and waits for
+--- the monitor to close; `vm:close()` only disconnects (QEMU goes on).
+--- Every QMP, HMP, event, run-state and snapshot method works as on a
+--- launched VM.
+---
+---     local vm = qemu.attach("/tmp/qmp.sock")
+---     print(vm:status())
+---
+---@param socket string  the path of QEMU's QMP unix socket
+---@param options? table  `timeout=` (number >= 0): seconds to keep trying while the socket does not exist yet or
+---   refuses connections (default 0: one try), and to wait for QEMU's greeting (default 30);
+---   `name=` (string): `vm.name` (default "vm1", "vm2", ... in the order of this shell's VMs)
+---@return qemu.VM vm  the VM, connected
+---@error BadArgument  socket is not a string, an unknown option or a wrong type
+---@error ConnectFailed  no QMP server at the socket (no such socket, connection refused), or what answered is not QMP
+---@error Timeout  connected, but QEMU sent no greeting within the timeout
+---@error Interrupted  Ctrl-C while connecting
+---@error IOError  the socket cannot be used (a path too long, permission denied, ...)
 function M.attach(path, opts)
   local fname = "qemu.attach"
   check.arg(fname, 1, path, "string")

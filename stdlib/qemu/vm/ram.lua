@@ -155,8 +155,8 @@ end
 
 -- M.memfd(size, command, p) -> fd: a memfd the proc p holds
 function M.memfd(size, command, p)
-  local fd, msg = ramc.memfd("qshell-ram", size)
-  if not fd then errors.raise { class = "IOError", command = command, desc = msg } end
+  local fd, msg, code = ramc.memfd("qshell-ram", size)
+  if not fd then errors.from_code(command, msg, code) end
   hold(p, fd)
   return fd
 end
