@@ -150,7 +150,7 @@ local create_opts = { format = "string", backing = "string", backing_format = "s
 ---   no backing, a bad size, a backing image that does not exist
 ---@error FileExists  `path` exists and `force` is not true
 ---@error DiskError  `qemu-img create` failed (its message is in the error)
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.create(path, size, opts)
   local fname = "qemu.disk.create"
   opts = check.options(fname, opts, create_opts, 3)
@@ -199,7 +199,7 @@ end
 ---   file name.
 ---@error BadArgument  `path` is not a string or there is no such file
 ---@error DiskError  `qemu-img info` failed, or its answer could not be read
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.info(path)
   local fname = "qemu.disk.info"
   check_image(fname, path)
@@ -260,7 +260,7 @@ end, lazy_refcounts = "boolean" }
 ---   `lazy_refcounts=` boolean: qcow2's lazy refcounts on or off (needs compat 1.1).
 ---@error BadArgument  an unknown option or a wrong value, no option at all, no such file, an image that is not qcow2
 ---@error DiskError  `qemu-img amend` failed (an image in use by QEMU, lazy refcounts on a v2 image, ...)
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.amend(path, opts)
   local fname = "qemu.disk.amend"
   check_image(fname, path)
@@ -297,7 +297,7 @@ local convert_opts = { format = "string", src_format = "string", force = "boolea
 ---@error BadArgument  an unknown option or a wrong type, no such `src`, `dst`'s directory does not exist
 ---@error FileExists  `dst` exists and `force` is not true
 ---@error DiskError  `qemu-img convert` failed (its message is in the error)
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.convert(src, dst, opts)
   local fname = "qemu.disk.convert"
   check_image(fname, src)
@@ -326,7 +326,7 @@ local resize_opts = { shrink = "boolean" }
 ---@param options? table  `shrink=` boolean, default false: allow a size below the current one
 ---@error BadArgument  an unknown option or a wrong type, no such file, a bad size, a smaller size without `shrink=true`
 ---@error DiskError  `qemu-img resize` failed (an image in use by QEMU, ...)
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.resize(path, size, opts)
   local fname = "qemu.disk.resize"
   check_image(fname, path)
@@ -366,7 +366,7 @@ local overlay_opts = { force = "boolean" }
 ---@error BadArgument  an unknown option or a wrong type, no such `base`, `path`'s directory does not exist
 ---@error FileExists  `path` exists and `force` is not true
 ---@error DiskError  `qemu-img create` failed
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.overlay(base, path, opts)
   local fname = "qemu.disk.overlay"
   check.arg(fname, 2, path, "string")
@@ -388,7 +388,7 @@ end
 ---   guest's clock in seconds, `icount` the instruction counter (nil when QEMU recorded none); empty when there is none
 ---@error BadArgument  `path` is not a string or there is no such file
 ---@error DiskError  `qemu-img info` failed
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.snapshots(path)
   return M.info(path).snapshots
 end
@@ -402,7 +402,7 @@ end
 ---@error BadArgument  an argument is not a string, no such file
 ---@error SnapshotNotFound  the image has no snapshot `tag` (the message lists the tags it has)
 ---@error DiskError  `qemu-img snapshot` failed (an image in use by QEMU, ...)
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 function M.delete_snapshot(path, tag)
   local fname = "qemu.disk.delete_snapshot"
   check_image(fname, path)

@@ -660,7 +660,7 @@ local clean_opts = { out = "string", timeout = check.positive }
 ---@error NotAKernelTree  `src` is not the top of a Linux source tree
 ---@error KernelBuildFailed  `make mrproper` failed
 ---@error Timeout  make ran longer than `timeout`
----@error LaunchFailed  make is not installed
+---@error MissingTool  make is not installed
 function M.clean(src, opts)
   local fname = "qemu.kernel.clean"
   opts = check.options(fname, opts, clean_opts, 2)

@@ -269,6 +269,9 @@ end
 --- (`kernel=`, `dumpdtb=`, `pflash0=`, a path), a port forward on an address
 --- other than the loopback (127.x.x.x), launch options a restore takes only from its caller
 --- (`extra`, `plugins`, `disks`, `loadvm`), or any key qshell does not record.
+--- A recorded `binary` (earlier versions wrote one, as information) is
+--- ignored: `extra=`, `plugins=` and `binary=` come from the restore's
+--- caller only.
 --- Checkpoints of format 2 (an earlier qshell, the RAM in the state stream)
 --- are read as well as the current format 3. The files themselves are not
 --- checked here: `qemu.checkpoint.verify` does that.

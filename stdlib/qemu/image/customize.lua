@@ -451,7 +451,7 @@ end
 ---@error MissingTool  `install=`, `uninstall=` or `run=` without virt-customize (libguestfs-tools), or no kernel for
 ---   its appliance
 ---@error DiskError  `qemu-img` cannot read the image
----@error LaunchFailed  `qemu-img`, `qemu-io` or debugfs is not installed
+---@error MissingTool  `qemu-img`, `qemu-io` or debugfs is not installed
 function M.customize(path, opts)
   local what = "qemu.image.customize"
   check.arg(what, 1, path, "string")

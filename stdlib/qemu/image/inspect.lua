@@ -114,7 +114,7 @@ end
 ---   an unpartitioned image (nil otherwise); `snapshots` the number of internal snapshots; `hints` a list of strings
 ---@error BadArgument  `path` is not a string, or there is no such file
 ---@error DiskError  `qemu-img` cannot read the image
----@error LaunchFailed  `qemu-img` is not installed (package qemu-utils)
+---@error MissingTool  `qemu-img` is not installed (package qemu-utils)
 ---@error CommandFailed  reading the image's sectors failed
 function M.check(path)
   local fname = "qemu.image.check"

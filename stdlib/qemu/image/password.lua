@@ -33,7 +33,7 @@ end
 ---@param password string  the password: non-empty, without a newline
 ---@return string hash  the crypt hash
 ---@error BadArgument  an empty password, or one with a newline (it could never be typed at a login prompt)
----@error LaunchFailed  neither busybox nor openssl is installed
+---@error MissingTool  neither busybox nor openssl is installed
 ---@error CommandFailed  the hashing program failed or printed no hash
 function M.hash_password(pw)
   local fname = "qemu.image"

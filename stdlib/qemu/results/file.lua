@@ -27,6 +27,27 @@ M.FIXED = { "status", "wall_s", "error", "host", "started", "prov" }
 local FIXED_SET = { run = true, ["repeat"] = true }
 for _, k in ipairs(M.FIXED) do FIXED_SET[k] = true end
 
+-- One run's result, the one record shape every file of a sweep holds: a
+-- results file's JSONL line (with the run's repeat, params and prov id
+-- besides), and a Slurm task's line (task-N.jsonl, which the submitter
+-- gathers into the results file).  Absent values are JSON null.
+function M.result_record(r)
+  return { run = r.run, status = r.status, metrics = r.metrics or json.object {}, error = r.error or json.null,
+           wall_s = r.wall_s, host = r.host or json.null, started = r.started or json.null,
+           provenance = r.provenance or json.null }
+end
+
+-- A Slurm task's result line, and back: the record, or nil for a line a
+-- dying node left half written.
+function M.task_line(r)
+  return json.encode(M.result_record(r)) .. "\n"
+end
+function M.read_task_line(line)
+  local ok, r = pcall(json.decode, line, { depth = M.MAX_DEPTH })
+  if ok and type(r) == "table" and type(r.run) == "string" then return r end
+  return nil
+end
+
 -- A results file may be someone else's (a colleague's, a cluster's): the
 -- file may be any size (10^5 rows are tens of MB), but one line (a CSV
 -- record) of over MAX_LINE bytes is refused before it is parsed, and a
@@ -316,11 +337,9 @@ function Out:append(r)
   local line
   if r.prov and r.provenance then self:note_provenance(r.prov, r.provenance) end
   if self.kind == "jsonl" then
-    line = json.encode { run = r.run, ["repeat"] = r.rep, params = r.params, status = r.status,
-                         wall_s = r.wall_s, error = r.error or json.null, host = r.host or json.null,
-                         started = r.started or json.null, prov = r.prov or json.null,
-                         provenance = r.provenance or json.null,
-                         metrics = r.metrics or json.object {} } .. "\n"
+    local rec = M.result_record(r)
+    rec["repeat"], rec.params, rec.prov = r.rep, r.params, r.prov or json.null
+    line = json.encode(rec) .. "\n"
   else
     if not self.header then
       -- The metric columns come from the first successful run.

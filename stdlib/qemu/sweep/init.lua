@@ -57,7 +57,8 @@ local sweep_opts = {
 --- worker starts its next run's VM while the current run goes on, restored
 --- paused (not one guest instruction runs) and continued when its run
 --- begins: a run starts from exactly the checkpoint's state, with QEMU's
---- start-up out of the way.
+--- start-up out of the way (the last runs of a sweep go one at a time to
+--- whichever worker is free).
 ---
 --- The runs: every combination of the matrix's values (axes in the order of
 --- their names, values in the order given, repeats innermost), each
@@ -75,11 +76,15 @@ local sweep_opts = {
 --- `failed`), `wall_s` (seconds), `error`, `host` (where it ran), `started`
 --- (UTC, ISO 8601), `prov` (the id of its setup), then the metrics (a metric
 --- first seen in a later run widens the CSV header). A run whose VM had the `insn`
---- plugin adds `roi<ID>_insns` per region of interest. A sweep holds an
---- exclusive lock on `out` (the file `out.lock`, naming its holder) for its
---- whole life, so a second sweep on the same file is refused; a lock left
---- by a sweep that died on this host is taken over, one from another host is
---- refused (remove `out.lock` once that sweep is over). A write that fails
+--- plugin adds `roi<ID>_insns` per region of interest (QEMU is ended after
+--- `run` returns if `run` left it running: the plugin writes its result at
+--- exit). A sweep holds an exclusive lock on `out` (`flock(2)` on the file
+--- `out.lock`, which names its holder and is removed when the sweep ends)
+--- for its whole life, so a second sweep on the same file is refused; a
+--- lock left by a sweep that died on this host is taken over, with a note
+--- on stderr; one from another host is refused, since a shared file system
+--- may not carry locks between hosts (remove `out.lock` once that sweep is
+--- over). A write that fails
 --- part way (a full disk) is cut off again, so the file only ever holds
 --- whole rows. `qemu.results.read` and `qshell results` read the file.
 ---

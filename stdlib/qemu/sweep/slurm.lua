@@ -32,6 +32,7 @@ local host = require "qemu.util.host"
 local run_mod = require "qemu.util.run"
 local runner = require "qemu.sweep.runner"
 local provenance = require "qemu.sweep.provenance"
+local results_file = require "qemu.results.file"
 
 local M = {}
 
@@ -94,8 +95,8 @@ local function already_done(path)
   local done = {}
   if not text or text == "" then return done end
   for line in text:gmatch("([^\n]*)\n") do
-    local ok, r = pcall(json.decode, line)
-    if ok and type(r) == "table" and r.run then done[r.run] = true end
+    local r = results_file.read_task_line(line)
+    if r then done[r.run] = true end
   end
   if not text:match("\n$") then fs.append(path, "\n", "qemu.sweep") end
   return done
@@ -109,10 +110,7 @@ function TaskOut:append(r)
   -- The task being stopped (Slurm's SIGTERM reaches the workers too) is
   -- not a result: the submitter gives the reason, a retry runs it again.
   if r.interrupted or tostring(r.error):find("^the worker died") then return end
-  fs.append(self.path, json.encode { run = r.run, status = r.status, metrics = r.metrics or json.object {},
-                                     error = r.error or json.null, wall_s = r.wall_s, host = r.host,
-                                     started = r.started, provenance = r.provenance or json.null } .. "\n",
-            "qemu.sweep")
+  fs.append(self.path, results_file.task_line(r), "qemu.sweep")
 end
 function TaskOut:finish() end
 
@@ -144,8 +142,7 @@ function M.task(spec, runs, job)
                    from_tag = plan.from_tag, tag = plan.tag }
   local per = plan.tasks_per_node or 1
   if per > 1 and #mine > 1 then
-    local results = require "qemu.results.file"
-    local tally = results.tally(runs, setmetatable({ path = result }, TaskOut), 0)
+    local tally = results_file.tally(runs, setmetatable({ path = result }, TaskOut), 0)
     local lspec = setmetatable({ workers = per, progress = false }, { __index = spec })
     require("qemu.sweep.local").run { spec = lspec, runs = runs, todo = mine, source = source, tally = tally,
                                       fname = "qemu.sweep" }
@@ -156,7 +153,7 @@ function M.task(spec, runs, job)
       -- the submitter gives the reason, or a resume runs it again.
       if res.interrupted then os.exit(1, true) end
       res.run = r.run
-      fs.append(result, json.encode(res) .. "\n", "qemu.sweep")
+      fs.append(result, results_file.task_line(res), "qemu.sweep")
     end
   end
   os.exit(0, true)
@@ -336,9 +333,9 @@ local function gather_dir(dir, ntasks, offsets, take)
     local complete = text:match("^(.*\n)") or ""
     offsets[path] = from + #complete
     for line in complete:gmatch("([^\n]+)\n") do
-      local ok, res = pcall(json.decode, line)
       -- a line a dying node left half written (closed by the retry) is skipped
-      if ok and type(res) == "table" and res.run then take(res, t) end
+      local res = results_file.read_task_line(line)
+      if res then take(res, t) end
     end
   end
 end

@@ -154,7 +154,7 @@ function M.version(binary)
   local key = seen_key(path)
   local text = key and seen_get(key)
   if not text then
-    local st = run.run({ path, "--version" }, { command = "qemu.version" })
+    local st = run.run({ path, "--version" }, { command = "qemu.version", overrides = { exec = "LaunchFailed" } })
     text = st.stdout ~= "" and st.stdout or st.stderr
     if st.code ~= 0 or not text:match("version (%d+)%.(%d+)%.(%d+)") then
       errors.raise { class = "LaunchFailed", command = "qemu.version",
@@ -187,7 +187,7 @@ local machines = {}
 function M.machines(binary)
   local v = M.version(binary)
   if machines[v.path] then return machines[v.path] end
-  local st = run.run({ v.path, "-machine", "help" }, { command = "qemu.launch" })
+  local st = run.run({ v.path, "-machine", "help" }, { command = "qemu.launch", overrides = { exec = "LaunchFailed" } })
   local set = {}
   for line in st.stdout:gmatch("[^\n]+") do
     local name, rest = line:match("^(%S+)%s+(.*)$")

@@ -12,16 +12,21 @@ local M = {}
 local Job = {}
 Job.__index = Job
 
--- M.start(argv [, {command=, stdin=path}]) -> job; raises when it cannot start.
+-- M.start(argv [, {command=, stdin=path, exec_hint=, overrides=}]) -> job;
+-- raises when it cannot start (MissingTool when the program is not there,
+-- unless overrides={exec=...} says another class).
 function M.start(argv, opts)
   opts = opts or {}
-  local p, msg = proc.new("qshell-run")
-  if not p then errors.from_code(opts.command or argv[1], msg, "io") end
+  local p, msg, pcode = proc.new("qshell-run")
+  if not p then errors.from_code(opts.command or argv[1], msg, pcode) end
   local out = p:tmpdir() .. "/stdout"
   local ok, err, code = p:spawn(argv, 0, out, opts.stdin)
   if not ok then
     p:close()
-    errors.from_code(opts.command or argv[1], err, code, { hint = opts.exec_hint })
+    -- a helper program that is not there: MissingTool (QEMU itself is
+    -- started by qemu.launch, whose failure is LaunchFailed)
+    errors.from_code(opts.command or argv[1], err, code, { hint = opts.exec_hint,
+                                                           overrides = opts.overrides or { exec = "MissingTool" } })
   end
   return setmetatable({ p = p, out = out, argv = argv, opts = opts }, Job)
 end

@@ -351,16 +351,20 @@ end
 --- with shell builtins in /proc/sys/kernel/printk; needs root in the
 --- guest). The level is read once per console (one extra command at the
 --- first `run`) and that value is put back after each command, so a
---- command that ends the shell cannot leave it lowered. Messages printed
---- meanwhile stay in the guest's `dmesg`; on a timeout the last lines of
+--- command that ends the shell cannot leave it lowered (and a command's own
+--- `dmesg -n` is undone). Messages printed meanwhile (the clocksource
+--- warnings after a `loadvm`, say) stay in the guest's `dmesg`; those
+--- printed between commands reach the console and `vm.console:log` as
+--- always. On a timeout the last lines of
 --- `dmesg` are searched for the known traps (an RCU stall: the `icount`
 --- hint). `kernel_messages=true` leaves the log level alone.
 ---
 --- A timeout or Ctrl-C interrupts the guest command: qshell sends ^C,
 --- waits until the shell reads lines again, then raises, so the next `run`
 --- works (the error says when the command does not end on ^C). A command
---- that ends the shell (`exit 3`, `logout`) raises `ShellExited` once the
---- login prompt is back and the console is quiet for half a second; the
+--- that ends the shell (`exit 3`, `logout`) raises `ShellExited`, instead
+--- of a timeout, once the login prompt is back (or an autologin getty has
+--- logged in again) and the console is quiet for half a second; the
 --- prompt is left for `vm.console:login`. `run("(exit 3)")` returns status 3.
 --- A paused or stopped VM raises `NotRunning` before anything is typed.
 ---
@@ -503,10 +507,12 @@ local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " .
 --- when no `password` was given.
 ---
 --- On the first boot of a cloud image, cloud-init sets a seed's user and
---- password late: while the console shows cloud-init running and not yet
---- finished, a "Login incorrect" is followed by another login at the next
---- prompt, until `timeout`; a wrong password still fails as soon as
---- cloud-init has finished. With `setup=true` the shell then gets
+--- password late (in its config stage, which often ends after the getty's
+--- first prompt): while the console shows cloud-init running (`Cloud-init
+--- v. ... running`) and not yet `... finished`, a "Login incorrect" is
+--- followed by another login at the next prompt, until `timeout`; a wrong
+--- password still fails as soon as cloud-init has finished, and the error
+--- says it had. With `setup=true` the shell then gets
 --- `PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat` (systemctl on a serial line
 --- would wait in `less`) and, in bash, bracketed paste off. With
 --- `wait_boot=true`, on a systemd guest login returns once the boot is over
@@ -649,7 +655,8 @@ end
 --- Appends everything the guest prints from now on to a file; `log(nil)` stops.
 --- Each line is stamped with the seconds since QEMU started
 --- (`[    2.345678] ...`). Each log starts on a line of its own: a file whose
---- last line is unfinished gets a newline first, and a line the guest left
+--- last line is unfinished (the previous boot's `login: `) gets a newline
+--- first, and a line the guest left
 --- open is ended when the log is switched or stopped or QEMU goes away, so
 --- one file can collect many boots. Another `log(path)` switches files.
 --- Logging does not consume output: `expect` and `run` see it all the same.

@@ -112,7 +112,11 @@ function VM:snapshots() return require("qemu.vm.snapshot").snapshots(self) end
 --- every file's size, mtime and SHA-256 (the RAM file's as `sha256_chunks`:
 --- the SHA-256 of the SHA-256 digests of its 4 MiB chunks), by relative
 --- paths only, so the directory can be moved or copied anywhere. Its files
---- are read-only (0444) but the RAM file (0644).
+--- are read-only (0444) but the RAM file (0644: QEMU 7.2 maps a RAM file
+--- only when it may open it read-write; it never writes it). The RAM
+--- file's digest can be checked by hand:
+---
+---     split -b 4M -d -a 6 ram c. && for f in c.*; do sha256sum $f | head -c 64 | xxd -r -p; done | sha256sum
 ---
 --- VMs restored from one checkpoint share its RAM file (mapped
 --- copy-on-write): N runs hold one copy of the pages they read. A VM whose

@@ -411,11 +411,11 @@ function M.start(opts)
     error(argv, 0)
   end
   for k, v in pairs(ctx.env or {}) do p:setenv(k, v) end
-  local spawned, err = p:spawn(argv, ctx.sockets)
+  local spawned, err, code = p:spawn(argv, ctx.sockets)
   if not spawned then
     p:close()
-    errors.raise { class = "LaunchFailed", command = fname, desc = err,
-                   hint = "is QEMU installed? (make deps) or set binary=" }
+    errors.from_code(fname, err, code, { overrides = { io = "LaunchFailed", notfound = "LaunchFailed" },
+                                         hint = "is QEMU installed? (make deps) or set binary=" })
   end
   return setmetatable({ p = p, ctx = ctx, argv = argv, opts = opts, given = given, rctx = rctx, t0 = t0 }, Pending)
 end
@@ -507,8 +507,12 @@ end
 --- For low-noise measurements add `nokaslr` to `append=` and
 --- `icount={shift=..., sleep=false}`. The user network (`net=`) is slirp:
 --- no root, no bridge; the guest gets 10.0.2.15 by DHCP, the host is
---- 10.0.2.2, DNS 10.0.2.3; it is one `-nic user,...` word in `vm.argv`, and
---- needs a QEMU built with libslirp.
+--- 10.0.2.2, DNS 10.0.2.3; it is one `-nic user,...` word in `vm.argv`
+--- (`net={restrict=true, hostname="exp1", forward={{host=8080, guest=80}}}`
+--- is `-nic user,model=virtio-net-pci,restrict=on,hostname=exp1,hostfwd=tcp:127.0.0.1:8080-:80`),
+--- and needs a QEMU built with libslirp (Debian's 7.2 and 10.0 are). The
+--- forwards listen as soon as QEMU starts (`vm:hmp("info usernet")` lists
+--- them).
 ---
 ---     local vm <close> = qemu.launch { memory = "1G", smp = 2,
 ---                                      disks = { "sys.qcow2", { file = "data.raw", interface = "virtio" } } }
@@ -545,7 +549,8 @@ end
 ---   writable qcow2 disk (which must not be `snapshot=true`).
 ---   `net=` (true or table): one NIC on QEMU's user-mode network. `true` (or `{}`) is
 ---   `-nic user,model=virtio-net-pci`; the table `{model="virtio-net-pci", forward={...}, restrict=false,
----   hostname=}`: `model` any NIC device name ("e1000", "rtl8139", ...); `restrict=true` lets the guest reach
+---   hostname=}`: `model` any NIC device name of letters, digits, `-` and `_` ("e1000", "e1000e", "rtl8139", ...);
+---   `restrict=true` lets the guest reach
 ---   nothing outside (forwards still work); `hostname` the name DHCP hands out; `forward` a list of
 ---   `{host=, guest=, proto="tcp"|"udp" (default "tcp"), address="127.0.0.1"}`, ports 1-65535, the host side
 ---   listening on 127.0.0.1 unless `address` says otherwise ("0.0.0.0": every interface); a host port
@@ -555,7 +560,8 @@ end
 ---   `plugins=` (list): TCG plugins, each `{name=, args=}` (a plugin of this project, e.g. "insn", "hotblocks")
 ---   or `{path=, args=}` (a .so of your own); `args` the plugin's arguments (table, written with QEMU's escaping:
 ---   see `qemu.plugin.arg`). Each .so is checked first (it exists, is a shared object with QEMU's plugin
----   symbols, its API version fits this QEMU). Plugins need TCG (refused under kvm). The project's plugins get
+---   symbols, its API version fits this QEMU). Plugins need TCG (refused under kvm: they would load there but
+---   see nothing). The project's plugins get
 ---   an `out=` file in the VM's temp dir unless given one (`vm:plugin_result`); the plugins' text output goes
 ---   to a file of its own (`vm:plugin_log`); the first of insn/hotblocks reports the guest's ROI markers to
 ---   `vm:wait_roi` (unless one has `events=`). `vm.plugins` lists them.
@@ -563,9 +569,15 @@ end
 ---   first (sizes, and the digest of a file whose mtime changed), the disks are fresh overlays over its images
 ---   in the VM's temp dir, the RAM file is mapped copy-on-write; the guest runs about 60 ms after the launch
 ---   began. The machine comes from the checkpoint: `memory`, `smp`, `machine`, `cpu`, `kernel`, `initrd`,
----   `append`, `console`, `accel` may only repeat its values, `disks=` and `loadvm=` are refused, and `net=` may
----   change the forwards, `restrict` and `hostname` but not the NIC model (left out: the recorded one).
----   `plugins`, `icount`, `name`, `timeout`, `reboot`, `extra`, `paused` and `binary` are free.
+---   `append`, `console`, `accel` may only repeat its values (a kernel or initrd with the same bytes as the
+---   checkpoint's copy is the same; an error names any difference), `disks=` and `loadvm=` are refused, and
+---   `net=` may change the forwards, `restrict` and `hostname` (the host side of the user network is not in the
+---   saved state, so runs side by side from one checkpoint can each forward a host port of their own) but not
+---   the NIC model, nor leave the NIC out (`net=` left out: the recorded one).
+---   `plugins`, `icount`, `name`, `timeout`, `reboot`, `extra`, `paused` and `binary` are free. The restore runs
+---   `binary=`, else the default QEMU: the binary the checkpoint was made with is only recorded. The VM gets the
+---   recorded machine type, so a checkpoint made on QEMU 7.2 restores on 10.0; a QEMU without that type is
+---   refused, with both versions and the type named.
 ---   `verify=` (boolean, default false): with `restore=`, check every file's digest first, not only changed ones.
 ---   `extra=` (list of strings): raw argv words appended at the end.
 ---   `name=` (string): `-name`, and `vm.name` (default "vm1", "vm2", ... in the order of this shell's VMs).

@@ -33,9 +33,9 @@ function M.plan(fname, specs, tmpdir)
   end
   if not best then return nil end
   local path = tmpdir .. "/roi-events.fifo"
-  local ok, msg = sys.mkfifo(path)
+  local ok, msg, code = sys.mkfifo(path)
   if not ok then
-    errors.raise { class = "LaunchFailed", command = fname, desc = "cannot make the ROI event FIFO: " .. tostring(msg) }
+    errors.from_code(fname, "cannot make the ROI event FIFO: " .. tostring(msg), code, { overrides = { io = "LaunchFailed" } })
   end
   best.args.events = path
   return path
@@ -43,9 +43,10 @@ end
 
 -- After the launch: the VM reads the FIFO from now on.
 function M.attach(vm, path)
-  local fd, msg = sys.open(path, "rn")
+  local fd, msg, code = sys.open(path, "rn")
   if not fd then
-    errors.raise { class = "LaunchFailed", command = "qemu.launch", desc = "cannot open the ROI event FIFO: " .. tostring(msg) }
+    errors.from_code("qemu.launch", "cannot open the ROI event FIFO: " .. tostring(msg), code,
+                     { overrides = { io = "LaunchFailed", notfound = "LaunchFailed" } })
   end
   vm._roi = { fd = fd, buf = "", queue = {} }
   vm:_on_close_do(function()
