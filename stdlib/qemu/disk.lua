@@ -630,8 +630,8 @@ end
 ---   disk either way; default the tree's size plus room, at least 16 MiB;
 ---   `partition=` boolean, default false: an MBR with one partition from 1 MiB to the end of the disk (the guest's
 ---   `/dev/sdb1`), of type 0x83 for ext and the FAT's own type for vfat (0x0c FAT32, 0x0e FAT16, 0x01 FAT12);
----   `label=` string: the file system's label; ext takes up to 16 bytes; FAT up to 11 ASCII characters without any of
----   `*?.,;:/\|+=<>[]"`, stored in upper case (`label="cidata"` reads back as `CIDATA`);
+---   `label=` string: the file system's label; ext takes up to 16 bytes (`mkfs -L`); FAT (`mkfs.fat -n`) up to 11 ASCII
+---   characters without any of `*?.,;:/\|+=<>[]"`, stored in upper case (`label="cidata"` reads back as `CIDATA`);
 ---   `fat=` 12, 16 or 32 (vfat only): the FAT width; default mkfs.fat's choice by size (FAT32 from 512 MiB up); a UEFI
 ---   system partition wants 32;
 ---   `format=` string, default `"qcow2"`: the image format (`"raw"` writes the file system straight into `path`);

@@ -144,6 +144,11 @@ end
 ---@error NotBuilt  the default guest is not built and could not be
 ---@error DiskError  `qemu-img create` failed
 function M.overlay(path, g)
+  if path ~= nil then check.arg("qemu.guest.overlay", 1, path, "string") end
+  if path and fs.exists(path) then
+    errors.raise { class = "FileExists", command = "qemu.guest.overlay", desc = path .. " exists",
+                   hint = "name a new file, or remove this one first: the overlay would replace it" }
+  end
   g = g or M.default()
   if not path then
     path = fs.scratch_file("guest-system", ".qcow2")

@@ -518,7 +518,7 @@ end
 ---   without `CONFIG_`, values `"y"`, `"m"`, `"n"`, true/false, strings without their quotes, integers (as
 ---   `config:set` takes them);
 ---   `target=` string, default `"bzImage"`: the make target;
----   `jobs=` integer: the parallel jobs; default `qemu.kernel.jobs()`;
+---   `jobs=` integer: the parallel jobs, a positive integer; default `qemu.kernel.jobs()`;
 ---   `log=` string: the log file; default `<out or src>/qshell-build.log`;
 ---   `timeout=` number: seconds for the whole build (no limit by default);
 ---   `progress=` boolean, default true: the progress line on a terminal.

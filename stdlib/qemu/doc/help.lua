@@ -1,4 +1,4 @@
--- qemu.doc.help: help(x) in the shell and in scripts, `.help NAME`, and
+-- qemu.doc.help: help(x) in the interactive shell, `.help NAME`, and
 -- `qshell doc NAME`: one entry of the reference, or the entries under a
 -- name, as text.
 

@@ -365,7 +365,7 @@ end
 ---   else `/bin/sh`. A user or a group of the user's name that exists, an id that is taken, and a group in `groups`
 ---   that the image lacks are refused.
 --- - `enable` finds the unit file in `/etc/systemd/system`, `/usr/local/lib/systemd/system`, `/lib/systemd/system`,
----   `/usr/lib/systemd/system` (links on the way followed), reads its `[Install]` section and links
+---   `/usr/lib/systemd/system` (links on the way followed, such as a `/lib` that links to `usr/lib`), reads its `[Install]` section and links
 ---   `/etc/systemd/system/TARGET.wants/UNIT` (`WantedBy=`; `.requires` for `RequiredBy=`, `.upholds` for
 ---   `UpheldBy=`) and `/etc/systemd/system/ALIAS` (`Alias=`) to it, as `systemctl --root` does; the units `Also=`
 ---   names are enabled too; a template takes its instance from the name (`getty@ttyS1.service`) or from
@@ -374,8 +374,9 @@ end
 ---   `*.requires` and `*.upholds` (a mask stays). `mask` links `/etc/systemd/system/UNIT` to `/dev/null`; a unit
 ---   file of that name there is refused, not replaced.
 ---
---- A raw image is edited in place. A qcow2 is edited in a raw copy beside a pristine one, and only the
---- blocks that changed are written back into it: the image keeps its format, compat level, backing file and
+--- A raw image is edited in place. A qcow2 is edited in a raw copy beside a pristine one; the two are compared
+--- block by block (in C, reading only their data, not their holes), and only the blocks that changed are
+--- written back into it (`qemu-io`): the image keeps its format, compat level, backing file and
 --- internal snapshots, and an overlay grows by the clusters the edits touch (typically a few hundred KB),
 --- whatever the size of its backing file. The two copies take the image's data twice in `$TMPDIR` (sparse files).
 ---
@@ -383,12 +384,16 @@ end
 --- as the backing file of its overlay: `ImageInUse`); an image that is the backing file of an overlay qshell
 --- made (`qemu.disk.create{backing=}`, `qemu.disk.overlay`, a checkpoint's `shared_base`) while that overlay
 --- exists, since changing it corrupts the overlay (`ImageInUse` naming the overlay: customize the overlay
---- instead, or pass `force=true`); an image without an ext file system (`NotExt`).
+--- instead, or pass `force=true`); an image without an ext file system (`NotExt`). qshell keeps the overlays
+--- it made in `~/.cache/qshell/backing` (`$XDG_CACHE_HOME/qshell/backing` when that is set), a
+--- `backing<TAB>overlay` line each, by real path; a line whose overlay is gone, or now has another backing
+--- file, no longer counts and is dropped.
 ---
 --- `install=`, `uninstall=` and `run=` need the guest's own tools and go through `virt-customize`
---- (libguestfs-tools: about 110 packages, a ~675 MB appliance cache, about 20 s per call under TCG), which
---- boots a small appliance VM; qshell sets `LIBGUESTFS_BACKEND=direct`, and `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`
---- without KVM, each only when it is not exported. The edits only debugfs makes (`symlinks`, `delete`, `hostname`,
+--- (libguestfs-tools: about 110 packages, a ~675 MB appliance cache under `$TMPDIR` or `/var/tmp`, about 20 s
+--- per call under TCG), which boots a small appliance VM. qshell runs it as `env VAR=value ... virt-customize ...`
+--- (an argv, no shell) with `LIBGUESTFS_BACKEND=direct`, and `LIBGUESTFS_BACKEND_SETTINGS=force_tcg` without
+--- KVM, each only when it is not exported. The edits only debugfs makes (`symlinks`, `delete`, `hostname`,
 --- `users`, `enable`, `disable`, `mask`) are made first, with debugfs, together with `write=` (so a unit written
 --- can be enabled); the rest goes through virt-customize: files, `install=` (with `--network`; otherwise
 --- `--no-network`), `uninstall=`, `run=` (needs `/bin/sh` in the image), the apt settings, the root password
@@ -449,9 +454,9 @@ end
 ---@error CustomizeFailed  a refusal (the file, user, group or unit named: nothing was changed), debugfs or
 ---   virt-customize failed (its own error lines), no `/lib/modules` on the host for virt-customize
 ---@error MissingTool  `install=`, `uninstall=` or `run=` without virt-customize (libguestfs-tools), or no kernel for
----   its appliance
+---   its appliance (neither `appliance=` nor an exported `SUPERMIN_KERNEL`, and no `/boot/vmlinuz-*` on the host),
+---   before anything runs; `qemu-img`, `qemu-io` or debugfs is not installed
 ---@error DiskError  `qemu-img` cannot read the image
----@error MissingTool  `qemu-img`, `qemu-io` or debugfs is not installed
 function M.customize(path, opts)
   local what = "qemu.image.customize"
   check.arg(what, 1, path, "string")

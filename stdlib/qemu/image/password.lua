@@ -36,11 +36,12 @@ end
 ---@error MissingTool  neither busybox nor openssl is installed
 ---@error CommandFailed  the hashing program failed or printed no hash
 function M.hash_password(pw)
-  local fname = "qemu.image"
+  local fname = "qemu.image.hash_password"
+  check.arg(fname, 1, pw, "string")
   if pw:find("[\r\n]") then
-    check.bad(fname, "the root password contains a newline: it could never be typed at a login prompt")
+    check.bad(fname, "the password contains a newline: it could never be typed at a login prompt")
   end
-  if pw == "" then check.bad(fname, "the root password is empty (use a real one)") end
+  if pw == "" then check.bad(fname, "the password is empty (use a real one)") end
   local pwfile = files.scratch_file("pw")
   files.write(pwfile, pw .. "\n", fname)
   local ok, out = pcall(run.check, { "busybox", "mkpasswd", "-m", "sha512", "-S", random_salt() },

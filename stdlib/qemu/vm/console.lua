@@ -508,8 +508,8 @@ local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " .
 ---
 --- On the first boot of a cloud image, cloud-init sets a seed's user and
 --- password late (in its config stage, which often ends after the getty's
---- first prompt): while the console shows cloud-init running (`Cloud-init
---- v. ... running`) and not yet `... finished`, a "Login incorrect" is
+--- first prompt): while the console shows cloud-init running
+--- (`Cloud-init v. ... running`) and not yet `... finished`, a "Login incorrect" is
 --- followed by another login at the next prompt, until `timeout`; a wrong
 --- password still fails as soon as cloud-init has finished, and the error
 --- says it had. With `setup=true` the shell then gets
