@@ -275,7 +275,7 @@ static int l_hash_copy(lua_State *L)
     if (j->out_fd < 0) {
         int e = errno;
         job_release(j);
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", dst, strerror(e)), e == EEXIST ? "exists" : "io");
+        return qs_pusherrno(L, dst, e);
     }
     if (start(j) < 0) {
         return fail_errno(L, j, dst);
@@ -360,7 +360,7 @@ static int l_job_wait(lua_State *L)
         if (strcmp(j->op, "cancelled") == 0) {
             return qs_pushfail(L, lua_pushfstring(L, "%s: cancelled", j->name), "cancelled");
         }
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s: %s", j->name, j->op, strerror(j->err)), "io");
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s: %s", j->name, j->op, strerror(j->err)), qs_errno_code(j->err));
     }
     qs_pushdigest(L, j->md);
     lua_pushinteger(L, (lua_Integer)j->size);
@@ -396,7 +396,7 @@ static int l_hash_sha256(lua_State *L)
     free(buf);
     close(j.in_fd);
     if (rc < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s: %s", path, j.op, strerror(j.err)), "io");
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s: %s", path, j.op, strerror(j.err)), qs_errno_code(j.err));
     }
     qs_pushdigest(L, j.md);
     lua_pushinteger(L, (lua_Integer)j.size);

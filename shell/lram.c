@@ -4,7 +4,7 @@
  * and RAM images copied and hashed in the background (a checkpoint copies
  * the RAM while QEMU saves the devices and qemu-img copies the disks).
  *
- *   ram.memfd(name, size) -> fd | nil, msg, "io"
+ *   ram.memfd(name, size) -> fd | nil, msg, code (luaenv.h: qs_pusherrno's codes)
  *   ram.can_map(path) -> true | nil, msg, "io"
  *   ram.image(src, dst [, threads]) -> job | nil, msg, code ("exists", "io")
  *       src: a path or an fd (not closed here); dst: a new file's path
@@ -66,7 +66,7 @@ static int l_ram_memfd(lua_State *L)
     luaL_argcheck(L, size > 0, 2, "the size must be positive");
     int fd = ram_memfd(name, (off_t)size);
     if (fd < 0) {
-        return qs_pushfail(L, lua_pushfstring(L, "memfd for the guest's RAM: %s", strerror(errno)), "io");
+        return qs_pusherrno(L, "memfd for the guest's RAM", errno);
     }
     lua_pushinteger(L, fd);
     return 1;
@@ -82,7 +82,7 @@ static int l_ram_can_map(lua_State *L)
         if (fd >= 0) {
             close(fd);
         }
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", path, strerror(e)), "io");
+        return qs_pusherrno(L, path, e);
     }
     close(fd);
     lua_pushboolean(L, 1);
@@ -126,20 +126,20 @@ static int l_ram_image(lua_State *L)
     if (src < 0) {
         int e = errno;
         job_release(j);
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", sname, strerror(e)), "io");
+        return qs_pusherrno(L, sname, e);
     }
     int dst = arg_fd(L, 2, O_RDWR | O_CREAT | O_EXCL, &j->own_dst, &dname);
     if (dst == -1) {
         int e = errno;
         job_release(j);
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", dname, strerror(e)), e == EEXIST ? "exists" : "io");
+        return qs_pusherrno(L, dname, e);
     }
     snprintf(j->name, sizeof j->name, "%s", dname ? dname : sname);
     off_t size = lseek(src, 0, SEEK_END);
     if (size < 0) {
         int e = errno;
         job_release(j);
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", sname, strerror(e)), "io");
+        return qs_pusherrno(L, sname, e);
     }
     j->started = 1;
     if (ram_image_start(&j->im, src, dst >= 0 ? dst : -1, size, (int)threads) < 0) {
@@ -171,7 +171,7 @@ static int l_job_wait(lua_State *L)
         return qs_pushfail(L, lua_pushfstring(L, "%s: not complete after %f s", j->name, timeout), "timeout");
     }
     if (j->im.op) {
-        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", j->name, j->im.errstr), "io");
+        return qs_pushfail(L, lua_pushfstring(L, "%s: %s", j->name, j->im.errstr), qs_errno_code(j->im.err));
     }
     unsigned char md[32];
     ram_image_digest(&j->im, md);

@@ -169,7 +169,7 @@ end
 ---@return string|nil value  its value; nil when the `.config` does not have it
 ---@error BadArgument  a name that is not a string of letters, digits and `_`
 function Config:get(name)
-  local raw = rawget(self, option_name("cfg:get", name))
+  local raw = rawget(self, option_name("config:get", name))
   return raw and unquote(raw)
 end
 
@@ -188,8 +188,8 @@ end
 ---@return qemu.KernelConfig config  the same object
 ---@error BadArgument  a bad name, a value of another type (a fraction, a table), a string with a newline
 function Config:set(name, value)
-  local key = option_name("cfg:set", name)
-  rawset(self, key, option_value("cfg:set", key, value, rawget(self, key)))
+  local key = option_name("config:set", name)
+  rawset(self, key, option_value("config:set", key, value, rawget(self, key)))
   return self
 end
 
@@ -232,7 +232,7 @@ function Config:save()
   for k, v in pairs(self) do
     if not written[k] then
       if type(k) ~= "string" or not k:match("^CONFIG_[%w_]+$") or type(v) ~= "string" then
-        check.bad("cfg:save", "bad entry %s = %s: use cfg:set(name, value)", tostring(k), tostring(v))
+        check.bad("config:save", "bad entry %s = %s: use config:set(name, value)", tostring(k), tostring(v))
       end
       new[#new + 1] = k
     end
@@ -240,16 +240,7 @@ function Config:save()
   table.sort(new)
   for _, k in ipairs(new) do out[#out + 1] = render(k, self[k]) end
   local text = table.concat(out, "\n") .. "\n"
-  local tmp = p.path .. ".qshell-tmp"
-  local f, err, err_code = io.open(tmp, "wb")
-  if not f then errors.from_code("cfg:save", err, err_code) end
-  f:write(text)
-  f:close()
-  local ok, rerr, rerr_code = os.rename(tmp, p.path)
-  if not ok then
-    os.remove(tmp)
-    errors.from_code("cfg:save", rerr, rerr_code)
-  end
+  fs.write(p.path, text, "config:save") -- atomic: a full disk leaves the old .config whole
   p.lines = parse_config(text)
   return p.path
 end

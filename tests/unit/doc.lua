@@ -62,6 +62,17 @@ T.test("every public function has a contract, and every contract a function", fu
   T.ok(#ix.list > 100, "the reference has its entries (" .. #ix.list .. ")")
 end)
 
+T.test("help() prints the entry of every public function, found by its value", function()
+  local bad = {}
+  for _, n in ipairs(public_names()) do
+    local v = doc.resolve(n)
+    local text = v ~= nil and help.text(v)
+    local want = n
+    if not text or text:sub(1, #want) ~= want then bad[#bad + 1] = n .. ": " .. tostring(text and text:sub(1, 40)) end
+  end
+  T.eq(table.concat(bad, "\n"), "", "help(value) for public functions")
+end)
+
 T.test("contracts are whole: a summary, typed arguments, known error classes", function()
   local classes = require("qemu.errors").classes
   T.ok(type(classes) == "table", "qemu.errors.classes lists the classes")

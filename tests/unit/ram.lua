@@ -69,7 +69,7 @@ T.test("image: never over an existing file; a missing source is an error naming 
   job, msg, code = ramc.image(tmp .. "/nothing", nil, 2)
   T.eq(job, nil)
   T.match(msg, "nothing: No such file")
-  T.eq(code, "io")
+  T.eq(code, "notfound")
   T.raises(function() ramc.image(src, nil, 0) end, nil, "threads")
 end)
 

@@ -17,6 +17,8 @@ local function canonical(name)
     (name:gsub("^console[.:]", "vm.console:")),
     (name:gsub("^[vV][mM][.:]", "vm:")),
     (name:gsub("^qemu%.VM[.:]", "vm:")),
+    (name:gsub("^qemu%.Console[.:]", "vm.console:")),
+    (name:gsub("^qemu%.KernelConfig[.:]", "config:")),
     (name:gsub("^config%.", "config:")),
   }
   for _, t in ipairs(tries) do
@@ -68,18 +70,21 @@ function M.text(x)
     if not name then
       local cls = class_of(x)
       if cls then
-        local list = {}
         local cname = doc.owners[cls] and doc.owners[cls].class or cls
-        if ix.by_name[cname] then list[1] = ix.by_name[cname] end
-        for _, e in ipairs(under(cls)) do if e.name ~= cname then list[#list + 1] = e end end
-        if #list > 0 then return render.list(list) end
+        if ix.by_name[cname] then return M.text(cname) end
       end
       if type(x) == "table" then
-        -- a namespace of the API: qemu, qemu.disk, ...
-        local api = require "qemu"
-        if x == api then return M.text(nil) end
-        for k, v in pairs(api) do
-          if v == x and type(k) == "string" then return render.list(under("qemu." .. k)) end
+        -- a namespace of the API: qemu, qemu.disk, qemu.results.stats, ...
+        if x == require "qemu" then return M.text(nil) end
+        local tried = {}
+        for _, e in ipairs(ix.list) do
+          local prefix = e.name
+          while true do
+            prefix = prefix:match("^(.*)%.[^.]+$")
+            if not prefix or tried[prefix] then break end
+            tried[prefix] = true
+            if doc.resolve(prefix) == x then return render.list(under(prefix)) end
+          end
         end
       end
       return nil, "no entry for this " .. type(x) .. " (help() lists every name; help(\"qemu.launch\") takes a name)"
@@ -87,9 +92,11 @@ function M.text(x)
   end
   local e = ix.by_name[name]
   if e.kind == "class" then
-    local list = { e }
-    for _, m in ipairs(under(e.var)) do list[#list + 1] = m end
-    return render.text(e) .. "\n" .. (#list > 1 and render.list(list) or "")
+    -- the methods: under the owner whose class this is (vm.console for qemu.Console)
+    local owner = e.var
+    for k, o in pairs(doc.owners) do if o.class == e.name then owner = k end end
+    local list = under(owner)
+    return render.text(e) .. (#list > 0 and "\n" .. render.list(list) or "")
   end
   return render.text(e)
 end
@@ -97,7 +104,7 @@ end
 -- help(x): print the entry; an unknown name is a BadArgument error.
 function M.help(x)
   local text, err = M.text(x)
-  if not text then require("qemu.util.check").bad("help", err) end
+  if not text then require("qemu.util.check").bad("help", "%s", err) end
   io.stdout:write(text)
 end
 

@@ -50,17 +50,36 @@ local function split_text(s)
   return trim(head), trim(text)
 end
 
+-- A LuaCATS type has no space outside brackets ("table<string, any>",
+-- "fun(x: integer): boolean" have theirs inside): a type with one is a tag
+-- whose text lacks its two spaces.
+local function check_type(ty, where, rest)
+  local depth, bad = 0, false
+  for c in ty:gmatch(".") do
+    if c == "(" or c == "<" or c == "{" then depth = depth + 1
+    elseif c == ")" or c == ">" or c == "}" then depth = depth - 1
+    elseif c:find("%s") and depth == 0 and not ty:find("^fun%(") then bad = true end
+  end
+  if bad then
+    error(where .. ": '" .. ty .. "' is no type (two spaces part the type from the text): " .. rest, 0)
+  end
+end
+
 local function parse_tag(tag, rest, where)
   local head, text = split_text(rest)
   if tag == "param" or tag == "field" then
     local name, ty = head:match("^(%S+)%s+(.+)$")
     if not name then error(where .. ": @" .. tag .. " needs a name and a type: " .. rest, 0) end
+    check_type(ty, where, rest)
     local opt = false
     if name:sub(-1) == "?" then name, opt = name:sub(1, -2), true end
     return { tag = tag, name = name, type = ty, optional = opt, text = { text } }
   elseif tag == "return" then
     local ty, name = head:match("^(.-)%s+([%a_][%w_]*)$")
-    if not ty or ty == "" then ty, name = head, nil end
+    if not ty then ty, name = head:match("^(.-)%s+(%.%.%.)$") end
+    -- no name split off a function type's result ("fun(): boolean")
+    if not ty or ty == "" or ty:find(":$") then ty, name = head, nil end
+    check_type(ty, where, rest)
     return { tag = tag, type = ty, name = name, text = { text } }
   elseif tag == "error" then
     return { tag = tag, name = head, text = { text } }

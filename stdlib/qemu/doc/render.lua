@@ -161,9 +161,9 @@ function M.markdown()
         for _, t in ipairs(list) do
           local head
           if t.tag == "param" or t.tag == "field" then
-            head = "`" .. t.name .. "` (" .. t.type:gsub("|", "\\|") .. (t.optional and ", optional" or "") .. ")"
+            head = "`" .. t.name .. "` (" .. t.type .. (t.optional and ", optional" or "") .. ")"
           elseif t.tag == "return" then
-            head = "`" .. t.type:gsub("|", "\\|") .. "`" .. (t.name and " " .. t.name or "")
+            head = "`" .. t.type .. "`" .. (t.name and " " .. t.name or "")
           else
             head = "`" .. t.name .. "`"
           end
@@ -187,9 +187,16 @@ local function roff(s)
   return s
 end
 
--- `code` in body text -> bold
-local function roff_inline(s)
-  return (roff(s):gsub("`([^`]+)`", "\\fB%1\\fR"))
+-- Lines of text for roff, `code` in bold: the spans are found in the lines
+-- joined, so a span that wraps onto the next line stays one span (a font
+-- change holds across lines).
+local function roff_lines(lines)
+  local esc = {}
+  for i, l in ipairs(lines) do esc[i] = roff(l) end
+  local text = table.concat(esc, "\n"):gsub("`([^`]+)`", "\\fB%1\\fR")
+  local out = {}
+  for l in (text .. "\n"):gmatch("([^\n]*)\n") do out[#out + 1] = l end
+  return out
 end
 
 function M.man(version)
@@ -234,10 +241,10 @@ function M.man(version)
         out[#out + 1] = ".RE"
       elseif b.kind == "item" then
         out[#out + 1] = ".IP \\(bu 2"
-        for _, l in ipairs(b.lines) do out[#out + 1] = roff_inline(l) end
+        for _, l in ipairs(roff_lines(b.lines)) do out[#out + 1] = l end
       else
         out[#out + 1] = ".PP"
-        for _, l in ipairs(b.lines) do out[#out + 1] = roff_inline(l) end
+        for _, l in ipairs(roff_lines(b.lines)) do out[#out + 1] = l end
       end
     end
     for _, tt in ipairs(TAG_TITLES) do
@@ -249,15 +256,13 @@ function M.man(version)
         for _, t in ipairs(list) do
           out[#out + 1] = ".TP"
           out[#out + 1] = "\\fB" .. roff(tag_head(t)) .. "\\fR"
-          local any = false
-          for _, l in ipairs(t.text) do
-            if l ~= "" then
-              if any then out[#out + 1] = ".br" end
-              out[#out + 1] = roff_inline(l)
-              any = true
-            end
+          local text = {}
+          for _, l in ipairs(t.text) do if l ~= "" then text[#text + 1] = l end end
+          for i, l in ipairs(roff_lines(text)) do
+            if i > 1 then out[#out + 1] = ".br" end
+            out[#out + 1] = l
           end
-          if not any then out[#out + 1] = "\\&" end
+          if #text == 0 then out[#out + 1] = "\\&" end
         end
         out[#out + 1] = ".RE"
       end
@@ -300,6 +305,7 @@ function M.meta()
     "-- directory to your workspace's \"workspace.library\" setting.",
     "",
     "---@class qemu",
+    "---@field null userdata  JSON null: what qemu.json.decode gives for null, and what to pass for one",
     "qemu = {}",
     "",
   }
@@ -327,6 +333,12 @@ function M.meta()
       local rets = {}
       for _, r in ipairs(sweep.returns) do rets[#rets + 1] = meta_type(r.type) end
       out[#out + 1] = "---@overload fun(" .. table.concat(params, ", ") .. ")" .. (#rets > 0 and ": " .. table.concat(rets, ", ") or "")
+      out[#out + 1] = "local _qemu_sweep = {}"
+      out[#out + 1] = "---@type qemu.sweep_api"
+      out[#out + 1] = t .. " = _qemu_sweep"
+    elseif t == "qemu.errors" then
+      out[#out + 1] = "---@class qemu.errors"
+      out[#out + 1] = "---@field classes table<string, string>  every error class qshell raises -> what it means"
       out[#out + 1] = t .. " = {}"
     else
       out[#out + 1] = t .. " = {}"
@@ -344,7 +356,7 @@ function M.meta()
     out[#out + 1] = "---@class " .. cls
     if c then
       for _, f in ipairs(c.fields) do
-        out[#out + 1] = "---@field " .. f.name .. " " .. meta_type(f.type) .. (f.optional and "?" or "") .. " " .. join_text(f)
+        out[#out + 1] = "---@field " .. f.name .. (f.optional and "?" or "") .. " " .. meta_type(f.type) .. " " .. join_text(f)
       end
     end
     out[#out + 1] = "local " .. var .. " = {}"

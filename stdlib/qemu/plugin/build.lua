@@ -368,8 +368,12 @@ local function build(fname, o)
   -- the same plugin at once).
   local rtmp = string.format("%s/.lib%s.so.build.json.%d.tmp", dir, o.name, sys.getpid())
   local f, ferr, why_code = io.open(rtmp, "wb")
-  local wok = f and f:write(json.encode(rec, { pretty = true }) .. "\n") and f:close()
-  local why = not f and ferr or (not wok and "cannot write " .. rtmp) or nil
+  local why = not f and ferr or nil
+  if f then
+    local wok, werr, wcode = f:write(json.encode(rec, { pretty = true }) .. "\n")
+    local cok, cerr, ccode = f:close()
+    if not (wok and cok) then why, why_code = "cannot write " .. rtmp .. ": " .. tostring(werr or cerr), wcode or ccode end
+  end
   if not why then
     local rok, rmsg, rcode = sys.rename(rtmp, record_path(so))
     if rok then rok, rmsg, rcode = sys.rename(tmp, so) end

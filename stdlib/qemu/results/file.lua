@@ -44,8 +44,14 @@ function M.task_line(r)
 end
 function M.read_task_line(line)
   local ok, r = pcall(json.decode, line, { depth = M.MAX_DEPTH })
-  if ok and type(r) == "table" and type(r.run) == "string" then return r end
-  return nil
+  if not ok or type(r) ~= "table" then return nil end
+  -- a task line of an earlier qshell: key, wall, setup
+  if r.run == nil and type(r.key) == "string" then r.run, r.wall_s, r.provenance = r.key, r.wall, r.setup end
+  if type(r.run) ~= "string" then return nil end
+  for _, k in ipairs { "error", "host", "started", "provenance" } do
+    if r[k] == json.null then r[k] = nil end
+  end
+  return r
 end
 
 -- A results file may be someone else's (a colleague's, a cluster's): the
