@@ -18,7 +18,7 @@
 # BENCH_SWEEP_ROUNDS (3 rounds of the three sweeps), BENCH_RESTORE_ROUNDS (5
 # rounds of one restore per side), BENCH_MEM_MIB (1216 MiB of data in the
 # 2 GiB guest of the memory benchmark), BENCH_MEM_VMS (8 restored at once),
-# BENCH_CKPT_ROUNDS (3), BENCH_ONLY="startup qmp_rt" (a subset;
+# BENCH_CKPT_ROUNDS (3), BENCH_ONLY="startup qmp_rt results" (a subset;
 # "distro" builds the Debian image of the distro tier once, ~2.5 min),
 # BENCH_VERBOSE=1 (rounds).
 
@@ -181,6 +181,30 @@ bench_startup() {
     printf "startup (qshell -e ''): median %.1f ms, lua5.4 -e '' %.1f ms, ratio %sx, +%.2f ms (target <= lua5.4 + 1 ms) %s\n" \
         "$(awk -v v="$q" 'BEGIN { print v / 1000 }')" "$(awk -v v="$l" 'BEGIN { print v / 1000 }')" \
         "$(ratio "$q" "$l")" "$(awk -v a="$q" -v b="$l" 'BEGIN { print (a - b) / 1000 }')" "$(verdict "$q <= $l + 1000")"
+}
+
+# qshell results on 10^5 rows (100 sizes x 10 modes x 100 repeats, as a
+# sweep writes them) against awk computing the same groups' n, mean and sd
+# (what one types by hand); target: the summary in under 2 s.
+bench_results() {
+    local big=$OUT/results-1e5.csv
+    section "results: qshell results on 10^5 rows vs awk's per-group n, mean, sd ($ROUNDS x 1 run)"
+    "$QSHELL" -e "
+      local f = assert(io.open('$big', 'w'))
+      f:write('run,repeat,mode,size,status,wall_s,error,host,started,prov,secs\\n')
+      for size = 1, 100 do for m = 1, 10 do for rep = 1, 100 do
+        f:write(string.format('mode=m%d;size=%d#%d,%d,m%d,%d,ok,1.0,,h,2026-12-07T00:00:00Z,p1,%.4f\\n',
+                              m, size, rep, rep, m, size, size + m / 10 + rep / 1e4))
+      end end end
+      f:close()" || die "cannot write $big"
+    local qs=("$OUT/startup" 1 "$QSHELL" results "$big" --format csv)
+    local awkc=("$OUT/startup" 1 awk -F, 'NR > 1 { k = $3 "," $4; n[k]++; s[k] += $11; q[k] += $11 * $11 }
+        END { for (k in n) printf "%s,%d,%g,%g\n", k, n[k], s[k] / n[k], sqrt((q[k] - s[k] * s[k] / n[k]) / (n[k] - 1)) }' "$big")
+    alternate "awk" awkc "qshell results" qs
+    local a=$A_MED q=$B_MED
+    printf "results summary of 10^5 rows: qshell %.2f s, awk %.2f s, ratio %sx (target: qshell <= 2 s) %s\n" \
+        "$(awk -v v="$q" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$a" 'BEGIN { print v / 1e6 }')" \
+        "$(ratio "$q" "$a")" "$(verdict "$q <= 2000000")"
 }
 
 # The default guest (make guest); built once, cached in build/guest.
@@ -524,7 +548,7 @@ bench_memory_on() {
         "$r" "${f[nvms]}" "$(awk -v v="${f[ram_data]}" 'BEGIN{print v/1e6}')"
 }
 
-BENCHES=(startup qmp_rt launch boot snapshot plugin sweep restore memory distro)
+BENCHES=(startup qmp_rt launch results boot snapshot plugin sweep restore memory distro)
 
 build
 start=$SECONDS

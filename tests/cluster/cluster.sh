@@ -37,6 +37,8 @@
 #   CLUSTER_MIN_JOB_AGE  slurm.conf MinJobAge (4; makes sbatch --wait poll
 #                        every 2 s instead of after 2, 10, 42 s, ...)
 #   CLUSTER_NET          the bridge's /24 with N nodes (default 10.213.7)
+#   CLUSTER_MAX_ARRAY_SIZE, CLUSTER_MAX_JOB_COUNT  slurm.conf's MaxArraySize and
+#                        MaxJobCount (default: unset, Slurm's 1001 and 10000)
 #   CLUSTER_SLURMD_TIMEOUT  seconds before a silent node is declared down
 #                        (N nodes: 10; one node: 30)
 set -euo pipefail
@@ -148,7 +150,12 @@ write_conf() {
     # task asking for two, tasks_per_node=2, takes a whole node), its own pid
     # and log file, node-local scratch from a TaskProlog, jobs on a node that
     # fails requeued, and a node declared down after 10 s of silence.
-    local ctl=127.0.0.1 suffix= timeout=${CLUSTER_SLURMD_TIMEOUT:-30} extra= nodelines partnodes=$host
+    local ctl=127.0.0.1 suffix= timeout=${CLUSTER_SLURMD_TIMEOUT:-30} extra= nodelines partnodes=$host limits=
+    # Slurm's own limits (MaxArraySize 1001, MaxJobCount 10000) unless asked:
+    # the engine must live with a cluster's defaults.
+    [ -n "${CLUSTER_MAX_ARRAY_SIZE:-}" ] && limits="MaxArraySize=$CLUSTER_MAX_ARRAY_SIZE\n"
+    [ -n "${CLUSTER_MAX_JOB_COUNT:-}" ] && limits="${limits}MaxJobCount=$CLUSTER_MAX_JOB_COUNT\n"
+    limits=$(printf '%b' "$limits")
     nodelines="NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
     if [ "$nodes" -gt 1 ]; then
         ctl=$NET.1 suffix=-%n timeout=${CLUSTER_SLURMD_TIMEOUT:-10} partnodes="node[1-$nodes]"
@@ -207,8 +214,7 @@ InactiveLimit=0
 MinJobAge=$MIN_JOB_AGE
 KillWait=5
 Waittime=0
-MaxArraySize=100001
-MaxJobCount=200000
+$limits
 $nodelines
 PartitionName=debug Nodes=$partnodes Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF

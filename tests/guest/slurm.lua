@@ -14,7 +14,9 @@ assert(code == 0, "cannot install slurm: " .. err)
 local _, cdir = T.sh('d=$(mktemp -d /tmp/qshell-slurm.XXXXXX) && chmod 755 "$d" && echo "$d"')
 cdir = assert(cdir:match("^(%S+)"), "mktemp failed")
 local envtext
-code, envtext, err = T.sh(cluster .. " start " .. cdir)
+-- A cluster that takes arrays of 3 tasks at most (MaxArraySize=3; Slurm's
+-- default is 1001): sweeps of more runs must be packed, not refused.
+code, envtext, err = T.sh("CLUSTER_MAX_ARRAY_SIZE=3 " .. cluster .. " start " .. cdir)
 if code ~= 0 then
   os.execute("rm -rf " .. cdir)
   error("the cluster did not start: " .. err)
@@ -35,14 +37,18 @@ do
   vm:checkpoint(ckpt)
 end
 
-local function script(out, engine)
+local function json_file(path)
+  return require("qshell.json").decode(fs.slurp(path, "test"))
+end
+
+local function script(out, engine, xs, slurm)
   local path = tmp .. "/slurm-sweep.lua"
   local f = assert(io.open(path, "w"))
   f:write(string.format([[
     local r = qemu.sweep {
       from = %q, out = %q, %s
-      matrix = { x = { 1, 2, 3, 4 } },
-      slurm = { tasks = 2 },
+      matrix = { x = { ]] .. (xs or "1, 2, 3, 4") .. [[ } },
+      slurm = ]] .. (slurm or "{ tasks = 2 }") .. [[,
       run = function(vm, p)
         return { status_was = vm:status(), x2 = p.x * 2, node = os.getenv("SLURMD_NODENAME") or "?",
                  task = tonumber(os.getenv("SLURM_ARRAY_TASK_ID")) }
@@ -101,6 +107,36 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
     T.eq(c, 0, e)
     T.match(stdout, "SWEEP\t2\t0\t2")
     T.eq(#qemu.sweep.read(out), 4)
+  end)
+
+  T.test("more runs than the cluster's MaxArraySize: packed into that many tasks, every run once", function()
+    local out = tmp .. "/packed.csv"
+    local c, stdout, e = T.sh(ENV .. " ./qshell run " .. script(out, "slurm", "1, 2, 3, 4, 5, 6, 7", "{}"))
+    T.eq(c, 0, e)
+    T.match(stdout, "SWEEP\t7\t0\t0\t%d+")
+    local rows = qemu.sweep.read(out)
+    T.eq(#rows, 7)
+    local xs, tasks = {}, {}
+    for _, r in ipairs(rows) do
+      T.eq(r.status, "ok")
+      T.ok(not xs[r.x], "run x=" .. r.x .. " once")
+      xs[r.x] = true
+      tasks[r.task] = (tasks[r.task] or 0) + 1
+    end
+    T.eq(tasks[0] + tasks[1] + tasks[2], 7, "three tasks ran the 7 runs")
+    T.eq(tasks[3], nil, "no task index beyond MaxArraySize-1")
+    local sub = json_file(out .. ".slurm/1/submission.json")
+    T.eq(sub.ntasks, 3)
+    T.ok(table.concat(sub.sbatch, " "):find("--array=0-2", 1, true), "sbatch --array=0-2")
+    local plan = json_file(out .. ".slurm/1/plan.json")
+    T.eq(plan.limits.max_array_size, 3, "the limit read from scontrol")
+    -- a tasks= over the limit is cut to it, and said so
+    out = tmp .. "/packed2.csv"
+    c, stdout, e = T.sh(ENV .. " ./qshell run " .. script(out, "slurm", "1, 2, 3, 4, 5", "{ tasks = 5 }"))
+    T.eq(c, 0, e)
+    T.match(stdout, "SWEEP\t5\t0\t0")
+    T.match(e, "slurm={tasks=5} is over this cluster's limit of 3 array tasks")
+    T.eq(json_file(out .. ".slurm/1/submission.json").ntasks, 3)
   end)
 
   T.test("the Slurm engine needs a script file, and refuses local-only options", function()

@@ -168,6 +168,54 @@ T.test("sweep plan: stable run names, axis order, repeats", function()
   T.raises(function() plan.check_matrix("f", { x = {} }) end, "BadArgument")
 end)
 
+T.test("Slurm plan: 10^5 runs packed within the cluster's limits, made and written in under 2 s", function()
+  local plan = require "qemu.sweep.plan"
+  local slurm = require "qemu.sweep.slurm"
+  local json = require "qshell.json"
+  -- the limits as `scontrol show config` prints them, and Slurm's defaults without them
+  local l = slurm.limits("Configuration data as of 2026-12-07T06:00:00\nMaxArraySize            = 4001\n" ..
+                         "MaxJobCount             = 20000\nMaxJobId = 67043328\n")
+  T.eq(l.max_array_size, 4001)
+  T.eq(l.max_job_count, 20000)
+  l = slurm.limits("")
+  T.eq(l.max_array_size, 1001)
+  T.eq(l.max_job_count, 10000)
+  local xs, ys = {}, {}
+  for i = 1, 1000 do xs[i] = i end
+  for i = 1, 100 do ys[i] = i end
+  local t0 = sys.now()
+  local runs = plan.expand({ x = xs, y = ys }, 1)
+  local names = {}
+  for i, r in ipairs(runs) do names[i] = r.run end
+  local packed = slurm.pack(names, 1, nil, slurm.DEFAULT_LIMITS)
+  local path = T.tmpdir() .. "/plan.json"
+  require("qemu.util.fs").write(path, json.encode({ tasks = packed.tasks }), "t")
+  local took = sys.now() - t0
+  T.eq(#runs, 100000)
+  T.eq(#packed.tasks, 1001, "one task per array index the default allows")
+  local seen, n = {}, 0
+  for _, list in ipairs(packed.tasks) do
+    T.ok(#list == 99 or #list == 100, "tasks evenly loaded (" .. #list .. ")")
+    for _, name in ipairs(list) do
+      T.ok(not seen[name], name .. " once")
+      seen[name] = true
+      n = n + 1
+    end
+  end
+  T.eq(n, 100000, "every run in one task")
+  T.eq(packed.note, nil, "nothing to say when no tasks= was asked")
+  local asan = (io.open("/proc/self/status"):read("a"):match("VmSize:%s*(%d+)") or 0) + 0 > 1e9
+  if not asan then T.ok(took < 2, string.format("planned and written in %.2f s", took)) end
+  -- fewer runs than the limit: one task per run; tasks_per_node packs K per task;
+  -- a tasks= over the limit is cut, with a note; MaxJobCount caps too
+  T.eq(#slurm.pack({ "a", "b", "c" }, 1, nil, slurm.DEFAULT_LIMITS).tasks, 3)
+  T.eq(#slurm.pack({ "a", "b", "c", "d", "e" }, 2, nil, slurm.DEFAULT_LIMITS).tasks, 3)
+  local cut = slurm.pack(names, 1, 5000, { max_array_size = 2000, max_job_count = 10000 })
+  T.eq(#cut.tasks, 2000)
+  T.match(cut.note, "tasks=5000} is over this cluster's limit of 2000 array tasks")
+  T.eq(#slurm.pack(names, 1, nil, { max_array_size = 4001, max_job_count = 300 }).tasks, 300)
+end)
+
 T.test("sweep results: a cell of 100+ characters formats (it crashed)", function()
   local long = string.rep("x", 150)
   local text = qemu.sweep.format({ { run = "r#1", error = long }, { run = "r#2", error = "short" },

@@ -105,6 +105,15 @@ local function csv_field(v)
 end
 
 local function csv_parse_line(line)
+  if not line:find('"', 1, true) then
+    -- no quoted field (nearly every record): split at the commas
+    local out, k = {}, 0
+    for field in (line .. ","):gmatch("([^,]*),") do
+      k = k + 1
+      out[k] = field
+    end
+    return out
+  end
   local out, i, n = {}, 1, #line
   while i <= n + 1 do
     local c = line:sub(i, i)
@@ -135,14 +144,20 @@ local function csv_records(text)
   local recs, lines, cur, inq, n, first = {}, {}, {}, false, 0, 1
   for line in text:gmatch("([^\n]*)\n") do
     n = n + 1
-    if #cur == 0 then first = n end
-    cur[#cur + 1] = line
-    local _, q = line:gsub('"', "")
-    if q % 2 == 1 then inq = not inq end
-    if not inq then
-      recs[#recs + 1] = table.concat(cur, "\n")
-      lines[#recs] = first
-      cur = {}
+    if not inq and not line:find('"', 1, true) then
+      -- a whole record on one line (nearly every one)
+      recs[#recs + 1] = line
+      lines[#recs] = n
+    else
+      if #cur == 0 then first = n end
+      cur[#cur + 1] = line
+      local _, q = line:gsub('"', "")
+      if q % 2 == 1 then inq = not inq end
+      if not inq then
+        recs[#recs + 1] = table.concat(cur, "\n")
+        lines[#recs] = first
+        cur = {}
+      end
     end
   end
   local partial

@@ -180,6 +180,11 @@ local sweep_opts = {
 ---   the workers; `slurm.time` is the limit) and `out=` (or `slurm.dir`) is required:
 ---   `slurm.tasks=` integer (default: the runs to do / tasks_per_node, rounded up, never
 ---   more than the runs): the array tasks (`--array=0-(N-1)`), the runs dealt round-robin;
+---   never more than the cluster takes: the engine reads `MaxArraySize` and `MaxJobCount`
+---   (`scontrol show config`; Slurm's defaults 1001 and 10000 when it cannot) and packs
+---   the runs into at most that many tasks, each running its runs one after another, so
+---   a sweep of any size runs at a cluster's defaults (a `tasks=` over the limit is cut to
+---   it, with a note on stderr);
 ---   `slurm.tasks_per_node=` integer (default 1): each task takes one node and runs that
 ---   many runs at once (`--nodes=1 --ntasks-per-node=K`);
 ---   `slurm.max_running=` integer (default: no limit): at most that many array tasks at

@@ -161,6 +161,59 @@ end
 
 -- ---- the submitting side ----
 
+-- Slurm's own defaults, for a cluster whose configuration cannot be read.
+M.DEFAULT_LIMITS = { max_array_size = 1001, max_job_count = 10000 }
+
+-- M.limits(text) -> {max_array_size=, max_job_count=}: the limits in the
+-- output of `scontrol show config` ("MaxArraySize = 1001"); a value the
+-- text lacks is Slurm's default.
+function M.limits(text)
+  local l = {}
+  for k, v in pairs(M.DEFAULT_LIMITS) do l[k] = v end
+  local a = (text or ""):match("\nMaxArraySize%s*=%s*(%d+)") or (text or ""):match("^MaxArraySize%s*=%s*(%d+)")
+  local j = (text or ""):match("\nMaxJobCount%s*=%s*(%d+)") or (text or ""):match("^MaxJobCount%s*=%s*(%d+)")
+  if a then l.max_array_size = tonumber(a) end
+  if j then l.max_job_count = tonumber(j) end
+  return l
+end
+
+-- The limits of the cluster sbatch submits to (read once per submission).
+local function cluster_limits()
+  local ok, st = pcall(run_mod.run, { "scontrol", "show", "config" }, { command = "qemu.sweep" })
+  if not ok and errors.is(st, "Interrupted") then error(st, 0) end
+  if not ok or st.code ~= 0 then return M.limits(nil), false end
+  return M.limits(st.stdout), true
+end
+
+-- M.pack(names, per, tasks, limits) -> {tasks = {{run names}, ...}, note=}:
+-- the runs dealt round-robin over the array tasks.  By default one task
+-- per `per` runs; never more tasks than the array may have (MaxArraySize:
+-- indices 0..MaxArraySize-1) or than the controller takes jobs
+-- (MaxJobCount, every array task a job once it runs), nor more than runs:
+-- a task then runs several runs, one after another (or `per` at once).
+-- A tasks= over the limits is cut to them, with a note saying so.
+function M.pack(names, per, tasks, limits)
+  per = per or 1
+  limits = limits or M.DEFAULT_LIMITS
+  local cap = math.min(limits.max_array_size, limits.max_job_count)
+  local want = tasks or math.ceil(#names / per)
+  local n = math.max(1, math.min(want, cap, #names))
+  local note
+  if tasks and tasks > cap then
+    note = string.format("slurm={tasks=%d} is over this cluster's limit of %d array tasks (MaxArraySize %d, " ..
+                         "MaxJobCount %d): %d tasks, each running about %d runs", tasks, cap,
+                         limits.max_array_size, limits.max_job_count, n, math.ceil(#names / n))
+  end
+  local out = {}
+  for t = 1, n do out[t] = json.array {} end
+  for i, name in ipairs(names) do
+    local t = (i - 1) % n + 1
+    local list = out[t]
+    list[#list + 1] = name
+  end
+  return { tasks = out, note = note }
+end
+
 local function script_argv()
   local script = arg and arg[0]
   if not script or script == "" or script == "-" then
@@ -489,15 +542,15 @@ function M.run(j)
                      "(make it there, e.g. vm:checkpoint(%q))", ckpt_real, roots[1], roots[1] .. "/warm.ckpt")
   end
   local per = sopts.tasks_per_node or 1
-  local ntasks = math.min(sopts.tasks or math.ceil(#rest / per), #rest)
+  local names = {}
+  for i, r in ipairs(rest) do names[i] = r.run end
+  local limits = cluster_limits()
+  local packed = M.pack(names, per, sopts.tasks, limits)
+  if packed.note then io.stderr:write("qshell: " .. packed.note .. "\n") end
+  local ntasks = #packed.tasks
   local plan = { checkpoint = ckpt_place, checkpoint_shown = ckpt_real, from_tag = j.source.from_tag,
-                 tag = j.source.tag, roots = roots or json.array {}, tasks_per_node = per, tasks = {},
-                 script = provenance.script(spec) }
-  for t = 1, ntasks do plan.tasks[t] = json.array {} end
-  for i, r in ipairs(rest) do
-    local t = (i - 1) % ntasks + 1
-    plan.tasks[t][#plan.tasks[t] + 1] = r.run
-  end
+                 tag = j.source.tag, roots = roots or json.array {}, tasks_per_node = per, tasks = packed.tasks,
+                 script = provenance.script(spec), limits = limits }
   fs.write(sub.dir .. "/plan.json", json.encode(plan), fname)
   local separate_log = roots and #roots > 1
   write_job_script(sub, roots or {}, self, script, args, separate_log, sys.realpath(".") or ".")
