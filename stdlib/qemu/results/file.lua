@@ -458,12 +458,6 @@ end
 -- of hex digits only, say).
 local TEXT = { run = true, status = true, error = true, host = true, started = true, prov = true }
 
-local function cell(v, name)
-  if v == "" then return nil end
-  if TEXT[name] then return v end
-  return tonumber(v) or v
-end
-
 -- M.load(path [, fname]) -> rows: the rows of a results file (CSV or JSONL,
 -- by the name), each keyed by column with numbers as numbers and
 -- parameters and metrics at the top level (JSONL rows also keep
@@ -548,14 +542,24 @@ function M.load(path, fname)
   for j = status_at + 1, #header do
     if not FIXED_SET[header[j]] then add_name(rows.metrics, mset, header[j]) end
   end
+  -- A record of exactly the header's width without quotes (what a sweep
+  -- writes) is split by one pattern; any other by the full parser.
+  local whole = #header <= 32 and ("^" .. string.rep("([^,]*),", #header - 1) .. "([^,]*)$") or nil
+  local text_col = {}
+  for j, k in ipairs(header) do text_col[j] = TEXT[k] or false end
   for i = 2, #recs do
-    local f = csv_parse_line(recs[i])
+    local rec = recs[i]
+    local f = whole and not rec:find('"', 1, true) and { rec:match(whole) }
+    if not f or #f == 0 then f = csv_parse_line(rec) end
     if #f > #header then
       bad(fname, path, lines[i], "%d fields, but the header has %d columns", #f, #header)
     end
     if not (#f == 1 and f[1] == "") then
       local row = {}
-      for j, v in ipairs(f) do row[header[j]] = cell(v, header[j]) end
+      for j = 1, #f do
+        local v = f[j]
+        if v ~= "" then row[header[j]] = text_col[j] and v or tonumber(v) or v end
+      end
       rows[#rows + 1] = row
       rows.lines[#rows] = lines[i]
     end
