@@ -121,6 +121,33 @@ static int l_os_chmod(lua_State *L)
     return 1;
 }
 
+/*
+ * os.utime(path, mtime) -> true | nil, msg, code: set the modification time
+ * (seconds, as os.stat gives it; the access time is left alone).  A copy
+ * given its source's mtime is known unchanged to what checks by mtime.
+ */
+static int l_os_utime(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Number m = luaL_checknumber(L, 2);
+    luaL_argcheck(L, m >= 0 && m < 1e12, 2, "not a time");
+    struct timespec ts[2];
+    ts[0].tv_sec = 0;
+    ts[0].tv_nsec = UTIME_OMIT;
+    ts[1].tv_sec = (time_t)m;
+    long ns = (long)((m - (lua_Number)ts[1].tv_sec) * 1e9 + 0.5);
+    if (ns >= 1000000000L) {
+        ts[1].tv_sec++;
+        ns -= 1000000000L;
+    }
+    ts[1].tv_nsec = ns;
+    if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
+        return qs_pusherrno(L, path, errno);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* os.access(path, "r"|"w"|"x"|"rw") -> boolean */
 static int l_os_access(lua_State *L)
 {
@@ -356,22 +383,25 @@ static int l_os_append(lua_State *L)
 }
 
 /*
- * os.lock(path) -> fd, previous content | nil, msg, "busy" | "io"
- * An exclusive flock(2) on path (created 0644), never waiting: "busy"
- * when another open file holds it.  The lock is the file that is at path
+ * os.lock(path [, "shared"]) -> fd, previous content | nil, msg, "busy" | "io"
+ * An exclusive flock(2) on path (created 0644), or a shared one, never
+ * waiting: "busy" when another open file holds it (exclusively, for a
+ * shared lock).  The lock is the file that is at path
  * now (one unlinked by its last holder in between is tried again).  The
  * lock goes with the process (or with os.unlock); the content is the
  * caller's, to name the holder.
  */
 static int l_os_lock(lua_State *L)
 {
+    static const char *const modes[] = {"exclusive", "shared", NULL};
     const char *path = luaL_checkstring(L, 1);
+    int how = luaL_checkoption(L, 2, "exclusive", modes) == 1 ? LOCK_SH : LOCK_EX;
     for (int tries = 0; tries < 10; tries++) {
         int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0) {
             return qs_pusherrno(L, path, errno);
         }
-        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (flock(fd, how | LOCK_NB) < 0) {
             int e = errno;
             close(fd);
             if (e == EINTR) {
@@ -766,6 +796,7 @@ static int l_os_errcode(lua_State *L)
 static const luaL_Reg os_funcs[] = {
     {"errcode", l_os_errcode},
     {"access", l_os_access},   {"append", l_os_append},   {"chmod", l_os_chmod},
+    {"utime", l_os_utime},
     {"close", l_os_close},     {"lock", l_os_lock},       {"rewrite", l_os_rewrite},
     {"unlock", l_os_unlock},
     {"diff_blocks", l_os_diff_blocks},                    {"exit_now", l_os_exit_now},

@@ -149,6 +149,15 @@ T.test("the tasks land on all three nodes; node3 finds the shared files at its o
     T.eq(r.prov, rows[1].prov, "one setup on every node")
   end
   T.ok(hosts.node1 and hosts.node2 and hosts.node3, "every node ran runs")
+  -- the checkpoint was copied once per node, into its scratch, not read by every run
+  local copies = {}
+  for line in (fs.read(out .. ".slurm/1/stage.log") or ""):gmatch("[^\n]+") do
+    local s = qemu.json.decode(line)
+    T.eq(copies[s.node], nil, s.node .. " copied the checkpoint once")
+    copies[s.node] = true
+    T.match(s.copy, "^" .. cdir:gsub("%p", "%%%0") .. "/nodes/" .. s.node .. "/tmp/qshell%.stage/%x+$")
+  end
+  T.ok(copies.node1 and copies.node2 and copies.node3, "each node made its copy")
   local setup = qemu.results.read(out).provenance[rows[1].prov]
   T.eq(setup.checkpoint, sys.realpath(ckpt), "the checkpoint as the submitter names it")
   T.match(setup.script, "/sweep1%.lua$")

@@ -84,7 +84,12 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
       T.eq(r.prov, rows[1].prov, "one setup")
     end
     local setup = qemu.results.read(out).provenance[rows[1].prov]
-    T.eq(setup.checkpoint, sys.realpath(ckpt))
+    T.eq(setup.checkpoint, sys.realpath(ckpt), "the shared checkpoint named, not the node's copy")
+    -- the two tasks started at once on the one node: the checkpoint was copied once
+    local log = fs.read(out .. ".slurm/1/stage.log") or ""
+    T.eq(select(2, log:gsub("\n", "")), 1, "one copy for the node: " .. log)
+    local copy = json_file(out .. ".slurm/1/stage.log").copy
+    T.ok(fs.is_file(copy .. "/manifest.json"), "the copy is in the node's scratch: " .. copy)
     local v = qemu.version()
     T.eq(setup.qemu, string.format("%d.%d.%d", v.major, v.minor, v.micro))
   end)
@@ -107,11 +112,14 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
     T.eq(c, 0, e)
     T.match(stdout, "SWEEP\t2\t0\t2")
     T.eq(#qemu.sweep.read(out), 4)
+    -- a later job finds the node's copy by the manifest's hash: nothing copied
+    T.eq(fs.read(out .. ".slurm/2/stage.log"), nil, "the copy of an earlier job reused")
   end)
 
   T.test("more runs than the cluster's MaxArraySize: packed into that many tasks, every run once", function()
     local out = tmp .. "/packed.csv"
-    local c, stdout, e = T.sh(ENV .. " ./qshell run " .. script(out, "slurm", "1, 2, 3, 4, 5, 6, 7", "{}"))
+    -- (stage=false: every run reads the shared checkpoint, no copy made)
+    local c, stdout, e = T.sh(ENV .. " ./qshell run " .. script(out, "slurm", "1, 2, 3, 4, 5, 6, 7", "{ stage = false }"))
     T.eq(c, 0, e)
     T.match(stdout, "SWEEP\t7\t0\t0\t%d+")
     local rows = qemu.sweep.read(out)
@@ -130,6 +138,7 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
     T.ok(table.concat(sub.sbatch, " "):find("--array=0-2", 1, true), "sbatch --array=0-2")
     local plan = json_file(out .. ".slurm/1/plan.json")
     T.eq(plan.limits.max_array_size, 3, "the limit read from scontrol")
+    T.eq(fs.read(out .. ".slurm/1/stage.log"), nil, "stage=false copies nothing")
     -- a tasks= over the limit is cut to it, and said so
     out = tmp .. "/packed2.csv"
     c, stdout, e = T.sh(ENV .. " ./qshell run " .. script(out, "slurm", "1, 2, 3, 4, 5", "{ tasks = 5 }"))
@@ -148,6 +157,8 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
                                       run = function() end } end, "BadArgument", "slurm={tasks=N}")
     T.raises(function() qemu.sweep { engine = "slurm", from = ckpt, run = function() end } end,
              "BadArgument", "out=")
+    T.raises(function() qemu.sweep { engine = "slurm", from = ckpt, out = tmp .. "/z.csv", slurm = { stage = "sbcast" },
+                                      run = function() end } end, "BadArgument", 'must be "node"')
   end)
 
 T.run()

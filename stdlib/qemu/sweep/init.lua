@@ -197,6 +197,15 @@ local sweep_opts = {
 ---   "512M", "4G");
 ---   `slurm.requeue=` boolean (default true): a task whose node fails goes back to the
 ---   queue (`--requeue`; false: `--no-requeue`);
+---   `slurm.stage=` "node" or false (default "node"): each node copies the checkpoint once
+---   into its scratch and every run on it restores from that copy (the copy is checked
+---   against the manifest as it is made; tasks starting at once on a node copy it once;
+---   a later job finds it by the manifest's hash); false: every run reads the shared copy;
+---   each copy made is a line in the job dir's `stage.log`;
+---   `slurm.stage_dir=` string (default `$TMPDIR/qshell.stage` as the task sees it): where
+---   a node keeps its copies (a node-local path that outlives a job keeps them between jobs);
+---   `slurm.stage_keep=` integer (default 4 x the checkpoint's size): bytes of copies a node
+---   keeps; beyond it the least recently used go, never one a running task uses;
 ---   `slurm.sbatch=` string[] (default {}): more sbatch options, passed as they are, each
 ---   starting with `-` (not `--array`, `--wait` or `--output`, which qshell sets);
 ---   `slurm.dir=` string (default: `out` .. ".slurm"): the job dir, a numbered directory

@@ -70,10 +70,22 @@ local function strings(v)
   return true
 end
 
+local function stage_mode(v)
+  if v == "node" or v == false then return true end
+  return false, 'must be "node" (a copy of the checkpoint in each node\'s scratch) or false (every run reads ' ..
+                'the shared copy)'
+end
+
+local function bytes(v)
+  if math.type(v) ~= "integer" or v < 0 then return false, "must be a number of bytes >= 0" end
+  return true
+end
+
 local slurm_opts = {
   tasks = whole, tasks_per_node = whole, max_running = whole,
   partition = word, account = word, qos = word, time = valid_time, mem = valid_mem,
   sbatch = "table", dir = "string", shared = "string|table", requeue = "boolean",
+  stage = stage_mode, stage_dir = "string", stage_keep = bytes,
 }
 
 local SLEEP_STATES = { PENDING = true, CONFIGURING = true, REQUEUED = true, RESIZING = true, SUSPENDED = true }
@@ -140,6 +152,11 @@ function M.task(spec, runs, job)
   end
   local source = { checkpoint = on_node(plan, plan.checkpoint), shown = plan.checkpoint_shown,
                    from_tag = plan.from_tag, tag = plan.tag }
+  if plan.stage ~= false and #mine > 0 then
+    -- one copy of the checkpoint per node, in its scratch (sweep/stage.lua)
+    source.checkpoint = require("qemu.sweep.stage").checkpoint(source.checkpoint, {
+      dir = plan.stage_dir, keep = plan.stage_keep, log = job .. "/stage.log", node = provenance.host() })
+  end
   local per = plan.tasks_per_node or 1
   if per > 1 and #mine > 1 then
     local tally = results_file.tally(runs, setmetatable({ path = result }, TaskOut), 0)
@@ -550,7 +567,8 @@ function M.run(j)
   local ntasks = #packed.tasks
   local plan = { checkpoint = ckpt_place, checkpoint_shown = ckpt_real, from_tag = j.source.from_tag,
                  tag = j.source.tag, roots = roots or json.array {}, tasks_per_node = per, tasks = packed.tasks,
-                 script = provenance.script(spec), limits = limits }
+                 script = provenance.script(spec), limits = limits, stage = sopts.stage == nil and "node" or sopts.stage,
+                 stage_dir = sopts.stage_dir, stage_keep = sopts.stage_keep }
   fs.write(sub.dir .. "/plan.json", json.encode(plan), fname)
   local separate_log = roots and #roots > 1
   write_job_script(sub, roots or {}, self, script, args, separate_log, sys.realpath(".") or ".")
