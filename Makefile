@@ -10,6 +10,7 @@
 #   make install    PREFIX=/usr/local DESTDIR= (make uninstall: the same files)
 #   make doc        rewrite doc/reference.md from the contract comments
 #   make test-fresh the README's two commands on a bare Debian 12 root (root only)
+#   make test-soak, make test-scale  the long tiers (faults; 2000 runs on a Slurm cluster)
 #
 # Switches: V=1 (full commands), WERROR=1, SAN=address,undefined, VERSION=...
 
@@ -70,7 +71,7 @@ UNIT_TESTS := build/test_qmp
 include tests/unit/Makefile.inc
 
 PHONY_DOC := docs doc
-.PHONY: $(PHONY_DOC) all test test-soak test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
+.PHONY: $(PHONY_DOC) all test test-soak test-scale test-fresh deps-build test-unit test-int bench deps demo guest install uninstall clean format check-deps
 
 all: qshell plugins docs
 
@@ -149,6 +150,11 @@ test: deps all guest $(UNIT_TESTS) $(TEST_TOOLS) fuzz-build
 # commands in one shell.
 test-soak: deps all guest
 	$(Q)QSHELL_SOAK=full tests/run.sh soak
+
+# Sweeps at scale (about 4 minutes): 2000 runs on the three-node test
+# cluster at Slurm's default limits, the submitter killed and resumed.
+test-scale: deps all guest
+	$(Q)QSHELL_TEST_QEMUS=system tests/run.sh scale
 
 # The README's commands on a bare Debian 12 root (tests/fresh.sh; needs root).
 test-fresh:

@@ -11,7 +11,8 @@
 # tree: tests/qemu/build.sh, cached outside the checkout, ~9 minutes the first
 # time), soak (tests/soak: a sweep under injected faults and a long-lived
 # shell; QSHELL_SOAK=full for the long version), install (make install into a
-# temp prefix, used with the source tree gone), all.
+# temp prefix, used with the source tree gone), scale (tests/scale: 2000 runs
+# on the three-node cluster; make test-scale, not in all), all.
 # Every runner prints "N passed, N failed[, N skipped]"; this sums them and
 # ends with the same line.  Non-zero exit if anything failed, if a runner
 # printed no summary, or if a QEMU process or a temp dir was left behind.
@@ -156,6 +157,10 @@ for tier in "${tiers[@]}"; do
     distro)
         # one QEMU: these boots take most of a minute each
         LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/distro ;;
+    scale)
+        # one QEMU: 2000 runs on the three-node cluster, the submitter killed
+        # and resumed (make test-scale; not in all: about 4 minutes)
+        LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/scale ;;
     soak)
         # one QEMU: faults under a sweep, and a long-lived shell (2 minutes;
         # QSHELL_SOAK=full, make test-soak: about 8)
