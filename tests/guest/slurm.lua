@@ -5,30 +5,9 @@ local fs = require "qemu.util.fs"
 local sys = require "qshell.os"
 
 local tmp = T.tmpdir()
-local cluster = "tests/cluster/cluster.sh"
-
-local code, _, err = T.sh(cluster .. " deps")
-assert(code == 0, "cannot install slurm: " .. err)
--- munged wants every directory above its socket to be searchable by all:
--- the cluster lives in /tmp itself, not in the test run's 0700 dir.
-local _, cdir = T.sh('d=$(mktemp -d /tmp/qshell-slurm.XXXXXX) && chmod 755 "$d" && echo "$d"')
-cdir = assert(cdir:match("^(%S+)"), "mktemp failed")
-local envtext
 -- A cluster that takes arrays of 3 tasks at most (MaxArraySize=3; Slurm's
 -- default is 1001): sweeps of more runs must be packed, not refused.
-code, envtext, err = T.sh("CLUSTER_MAX_ARRAY_SIZE=3 " .. cluster .. " start " .. cdir)
-if code ~= 0 then
-  os.execute("rm -rf " .. cdir)
-  error("the cluster did not start: " .. err)
-end
--- "export SLURM_CONF=..." lines -> a prefix for commands
-local envp = {}
-for k, v in envtext:gmatch("export ([%w_]+)=([^\n]+)") do envp[#envp + 1] = k .. "=" .. v end
-local ENV = table.concat(envp, " ")
-T.cleanup(function()
-  T.sh(cluster .. " stop " .. cdir)
-  os.execute("rm -rf " .. cdir)
-end)
+local ENV = require("slurm_cluster").start(1, "CLUSTER_MAX_ARRAY_SIZE=3").ENV
 
 -- A small checkpoint (an empty VM with a disk) to sweep from.
 local ckpt = tmp .. "/empty.ckpt"

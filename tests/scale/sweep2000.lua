@@ -9,32 +9,11 @@ local sys = require "qshell.os"
 local json = require "qshell.json"
 
 local QSHELL = sys.realpath("./qshell")
-local cluster = "tests/cluster/cluster.sh"
 local N = tonumber(os.getenv("QSHELL_SCALE_RUNS") or "") or 2000
 
-local code, _, err = T.sh(cluster .. " deps")
-assert(code == 0, "cannot install slurm: " .. err)
-local _, cdir = T.sh('d=$(mktemp -d /tmp/qshell-cluster.XXXXXX) && chmod 755 "$d" && echo "$d"')
-cdir = assert(cdir:match("^(%S+)"), "mktemp failed")
-local envtext
-code, envtext, err = T.sh(cluster .. " start " .. cdir .. " 3")
-if code ~= 0 then
-  T.sh(cluster .. " stop " .. cdir)
-  os.execute("rm -rf " .. cdir)
-  error("the cluster did not start: " .. err)
-end
-local env, envp = {}, {}
-for k, v in envtext:gmatch("export ([%w_]+)=([^\n]+)") do
-  env[k] = v
-  envp[#envp + 1] = k .. "=" .. v
-end
-local ENV = table.concat(envp, " ")
-local SHARED, ELSEWHERE = env.CLUSTER_SHARED, env.CLUSTER_SHARED_ELSEWHERE
-T.cleanup(function()
-  T.sh(cluster .. " stop " .. cdir)
-  os.execute("rm -rf " .. cdir)
-end)
-local function sh(cmd) return T.sh("export " .. ENV .. "; " .. cmd) end
+local c3 = require("slurm_cluster").start(3)
+local cdir, sh = c3.dir, c3.sh
+local SHARED, ELSEWHERE = c3.env.CLUSTER_SHARED, c3.env.CLUSTER_SHARED_ELSEWHERE
 
 local ckpt = SHARED .. "/empty.ckpt"
 do
