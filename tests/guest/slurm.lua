@@ -1,5 +1,6 @@
 -- The Slurm engine of qemu.sweep on a real one-node cluster (munge,
 -- slurmctld, slurmd from the distribution), started and stopped here.
+-- (Run on the first QEMU only: what it tests is qshell's and Slurm's side.)
 local T = require "t"
 local fs = require "qemu.util.fs"
 local sys = require "qshell.os"

@@ -2,6 +2,7 @@
 -- made once by processes that start at once, checked against the manifest
 -- as it is copied, restored from, found again, and evicted only when no
 -- process uses it.
+-- (Run on the first QEMU only: what it tests is qshell's and Slurm's side.)
 local T = require "t"
 local fs = require "qemu.util.fs"
 local json = require "qshell.json"
