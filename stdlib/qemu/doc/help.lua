@@ -38,13 +38,15 @@ local function under(prefix)
   return out
 end
 
+-- The class entry of an object (a VM, a console, a kernel config, an error).
 local function class_of(v)
   local mt = getmetatable(v)
   local n = type(mt) == "table" and rawget(mt, "__name")
-  if n == "qemu.vm" then return "vm" end
-  if n == "qemu.console" then return "vm.console" end
-  if n == "qemu.kernel.config" then return "config" end
-  if n == "qemu.error" then return "qemu.error" end
+  if not n then return nil end
+  if n == "qemu.error" then return n end
+  for _, o in pairs(doc.owners) do
+    if o.mt_name == n then return o.class end
+  end
   return nil
 end
 
@@ -68,11 +70,8 @@ function M.text(x)
   else
     name = doc.name_of(x)
     if not name then
-      local cls = class_of(x)
-      if cls then
-        local cname = doc.owners[cls] and doc.owners[cls].class or cls
-        if ix.by_name[cname] then return M.text(cname) end
-      end
+      local cname = class_of(x)
+      if cname and ix.by_name[cname] then return M.text(cname) end
       if type(x) == "table" then
         -- a namespace of the API: qemu, qemu.disk, qemu.results.stats, ...
         if x == require "qemu" then return M.text(nil) end

@@ -34,11 +34,12 @@ M.sections = {
 }
 
 -- The objects methods belong to: the prefix of a method's name, the class
--- it documents, and where the method table is (for help(fn)).
+-- it documents, its metatable's __name (for help(object)), and where the
+-- method table is (for help(fn)).
 M.owners = {
-  ["vm"] = { class = "qemu.VM", methods = function() return require "qemu.vm" end },
-  ["vm.console"] = { class = "qemu.Console", methods = function() return require "qemu.vm.console" end },
-  ["config"] = { class = "qemu.KernelConfig", methods = function() return require("qemu.kernel")._Config end },
+  ["vm"] = { class = "qemu.VM", mt_name = "qemu.vm", methods = function() return require "qemu.vm" end },
+  ["vm.console"] = { class = "qemu.Console", mt_name = "qemu.console", methods = function() return require "qemu.vm.console" end },
+  ["config"] = { class = "qemu.KernelConfig", mt_name = "qemu.kernel.config", methods = function() return require("qemu.kernel")._Config end },
 }
 
 local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end

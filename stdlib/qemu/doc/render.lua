@@ -47,6 +47,13 @@ local function tag_head(t)
   return t.name
 end
 
+-- A tag's text lines, the empty ones left out.
+local function text_of(t)
+  local out = {}
+  for _, l in ipairs(t.text) do if l ~= "" then out[#out + 1] = l end end
+  return out
+end
+
 local TAG_TITLES = {
   { "params", "Arguments" }, { "fields", "Fields" }, { "returns", "Returns" }, { "errors", "Errors" },
 }
@@ -167,8 +174,7 @@ function M.markdown()
           else
             head = "`" .. t.name .. "`"
           end
-          local text = {}
-          for _, l in ipairs(t.text) do if l ~= "" then text[#text + 1] = l end end
+          local text = text_of(t)
           out[#out + 1] = "- " .. head .. (#text > 0 and ": " .. table.concat(text, "\n  ") or "")
         end
       end
@@ -256,8 +262,7 @@ function M.man(version)
         for _, t in ipairs(list) do
           out[#out + 1] = ".TP"
           out[#out + 1] = "\\fB" .. roff(tag_head(t)) .. "\\fR"
-          local text = {}
-          for _, l in ipairs(t.text) do if l ~= "" then text[#text + 1] = l end end
+          local text = text_of(t)
           for i, l in ipairs(roff_lines(text)) do
             if i > 1 then out[#out + 1] = ".br" end
             out[#out + 1] = l
@@ -275,10 +280,6 @@ end
 
 -- ---- LuaCATS: share/qshell/meta/qemu.lua ----
 
-local function meta_type(ty)
-  return ty
-end
-
 local function meta_doc(out, e)
   for _, l in ipairs(e.body) do out[#out + 1] = l == "" and "---" or "--- " .. l end
   if #e.errors > 0 then
@@ -290,11 +291,7 @@ local function meta_doc(out, e)
   end
 end
 
-local function join_text(t)
-  local s = {}
-  for _, l in ipairs(t.text) do if l ~= "" then s[#s + 1] = l end end
-  return table.concat(s, " ")
-end
+local function join_text(t) return table.concat(text_of(t), " ") end
 
 function M.meta()
   local ix = doc.entries()
@@ -329,9 +326,9 @@ function M.meta()
     if t == "qemu.sweep" and sweep then
       out[#out + 1] = "---@class qemu.sweep_api"
       local params = {}
-      for _, p in ipairs(sweep.params) do params[#params + 1] = p.name .. (p.optional and "?" or "") .. ": " .. meta_type(p.type) end
+      for _, p in ipairs(sweep.params) do params[#params + 1] = p.name .. (p.optional and "?" or "") .. ": " .. p.type end
       local rets = {}
-      for _, r in ipairs(sweep.returns) do rets[#rets + 1] = meta_type(r.type) end
+      for _, r in ipairs(sweep.returns) do rets[#rets + 1] = r.type end
       out[#out + 1] = "---@overload fun(" .. table.concat(params, ", ") .. ")" .. (#rets > 0 and ": " .. table.concat(rets, ", ") or "")
       out[#out + 1] = "local _qemu_sweep = {}"
       out[#out + 1] = "---@type qemu.sweep_api"
@@ -356,7 +353,7 @@ function M.meta()
     out[#out + 1] = "---@class " .. cls
     if c then
       for _, f in ipairs(c.fields) do
-        out[#out + 1] = "---@field " .. f.name .. (f.optional and "?" or "") .. " " .. meta_type(f.type) .. " " .. join_text(f)
+        out[#out + 1] = "---@field " .. f.name .. (f.optional and "?" or "") .. " " .. f.type .. " " .. join_text(f)
       end
     end
     out[#out + 1] = "local " .. var .. " = {}"
@@ -375,11 +372,11 @@ function M.meta()
       meta_doc(out, e)
       local names = {}
       for _, p in ipairs(e.params) do
-        out[#out + 1] = "---@param " .. p.name .. (p.optional and "?" or "") .. " " .. meta_type(p.type) .. " " .. join_text(p)
+        out[#out + 1] = "---@param " .. p.name .. (p.optional and "?" or "") .. " " .. p.type .. " " .. join_text(p)
         names[#names + 1] = p.name
       end
       for _, r in ipairs(e.returns) do
-        out[#out + 1] = "---@return " .. meta_type(r.type) .. (r.name and " " .. r.name or "") .. " # " .. join_text(r)
+        out[#out + 1] = "---@return " .. r.type .. (r.name and " " .. r.name or "") .. " # " .. join_text(r)
       end
       local owner, meth = e.name:match("^(.-):([%a_][%w_]*)$")
       local fname
