@@ -18,7 +18,8 @@
 # BENCH_SWEEP_ROUNDS (3 rounds of the three sweeps), BENCH_RESTORE_ROUNDS (5
 # rounds of one restore per side), BENCH_MEM_MIB (1216 MiB of data in the
 # 2 GiB guest of the memory benchmark), BENCH_MEM_VMS (8 restored at once),
-# BENCH_CKPT_ROUNDS (3), BENCH_ONLY="startup qmp_rt results" (a subset;
+# BENCH_CKPT_ROUNDS (3), BENCH_CLUSTER_RUNS (2000 runs in each of the
+# cluster benchmark's two sweeps), BENCH_ONLY="startup qmp_rt results" (a subset;
 # "distro" builds the Debian image of the distro tier once, ~2.5 min),
 # BENCH_VERBOSE=1 (rounds).
 
@@ -548,7 +549,95 @@ bench_memory_on() {
         "$r" "${f[nvms]}" "$(awk -v v="${f[ram_data]}" 'BEGIN{print v/1e6}')"
 }
 
-BENCHES=(startup qmp_rt launch results boot snapshot plugin sweep restore memory distro)
+# The Slurm engine against the local one: N short runs (restore an empty
+# VM's checkpoint, one QMP command, quit) on the three-node test cluster at
+# Slurm's default limits, then on this machine with as many local workers
+# as the cluster runs tasks at once (3 nodes x 2 CPUs).  Both run on the
+# same two cores, so the ratio is the Slurm engine's overhead: submission,
+# one qshell per array task, the node copy of the checkpoint, gathering.
+# While each sweep runs, its submitter (the parent) is sampled once a
+# second: its RSS as the rows arrive, and its CPU time at the end.
+bench_cluster() {
+    local n=${BENCH_CLUSTER_RUNS:-2000} d env
+    section "cluster: $n short runs on the 3-node test cluster (Slurm's defaults) vs the local engine with the same 6 workers at once, one round each"
+    tests/cluster/cluster.sh deps 2>/dev/null || die "cannot install slurm (tests/cluster/cluster.sh deps)"
+    d=$(mktemp -d /tmp/qshell-cluster.XXXXXX) && chmod 755 "$d"
+    CLUSTER_DIR=$d
+    trap 'tests/cluster/cluster.sh stop "$CLUSTER_DIR" >/dev/null 2>&1; cleanup' EXIT
+    CLEANUP+=("$d")
+    env=$(tests/cluster/cluster.sh start "$d" 3 2>"$d/start.log") || die "the cluster did not start: $(tail -n 5 "$d/start.log")"
+    eval "$env"
+    "$QSHELL" -e "local vm <close> = qemu.launch { memory = '64M', disks = { qemu.disk.create('$CLUSTER_SHARED/d.qcow2', '8M') } }
+                  vm:checkpoint('$CLUSTER_SHARED/empty.ckpt')" || die "cannot make the checkpoint"
+    cat >"$CLUSTER_SHARED/sweep.lua" <<EOF
+-- make bench's cluster sweep: qshell run sweep.lua slurm|local OUT
+local engine, out = arg[1], arg[2]
+local xs = {}
+for i = 1, $n do xs[i] = i end
+local spec = { from = "$CLUSTER_SHARED/empty.ckpt", out = out, engine = engine, matrix = { x = xs }, progress = false,
+               run = function(vm) return { state = vm:qmp("query-status").status } end }
+if engine == "slurm" then
+  spec.slurm = { shared = { "$CLUSTER_SHARED", "$CLUSTER_SHARED_ELSEWHERE" } }
+else
+  spec.workers = 6
+end
+local r = qemu.sweep(spec)
+assert(r.ok == $n, string.format("%d ok, %d failed", r.ok, r.failed))
+EOF
+    cluster_side slurm "$d" "$n"
+    local sl_us=$SIDE_US sl_cpu=$SIDE_CPU sl_peak=$SIDE_PEAK sl_rss=$SIDE_RSS
+    cluster_side local "$d" "$n"
+    local lo_us=$SIDE_US lo_cpu=$SIDE_CPU lo_peak=$SIDE_PEAK lo_rss=$SIDE_RSS
+    local r
+    r=$(ratio "$lo_us" "$sl_us")
+    printf '%d runs: Slurm engine %.0f runs/min (%.0f s), local engine with 6 workers %.0f runs/min (%.0f s): Slurm/local %sx (target >= 0.8x) %s\n' \
+        "$n" "$(awk -v n="$n" -v t="$sl_us" 'BEGIN { print n * 60e6 / t }')" "$(awk -v t="$sl_us" 'BEGIN { print t / 1e6 }')" \
+        "$(awk -v n="$n" -v t="$lo_us" 'BEGIN { print n * 60e6 / t }')" "$(awk -v t="$lo_us" 'BEGIN { print t / 1e6 }')" \
+        "$r" "$(verdict "$r >= 0.8")"
+    printf '  the Slurm submitter: %.1f s CPU, peak RSS %.1f MB; RSS (MB) at 1/4, 1/2, 3/4 and all of the rows: %s\n' \
+        "$sl_cpu" "$(awk -v k="$sl_peak" 'BEGIN { print k / 1024 }')" "$sl_rss"
+    printf '  the local engine'"'"'s parent: %.1f s CPU, peak RSS %.1f MB; RSS (MB) at 1/4, 1/2, 3/4 and all of the rows: %s\n' \
+        "$lo_cpu" "$(awk -v k="$lo_peak" 'BEGIN { print k / 1024 }')" "$lo_rss"
+    tests/cluster/cluster.sh stop "$d" >/dev/null 2>&1 || true
+}
+
+# cluster_side ENGINE DIR N: one cluster-bench sweep, its parent sampled each
+# second; sets SIDE_US (wall), SIDE_CPU (s), SIDE_PEAK (kB), SIDE_RSS (the RSS
+# in MB when a quarter, half, three quarters and all of the rows were in).
+cluster_side() {
+    local engine=$1 d=$2 n=$3 out pid t0 rows rss marks=() next=1 stat hwm cpu clk
+    out=$CLUSTER_SHARED/$engine.csv
+    clk=$(getconf CLK_TCK)
+    t0=$EPOCHREALTIME
+    "$QSHELL" run "$CLUSTER_SHARED/sweep.lua" "$engine" "$out" >"$d/$engine.log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null || true)
+        [ -n "$hwm" ] && SIDE_PEAK=$hwm
+        [ -n "$stat" ] && cpu=$(awk -v c="$clk" '{ sub(/^.*\) /, ""); print ($12 + $13) / c }' <<<"$stat")
+        rows=0
+        if [ -f "$out" ]; then rows=$(($(wc -l <"$out") - 1)); fi
+        while ((next <= 4 && rows * 4 >= n * next)) && [ -n "$rss" ]; do
+            marks+=("$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')")
+            next=$((next + 1))
+        done
+        sleep 1
+    done
+    wait "$pid" || die "the $engine sweep failed: $(tail -n 20 "$d/$engine.log")"
+    # the last rows came in after the last sample: its RSS stands for them
+    while ((next <= 4)) && [ -n "$rss" ]; do
+        marks+=("$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')")
+        next=$((next + 1))
+    done
+    SIDE_US=$(us "$t0" "$EPOCHREALTIME")
+    SIDE_CPU=${cpu:-0}
+    SIDE_RSS=${marks[*]}
+    if [ "$VERBOSE" = 1 ]; then echo "    $engine: $(tail -n 3 "$d/$engine.log")"; fi
+}
+
+BENCHES=(startup qmp_rt launch results boot snapshot plugin sweep restore memory distro cluster)
 
 build
 start=$SECONDS

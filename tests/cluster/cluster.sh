@@ -2,7 +2,9 @@
 # A private Slurm cluster for the project's tests: one node, or a
 # controller and N compute nodes on this machine.
 #
-#   cluster.sh deps          install slurm-wlm + munge from Debian if missing
+#   cluster.sh deps [accounting]  install slurm-wlm + munge from Debian if
+#                            missing; with accounting (or CLUSTER_ACCOUNTING=1)
+#                            also slurmdbd + mariadb-server
 #   cluster.sh start DIR [N] start munged, slurmctld and slurmd (N > 1: N of them)
 #                            with all state in DIR; prints `export ...` lines
 #                            for clients on stdout:
@@ -30,6 +32,13 @@
 # and seed file under DIR/munge, and slurm.conf points Slurm at that socket
 # (AuthInfo=socket=...). All daemons run as root. Progress goes to stderr.
 #
+# With CLUSTER_ACCOUNTING=1, start also runs a private MariaDB (data, socket,
+# pid and log under DIR/db; 127.0.0.1:CLUSTER_DB_PORT) and a slurmdbd
+# (DIR/slurmdbd.conf, listening on CLUSTER_DBD_PORT) before slurmctld, and
+# slurm.conf sends every job there: sacct answers, also for jobs long gone
+# from squeue.  Each start begins with an empty database.  Without it sacct
+# fails ("Slurm accounting storage is disabled", exit 1); nothing else changes.
+#
 # Environment knobs:
 #   CLUSTER_CTLD_PORT    slurmctld port (default 6817)
 #   CLUSTER_SLURMD_PORT  slurmd port    (default 6818)
@@ -41,6 +50,10 @@
 #                        MaxJobCount (default: unset, Slurm's 1001 and 10000)
 #   CLUSTER_SLURMD_TIMEOUT  seconds before a silent node is declared down
 #                        (N nodes: 10; one node: 30)
+#   CLUSTER_ACCOUNTING   1: job accounting, slurmdbd + MariaDB (install them
+#                        with `cluster.sh deps accounting`); default 0: none
+#   CLUSTER_DB_PORT      MariaDB's port with accounting (default 6819)
+#   CLUSTER_DBD_PORT     slurmdbd's port with accounting (default 6820)
 set -euo pipefail
 
 PROG=$(basename "$0")
@@ -49,43 +62,58 @@ SLURMD_PORT=${CLUSTER_SLURMD_PORT:-6818}
 TIMEOUT=${CLUSTER_TIMEOUT:-30}
 MIN_JOB_AGE=${CLUSTER_MIN_JOB_AGE:-4}
 NET=${CLUSTER_NET:-10.213.7}
+ACCOUNTING=${CLUSTER_ACCOUNTING:-0}
+DB_PORT=${CLUSTER_DB_PORT:-6819}
+DBD_PORT=${CLUSTER_DBD_PORT:-6820}
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
 need_root() { [ "$(id -u)" = 0 ] || die "must run as root"; }
 
+case $ACCOUNTING in 0 | 1) ;; *) die "CLUSTER_ACCOUNTING must be 0 or 1, not '$ACCOUNTING'" ;; esac
+
 have_all() {
-    local b
-    for b in munged mungekey slurmctld slurmd sbatch sinfo squeue scontrol; do
+    local b bins=(munged mungekey slurmctld slurmd sbatch sinfo squeue scontrol)
+    # With accounting: slurmdbd (and its mysql plugin), MariaDB, sacct.
+    [ "$ACCOUNTING" = 1 ] && bins+=(slurmdbd mariadbd mariadb-install-db sacct sacctmgr)
+    for b in "${bins[@]}"; do
         command -v "$b" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$b" >/dev/null 2>&1 || return 1
     done
+    [ "$ACCOUNTING" = 1 ] || return 0
+    compgen -G "/usr/lib/*/slurm-wlm/accounting_storage_mysql.so" >/dev/null
 }
 
 cmd_deps() {
     need_root
     export PATH=$PATH:/usr/sbin:/sbin
+    local pkgs=(slurm-wlm munge) what="slurm-wlm and munge"
+    if [ "$ACCOUNTING" = 1 ]; then
+        pkgs+=(slurmdbd mariadb-server) what="slurm-wlm, munge, slurmdbd and mariadb-server"
+    fi
     if have_all; then
-        log "slurm and munge already installed"
+        log "$what already installed"
         return 0
     fi
     local t0 t1
     t0=$(date +%s)
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -s -qq --no-install-recommends slurm-wlm munge >/dev/null 2>&1; then
+    if ! apt-get install -s -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1; then
         apt-get update -qq >&2 || true
     fi
     # Debian containers ship a policy-rc.d that stops postinst from starting
-    # the system munge/slurm services. Without one, a system munged may start
-    # (harmless: ours uses its own socket); we only warn below.
+    # the system munge/slurm/mariadb services. Without one, a system munged may
+    # start (harmless: ours uses its own socket); we only warn below.  A system
+    # mariadbd or slurmdbd is stopped (ours use their own ports and sockets
+    # anyway).
     local out
     out=$(mktemp)
-    if ! apt-get install -y -q --no-install-recommends slurm-wlm munge >"$out" 2>&1; then
+    if ! apt-get install -y -q --no-install-recommends "${pkgs[@]}" >"$out" 2>&1; then
         tail -n 30 "$out" >&2
         rm -f "$out"
         die "apt-get install failed"
@@ -94,9 +122,21 @@ cmd_deps() {
     rm -f "$out"
     t1=$(date +%s)
     have_all || die "install finished but binaries are missing"
-    log "installed slurm-wlm and munge in $((t1 - t0)) s"
+    log "installed $what in $((t1 - t0)) s"
     if pgrep -x munged >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
         log "warning: the package install started system daemons (pgrep munged/slurmctld/slurmd)"
+    fi
+    if [ "$ACCOUNTING" = 1 ]; then
+        # The system services' pid files (not pgrep: that also finds the
+        # private daemons of a test cluster running now).
+        local name file
+        for name in "mariadbd /run/mysqld/mysqld.pid" "mysqld /run/mysqld/mysqld.pid" "slurmdbd /run/slurmdbd.pid"; do
+            read -r name file <<<"$name"
+            if pid_of "$name" "$file" >/dev/null; then
+                log "the package install started a system $name; stopping it"
+                stop_one "$name" "$file"
+            fi
+        done
     fi
 }
 
