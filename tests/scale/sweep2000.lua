@@ -1,8 +1,8 @@
 -- Sweeps at scale on the three-node test cluster at Slurm's default limits
--- (MaxArraySize 1001): 2000 short runs with no Slurm option but shared=,
--- the submitter SIGKILLed in the middle and the sweep resumed: every run
--- once, gathered, exit 0; the submitter's memory flat; one copy of the
--- checkpoint per node.  (make test-scale: about 4 minutes on 2 cores.)
+-- (MaxArraySize 1001): 2000 short runs, packed four tasks per CPU slot,
+-- with no Slurm option but shared=, the submitter SIGKILLed in the middle
+-- and the sweep resumed: every run once, gathered, exit 0; the submitter's
+-- memory flat; one copy of the checkpoint per node.  (make test-scale: about 4 minutes on 2 cores.)
 local T = require "t"
 local fs = require "qemu.util.fs"
 local sys = require "qshell.os"
@@ -53,7 +53,9 @@ print("SWEEP", r.ok, r.failed, r.skipped)
   wait_for("a quarter of the rows", function() return rows_in(out) >= N // 4 end, 600)
   T.sh("kill -KILL $(cat " .. pidf .. ") $(pgrep -f 'qshell run " .. script .. "')")
   local sub = json.decode(fs.slurp(out .. ".slurm/1/submission.json", "test"))
-  T.eq(sub.ntasks, 1001, "packed into MaxArraySize tasks")
+  -- within MaxArraySize (1001), and no more than 4 tasks per CPU slot of
+  -- the cluster (3 nodes x 2 CPUs): each task runs about 83 short runs
+  T.eq(sub.ntasks, 24, "packed: 4 tasks per slot")
   -- resumed (the job still runs: gathered, then only what is missing submitted)
   local t0 = qemu.now()
   local c, o, e = sh(string.format("/usr/bin/time -v %s sweep --slurm --resume %s", QSHELL, script))

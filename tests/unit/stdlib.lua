@@ -214,6 +214,20 @@ T.test("Slurm plan: 10^5 runs packed within the cluster's limits, made and writt
   T.eq(#cut.tasks, 2000)
   T.match(cut.note, "tasks=5000} is over this cluster's limit of 2000 array tasks")
   T.eq(#slurm.pack(names, 1, nil, { max_array_size = 4001, max_job_count = 300 }).tasks, 300)
+  -- at most TASKS_PER_SLOT tasks per slot the partition has (a task's start
+  -- costs as much as a short run); a tasks= asked for is not capped by it
+  T.eq(slurm.TASKS_PER_SLOT, 4)
+  local sinfo = "debug* 0/6/0/6\nbig 10/90/0/100\nbig 0/0/28/28\n"
+  T.eq(slurm.slots(sinfo, nil, 1), 6, "the default partition")
+  T.eq(slurm.slots(sinfo, "big", 1), 128, "a partition over several lines")
+  T.eq(slurm.slots(sinfo, "big", 2), 64, "tasks_per_node=2: two CPUs a task")
+  T.eq(slurm.slots(sinfo, "big", 1, 10), 10, "max_running")
+  T.eq(slurm.slots(sinfo, "nosuch", 1), nil)
+  T.eq(slurm.slots("", nil, 1), nil)
+  T.eq(#slurm.pack(names, 1, nil, slurm.DEFAULT_LIMITS, 6).tasks, 24)
+  T.eq(#slurm.pack(names, 1, nil, slurm.DEFAULT_LIMITS, 1000).tasks, 1001, "still within MaxArraySize")
+  T.eq(#slurm.pack({ "a", "b", "c" }, 1, nil, slurm.DEFAULT_LIMITS, 6).tasks, 3, "still no more than runs")
+  T.eq(#slurm.pack(names, 1, 100, slurm.DEFAULT_LIMITS, 6).tasks, 100, "tasks= as asked")
 end)
 
 T.test("sweep results: a cell of 100+ characters formats (it crashed)", function()
@@ -274,12 +288,15 @@ T.test("sweep results: one name per fact (run, wall_s, provenance) from the tall
     tally:record { i = 2, status = "failed", wall_s = 0.25, error = "x" } -- a worker that died: provenance_for
     tally:finish()
     out:close()
-    T.eq(tally.results[1].run, "n=1#1")
-    T.eq(tally.results[1].wall_s, 0.5)
-    T.eq(tally.results[1].provenance.qemu, "1.2.3")
-    T.eq(tally.results[2].provenance.qemu, "9.9.9")
-    T.eq(tally.results[1].key, nil)
-    T.eq(tally.results[1].wall, nil)
+    local got = tally:results()
+    T.eq(got[1].run, "n=1#1")
+    T.eq(got[1].wall_s, 0.5)
+    T.eq(got[1].metrics.a, 1)
+    T.eq(got[1].provenance.qemu, "1.2.3")
+    T.eq(got[2].provenance.qemu, "9.9.9")
+    T.eq(got[2].error, "x")
+    T.eq(got[1].key, nil)
+    T.eq(got[1].wall, nil)
     local rows = qemu.sweep.read(path)
     T.eq(rows[1].run, "n=1#1")
     T.eq(rows[1].wall_s, 0.5)
@@ -291,6 +308,56 @@ T.test("sweep results: one name per fact (run, wall_s, provenance) from the tall
     T.eq(side.setups, nil)
     os.remove(tmp .. "/names/out.provenance.json")
   end
+end)
+
+T.test("sweep results: with a results file the tally holds no row (memory flat over 4000 rows); results() reads them back", function()
+  local results = require "qemu.results.file"
+  local plan = require "qemu.sweep.plan"
+  local N = 4000
+  local runs, names = plan.expand({ n = (function() local t = {} for i = 1, N do t[i] = i end return t end)() }, 1)
+  local function feed(tally, from, to)
+    for i = from, to do
+      -- as a worker's line decodes: a provenance table of its own each time
+      tally:record { i = i, status = i % 7 == 0 and "failed" or "ok", wall_s = 0.1, host = "h",
+                     metrics = i % 7 ~= 0 and { x2 = 2 * i, word = "w" .. i } or nil, error = i % 7 == 0 and "e" or nil,
+                     provenance = json.decode('{"qemu":"7.2.22","binary":"/usr/bin/qemu-system-x86_64","host":"h"}') }
+    end
+  end
+  for _, kind in ipairs { "csv", "jsonl" } do
+    local path = tmp .. "/flat/out." .. kind
+    local out = results.open(path, names, false, "t")
+    local tally = results.tally(runs, out, 0)
+    feed(tally, 1, N // 4)
+    collectgarbage(); collectgarbage()
+    local k0 = collectgarbage("count")
+    feed(tally, N // 4 + 1, N)
+    collectgarbage(); collectgarbage()
+    local grew = (collectgarbage("count") - k0) * 1024
+    T.ok(grew < 16 * 1024, string.format("%s: the tally grew %.0f bytes over %d rows", kind, grew, N - N // 4))
+    T.eq(#tally.kept, 0)
+    tally:finish()
+    out:close()
+    local got = tally:results()
+    T.eq(#got, N)
+    for i = 1, N, 997 do
+      T.eq(got[i].i, i)
+      T.eq(got[i].params.n, i)
+      if i % 7 == 0 then
+        T.eq(got[i].status, "failed")
+        T.eq(got[i].error, "e")
+      else
+        T.eq(got[i].metrics.x2, 2 * i)
+        T.eq(got[i].metrics.word, "w" .. i)
+      end
+      T.eq(got[i].provenance.qemu, "7.2.22")
+    end
+  end
+  -- no results file: the rows are kept as they come
+  local tally = results.tally(runs, nil, 0)
+  feed(tally, 1, 3)
+  tally:finish()
+  T.eq(#tally:results(), 3)
+  T.eq(tally:results()[2].metrics.x2, 4)
 end)
 
 T.test("sweep results: a sidecar written with the old key `setups` still reads, and a resume keeps it", function()

@@ -651,30 +651,69 @@ Tally.__index = Tally
 
 -- M.tally(runs, out, skipped [, provenance_for]): out is the writer (or
 -- nil); provenance_for(run) gives the provenance of a run whose worker died
--- before reporting one.
+-- before reporting one.  With a results file the rows are not kept: the
+-- sweep's memory stays flat however many rows arrive, and results() reads
+-- them back; without one they are kept as they come.
 function M.tally(runs, out, skipped, provenance_for)
-  return setmetatable({ runs = runs, out = out, ok = 0, failed = 0, skipped = skipped or 0,
-                        results = {}, provenance_for = provenance_for }, Tally)
+  return setmetatable({ runs = runs, out = out, ok = 0, failed = 0, skipped = skipped or 0, kept = {},
+                        keep = not (out and out.path), setups = {}, provenance_for = provenance_for }, Tally)
 end
 
 -- Record one result {i=, status=, metrics=, error=, wall_s=, host=, started=,
 -- provenance=} of run i.
 function Tally:record(res)
-  local r = self.runs[res.i]
-  r.status, r.metrics, r.error, r.wall_s = res.status, res.metrics, res.error, res.wall_s
-  r.host, r.started = res.host, res.started
-  r.interrupted = res.interrupted
+  local run = self.runs[res.i]
+  local r = { i = run.i, run = run.run, params = run.params, rep = run.rep, status = res.status,
+              metrics = res.metrics, error = res.error, wall_s = res.wall_s, host = res.host,
+              started = res.started, interrupted = res.interrupted }
   local prov = res.provenance
   if prov == json.null then prov = nil end -- a Slurm task's line without one
   if prov == nil and self.provenance_for then
-    local ok, p = pcall(self.provenance_for, r)
+    local ok, p = pcall(self.provenance_for, run)
     prov = ok and p or nil
   end
-  if prov then r.provenance, r.prov = prov, provenance.id(prov) end
-  self.results[#self.results + 1] = r
+  if prov then
+    -- one table per setup, however many rows name it (a worker's or a
+    -- task's line brings its own copy)
+    local id = provenance.id(prov)
+    self.setups[id] = self.setups[id] or prov
+    r.provenance, r.prov = self.setups[id], id
+  end
+  if self.keep then self.kept[#self.kept + 1] = r end
   self.last = r
   if res.status == "ok" then self.ok = self.ok + 1 else self.failed = self.failed + 1 end
   if self.out then self.out:append(r) end
+end
+
+-- The runs recorded, in matrix order, each {i=, run=, params=, rep=, status=,
+-- metrics=, error=, wall_s=, host=, started=, prov=, provenance=}: those kept,
+-- or the rows the results file gained since it was opened, read back from it
+-- (as qemu.results.read gives them).
+function Tally:results()
+  if self.keep then return self.kept end
+  local byname = {}
+  for _, run in ipairs(self.runs) do byname[run.run] = run end
+  local rows = M.load(self.out.path, "qemu.sweep")
+  local fixed = { run = true, ["repeat"] = true, status = true, wall_s = true, error = true, host = true,
+                  started = true, prov = true, provenance = true }
+  local pset = {}
+  for _, k in ipairs(rows.params) do pset[k] = true end
+  local list = {}
+  for _, row in ipairs(rows) do
+    local run = byname[row.run]
+    if run and not self.out.done[row.run] then
+      local metrics = {}
+      for k, v in pairs(row) do
+        if not fixed[k] and not pset[k] then metrics[k] = v end
+      end
+      list[#list + 1] = { i = run.i, run = run.run, params = run.params, rep = run.rep, status = row.status,
+                          metrics = row.status == "ok" and metrics or nil, error = row.error, wall_s = row.wall_s,
+                          host = row.host, started = row.started, prov = row.prov,
+                          provenance = self.setups[row.prov] or rows.provenance[row.prov] }
+    end
+  end
+  table.sort(list, function(a, b) return a.i < b.i end)
+  return list
 end
 
 -- The last finished run in a few words (for progress lines).
@@ -700,7 +739,7 @@ function Tally:done() return self.ok + self.failed + self.skipped end
 
 function Tally:finish()
   if self.out then self.out:finish() end
-  table.sort(self.results, function(a, b) return a.i < b.i end)
+  table.sort(self.kept, function(a, b) return a.i < b.i end)
 end
 
 return M

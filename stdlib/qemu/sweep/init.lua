@@ -222,7 +222,9 @@ local sweep_opts = {
 ---   left), and `results`, the runs done now in matrix order, each `{i=, run=, params=,
 ---   rep=, status=, metrics=, error=, wall_s=, host=, started=, prov=, provenance=}` (`run`
 ---   is the run's name, as in the file's `run` column; `rep` its `repeat`; `provenance`
----   its setup). Under Slurm also `job=` (the submission's directory),
+---   its setup). With `out=` no row is held in memory while the sweep runs: `results` is
+---   read back from `out` the first time it is used, its metrics as `qemu.results.read`
+---   gives them. Under Slurm also `job=` (the submission's directory),
 ---   `jobid=`, `tasks=` (`{{index=, state=, node=}}`) and `nodes=` (the nodes that ran
 ---   tasks), or, when earlier submissions had every run, `job=` (the job dir) and
 ---   `collected=`
@@ -301,8 +303,20 @@ function M.sweep(spec)
       end
     end
     tally:finish()
-    return { total = #runs, ok = tally.ok, failed = tally.failed, skipped = skipped,
-             out = spec.out, results = tally.results, checkpoint = src and src.checkpoint }, extra
+    local summary = { total = #runs, ok = tally.ok, failed = tally.failed, skipped = skipped, out = spec.out,
+                      checkpoint = src and src.checkpoint }
+    if tally.keep then
+      summary.results = tally:results()
+    else
+      -- read back from out= when first used: nothing of a row stays in memory
+      setmetatable(summary, { __index = function(t, k)
+        if k ~= "results" then return nil end
+        local list = tally:results()
+        rawset(t, "results", list)
+        return list
+      end })
+    end
+    return summary, extra
   end)
   -- The results file is free for the next writer, whatever happened.
   if out then out:close() end

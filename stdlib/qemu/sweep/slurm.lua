@@ -202,18 +202,27 @@ local function cluster_limits()
   return M.limits(st.stdout), true
 end
 
--- M.pack(names, per, tasks, limits) -> {tasks = {{run names}, ...}, note=}:
--- the runs dealt round-robin over the array tasks.  By default one task
--- per `per` runs; never more tasks than the array may have (MaxArraySize:
--- indices 0..MaxArraySize-1) or than the controller takes jobs
--- (MaxJobCount, every array task a job once it runs), nor more than runs:
--- a task then runs several runs, one after another (or `per` at once).
--- A tasks= over the limits is cut to them, with a note saying so.
-function M.pack(names, per, tasks, limits)
+-- How many array tasks a CPU slot of the partition gets by default: a
+-- task's start (slurmstepd, the script run again, the plan read, the node
+-- copy looked up) costs about 0.1 s of a node's time, as much as a short
+-- run, so short runs are packed several to a task; four tasks per slot
+-- keep every slot busy until the end.
+M.TASKS_PER_SLOT = 4
+
+-- M.pack(names, per, tasks, limits [, slots]) -> {tasks = {{run names}, ...},
+-- note=}: the runs dealt round-robin over the array tasks.  By default one
+-- task per `per` runs, but no more than TASKS_PER_SLOT per slot (tasks the
+-- partition can run at once, when known); never more tasks than the array
+-- may have (MaxArraySize: indices 0..MaxArraySize-1) or than the controller
+-- takes jobs (MaxJobCount, every array task a job once it runs), nor more
+-- than runs: a task then runs several runs, one after another (or `per` at
+-- once).  A tasks= over the limits is cut to them, with a note saying so.
+function M.pack(names, per, tasks, limits, slots)
   per = per or 1
   limits = limits or M.DEFAULT_LIMITS
   local cap = math.min(limits.max_array_size, limits.max_job_count)
   local want = tasks or math.ceil(#names / per)
+  if not tasks and slots and slots > 0 then want = math.min(want, slots * M.TASKS_PER_SLOT) end
   local n = math.max(1, math.min(want, cap, #names))
   local note
   if tasks and tasks > cap then
@@ -229,6 +238,34 @@ function M.pack(names, per, tasks, limits)
     list[#list + 1] = name
   end
   return { tasks = out, note = note }
+end
+
+-- M.slots(text, partition, per, max_running) -> n or nil: how many array
+-- tasks of `per` CPUs the partition runs at once, from `sinfo -h -o "%P %C"`
+-- ("debug* 0/6/0/6": the default partition starred, CPUs
+-- allocated/idle/other/total; a partition may have several lines), at most
+-- max_running; nil when the text does not say.
+function M.slots(text, partition, per, max_running)
+  local cpus
+  for name, total in (text or ""):gmatch("(%S+)%s+%d+/%d+/%d+/(%d+)") do
+    local default = name:sub(-1) == "*"
+    name = name:gsub("%*$", "")
+    if (partition and name == partition) or (not partition and default) then
+      cpus = (cpus or 0) + tonumber(total)
+    end
+  end
+  if not cpus or cpus == 0 then return nil end
+  local n = math.max(1, cpus // (per or 1))
+  if max_running then n = math.min(n, max_running) end
+  return n
+end
+
+-- The array tasks the partition runs at once (nil when sinfo cannot say).
+local function cluster_slots(sopts)
+  local ok, st = pcall(run_mod.run, { "sinfo", "-h", "-o", "%P %C" }, { command = "qemu.sweep", timeout = 20 })
+  if not ok and errors.is(st, "Interrupted") then error(st, 0) end
+  if not ok or st.code ~= 0 then return nil end
+  return M.slots(st.stdout, sopts.partition, sopts.tasks_per_node, sopts.max_running)
 end
 
 local function script_argv()
@@ -387,10 +424,15 @@ end
 M.submissions = submissions
 
 -- Read the results a submission's tasks wrote: calls take(res) for each
--- complete line not read before (offsets per file in `offsets`).
-local function gather_dir(dir, ntasks, offsets, take)
+-- complete line not read before (offsets per file in `offsets`).  With
+-- `sizes` (the runs of each task, 1-based) a task that reported them all is
+-- not read again: a poll of a 1001-task array opens only the files still
+-- growing.
+local function gather_dir(dir, ntasks, offsets, take, sizes)
+  offsets.lines = offsets.lines or {}
   for t = 0, ntasks - 1 do
     local path = string.format("%s/task-%d.jsonl", dir, t)
+    if sizes and (offsets.lines[path] or 0) >= (sizes[t + 1] or math.huge) then goto next end
     local from = offsets[path] or 0
     -- only what was appended since the last look
     local f = io.open(path, "rb")
@@ -405,8 +447,12 @@ local function gather_dir(dir, ntasks, offsets, take)
     for line in complete:gmatch("([^\n]+)\n") do
       -- a line a dying node left half written (closed by the retry) is skipped
       local res = results_file.read_task_line(line)
-      if res then take(res, t) end
+      if res then
+        offsets.lines[path] = (offsets.lines[path] or 0) + 1
+        take(res, t)
+      end
     end
+    ::next::
   end
 end
 
@@ -526,8 +572,11 @@ function M.run(j)
     else
       if active then
         io.stderr:write(string.format("qshell: the Slurm job %s of an earlier submission still runs: gathering it first\n", jobid))
+        local sub_plan = json.decode(fs.read(sub.dir .. "/plan.json") or "{}") or {}
+        local sub_sizes = {}
+        for t, list in ipairs(sub_plan.tasks or {}) do sub_sizes[t] = #list end
         repeat
-          gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take)
+          gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take, sub_sizes)
           progress:show(string.format("slurm: job %s (earlier): %d/%d done", jobid, tally:done(), #j.runs))
           local okw, _, code = sys.sleep(2)
           if not okw and code == "interrupted" then
@@ -562,9 +611,11 @@ function M.run(j)
   local names = {}
   for i, r in ipairs(rest) do names[i] = r.run end
   local limits = cluster_limits()
-  local packed = M.pack(names, per, sopts.tasks, limits)
+  local packed = M.pack(names, per, sopts.tasks, limits, not sopts.tasks and cluster_slots(sopts) or nil)
   if packed.note then io.stderr:write("qshell: " .. packed.note .. "\n") end
   local ntasks = #packed.tasks
+  local sizes = {}
+  for t, list in ipairs(packed.tasks) do sizes[t] = #list end
   local plan = { checkpoint = ckpt_place, checkpoint_shown = ckpt_real, from_tag = j.source.from_tag,
                  tag = j.source.tag, roots = roots or json.array {}, tasks_per_node = per, tasks = packed.tasks,
                  script = provenance.script(spec), limits = limits, stage = sopts.stage == nil and "node" or sopts.stage,
@@ -638,7 +689,7 @@ function M.run(j)
     while true do
       st = p:poll()
       poll_states()
-      gather_dir(sub.dir, ntasks, offsets, take)
+      gather_dir(sub.dir, ntasks, offsets, take, sizes)
       show()
       if st then break end
       local okw, _, code = sys.sleep(0.5)
@@ -654,7 +705,7 @@ function M.run(j)
     -- sbatch --wait can end before the job does (it lost the controller,
     -- say): gather until Slurm says the job is over.
     while job_active(jobid) do
-      gather_dir(sub.dir, ntasks, offsets, take)
+      gather_dir(sub.dir, ntasks, offsets, take, sizes)
       show()
       local okw, _, code = sys.sleep(2)
       if not okw and code == "interrupted" then error({ interrupted = true }, 0) end
@@ -677,7 +728,7 @@ function M.run(j)
   p:close()
   next_poll = 0
   poll_states()
-  gather_dir(sub.dir, ntasks, offsets, take)
+  gather_dir(sub.dir, ntasks, offsets, take, sizes)
   progress:done()
   -- Runs no task reported: failed, with the reason Slurm gives.
   local tasks = {}
