@@ -1,9 +1,11 @@
 -- Sweeps on a Slurm cluster of a controller and three compute nodes
 -- (tests/cluster/cluster.sh start DIR 3): each slurmd in its own network and
 -- UTS namespace, the shared directory seen at another path by node3, one
--- munge key.  The tasks land on every node; a node killed mid-sweep loses
--- and duplicates nothing; a task over its time limit is recorded as timed
--- out; a killed submitter's sweep resumes; the options reach sbatch.
+-- munge key, and Slurm's accounting (slurmdbd).  The tasks land on every
+-- node; a node killed mid-sweep loses and duplicates nothing; a task over
+-- its time limit is recorded as timed out; a killed submitter's sweep
+-- resumes, and its forgotten job's states come from sacct; the options
+-- reach sbatch.
 local T = require "t"
 local fs = require "qemu.util.fs"
 local sys = require "qshell.os"
@@ -11,7 +13,8 @@ local sys = require "qshell.os"
 local cluster = "tests/cluster/cluster.sh"
 local QSHELL = sys.realpath("./qshell")
 
-local c3 = require("slurm_cluster").start(3)
+-- with Slurm's accounting (slurmdbd and a private MariaDB): sacct answers
+local c3 = require("slurm_cluster").start(3, "CLUSTER_ACCOUNTING=1")
 local cdir, sh = c3.dir, c3.sh
 local SHARED, ELSEWHERE = c3.env.CLUSTER_SHARED, c3.env.CLUSTER_SHARED_ELSEWHERE
 
@@ -217,6 +220,21 @@ T.test("the submitter killed: --resume gathers the running job, then submits onl
     end
   end
   T.ok(done_before >= 2 and done_before < 6, "some runs finished before the cancel: " .. done_before)
+  -- the controller forgets the job (MinJobAge 4 s) and no submitter recorded
+  -- its tasks' states: they come from the accounting
+  wait_for("squeue to forget the job", function()
+    local code, o, e = sh("squeue -h -t all -j " .. jobid)
+    return code ~= 0 and (o .. e):find("Invalid job id")
+  end, 60)
+  local sc, so, se = sh(QSHELL .. " sweep --status " .. out)
+  T.eq(sc, 0, se)
+  local n = 0
+  for idx, state, node in so:gmatch("\n  (%d+) +(%S+) +(%S+)") do
+    n = n + 1
+    T.eq(state, "CANCELLED", "task " .. idx .. ": the final state from sacct: " .. so)
+    T.match(node, "^node%d$")
+  end
+  T.eq(n, 2, so)
   local c, o, e = sh(QSHELL .. " sweep --slurm --resume " .. path)
   T.eq(c, 0, o .. e)
   local rows = rows_of(out)

@@ -72,6 +72,27 @@ T.test("a 4-run sweep as a Slurm job array gathers 4 rows", function()
     T.ok(fs.is_file(copy .. "/manifest.json"), "the copy is in the node's scratch: " .. copy)
     local v = qemu.version()
     T.eq(setup.qemu, string.format("%d.%d.%d", v.major, v.minor, v.micro))
+    -- no accounting on this cluster: sacct says so, and once the controller
+    -- forgets the job (MinJobAge 4 s) the status shows the states the
+    -- submitter recorded
+    local jobid = stdout:match("SWEEP\t4\t0\t0\t(%d+)")
+    local sc, so, se = T.sh(ENV .. " sacct -n -j " .. jobid)
+    T.ok(sc ~= 0 and (so .. se):find("accounting storage is disabled"), "sacct without accounting: " .. so .. se)
+    local deadline, forgotten = qemu.now() + 60, false
+    repeat
+      qemu.sleep(1)
+      local qc, qo, qe = T.sh(ENV .. " squeue -h -t all -j " .. jobid)
+      forgotten = qc ~= 0 and (qo .. qe):find("Invalid job id") ~= nil
+    until forgotten or qemu.now() > deadline
+    T.ok(forgotten, "the controller forgot job " .. jobid)
+    sc, so, se = T.sh(ENV .. " ./qshell sweep --status " .. out)
+    T.eq(sc, 0, se)
+    local n = 0
+    for _, state in so:gmatch("\n  (%d+) +(%S+)") do
+      n = n + 1
+      T.eq(state, "COMPLETED", so)
+    end
+    T.eq(n, 2, so)
   end)
 
   T.test("qshell sweep --slurm picks the engine; resume skips what is done", function()

@@ -2,6 +2,7 @@
 -- started in a fresh /tmp dir, stopped and removed when the tests end.
 --
 --   local c = require("slurm_cluster").start(3 [, "CLUSTER_MAX_ARRAY_SIZE=3"])
+--   (the prefix goes to deps too: "CLUSTER_ACCOUNTING=1" installs slurmdbd)
 --   c.dir, c.env (CLUSTER_SHARED, ...), c.ENV ("K=V ..." for a command line),
 --   c.sh(cmd) (T.sh with the cluster's environment exported)
 local T = require "t"
@@ -11,7 +12,7 @@ local M = {}
 M.script = "tests/cluster/cluster.sh"
 
 function M.start(nodes, prefix)
-  local code, _, err = T.sh(M.script .. " deps")
+  local code, _, err = T.sh((prefix and prefix .. " " or "") .. M.script .. " deps")
   assert(code == 0, "cannot install slurm: " .. err)
   -- munged wants every directory above its socket to be searchable by all:
   -- the cluster lives in /tmp itself, not in the test run's 0700 dir.

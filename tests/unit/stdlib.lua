@@ -230,6 +230,26 @@ T.test("Slurm plan: 10^5 runs packed within the cluster's limits, made and writt
   T.eq(#slurm.pack(names, 1, 100, slurm.DEFAULT_LIMITS, 6).tasks, 100, "tasks= as asked")
 end)
 
+T.test("Slurm accounting: sacct's lines, ranges of tasks that never started among them", function()
+  local slurm = require "qemu.sweep.slurm"
+  -- as sacct 22.05 prints them (SLURM_BITSTR_LEN=0 sacct -n -P -X -j 3 --format=JobID,State,NodeList)
+  local text = "3_0|COMPLETED|node1\n3_1|COMPLETED|node2\n3_3|CANCELLED by 0|node1\n" ..
+               "3_[2-3,6-8,11]|CANCELLED by 0|None assigned\n3_4|TIMEOUT|node3\n3_5|OUT_OF_MEMORY|node2\n"
+  local st = slurm.sacct_states(text, 10)
+  T.eq(st[0].state, "COMPLETED")
+  T.eq(st[0].node, "node1")
+  T.eq(st[3].state, "CANCELLED", "the first word of the state")
+  T.eq(st[3].node, "node1", "a task's own line wins over a range")
+  T.eq(st[2].state, "CANCELLED")
+  T.eq(st[2].node, nil, "None assigned: no node")
+  T.eq(st[4].state, "TIMEOUT")
+  T.eq(st[5].state, "OUT_OF_MEMORY")
+  for _, k in ipairs { 6, 7, 8 } do T.eq(st[k].state, "CANCELLED") end
+  T.eq(st[9], nil)
+  T.eq(st[11], nil, "beyond the array's tasks")
+  T.eq(next(slurm.sacct_states("", 3)), nil)
+end)
+
 T.test("sweep results: a cell of 100+ characters formats (it crashed)", function()
   local long = string.rep("x", 150)
   local text = qemu.sweep.format({ { run = "r#1", error = long }, { run = "r#2", error = "short" },

@@ -382,6 +382,77 @@ local function job_states(jobid)
   return out
 end
 
+-- States sacct reports that are not final (the task may still change).
+local UNSETTLED = { PENDING = true, RUNNING = true, REQUEUED = true, RESIZING = true, SUSPENDED = true,
+                    CONFIGURING = true, COMPLETING = true }
+
+-- M.sacct_states(text, ntasks) -> {[array index] = {state=, node=}}: the
+-- lines of `sacct -n -P -X -j JOB --format=JobID,State,NodeList` (one per
+-- task that started, "12_3|COMPLETED|node1"; tasks that never started share
+-- one, "12_[4-9,11]|CANCELLED by 0|None assigned").  A task's own line wins
+-- over a range that also names it.
+function M.sacct_states(text, ntasks)
+  local out, ranged = {}, {}
+  for line in (text or ""):gmatch("[^\n]+") do
+    local id, state, node = line:match("^%d+_([^|]+)|([^|]*)|(.*)$")
+    if id then
+      state = state:match("^(%S+)") or state
+      node = (node ~= "" and node ~= "None assigned") and node or nil
+      if id:match("^%d+$") then
+        out[tonumber(id)] = { state = state, node = node }
+      elseif id:match("^%[.*%]$") then
+        for part in id:sub(2, -2):gmatch("[^,]+") do
+          local a, b = part:match("^(%d+)%-(%d+)$")
+          a, b = tonumber(a or part:match("^(%d+)$")), tonumber(b or a or part:match("^(%d+)$"))
+          if a then
+            for k = a, math.min(b, (ntasks or b + 1) - 1) do ranged[k] = { state = state } end
+          end
+        end
+      end
+    end
+  end
+  for k, v in pairs(ranged) do out[k] = out[k] or v end
+  return out
+end
+
+-- The tasks' states from Slurm's accounting, which outlives squeue's memory
+-- of a job (MinJobAge): {[array index] = {state=, node=}}, or nil when the
+-- cluster keeps no accounting ("accounting storage is disabled") or sacct
+-- is not there.
+local function accounted_states(jobid, ntasks)
+  if not run_mod.which("sacct") then return nil end
+  local ok, st = pcall(run_mod.run, { "env", "SLURM_BITSTR_LEN=0", "sacct", "-n", "-P", "-X", "-j", jobid,
+                                      "--format=JobID,State,NodeList" }, { timeout = 20 })
+  if not ok or st.code ~= 0 then return nil end
+  return M.sacct_states(st.stdout, ntasks)
+end
+
+-- The final states of a job that is over: squeue's last view (`last`),
+-- with what the accounting says where it has a final state.  sacct lags
+-- the controller by a few seconds, so it is asked again (up to ~10 s)
+-- while it still shows a task unsettled.
+local function final_states(jobid, ntasks, last)
+  local acct
+  for _ = 1, 6 do
+    acct = accounted_states(jobid, ntasks)
+    if not acct then return last end
+    local settled = true
+    for t = 0, ntasks - 1 do
+      local a = acct[t]
+      if a and UNSETTLED[a.state] then settled = false end
+    end
+    if settled then break end
+    local okw, _, code = sys.sleep(2)
+    if not okw and code == "interrupted" then break end
+  end
+  for t, a in pairs(acct) do
+    if not UNSETTLED[a.state] then
+      last[t] = { state = a.state, node = a.node or (last[t] and last[t].node), reason = last[t] and last[t].reason }
+    end
+  end
+  return last
+end
+
 -- Is the job still queued or running?  Asks squeue again when it fails
 -- (a busy controller), and raises when it keeps failing.
 local function job_active(jobid)
@@ -729,6 +800,8 @@ function M.run(j)
   next_poll = 0
   poll_states()
   gather_dir(sub.dir, ntasks, offsets, take, sizes)
+  -- the accounting's final word, where the cluster keeps one
+  last = final_states(jobid, ntasks, last)
   progress:done()
   -- Runs no task reported: failed, with the reason Slurm gives.
   local tasks = {}
@@ -757,9 +830,11 @@ end
 --- The progress of a Slurm sweep's latest submission: its array tasks, their state and node, and the runs they reported.
 ---
 --- It reads the job dir (what the tasks wrote so far) and asks `squeue`
---- for the tasks' states; a job Slurm has forgotten shows the states
---- recorded when its submitter finished gathering (`done` for a task that
---- reported all its runs, `?` when nothing says). It works while the job
+--- for the tasks' states; a job the controller has forgotten (after
+--- `MinJobAge`) shows its final states from Slurm's accounting (`sacct`)
+--- where the cluster keeps one, else the states recorded when its
+--- submitter finished gathering (`done` for a task that reported all its
+--- runs, `?` when nothing says). It works while the job
 --- runs, from any machine that sees the job dir. `qshell sweep --status
 --- results.csv` (or the job dir) prints `status.text`.
 ---
@@ -790,6 +865,10 @@ function M.status(path)
   local plan = json.decode(fs.slurp(sub.dir .. "/plan.json", fname))
   local jobid = sub.info.jobid
   local states = jobid and job_states(jobid) or {}
+  if jobid and next(states) == nil then
+    -- Slurm's controller forgot the job (MinJobAge): its accounting, where kept
+    states = accounted_states(jobid, #plan.tasks) or {}
+  end
   local out = { dir = root, submission = sub.n, jobid = jobid, tasks = {}, runs = 0, reported = 0, ok = 0, failed = 0 }
   local per = {}
   gather_dir(sub.dir, #plan.tasks, {}, function(res, t)
