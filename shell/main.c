@@ -150,7 +150,7 @@ static int parse_args(int argc, char **argv, struct opts *o, struct qs_state *st
                                            "");
                     }
                     o->mode = "cli";
-                    o->target = rerun ? "qemu.sweep.rerun" : "qemu.sweep.slurm";
+                    o->target = rerun ? "qemu.sweep.rerun" : "qemu.sweep.slurm_jobs";
                     o->script_index = i;
                     return -1;
                 } else {

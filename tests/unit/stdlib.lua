@@ -231,7 +231,7 @@ T.test("Slurm plan: 10^5 runs packed within the cluster's limits, made and writt
 end)
 
 T.test("Slurm accounting: sacct's lines, ranges of tasks that never started among them", function()
-  local slurm = require "qemu.sweep.slurm"
+  local slurm = require "qemu.sweep.slurm_jobs"
   -- as sacct 22.05 prints them (SLURM_BITSTR_LEN=0 sacct -n -P -X -j 3 --format=JobID,State,NodeList)
   local text = "3_0|COMPLETED|node1\n3_1|COMPLETED|node2\n3_3|CANCELLED by 0|node1\n" ..
                "3_[2-3,6-8,11]|CANCELLED by 0|None assigned\n3_4|TIMEOUT|node3\n3_5|OUT_OF_MEMORY|node2\n"

@@ -34,7 +34,7 @@ function M.rerun(path, row, opts)
 end
 
 function M.slurm_status(path)
-  return require("qemu.sweep.slurm").status(path)
+  return require("qemu.sweep.slurm_jobs").status(path)
 end
 
 local ENGINES = { ["local"] = "qemu.sweep.local", slurm = "qemu.sweep.slurm" }

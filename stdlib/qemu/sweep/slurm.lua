@@ -13,6 +13,9 @@
 -- under whichever of those paths holds the job there; without it, every
 -- node is assumed to see them at the submitter's paths.
 --
+-- What Slurm and the job dir say about a job (its tasks' states, the
+-- submissions, their result lines, `--status`) is qemu.sweep.slurm_jobs.
+--
 -- Faults: a task's result file is appended one whole line per run (a run
 -- cut short by Slurm's SIGTERM is not written); a task that starts again
 -- (Slurm requeues it when its node fails) skips the runs its file already
@@ -33,6 +36,7 @@ local run_mod = require "qemu.util.run"
 local runner = require "qemu.sweep.runner"
 local provenance = require "qemu.sweep.provenance"
 local results_file = require "qemu.results.file"
+local jobs = require "qemu.sweep.slurm_jobs"
 
 local M = {}
 
@@ -87,8 +91,6 @@ local slurm_opts = {
   sbatch = "table", dir = "string", shared = "string|table", requeue = "boolean",
   stage = stage_mode, stage_dir = "string", stage_keep = bytes,
 }
-
-local SLEEP_STATES = { PENDING = true, CONFIGURING = true, REQUEUED = true, RESIZING = true, SUSPENDED = true }
 
 -- ---- the task side ----
 
@@ -364,169 +366,6 @@ function M.shared_dir(spec)
   return job_root(spec)
 end
 
--- squeue's view of one job: {[array index] = {state=, node=, reason=}}
--- ({} once Slurm has forgotten the job), or nil, why when squeue failed.
-local function job_states(jobid)
-  local ok, st = pcall(run_mod.run, { "squeue", "-h", "-r", "-t", "all", "-j", jobid, "-o", "%K|%T|%N|%r" },
-                       { timeout = 20 })
-  if not ok then return nil, tostring(st) end
-  if st.code ~= 0 then
-    if (st.stderr .. st.stdout):find("Invalid job id") then return {} end
-    return nil, (st.stderr:gsub("%s+$", ""))
-  end
-  local out = {}
-  for line in st.stdout:gmatch("[^\n]+") do
-    local idx, state, node, reason = line:match("^(%d+)|([^|]*)|([^|]*)|(.*)$")
-    if idx then out[tonumber(idx)] = { state = state, node = node ~= "" and node or nil, reason = reason } end
-  end
-  return out
-end
-
--- States sacct reports that are not final (the task may still change).
-local UNSETTLED = { PENDING = true, RUNNING = true, REQUEUED = true, RESIZING = true, SUSPENDED = true,
-                    CONFIGURING = true, COMPLETING = true }
-
--- M.sacct_states(text, ntasks) -> {[array index] = {state=, node=}}: the
--- lines of `sacct -n -P -X -j JOB --format=JobID,State,NodeList` (one per
--- task that started, "12_3|COMPLETED|node1"; tasks that never started share
--- one, "12_[4-9,11]|CANCELLED by 0|None assigned").  A task's own line wins
--- over a range that also names it.
-function M.sacct_states(text, ntasks)
-  local out, ranged = {}, {}
-  for line in (text or ""):gmatch("[^\n]+") do
-    local id, state, node = line:match("^%d+_([^|]+)|([^|]*)|(.*)$")
-    if id then
-      state = state:match("^(%S+)") or state
-      node = (node ~= "" and node ~= "None assigned") and node or nil
-      if id:match("^%d+$") then
-        out[tonumber(id)] = { state = state, node = node }
-      elseif id:match("^%[.*%]$") then
-        for part in id:sub(2, -2):gmatch("[^,]+") do
-          local a, b = part:match("^(%d+)%-(%d+)$")
-          a, b = tonumber(a or part:match("^(%d+)$")), tonumber(b or a or part:match("^(%d+)$"))
-          if a then
-            for k = a, math.min(b, (ntasks or b + 1) - 1) do ranged[k] = { state = state } end
-          end
-        end
-      end
-    end
-  end
-  for k, v in pairs(ranged) do out[k] = out[k] or v end
-  return out
-end
-
--- The tasks' states from Slurm's accounting, which outlives squeue's memory
--- of a job (MinJobAge): {[array index] = {state=, node=}}, or nil when the
--- cluster keeps no accounting ("accounting storage is disabled") or sacct
--- is not there.
-local function accounted_states(jobid, ntasks)
-  if not run_mod.which("sacct") then return nil end
-  local ok, st = pcall(run_mod.run, { "env", "SLURM_BITSTR_LEN=0", "sacct", "-n", "-P", "-X", "-j", jobid,
-                                      "--format=JobID,State,NodeList" }, { timeout = 20 })
-  if not ok or st.code ~= 0 then return nil end
-  return M.sacct_states(st.stdout, ntasks)
-end
-
--- The final states of a job that is over: squeue's last view (`last`),
--- with what the accounting says where it has a final state.  sacct lags
--- the controller by a few seconds, so it is asked again (up to ~10 s)
--- while it still shows a task unsettled.
-local function final_states(jobid, ntasks, last)
-  local acct
-  for _ = 1, 6 do
-    acct = accounted_states(jobid, ntasks)
-    if not acct then return last end
-    local settled = true
-    for t = 0, ntasks - 1 do
-      local a = acct[t]
-      if a and UNSETTLED[a.state] then settled = false end
-    end
-    if settled then break end
-    local okw, _, code = sys.sleep(2)
-    if not okw and code == "interrupted" then break end
-  end
-  for t, a in pairs(acct) do
-    if not UNSETTLED[a.state] then
-      last[t] = { state = a.state, node = a.node or (last[t] and last[t].node), reason = last[t] and last[t].reason }
-    end
-  end
-  return last
-end
-
--- Is the job still queued or running?  Asks squeue again when it fails
--- (a busy controller), and raises when it keeps failing.
-local function job_active(jobid)
-  local states, why
-  for _ = 1, 5 do
-    states, why = job_states(jobid)
-    if states then break end
-    sys.sleep(2)
-  end
-  if not states then
-    errors.raise { class = "SlurmError", command = "qemu.sweep",
-                   desc = "cannot ask Slurm about job " .. jobid .. ": " .. tostring(why) }
-  end
-  for _, s in pairs(states) do
-    if SLEEP_STATES[s.state] or s.state == "RUNNING" or s.state == "COMPLETING" then return true end
-  end
-  return false
-end
-
--- Is the qshell that submitted a submission still at it (on this machine)?
-local function submitter_alive(info)
-  if not info.pid or info.submitter ~= provenance.host() or info.pid == sys.getpid() then return false end
-  local stat = fs.first_line("/proc/" .. info.pid .. "/stat") or ""
-  local comm, state = stat:match("^%d+ %((.-)%) (%a)")
-  return comm ~= nil and comm:find("qshell", 1, true) ~= nil and state ~= "Z" and state ~= "X"
-end
-
--- The submissions in a job dir, oldest first: {{n=, dir=, info=}}
-local function submissions(root)
-  local subs = {}
-  for _, name in ipairs(sys.listdir(root) or {}) do
-    if name:match("^%d+$") and fs.is_file(root .. "/" .. name .. "/plan.json") then
-      local info = json.decode(fs.read(root .. "/" .. name .. "/submission.json") or "{}")
-      subs[#subs + 1] = { n = tonumber(name), dir = root .. "/" .. name, info = info }
-    end
-  end
-  table.sort(subs, function(a, b) return a.n < b.n end)
-  return subs
-end
-M.submissions = submissions
-
--- Read the results a submission's tasks wrote: calls take(res) for each
--- complete line not read before (offsets per file in `offsets`).  With
--- `sizes` (the runs of each task, 1-based) a task that reported them all is
--- not read again: a poll of a 1001-task array opens only the files still
--- growing.
-local function gather_dir(dir, ntasks, offsets, take, sizes)
-  offsets.lines = offsets.lines or {}
-  for t = 0, ntasks - 1 do
-    local path = string.format("%s/task-%d.jsonl", dir, t)
-    if sizes and (offsets.lines[path] or 0) >= (sizes[t + 1] or math.huge) then goto next end
-    local from = offsets[path] or 0
-    -- only what was appended since the last look
-    local f = io.open(path, "rb")
-    local text = ""
-    if f then
-      f:seek("set", from)
-      text = f:read("a") or ""
-      f:close()
-    end
-    local complete = text:match("^(.*\n)") or ""
-    offsets[path] = from + #complete
-    for line in complete:gmatch("([^\n]+)\n") do
-      -- a line a dying node left half written (closed by the retry) is skipped
-      local res = results_file.read_task_line(line)
-      if res then
-        offsets.lines[path] = (offsets.lines[path] or 0) + 1
-        take(res, t)
-      end
-    end
-    ::next::
-  end
-end
-
 -- Why the runs of a task that reported nothing did not run.
 local function reason_for(t, last, sopts, dir, sberr, roots)
   local log = string.format("%s/task-%d.log", dir, t)
@@ -623,15 +462,15 @@ function M.run(j)
   -- Earlier submissions: with resume, what they wrote is gathered (and a
   -- job of theirs still running is waited for); without, they must be over.
   local offsets = {}
-  for _, sub in ipairs(submissions(root)) do
+  for _, sub in ipairs(jobs.submissions(root)) do
     local jobid = sub.info.jobid
-    if submitter_alive(sub.info) then
+    if jobs.submitter_alive(sub.info) then
       errors.raise { class = "SlurmError", command = fname,
                      desc = string.format("the qshell that submitted %s (pid %d) is still gathering its results",
                                           sub.dir, sub.info.pid),
                      hint = "two submitters would write the same rows: wait for it, or stop it and resume" }
     end
-    local active = jobid and job_active(jobid)
+    local active = jobid and jobs.job_active(jobid)
     if not j.resume then
       if active then
         errors.raise { class = "SlurmError", command = fname,
@@ -647,7 +486,7 @@ function M.run(j)
         local sub_sizes = {}
         for t, list in ipairs(sub_plan.tasks or {}) do sub_sizes[t] = #list end
         repeat
-          gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take, sub_sizes)
+          jobs.gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take, sub_sizes)
           progress:show(string.format("slurm: job %s (earlier): %d/%d done", jobid, tally:done(), #j.runs))
           local okw, _, code = sys.sleep(2)
           if not okw and code == "interrupted" then
@@ -655,9 +494,9 @@ function M.run(j)
             errors.raise { class = "Interrupted", command = fname,
                            desc = "interrupted while gathering the earlier Slurm job " .. jobid .. " (it goes on)" }
           end
-        until not job_active(jobid)
+        until not jobs.job_active(jobid)
       end
-      gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take)
+      jobs.gather_dir(sub.dir, sub.info.ntasks or 0, offsets, take)
     end
   end
   local rest = {}
@@ -669,7 +508,7 @@ function M.run(j)
 
   -- This submission.
   local n = 1
-  for _, sub in ipairs(submissions(root)) do n = math.max(n, sub.n + 1) end
+  for _, sub in ipairs(jobs.submissions(root)) do n = math.max(n, sub.n + 1) end
   local sub = { dir = root .. "/" .. n }
   fs.mkdir_p(sub.dir, fname)
   sub.place = place(roots, sub.dir)
@@ -737,7 +576,7 @@ function M.run(j)
     end
     if jobid and sys.now() >= next_poll then
       next_poll = sys.now() + 2
-      for idx, s in pairs(job_states(jobid) or {}) do
+      for idx, s in pairs(jobs.job_states(jobid) or {}) do
         last[idx] = s
         if s.node and s.state == "RUNNING" then nodes[s.node] = true end
       end
@@ -760,7 +599,7 @@ function M.run(j)
     while true do
       st = p:poll()
       poll_states()
-      gather_dir(sub.dir, ntasks, offsets, take, sizes)
+      jobs.gather_dir(sub.dir, ntasks, offsets, take, sizes)
       show()
       if st then break end
       local okw, _, code = sys.sleep(0.5)
@@ -775,8 +614,8 @@ function M.run(j)
     end
     -- sbatch --wait can end before the job does (it lost the controller,
     -- say): gather until Slurm says the job is over.
-    while job_active(jobid) do
-      gather_dir(sub.dir, ntasks, offsets, take, sizes)
+    while jobs.job_active(jobid) do
+      jobs.gather_dir(sub.dir, ntasks, offsets, take, sizes)
       show()
       local okw, _, code = sys.sleep(2)
       if not okw and code == "interrupted" then error({ interrupted = true }, 0) end
@@ -799,9 +638,9 @@ function M.run(j)
   p:close()
   next_poll = 0
   poll_states()
-  gather_dir(sub.dir, ntasks, offsets, take, sizes)
+  jobs.gather_dir(sub.dir, ntasks, offsets, take, sizes)
   -- the accounting's final word, where the cluster keeps one
-  last = final_states(jobid, ntasks, last)
+  last = jobs.final_states(jobid, ntasks, last)
   progress:done()
   -- Runs no task reported: failed, with the reason Slurm gives.
   local tasks = {}
@@ -822,96 +661,6 @@ function M.run(j)
   for k in pairs(nodes) do nodelist[#nodelist + 1] = k end
   table.sort(nodelist)
   return { job = sub.dir, jobid = jobid, tasks = tasks, nodes = nodelist }
-end
-
--- ---- status ----
-
----@api qemu.sweep.slurm_status qemu.sweep.slurm_status(path) -> status
---- The progress of a Slurm sweep's latest submission: its array tasks, their state and node, and the runs they reported.
----
---- It reads the job dir (what the tasks wrote so far) and asks `squeue`
---- for the tasks' states; a job the controller has forgotten (after
---- `MinJobAge`) shows its final states from Slurm's accounting (`sacct`)
---- where the cluster keeps one, else the states recorded when its
---- submitter finished gathering (`done` for a task that reported all its
---- runs, `?` when nothing says). It works while the job
---- runs, from any machine that sees the job dir. `qshell sweep --status
---- results.csv` (or the job dir) prints `status.text`.
----
----     local st = qemu.sweep.slurm_status("/shared/me/results.csv")
----     print(st.jobid, st.reported .. "/" .. st.runs)
----     for _, t in ipairs(st.tasks) do print(t.index, t.state, t.node, t.reported) end
----
----@param path string  the sweep's results file (`out`: its job dir is `out.slurm`) or its job
----   dir
----@return table status  `{dir=, submission=, jobid=, runs=, reported=, ok=, failed=, tasks=,
----   text=}`: the job dir, the submission's number, the Slurm job id, the runs it submitted,
----   reported so far, and of those ok and failed; `tasks` a list of `{index=, state=, node=,
----   runs=, reported=, ok=, failed=}` per array task (`state` as squeue says, e.g. RUNNING,
----   PENDING, COMPLETED, TIMEOUT; `node` where it runs or ran); `text` a table of them to
----   print
----@error BadArgument  `path` is not a string, or neither it nor `path.slurm` is a Slurm sweep's
----   job dir
-function M.status(path)
-  local fname = "qemu.sweep.slurm_status"
-  check.arg(fname, 1, path, "string")
-  local root = path
-  if not (fs.is_dir(root) and #submissions(root) > 0) then root = path .. ".slurm" end
-  local subs = fs.is_dir(root) and submissions(root) or {}
-  if #subs == 0 then
-    check.bad(fname, "%s is not a Slurm sweep's job dir (nor a results file with one beside it)", path)
-  end
-  local sub = subs[#subs]
-  local plan = json.decode(fs.slurp(sub.dir .. "/plan.json", fname))
-  local jobid = sub.info.jobid
-  local states = jobid and job_states(jobid) or {}
-  if jobid and next(states) == nil then
-    -- Slurm's controller forgot the job (MinJobAge): its accounting, where kept
-    states = accounted_states(jobid, #plan.tasks) or {}
-  end
-  local out = { dir = root, submission = sub.n, jobid = jobid, tasks = {}, runs = 0, reported = 0, ok = 0, failed = 0 }
-  local per = {}
-  gather_dir(sub.dir, #plan.tasks, {}, function(res, t)
-    local e = per[t] or { seen = {}, ok = 0, failed = 0, reported = 0, hosts = {} }
-    per[t] = e
-    if not e.seen[res.run] then
-      e.seen[res.run] = true
-      e.reported = e.reported + 1
-      if res.status == "ok" then e.ok = e.ok + 1 else e.failed = e.failed + 1 end
-      if res.host then e.hosts[res.host] = true end
-    end
-  end)
-  local L = { string.format("Slurm sweep %s: submission %d, job %s, submitted %s from %s", root, sub.n,
-                            tostring(jobid), tostring(sub.info.submitted), tostring(sub.info.submitter)),
-              string.format("  %-5s %-12s %-12s %5s %9s %5s %7s", "task", "state", "node", "runs", "reported", "ok",
-                            "failed") }
-  for t = 0, #plan.tasks - 1 do
-    local e = per[t] or { ok = 0, failed = 0, reported = 0, hosts = {} }
-    local st = states[t] or (sub.info.tasks and sub.info.tasks[t + 1]) or {}
-    local node = st.node
-    if not node then
-      local hs = {}
-      for h in pairs(e.hosts) do hs[#hs + 1] = h end
-      table.sort(hs)
-      node = #hs > 0 and table.concat(hs, ",") or nil
-    end
-    local row = { index = t, state = st.state or (e.reported == #plan.tasks[t + 1] and "done" or "?"), node = node,
-                  runs = #plan.tasks[t + 1], reported = e.reported, ok = e.ok, failed = e.failed }
-    out.tasks[#out.tasks + 1] = row
-    out.runs, out.reported = out.runs + row.runs, out.reported + row.reported
-    out.ok, out.failed = out.ok + row.ok, out.failed + row.failed
-    L[#L + 1] = string.format("  %-5d %-12s %-12s %5d %9d %5d %7d", t, row.state, tostring(row.node or "-"), row.runs,
-                              row.reported, row.ok, row.failed)
-  end
-  L[#L + 1] = string.format("  %d/%d runs reported (%d ok, %d failed)", out.reported, out.runs, out.ok, out.failed)
-  out.text = table.concat(L, "\n") .. "\n"
-  return out
-end
-
--- `qshell sweep --status PATH`
-function M.main(args)
-  io.stdout:write(M.status(args[1]).text)
-  return 0
 end
 
 return M
