@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/sockios.h>
+
 #include "console.h"
 #include "util.h"
 
@@ -216,6 +218,17 @@ int console_send(struct qs_console *c, const char *data, size_t len, double time
         return fail(c, CONSOLE_ERR_IO, "console send: %s", strerror(errno));
     }
     return 0;
+}
+
+long console_unread(struct qs_console *c)
+{
+    /* On a Unix stream socket SIOCOUTQ counts what the peer has not
+     * consumed yet: the bytes stay charged to the sender until read. */
+    int n = 0;
+    if (ioctl(c->fd, SIOCOUTQ, &n) < 0) {
+        return -1;
+    }
+    return n;
 }
 
 int console_wait(struct qs_console *c, size_t have, double timeout,

@@ -61,6 +61,10 @@ int console_wait(struct qs_console *c, size_t have, double timeout,
 /* Copy the buffered bytes (caller frees), and drop the first n. */
 char *console_copy(struct qs_console *c, size_t *len);
 void console_consume(struct qs_console *c, size_t n);
+
+/* Bytes sent to the console that QEMU has not read yet (its end of the
+ * socket holds them), or -1 with errno set. */
+long console_unread(struct qs_console *c);
 /* Log to path (appending; NULL stops).  Lines are stamped "[  12.345678] ". */
 int console_set_log(struct qs_console *c, const char *path);
 /*

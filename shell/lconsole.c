@@ -3,6 +3,7 @@
  * over console.c.  Mechanism only; expect/run/login live in
  * stdlib/qemu/vm/console.lua.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,18 @@ static int l_console_stats(lua_State *L)
     return 3;
 }
 
+/* console:unread() -> bytes sent that QEMU has not read | nil, msg, code */
+static int l_console_unread(lua_State *L)
+{
+    struct lconsole *lc = check_console(L, 1);
+    long n = console_unread(lc->c);
+    if (n < 0) {
+        return qs_pusherrno(L, "console unread", errno);
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
 /* console:log(path | nil) -> true | nil, msg, code */
 static int l_console_log(lua_State *L)
 {
@@ -205,6 +218,7 @@ static const luaL_Reg console_funcs[] = {
 static const luaL_Reg console_methods[] = {
     {"send", l_console_send},   {"wait", l_console_wait},     {"peek", l_console_peek},
     {"consume", l_console_consume}, {"stats", l_console_stats}, {"log", l_console_log},
+    {"unread", l_console_unread},
     {"attach", l_console_attach}, {"close", l_console_close}, {NULL, NULL},
 };
 
