@@ -203,7 +203,7 @@ demo: deps all guest
 #   PREFIX/share/man/man1/qshell.1, PREFIX/share/man/man7/qshell-lua.7
 # uninstall removes exactly these files, then the directories install made
 # when they are empty.
-INST_PLUGINS := libinsn.so libhotblocks.so
+INST_PLUGINS := libinsn.so libhotblocks.so libgate.so
 GUEST_FILES  := $(shell cd guest && find build.sh initramfs rootfs -type f | LC_ALL=C sort)
 EXAMPLES     := $(notdir $(wildcard scripts/*.lua))
 D_BIN    = $(DESTDIR)$(PREFIX)/bin

@@ -170,9 +170,9 @@ static int l_os_access(lua_State *L)
 static int l_os_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    static const char *const modes[] = {"r", "w", "wx", "rn", NULL};
+    static const char *const modes[] = {"r", "w", "wx", "rn", "rw", NULL};
     static const int flags[] = {O_RDONLY, O_WRONLY | O_CREAT | O_TRUNC,
-                                O_WRONLY | O_CREAT | O_EXCL, O_RDONLY | O_NONBLOCK};
+                                O_WRONLY | O_CREAT | O_EXCL, O_RDONLY | O_NONBLOCK, O_RDWR};
     int m = luaL_checkoption(L, 2, "r", modes);
     int fd = open(path, flags[m] | O_CLOEXEC, 0644);
     if (fd < 0) {

@@ -152,6 +152,21 @@ static int l_proc_pass_fd(lua_State *L)
     return 1;
 }
 
+/* proc:share_socket(i) -> the child's fd number for a copy of the parent's
+ * end of socketpair i (1-based) | nil, msg, code (before spawn) */
+static int l_proc_share_socket(lua_State *L)
+{
+    struct lproc *lp = check_proc(L, 1);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, i >= 1 && i <= PROC_MAX_SOCKS, 2, "bad socketpair");
+    int n = proc_share_socket(lp->p, (int)i - 1);
+    if (n < 0) {
+        return qs_pushfail(L, lp->p->errstr, proc_code(lp->p->err));
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
 /* proc:hold(fd) -> true | nil, msg, code: fd is the proc's from now on,
  * closed with it (close, __gc, exit, and in a fork copy) */
 static int l_proc_hold(lua_State *L)
@@ -330,7 +345,7 @@ static const luaL_Reg proc_funcs[] = {
 static const luaL_Reg proc_methods[] = {
     {"spawn", l_proc_spawn},   {"take_socket", l_proc_take_socket},
     {"setenv", l_proc_setenv}, {"pass_file", l_proc_pass_file},
-    {"pass_fd", l_proc_pass_fd}, {"hold", l_proc_hold},
+    {"pass_fd", l_proc_pass_fd}, {"hold", l_proc_hold}, {"share_socket", l_proc_share_socket},
     {"pid", l_proc_pid},       {"poll", l_proc_poll},
     {"wait", l_proc_wait},     {"signal", l_proc_signal},
     {"kill", l_proc_kill},     {"tmpdir", l_proc_tmpdir},

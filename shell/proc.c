@@ -162,6 +162,7 @@ struct qs_proc *proc_new(const char *prefix)
 {
     struct qs_proc *p = xcalloc(1, sizeof *p);
     p->pid = -1;
+    p->share_sock = -1;
     for (int i = 0; i < PROC_MAX_SOCKS; i++) {
         p->socks[i] = -1;
     }
@@ -251,9 +252,12 @@ static char **child_env(const struct qs_proc *p)
 static void close_passed(struct qs_proc *p)
 {
     for (int i = 0; i < p->npass; i++) {
-        close(p->pass_fds[i]);
+        if (p->pass_fds[i] >= 0) {
+            close(p->pass_fds[i]);
+        }
     }
     p->npass = 0;
+    p->share_sock = -1;
 }
 
 static void child_exec(char *const argv[], char *const envp[], int nsocks, const int *child_ends,
@@ -348,6 +352,17 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
         p->socks[made] = sv[0];
         child_ends[made] = sv[1];
     }
+    if (p->share_sock >= 0) {
+        if (p->share_sock >= nsocks) {
+            fail(p, PROC_ERR_IO, "socketpair %d to share is not made", p->share_sock + 1);
+            goto out;
+        }
+        p->pass_fds[p->share_slot] = fcntl(p->socks[p->share_sock], F_DUPFD_CLOEXEC, 0);
+        if (p->pass_fds[p->share_slot] < 0) {
+            fail(p, PROC_ERR_IO, "fcntl: %s", strerror(errno));
+            goto out;
+        }
+    }
     nullfd = open(stdin_path ? stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
     logfd = open(p->logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
     outfd = stdout_path ? open(stdout_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : logfd;
@@ -431,6 +446,23 @@ int proc_pass_fd(struct qs_proc *p, int fd)
         return fail(p, PROC_ERR_IO, "fd %d: %s", fd, strerror(errno));
     }
     p->pass_fds[p->npass] = copy;
+    return PROC_PASS_FD + p->npass++;
+}
+
+int proc_share_socket(struct qs_proc *p, int i)
+{
+    if (p->pid > 0 || p->reaped) {
+        return fail(p, PROC_ERR_IO, "process already started");
+    }
+    if (i < 0 || i >= PROC_MAX_SOCKS || p->share_sock >= 0) {
+        return fail(p, PROC_ERR_IO, "bad socketpair to share (%d)", i + 1);
+    }
+    if (p->npass >= PROC_MAX_PASS) {
+        return fail(p, PROC_ERR_IO, "too many files passed (%d at most)", PROC_MAX_PASS);
+    }
+    p->share_sock = i;
+    p->share_slot = p->npass;
+    p->pass_fds[p->npass] = -1; /* filled at the spawn */
     return PROC_PASS_FD + p->npass++;
 }
 

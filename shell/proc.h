@@ -37,6 +37,8 @@ struct qs_proc {
     int nsocks;
     int pass_fds[PROC_MAX_PASS]; /* files for the child, closed at the spawn */
     int npass;
+    int share_sock;      /* socketpair whose parent end the child gets too (-1) */
+    int share_slot;      /* its pass_fds slot */
     int held[PROC_MAX_PASS]; /* fds of the caller's kept as long as the proc */
     int nheld;
     char *tmpdir;        /* private 0700 dir, removed by proc_release */
@@ -65,6 +67,11 @@ int proc_spawn_io(struct qs_proc *p, char *const argv[], int nsocks, const char 
 /* Give the child a copy of fd (the caller keeps its own): the child's fd
  * number (PROC_PASS_FD, then the next ones), or -1 with err set. */
 int proc_pass_fd(struct qs_proc *p, int fd);
+/* Before spawn: the child also gets a copy of the parent's end of
+ * socketpair i (0-based), so a part of it can write to its own other end
+ * (a TCG plugin feeding the console); returns that fd's number in the
+ * child, or -1. */
+int proc_share_socket(struct qs_proc *p, int i);
 /* Keep fd (the caller's, e.g. the memfd holding the child's RAM) open as
  * long as the proc: closed by proc_release, also in a fork copy.  0, or -1
  * with err set. */

@@ -94,6 +94,37 @@ T.test("exact counts: 10 runs from one checkpoint under icount, 0-0.5 s before c
   T.ok(counts[1] >= 2000001, "at least the loop: " .. counts[1])
 end)
 
+T.test("exact console: commands typed with console:run from a checkpoint count the same, whenever they are typed", function()
+  local EXACT = { shift = 2, sleep = false, console = "exact" }
+  local _, hog = T.sh("sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!")
+  hog = assert(hog:match("%d+"))
+  T.cleanup(function() T.sh("kill " .. hog) end)
+  local counts = {}
+  for i = 1, 5 do
+    local vm <close> = qemu.launch { restore = at_prompt, icount = EXACT, plugins = { { name = "insn" } } }
+    qemu.sleep((i - 1) * 0.1) -- the guest waits at its prompt, and so does its clock
+    local out, st = vm.console:run("qshell-roi begin 3; i=0; while [ $i -lt 300 ]; do i=$((i+1)); done; " ..
+                                   "qshell-roi end 3; echo looped")
+    T.eq(st, 0)
+    T.match(out, "looped")
+    local a = vm:wait_roi(3, { timeout = 60 }).insns
+    qemu.sleep(0.2 * (i % 2))
+    -- a second command, typed after the first one's answer
+    _, st = vm.console:run("qshell-roi begin 4; /root/roiwork; qshell-roi end 4")
+    T.eq(st, 0)
+    counts[i] = a .. "/" .. vm:wait_roi(4, { timeout = 60 }).insns
+    -- the guest still runs when the host waits for it (console:send + expect)
+    vm.console:send("sleep 0.1; echo slept\r")
+    vm.console:expect("slept\r?\n")
+  end
+  T.sh("kill " .. hog)
+  for i = 2, 5 do T.eq(counts[i], counts[1], "run " .. i .. " vs run 1 (" .. table.concat(counts, ", ") .. ")") end
+  -- what it refuses
+  T.raises(function() qemu.launch { icount = { console = "typed" } } end, "BadArgument", 'must be "exact"')
+  T.raises(function() qemu.launch { icount = EXACT, console = false } end, "BadArgument", "needs the console")
+  T.raises(function() qemu.launch { icount = EXACT, smp = 2 } end, "BadArgument", "one vCPU")
+end)
+
 T.test("limit_roi: QEMU stops after N instructions inside the ROI", function()
   local vm <close> = qemu.launch { restore = at_prompt, icount = ICOUNT,
                                    plugins = { { name = "insn", args = { limit = 1000000, limit_roi = 8 } } } }

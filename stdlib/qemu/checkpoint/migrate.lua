@@ -27,9 +27,9 @@ end
 -- M.wait(vm, what, timeout): wait for the MIGRATION event that ends the
 -- migration (the "events" capability on); raise unless it completed.
 function M.wait(vm, what, timeout, class)
-  local ev = vm:wait_event("MIGRATION", { timeout = timeout, match = { data = {} } })
+  local ev = vm:_wait_event("MIGRATION", { timeout = timeout, match = { data = {} } })
   while ev.data.status ~= "completed" and ev.data.status ~= "failed" and ev.data.status ~= "cancelled" do
-    ev = vm:wait_event("MIGRATION", { timeout = timeout })
+    ev = vm:_wait_event("MIGRATION", { timeout = timeout })
   end
   if ev.data.status ~= "completed" then
     local ok, info = pcall(vm.qmp, vm, "query-migrate")

@@ -186,8 +186,15 @@ end
 ---@error Interrupted  Ctrl-C while sending
 function Console:send(text)
   check.arg("console:send", 1, text, "string")
-  local ok, msg, code = self._c:send(text, 10)
+  local ok, msg, code = self:_send(text, 10)
   if not ok then self:_fail("console:send", msg, code, 10) end
+end
+
+-- Bytes to the guest: through the socket, or under icount={console="exact"}
+-- to the gate that types them at the guest's idle points.
+function Console:_send(text, timeout)
+  if self._gate then return require("qemu.vm.gate").send(self, text) end
+  return self._c:send(text, timeout)
 end
 
 local expect_opts = { timeout = check.nonneg, plain = "boolean" }
@@ -228,6 +235,7 @@ end
 ---@error Interrupted  Ctrl-C while waiting
 function Console:expect(pattern, opts)
   opts = expect_args("console:expect", pattern, opts)
+  if self._gate then require("qemu.vm.gate").release(self._vm) end
   local what = string.format("console:expect(%q)", pattern)
   local r = table.pack(self:_wait_for(what, function(buf)
     return buf:find(pattern, 1, opts.plain)
@@ -297,11 +305,11 @@ end
 -- next run() works.  Returns nil or why not.
 function Console:_interrupt(id)
   local ok, err = pcall(function()
-    self._c:send("\3", 5)
+    self:_send("\3", 5)
     sys.sleep(0.2)
     local r = "__qs" .. id .. "r"
     local restore = self._klevel and string.format("echo %d 2>/dev/null >/proc/sys/kernel/printk; ", self._klevel) or ""
-    local ok2 = self._c:send(string.format("\r%sprintf '%%s%%s\\n' __qs %sr\r", restore, id), 5)
+    local ok2 = self:_send(string.format("\r%sprintf '%%s%%s\\n' __qs %sr\r", restore, id), 5)
     if not ok2 then error("send failed", 0) end
     local buf, _, e = self:_wait_for("console:run (interrupting)", function(b)
       return b:find(r .. "\r?\n")
@@ -409,6 +417,9 @@ function Console:run(cmd, opts)
     line = string.format("printf '%%s%%s\\n' __qs %sb; eval %s; printf '%%s%%s%%d\\n' __qs %se $?\r",
                          id, shell_quote(cmd), id)
   end
+  -- exact console: the guest is held at its first idle point after the
+  -- end marker, until the next input
+  if self._gate then require("qemu.vm.gate").arm(self, e) end
   self:send(line)
   local what = string.format("console:run(%q)", cmd)
   local timeout = opts.timeout or DEFAULT_TIMEOUT
@@ -538,6 +549,7 @@ local SETUP = "export PAGER=cat SYSTEMD_PAGER=cat GIT_PAGER=cat 2>/dev/null; " .
 ---@error Interrupted  Ctrl-C while waiting
 function Console:login(opts)
   opts = check.options("console:login", opts, login_opts)
+  if self._gate then require("qemu.vm.gate").release(self._vm) end
   local timeout = opts.timeout or 60
   local lp = opts.login_prompt or "login: "
   local user = opts.user or "root"
@@ -569,7 +581,7 @@ function Console:login(opts)
     elseif errors.is(r1, "Timeout") and left > 3 then
       -- quiet for 3 s without a prompt at the end: a getty's prompt among
       -- the last lines is printed again by an empty line
-      if self:_printed():sub(-400):find(lp, 1, true) then self._c:send("\r", 5) end
+      if self:_printed():sub(-400):find(lp, 1, true) then self:_send("\r", 5) end
     elseif errors.is(r1, "Timeout") then
       self:_fail(what, "timed out", "timeout", timeout)
     else
@@ -690,6 +702,7 @@ end
 ---@error QEMUExited  QEMU has ended, or went away while attached
 ---@error IOError  the terminal cannot be put in raw mode
 function Console:attach()
+  if self._gate then require("qemu.vm.gate").release(self._vm) end
   io.stderr:write(string.format("[attached to %s's console; Ctrl-] returns]\r\n", self._vm.name))
   local ok, msg, code = self._c:attach(0x1d, self._prompt or "# ")
   io.stderr:write("\r\n[detached]\n")

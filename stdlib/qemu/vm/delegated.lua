@@ -182,7 +182,17 @@ function VM:checkpoint(dir, opts) return require("qemu.checkpoint.make").make(se
 ---@error NotRunning  the VM is paused or stopped (QEMU's run state and the fix are named)
 ---@error BadArgument  an id outside 0..65535, a bad option; the VM has no `insn` or `hotblocks` plugin to report markers; the VM is closed
 ---@error Interrupted  Ctrl-C while waiting
-function VM:wait_roi(id, opts) return require("qemu.vm.roi").wait(self, id, opts) end
+function VM:wait_roi(id, opts)
+  if self._gate then
+    -- exact console: an event already in is taken without letting a held
+    -- guest run on; else the guest must run for it
+    local ok, ev = pcall(require("qemu.vm.roi").wait, self, id,
+                         setmetatable({ timeout = 0 }, { __index = type(opts) == "table" and opts or nil }))
+    if ok then return ev end
+    require("qemu.vm.gate").release(self)
+  end
+  return require("qemu.vm.roi").wait(self, id, opts)
+end
 
 ---@api vm:roi_events vm:roi_events() -> list
 --- The ROI events received so far and not taken by `vm:wait_roi`, in order; they are forgotten.

@@ -145,11 +145,19 @@ local qmp_opts = { timeout = check.nonneg, fd = fd_arg }
 ---@error QEMUExited  QEMU had ended or went away during the command (its exit status and the end of its log; `e.exit`)
 ---@error Timeout  no reply within the timeout
 ---@error Interrupted  Ctrl-C while waiting for the reply
+-- QMP commands that pause the vCPUs (see qemu.vm.gate)
+local STOPPING = { stop = true, quit = true, system_reset = true, system_powerdown = true, migrate = true,
+                   ["human-monitor-command"] = true, ["snapshot-save"] = true, ["snapshot-load"] = true,
+                   ["snapshot-delete"] = true, ["x-exit-preconfig"] = true }
+
 function VM:qmp(cmd, args, opts)
   check.arg("vm:qmp", 1, cmd, "string")
   if args ~= nil then check.arg("vm:qmp", 2, args, "table") end
   opts = check.options("vm:qmp", opts, qmp_opts, 3)
   self:_live("vm:qmp")
+  -- a held guest (exact console) runs on before a command that stops it:
+  -- QEMU waits for the vCPU, which waits at the gate
+  if self._gate and STOPPING[cmd] then require("qemu.vm.gate").release(self) end
   -- any command may stop the guest: the VM is no longer known to run
   self._known_running = nil
   local r, msg, code = self._qmp:execute(cmd, args, opts.timeout or self.qmp_timeout, opts.fd)
@@ -280,6 +288,14 @@ local wait_opts = { timeout = check.nonneg, match = "table" }
 ---@error BadArgument  name is not a string, a bad option; the VM is closed
 ---@error Interrupted  Ctrl-C while waiting
 function VM:wait_event(name, opts)
+  -- a held guest (exact console) must run for the event to come
+  if self._gate then require("qemu.vm.gate").release(self) end
+  return self:_wait_event(name, opts)
+end
+
+-- wait_event for qshell's own waits on QEMU (a migration, a job): a held
+-- guest stays held
+function VM:_wait_event(name, opts)
   if name ~= nil then check.arg("vm:wait_event", 1, name, "string") end
   opts = check.options("vm:wait_event", opts, wait_opts, 2)
   if self._closed then check.bad("vm:wait_event", "%s is closed", tostring(self)) end
@@ -545,6 +561,7 @@ local vmwait_opts = { timeout = check.nonneg }
 ---@error BadArgument  an attached VM (not this shell's process), a bad option
 ---@error Interrupted  Ctrl-C while waiting
 function VM:wait(opts)
+  if self._gate then require("qemu.vm.gate").release(self) end
   opts = check.options("vm:wait", opts, vmwait_opts)
   if self._exit or self._closed then return self._exit end
   if not self._proc then check.bad("vm:wait", "an attached VM is not this shell's process") end

@@ -176,6 +176,10 @@ local icount_opts = {
     return false, 'must be "auto" or an integer 0..10'
   end,
   sleep = "boolean", align = "boolean",
+  console = function(v)
+    if v == "exact" then return true end
+    return false, 'must be "exact" (console input typed at the guest\'s idle points; see vm/gate.lua)'
+  end,
 }
 
 -- icount = {shift="auto"|N, sleep=false, align=false} (or just the shift)
@@ -316,11 +320,21 @@ local function build_argv(opts, ctx)
   -- script can send console input first (exact, repeatable runs).
   if opts.paused then add("-S") end
   add("-chardev", "socket,id=qmp,fd=" .. MONITOR_FD, "-mon", "chardev=qmp,mode=control")
+  if opts.console == false and type(opts.icount) == "table" and opts.icount.console ~= nil then
+    check.bad(fname, "icount={console=...} is about console input: it needs the console (console=false given)")
+  end
   if opts.console ~= false then
     -- The guest's ttyS0 on socketpair 2, connected before QEMU starts:
     -- nothing the kernel prints is lost.
     ctx.sockets = 2
-    add("-chardev", "socket,id=con,fd=" .. CONSOLE_FD, "-serial", "chardev:con")
+    local gate = type(opts.icount) == "table" and opts.icount.console == "exact" and
+                 require("qemu.vm.gate").plan(fname, ctx, opts)
+    add("-chardev", "socket,id=con,fd=" .. CONSOLE_FD .. (gate and (",logfile=" .. gate.tx) or ""),
+        "-serial", "chardev:con")
+    if gate then
+      add("-chardev", "socket,id=gatemon,path=" .. gate.mon .. ",server=on,wait=off",
+          "-mon", "chardev=gatemon,mode=control", "-plugin", gate.arg)
+    end
   end
   if opts.kernel then
     if not readable(opts.kernel) then
@@ -467,6 +481,7 @@ function M.finish(pending)
   if ctx.sockets >= 2 then
     local Console = require "qemu.vm.console"
     vm.console = Console.new(vm, consolec.open(p:take_socket(2), t0))
+    if ctx.gate then require("qemu.vm.gate").attach(vm, ctx.gate) end
   end
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
   live[vm] = serial
@@ -542,7 +557,10 @@ end
 ---   `icount=` (table, or just the shift): `{shift="auto"|0..10 (default "auto"), sleep=false, align=false}`, as
 ---   `-icount shift=N,sleep=off`; TCG only. Guest time is instructions x 2^shift ns, and with `sleep=false` idle
 ---   time is skipped (a guest `sleep 5` takes a fraction of a second): exact, repeatable instruction counts, and
----   the cure for RCU stall warnings under heavy instrumentation.
+---   the cure for RCU stall warnings under heavy instrumentation. `console="exact"`: console input reaches the
+---   guest at points fixed by the guest (the `gate` plugin types it at the guest's idle points, and holds the
+---   guest while it waits at its prompt), so commands typed with `console:run` count the same whenever they are
+---   typed; one vCPU; see README's "Exact counts".
 ---   `reboot=` (boolean, default false): let the guest reboot; by default (`-no-reboot`) a guest reboot or
 ---   `panic=-1` ends QEMU.
 ---   `loadvm=` (string): start from this internal snapshot (`-loadvm`); the tag is checked first in the first

@@ -109,7 +109,7 @@ function M._run_job(self, fname, cmd, args, timeout)
   local id = string.format("qshell-%s-%d", cmd, jobs)
   args["job-id"] = id
   self:qmp(cmd, args)
-  self:wait_event("JOB_STATUS_CHANGE", { timeout = timeout,
+  self:_wait_event("JOB_STATUS_CHANGE", { timeout = timeout,
                                           match = { data = { id = id, status = "concluded" } } })
   local err
   for _, j in ipairs(self:qmp("query-jobs")) do
