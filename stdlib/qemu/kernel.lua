@@ -436,13 +436,7 @@ local function make(ctx, args, what)
   if ctx.partial ~= "" then consume(ctx, "\n") end
   if st.code ~= 0 then
     progress(ctx, "clear")
-    local f = io.open(ctx.log, "rb")
-    local text = ""
-    if f then
-      f:seek("set", start)
-      text = f:read("a") or ""
-      f:close()
-    end
+    local text = fs.read_from(ctx.log, start)
     local excerpt, compiler = M._error_excerpt(text)
     errors.raise {
       class = "KernelBuildFailed", command = ctx.fname, log = ctx.log, exit = st, argv = argv,

@@ -159,13 +159,7 @@ function M.gather_dir(dir, ntasks, offsets, take, sizes)
     if sizes and (offsets.lines[path] or 0) >= (sizes[t + 1] or math.huge) then goto next end
     local from = offsets[path] or 0
     -- only what was appended since the last look
-    local f = io.open(path, "rb")
-    local text = ""
-    if f then
-      f:seek("set", from)
-      text = f:read("a") or ""
-      f:close()
-    end
+    local text = fs.read_from(path, from)
     local complete = text:match("^(.*\n)") or ""
     offsets[path] = from + #complete
     for line in complete:gmatch("([^\n]+)\n") do

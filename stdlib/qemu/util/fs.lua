@@ -61,6 +61,16 @@ function M.read(p)
   return s
 end
 
+-- What a file holds from byte `from` on ("" when it has no more, or no file).
+function M.read_from(p, from)
+  local f = io.open(p, "rb")
+  if not f then return "" end
+  f:seek("set", from or 0)
+  local s = f:read("a") or ""
+  f:close()
+  return s
+end
+
 -- The first line of a file (without its newline), or nil.
 function M.first_line(p)
   local f = io.open(p, "r")
