@@ -432,23 +432,7 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint8_t b;
-        if (qemu_plugin_insn_size(insn) != 1) {
-            continue;
-        }
-        if (roi.copy_api) {
-            roi_insn_data_copy_t f = (roi_insn_data_copy_t)(void (*)(void))qemu_plugin_insn_data;
-            if (f(insn, &b, 1) != 1) {
-                continue;
-            }
-        } else {
-            roi_insn_data_ptr_t f = (roi_insn_data_ptr_t)(void (*)(void))qemu_plugin_insn_data;
-            const void *p = f(insn);
-            if (p == NULL) {
-                continue;
-            }
-            memcpy(&b, p, 1);
-        }
-        if (b == 0xf4) { /* hlt */
+        if (qemu_plugin_insn_size(insn) == 1 && roi_insn_bytes(insn, &b, 1) && b == 0xf4) { /* hlt */
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_hlt, QEMU_PLUGIN_CB_NO_REGS, NULL);
         }
     }

@@ -76,6 +76,27 @@ static inline int roi_setup(const char *plugin, const qemu_info_t *info,
 }
 
 /*
+ * Copy the n bytes of insn (n its size) into b through the loading QEMU's
+ * form of qemu_plugin_insn_data; false when they cannot be had.
+ */
+static inline bool roi_insn_bytes(const struct qemu_plugin_insn *insn, uint8_t *b, size_t n)
+{
+    if (roi.copy_api) {
+        roi_insn_data_copy_t f = (roi_insn_data_copy_t)(void (*)(void))qemu_plugin_insn_data;
+
+        return f(insn, b, n) == n;
+    }
+    roi_insn_data_ptr_t f = (roi_insn_data_ptr_t)(void (*)(void))qemu_plugin_insn_data;
+    const void *p = f(insn);
+
+    if (p == NULL) {
+        return false;
+    }
+    memcpy(b, p, n);
+    return true;
+}
+
+/*
  * If insn is a ROI marker, set *op and *id and return true.  Only 8-byte
  * instructions are looked at, so the cost falls on few instructions, and
  * only at translation time.
@@ -86,23 +107,8 @@ static inline bool roi_marker(const struct qemu_plugin_insn *insn,
     uint8_t b[8];
     uint32_t disp;
 
-    if (qemu_plugin_insn_size(insn) != sizeof(b)) {
+    if (qemu_plugin_insn_size(insn) != sizeof(b) || !roi_insn_bytes(insn, b, sizeof(b))) {
         return false;
-    }
-    if (roi.copy_api) {
-        roi_insn_data_copy_t f = (roi_insn_data_copy_t)(void (*)(void))qemu_plugin_insn_data;
-
-        if (f(insn, b, sizeof(b)) != sizeof(b)) {
-            return false;
-        }
-    } else {
-        roi_insn_data_ptr_t f = (roi_insn_data_ptr_t)(void (*)(void))qemu_plugin_insn_data;
-        const void *p = f(insn);
-
-        if (p == NULL) {
-            return false;
-        }
-        memcpy(b, p, sizeof(b));
     }
     if (b[0] != 0x0f || b[1] != 0x1f || b[2] != 0x84 || b[3] != 0x00) {
         return false;

@@ -187,7 +187,7 @@ function VM:wait_roi(id, opts)
     -- exact console: an event already in is taken without letting a held
     -- guest run on; else the guest must run for it
     local ok, ev = pcall(require("qemu.vm.roi").wait, self, id,
-                         setmetatable({ timeout = 0 }, { __index = type(opts) == "table" and opts or nil }))
+                         { timeout = 0, event = type(opts) == "table" and opts.event or nil })
     if ok then return ev end
     require("qemu.vm.gate").release(self)
   end
