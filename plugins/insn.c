@@ -104,6 +104,7 @@ struct insn_roi {
 struct insn_state {
     const char *out;         /* result path (points into argv), or NULL */
     uint64_t limit;          /* 0: no limit */
+    bool exact;              /* exact=on: an inline add per instruction */
     int64_t limit_roi;       /* -1: the limit counts everything */
     uint64_t limit_at;       /* atomic: the count that hits the limit */
     struct insn_slot *slots; /* one per possible vCPU */
@@ -364,6 +365,10 @@ static void roi_exec(unsigned int vcpu, void *udata)
     uintptr_t u = (uintptr_t)udata;
     unsigned int id = u & 0xffffu, op = (u >> 16) & 0xfu;
     uint64_t after = u >> 20;
+    /* exact=on: the count has every instruction before the marker, and the
+     * marker's own add comes after this callback (registered after it) */
+    uint64_t self = st.exact ? 0 : 1;
+    int64_t shift = st.exact ? -1 : (int64_t)after;
     unsigned int n = vcpus_to_report(), v;
     struct insn_roi *r;
     uint64_t entry = 0, total = 0;
@@ -385,7 +390,7 @@ static void roi_exec(unsigned int vcpu, void *udata)
             r->start[v] = v < n ? count_of(v) : 0;
         }
         if (vcpu < st.n_slots) {
-            r->start[vcpu] -= after; /* the count just after the marker */
+            r->start[vcpu] -= (uint64_t)shift; /* the count just after the marker */
         }
         if (st.limit_roi == (int64_t)id) {
             uint64_t done = 0, base;
@@ -407,7 +412,7 @@ static void roi_exec(unsigned int vcpu, void *udata)
         }
         for (v = 0; v < n && v < st.n_slots; v++) {
             /* the count just before the marker */
-            uint64_t now = count_of(v) - (v == vcpu ? after + 1 : 0);
+            uint64_t now = count_of(v) - (v == vcpu ? after * self + self : 0);
             uint64_t d = now - r->start[v];
 
             r->sum[v] += d;
@@ -450,6 +455,25 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 
     (void)id;
     tb_find_markers(tb, n);
+    if (st.exact) {
+        /* after the markers' callbacks: a marker's callback sees the count
+         * without the marker (QEMU runs an instruction's callbacks and
+         * inline ops in the order they were registered) */
+        uintptr_t i;
+
+        for (i = 0; i < n; i++) {
+            struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+
+            if (sb != NULL) {
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64,
+                                                                    sb_insns, 1);
+            } else {
+                qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64,
+                                                           &st.slots[0].insns, 1);
+            }
+        }
+        return;
+    }
     if (sb != NULL) {
         qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64,
                                                           sb_insns, n);
@@ -546,8 +570,13 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
             st.limit_roi = (int64_t)r;
         } else if (plugin_arg_match(argv[i], "events", &val)) {
             events = val;
+        } else if (plugin_arg_match(argv[i], "exact", &val)) {
+            if (!qemu_plugin_bool_parse("exact", val, &st.exact)) {
+                fprintf(stderr, "insn: bad value for exact: '%s' (want on or off)\n", val);
+                return -1;
+            }
         } else {
-            return plugin_arg_unknown("insn", argv[i], "out, limit, limit_roi, events");
+            return plugin_arg_unknown("insn", argv[i], "out, limit, limit_roi, events, exact");
         }
     }
     if (st.limit_roi >= 0 && !st.limit) {
@@ -578,6 +607,14 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
         abort();
     }
 
+    if (st.exact && st.limit) {
+        fprintf(stderr, "insn: exact=on and limit= cannot be combined (the limit is checked per block)\n");
+        return -1;
+    }
+    if (st.exact && !qshell_plugin_api2() && st.n_slots != 1) {
+        fprintf(stderr, "insn: exact=on on QEMU before 9.0 needs one vCPU (its inline add has one counter)\n");
+        return -1;
+    }
     if (qshell_plugin_api2() && !st.limit) {
         sb = qemu_plugin_scoreboard_new(sizeof(uint64_t));
         sb_insns = (qemu_plugin_u64){sb, 0};

@@ -169,6 +169,10 @@ QSHELL_WEAK void qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(struct qemu_p
                                                                    enum qemu_plugin_op op,
                                                                    qemu_plugin_u64 entry,
                                                                    uint64_t imm);
+QSHELL_WEAK void qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(struct qemu_plugin_insn *insn,
+                                                                     enum qemu_plugin_op op,
+                                                                     qemu_plugin_u64 entry,
+                                                                     uint64_t imm);
 QSHELL_WEAK uint64_t qemu_plugin_u64_get(qemu_plugin_u64 entry, unsigned int vcpu_index);
 QSHELL_WEAK uint64_t qemu_plugin_u64_sum(qemu_plugin_u64 entry);
 /* vCPUs started so far (API 2). */

@@ -33,7 +33,7 @@ M.machine_keys = { "machine", "cpu", "smp", "memory", "kernel", "initrd", "appen
 -- (binary too: a checkpoint restores on another QEMU that has its machine type.)
 -- These are the restore's caller's alone: a manifest never gives one.
 M.free_keys = { plugins = true, icount = true, name = true, timeout = true, reboot = true, extra = true,
-                binary = true, paused = true, restore = true }
+                binary = true, paused = true, restore = true, record = true, replay = true }
 
 -- ---- a manifest from elsewhere ----
 --

@@ -194,7 +194,27 @@ end
 -- to the gate that types them at the guest's idle points.
 function Console:_send(text, timeout)
   if self._gate then return require("qemu.vm.gate").send(self, text) end
+  if self._paced then return self:_send_paced(text, timeout) end
   return self._c:send(text, timeout)
+end
+
+-- Under record=, QEMU hands each read of the console socket to the guest
+-- later, as an event of the log: bytes it reads faster than the guest
+-- takes them overflow the UART's FIFO and are lost (in the recording
+-- too).  So the bytes go PACE at a time, each once QEMU has read the last.
+local PACE, PACE_GAP = tonumber(os.getenv("QSHELL_RR_PACE") or "4"), tonumber(os.getenv("QSHELL_RR_GAP") or "0.001")
+function Console:_send_paced(text, timeout)
+  local deadline = sys.now() + timeout
+  for i = 1, #text, PACE do
+    local ok, msg, code = self._c:send(text:sub(i, i + PACE - 1), math.max(deadline - sys.now(), 0))
+    if not ok then return ok, msg, code end
+    while (self._c:unread() or 0) > 0 do
+      if sys.now() > deadline then return nil, "the guest did not take the console input", "timeout" end
+      sys.sleep(0.0002)
+    end
+    sys.sleep(PACE_GAP)
+  end
+  return true
 end
 
 local expect_opts = { timeout = check.nonneg, plain = "boolean" }
@@ -400,8 +420,9 @@ function Console:run(cmd, opts)
   local klevel = opts.kernel_messages ~= true and self:_kernel_level()
   self._n = self._n + 1
   -- Under the exact console the typed line must be the same in every run
-  -- (its length and bytes are guest work): the id is the run's number.
-  local id = self._gate and string.format("x%09d", self._n)
+  -- (its length and bytes are guest work), and a replayed guest prints the
+  -- recorded markers: the id is the run's number.
+  local id = (self._gate or self._numbered) and string.format("x%09d", self._n)
              or string.format("%x%x%d", os.time() & 0xffff, math.random(0, 0xfffff), self._n)
   local b, e = "__qs" .. id .. "b", "__qs" .. id .. "e"
   self:flush()

@@ -80,7 +80,44 @@ local disk_opts = {
 }
 local interfaces = { ide = true, virtio = true, scsi = true, none = true, nvme = true }
 
-local function disk_args(fname, disks)
+-- rr (record/replay): the disk is an if=none drive with its writes in a
+-- throw-away layer, under a blkreplay drive that has the disk's id and node
+-- name; its device goes in `devices`, added at the end of the argv (where
+-- QEMU creates an if=virtio drive's device: the same PCI slots).
+local function rr_disk(fname, args, devices, i, d, iface, fmt, ide_index)
+  if iface == "scsi" then
+    check.bad(fname, "disks[%d]: a scsi disk cannot be recorded or replayed here (its controller is QEMU's " ..
+              "choice); use interface=\"virtio\" or \"ide\"", i)
+  end
+  local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=drive" .. (i - 1) .. "-rr",
+                 "if=none", "snapshot=on" }
+  if d.readonly then spec[#spec + 1] = "readonly=on" end
+  if d.cache then spec[#spec + 1] = "cache=" .. qesc(d.cache) end
+  args[#args + 1] = "-drive"
+  args[#args + 1] = table.concat(spec, ",")
+  args[#args + 1] = "-drive"
+  args[#args + 1] = string.format("driver=blkreplay,if=none,image=drive%d-rr,id=drive%d,node-name=%s%s",
+                                  i - 1, i - 1, qesc(d.node or ("disk" .. (i - 1))),
+                                  d.readonly and ",readonly=on" or "")
+  local dev
+  if iface == "ide" then
+    dev = string.format("ide-hd,drive=drive%d,bus=ide.%d,unit=%d", i - 1, ide_index // 2, ide_index % 2)
+    ide_index = ide_index + 1
+  elseif iface == "virtio" then
+    dev = string.format("virtio-blk-pci,drive=drive%d", i - 1)
+  end
+  if dev then
+    devices[#devices + 1] = "-device"
+    devices[#devices + 1] = dev
+  elseif iface == "nvme" then -- where a plain nvme disk's device is
+    args[#args + 1] = "-device"
+    args[#args + 1] = string.format("nvme,drive=drive%d,serial=qshell%d", i - 1, i - 1)
+  end
+  return ide_index
+end
+
+-- rr, devices: see rr_disk.
+local function disk_args(fname, disks, rr, devices)
   if not is_list(disks) then check.bad(fname, "option 'disks' must be a list") end
   local args = {}
   local ide_index = 0
@@ -105,25 +142,29 @@ local function disk_args(fname, disks)
                 "use interface=\"virtio\" or \"scsi\" for a read-only disk", i)
     end
     local fmt = d.format or require("qemu.disk").detect_format(d.file)
-    local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=drive" .. (i - 1) }
-    if iface == "ide" then
-      -- disks[1] is hda, disks[2] hdb, as -hda/-hdb.
-      spec[#spec + 1] = "if=ide,index=" .. ide_index .. ",media=disk"
-      ide_index = ide_index + 1
-    elseif iface == "nvme" then
-      spec[#spec + 1] = "if=none"
+    if rr then
+      ide_index = rr_disk(fname, args, devices, i, d, iface, fmt, ide_index)
     else
-      spec[#spec + 1] = "if=" .. iface
-    end
-    spec[#spec + 1] = "node-name=" .. qesc(d.node or ("disk" .. (i - 1)))
-    if d.readonly then spec[#spec + 1] = "readonly=on" end
-    if d.snapshot then spec[#spec + 1] = "snapshot=on" end
-    if d.cache then spec[#spec + 1] = "cache=" .. qesc(d.cache) end
-    args[#args + 1] = "-drive"
-    args[#args + 1] = table.concat(spec, ",")
-    if iface == "nvme" then
-      args[#args + 1] = "-device"
-      args[#args + 1] = string.format("nvme,drive=drive%d,serial=qshell%d", i - 1, i - 1)
+      local spec = { "file=" .. qesc(d.file), "format=" .. qesc(fmt), "id=drive" .. (i - 1) }
+      if iface == "ide" then
+        -- disks[1] is hda, disks[2] hdb, as -hda/-hdb.
+        spec[#spec + 1] = "if=ide,index=" .. ide_index .. ",media=disk"
+        ide_index = ide_index + 1
+      elseif iface == "nvme" then
+        spec[#spec + 1] = "if=none"
+      else
+        spec[#spec + 1] = "if=" .. iface
+      end
+      spec[#spec + 1] = "node-name=" .. qesc(d.node or ("disk" .. (i - 1)))
+      if d.readonly then spec[#spec + 1] = "readonly=on" end
+      if d.snapshot then spec[#spec + 1] = "snapshot=on" end
+      if d.cache then spec[#spec + 1] = "cache=" .. qesc(d.cache) end
+      args[#args + 1] = "-drive"
+      args[#args + 1] = table.concat(spec, ",")
+      if iface == "nvme" then
+        args[#args + 1] = "-device"
+        args[#args + 1] = string.format("nvme,drive=drive%d,serial=qshell%d", i - 1, i - 1)
+      end
     end
   end
   return args
@@ -167,7 +208,7 @@ local launch_opts = {
   disks = "table", extra = "table", name = "string", timeout = check.positive,
   console = "boolean", reboot = "boolean", icount = "table|number|string",
   loadvm = "string", plugins = "table", restore = "string", verify = "boolean",
-  net = "boolean|table", paused = "boolean",
+  net = "boolean|table", paused = "boolean", record = "string", replay = "string",
 }
 
 local icount_opts = {
@@ -281,6 +322,8 @@ function M.add_option(name, spec, build)
   M.extensions[#M.extensions + 1] = { name = name, build = build }
 end
 
+local replay = require "qemu.vm.replay"
+
 local function build_argv(opts, ctx)
   local fname = "qemu.launch"
   local binary = require "qemu.util.binary"
@@ -302,7 +345,7 @@ local function build_argv(opts, ctx)
   local accel = opts.accel or "auto"
   if accel == "auto" then
     -- Plugins and icount exist only under TCG: ask for them, get TCG.
-    accel = (opts.plugins or opts.icount ~= nil) and "tcg" or host.accel()
+    accel = (opts.plugins or opts.icount ~= nil or opts.record or opts.replay) and "tcg" or host.accel()
   end
   ctx.accel = accel
   add("-accel", accel)
@@ -314,7 +357,12 @@ local function build_argv(opts, ctx)
   else
     ram.launch_args(opts, ctx, add)
   end
-  if opts.icount ~= nil then add("-icount", icount_arg(fname, opts.icount, accel)) end
+  local rr = (opts.record or opts.replay) and replay.plan(fname, opts, ctx, accel)
+  if rr then
+    add("-icount", icount_arg(fname, opts.icount or {}, accel) .. replay.icount_suffix(rr))
+  elseif opts.icount ~= nil then
+    add("-icount", icount_arg(fname, opts.icount, accel))
+  end
   if not opts.reboot then add("-no-reboot") end
   -- paused=true: the guest runs at vm:cont() (after a restore too), so a
   -- script can send console input first (exact, repeatable runs).
@@ -327,7 +375,8 @@ local function build_argv(opts, ctx)
     -- The guest's ttyS0 on socketpair 2, connected before QEMU starts:
     -- nothing the kernel prints is lost.
     ctx.sockets = 2
-    local gate = type(opts.icount) == "table" and opts.icount.console == "exact" and
+    -- (A replay's console input is the log's: no gate.)
+    local gate = type(opts.icount) == "table" and opts.icount.console == "exact" and not opts.replay and
                  require("qemu.vm.gate").plan(fname, ctx, opts)
     add("-chardev", "socket,id=con,fd=" .. CONSOLE_FD .. (gate and (",logfile=" .. gate.tx) or ""),
         "-serial", "chardev:con")
@@ -362,15 +411,24 @@ local function build_argv(opts, ctx)
     ext.build(opts, ctx, add)
   end
   if ctx.append then add("-append", ctx.append) end
+  local devices = {}
   if opts.disks then
-    for _, a in ipairs(disk_args(fname, opts.disks)) do add(a) end
+    for _, a in ipairs(disk_args(fname, opts.disks, rr, devices)) do add(a) end
   end
-  if opts.net then add("-nic", M.net_arg(fname, opts.net)) end
+  if opts.net then
+    if rr then
+      -- the NIC's traffic in the log
+      add("-nic", M.net_arg(fname, opts.net) .. ",id=qsnet0", "-object", "filter-replay,id=qsreplay0,netdev=qsnet0")
+    else
+      add("-nic", M.net_arg(fname, opts.net))
+    end
+  end
   if opts.loadvm then add("-loadvm", check_loadvm(fname, opts)) end
   if opts.plugins then require("qemu.plugin")._launch_args(fname, opts.plugins, ctx, add) end
   if opts.extra then
     for _, a in ipairs(list_of_strings(fname, "extra", opts.extra)) do add(a) end
   end
+  for _, a in ipairs(devices) do add(a) end
   return argv
 end
 
@@ -422,12 +480,14 @@ function M.start(opts)
   local ok, argv = pcall(build_argv, opts, ctx)
   if not ok then
     p:close()
+    replay.abandon(ctx)
     error(argv, 0)
   end
   for k, v in pairs(ctx.env or {}) do p:setenv(k, v) end
   local spawned, err, code = p:spawn(argv, ctx.sockets)
   if not spawned then
     p:close()
+    replay.abandon(ctx)
     errors.from_code(fname, err, code, { overrides = { io = "LaunchFailed", notfound = "LaunchFailed" },
                                          hint = "is QEMU installed? (make deps) or set binary=" })
   end
@@ -450,6 +510,7 @@ function M.finish(pending)
     local log = p:log_tail(2000):gsub("%s+$", "")
     q:close()
     p:close()
+    replay.abandon(ctx)
     if rctx then restore.launch_failed(rctx, argv[1], log) end
     local desc
     if st then
@@ -483,6 +544,7 @@ function M.finish(pending)
     vm.console = Console.new(vm, consolec.open(p:take_socket(2), t0))
     if ctx.gate then require("qemu.vm.gate").attach(vm, ctx.gate) end
   end
+  if ctx.rr then replay.attach(vm, ctx) end
   for _, ext in ipairs(ctx.after or {}) do ext(vm, ctx) end
   live[vm] = serial
   if M.pin then pinned[vm] = true end
@@ -497,6 +559,7 @@ function M.finish(pending)
     local okr, err = pcall(restore.finish, vm, rctx, opts.timeout)
     if not okr then
       vm:close()
+      replay.abandon(ctx)
       error(err, 0)
     end
   end
