@@ -38,7 +38,7 @@ static const char usage_text[] =
     "                                             --resume: do what earlier runs did not\n"
     "       qshell [options] sweep --status RESULTS|JOBDIR\n"
     "                                             a Slurm sweep's progress\n"
-    "       qshell [options] sweep --rerun RESULTS ROW\n"
+    "       qshell [options] sweep --rerun RESULTS ROW [--replay]\n"
     "                                             run one row of a sweep's results again\n"
     "                                             from what it records; say what differs\n"
     "       qshell [options] results FILE... [OPTIONS]\n"
@@ -144,8 +144,10 @@ static int parse_args(int argc, char **argv, struct opts *o, struct qs_state *st
                     setenv("QSHELL_SWEEP_RESUME", "1", 1);
                 } else if (strcmp(argv[i], "--rerun") == 0 || strcmp(argv[i], "--status") == 0) {
                     int rerun = argv[i][2] == 'r';
-                    if (argc - i != (rerun ? 3 : 2)) {
-                        return usage_error(rerun ? "'sweep --rerun' needs a results file and a row%s"
+                    /* --rerun FILE ROW [--replay] */
+                    int replay = rerun && argc - i == 4 && strcmp(argv[argc - 1], "--replay") == 0;
+                    if (argc - i != (rerun ? 3 + replay : 2)) {
+                        return usage_error(rerun ? "'sweep --rerun' needs a results file and a row (and --replay)%s"
                                                  : "'sweep --status' needs a results file or a job dir%s",
                                            "");
                     }

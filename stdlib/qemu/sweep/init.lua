@@ -42,7 +42,7 @@ local ENGINES = { ["local"] = "qemu.sweep.local", slurm = "qemu.sweep.slurm" }
 local sweep_opts = {
   from = "string", launch = "table|function", matrix = "table", ["repeat"] = check.positive,
   run = "function", workers = check.positive, out = "string", resume = "boolean",
-  timeout = check.positive, engine = "string", progress = "boolean", slurm = "table",
+  timeout = check.positive, engine = "string", progress = "boolean", slurm = "table", record = "boolean",
 }
 
 ---@api qemu.sweep qemu.sweep{from=, run= [, matrix=, repeat=, launch=, out=, resume=, workers=, timeout=, engine=, progress=, slurm=]} -> summary
@@ -262,6 +262,12 @@ function M.sweep(spec)
   local engine_name = spec.engine or os.getenv("QSHELL_SWEEP_ENGINE") or "local"
   if not ENGINES[engine_name] then check.bad(fname, "engine must be \"local\" or \"slurm\"") end
   local engine = require(ENGINES[engine_name])
+  if spec.record and not spec.out then
+    check.bad(fname, "record=true keeps each run's recording beside the results (OUT.rr/run-N): give out=")
+  end
+  if spec.record and engine_name ~= "local" then
+    check.bad(fname, "record=true runs under the local engine (engine=\"%s\" given)", engine_name)
+  end
   local runs, names = plan.expand(matrix, reps)
   -- Rerunning one row (qemu.sweep.rerun runs the script again): that run only.
   local rerun_run = os.getenv("QSHELL_SWEEP_RERUN")

@@ -10,7 +10,8 @@ local M = {}
 
 -- Columns every results file has; no parameter or metric may take them.
 M.RESERVED = { run = true, ["repeat"] = true, status = true, wall_s = true, error = true,
-                host = true, started = true, prov = true, provenance = true }
+                host = true, started = true, prov = true, provenance = true, recording = true,
+                record_bytes = true }
 
 function M.sorted_keys(t)
   local keys = {}

@@ -76,6 +76,11 @@ local function report_text(r)
                                 m.ratio and string.format("%.4f", m.ratio) or "")
     end
   end
+  if r.replay then
+    L[#L + 1] = string.format("  replayed  %s: %s", r.replay,
+                              #r.replay_differs == 0 and "every metric the same as recorded"
+                              or ("differs in " .. table.concat(r.replay_differs, ", ")))
+  end
   if #r.differences == 0 then
     L[#L + 1] = "  setup     the same as recorded"
   else
@@ -87,7 +92,7 @@ local function report_text(r)
   return table.concat(L, "\n") .. "\n"
 end
 
-local rerun_opts = { timeout = check.positive }
+local rerun_opts = { timeout = check.positive, replay = "boolean" }
 
 ---@api qemu.sweep.rerun qemu.sweep.rerun(path, row [, {timeout=}]) -> report
 --- Run one row of a results file again from what it records, and say what differs.
@@ -171,10 +176,23 @@ function M.rerun(path, which, opts)
              "make it again (its manifest hash was " .. tostring(recorded.checkpoint_id) ..
              "; a new one will differ) and rerun, or restore it from a copy")
   end
+  local replay
+  if opts.replay then
+    replay = row.recording
+    if type(replay) ~= "string" or replay == "" then
+      mismatch(string.format("row %d of %s (%s) has no recording to replay", index, path, tostring(row.run)),
+               "a sweep records its runs with record=true")
+    end
+    if replay:sub(1, 1) ~= "/" and recorded.cwd then replay = recorded.cwd .. "/" .. replay end
+    if not fs.is_dir(replay) then
+      mismatch(string.format("the recording %s of row %d is gone", replay, index))
+    end
+  end
   local result = fs.scratch_file("rerun", ".json")
   os.remove(result)
   local self = sys.realpath("/proc/self/exe")
   local argv = { "env", "-C", recorded.cwd or ".",
+                 "QSHELL_SWEEP_REPLAY=" .. (replay or ""),
                  "QSHELL_SWEEP_RERUN=" .. row.run,
                  "QSHELL_SWEEP_RERUN_FILE=" .. (sys.realpath(path) or path),
                  "QSHELL_SWEEP_RERUN_OUT=" .. result,
@@ -202,6 +220,7 @@ function M.rerun(path, which, opts)
               wall_s = res.wall_s, host = res.host, started = res.started, provenance = res.provenance,
               recorded = recorded }
   r.differences = provenance.differences(recorded, res.provenance)
+  r.replay = replay
   r.metrics_compared = {}
   local names, seen = {}, {}
   for _, m in ipairs(rows.metrics) do if row[m] ~= nil then names[#names + 1] = m; seen[m] = true end end
@@ -213,7 +232,16 @@ function M.rerun(path, which, opts)
     local was, now = row[m], r.metrics[m]
     local ratio
     if type(was) == "number" and type(now) == "number" and was ~= 0 then ratio = now / was end
-    r.metrics_compared[#r.metrics_compared + 1] = { name = m, was = was, now = now, ratio = ratio }
+    if not (replay and (m == "recording" or m == "record_bytes")) then
+      r.metrics_compared[#r.metrics_compared + 1] = { name = m, was = was, now = now, ratio = ratio }
+    end
+  end
+  if replay then
+    -- what the replay did not reproduce
+    r.replay_differs = {}
+    for _, c in ipairs(r.metrics_compared) do
+      if c.was ~= c.now then r.replay_differs[#r.replay_differs + 1] = c.name end
+    end
   end
   r.text = report_text(r)
   return r
@@ -222,7 +250,7 @@ end
 -- `qshell sweep --rerun RESULTS ROW`: the report; exit 0 when the run
 -- succeeded again, 1 when it failed.
 function M.main(args)
-  local r = M.rerun(args[1], args[2])
+  local r = M.rerun(args[1], args[2], { replay = args[3] == "--replay" or nil })
   io.stdout:write(r.text)
   return r.status == "ok" and 0 or 1
 end

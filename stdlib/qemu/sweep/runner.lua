@@ -15,7 +15,7 @@ local M = {}
 -- the parameters), with the machine's disks left to the checkpoint when
 -- the sweep started from a savevm tag (they were the tag's image, and the
 -- checkpoint made from it holds them now).
-function M.launch_options(spec, params, source)
+function M.launch_options(spec, params, source, r)
   local base = spec.launch
   if type(base) == "function" then base = base(params) end
   local lopts = {}
@@ -25,7 +25,34 @@ function M.launch_options(spec, params, source)
     lopts.loadvm = nil
   end
   lopts.restore = source.checkpoint
+  -- record=true: the run's recording beside the results; a rerun with
+  -- --replay replays it instead
+  local replay = os.getenv("QSHELL_SWEEP_REPLAY")
+  if replay and replay ~= "" then
+    lopts.replay = replay
+  elseif spec.record and r then
+    lopts.record = M.recording(spec, r)
+  end
   return lopts
+end
+
+-- The recording of run r of a sweep with record=true: OUT.rr/run-I.
+function M.recording(spec, r)
+  return string.format("%s.rr/run-%d", spec.out, r.i)
+end
+
+-- A run about to record: the dir of an earlier try of the same run (a
+-- resumed sweep) goes, and the sweep's recordings dir is made.
+local function prepare_recording(lopts)
+  if not lopts.record then return end
+  local fs = require "qemu.util.fs"
+  local rp = require "qemu.vm.replay"
+  fs.mkdir_p(lopts.record:match("^(.*)/[^/]+$"), "qemu.sweep")
+  if fs.exists(lopts.record) then
+    os.remove(lopts.record .. "/" .. rp.LOG)
+    os.remove(lopts.record .. "/" .. rp.MANIFEST)
+    os.remove(lopts.record)
+  end
 end
 
 local function check_metrics(m)
@@ -99,8 +126,8 @@ end
 
 local function start_warm(spec, source, r)
   M.drop_warm()
-  local ok, lopts = pcall(M.launch_options, spec, r.params, source)
-  if not ok then return end -- the run itself will say why
+  local ok, lopts = pcall(M.launch_options, spec, r.params, source, r)
+  if not ok or not pcall(prepare_recording, lopts) then return end -- the run itself will say why
   local lo = {}
   for k, v in pairs(lopts) do lo[k] = v end
   lo.paused = true
@@ -114,6 +141,7 @@ local function open_vm(r, lopts)
   warm = nil
   if not (w and w.i == r.i) then
     if w then w.pending:cancel() end
+    prepare_recording(lopts)
     return require("qemu.vm.launch").launch(lopts)
   end
   local vm = require("qemu.vm.launch").finish(w.pending)
@@ -132,13 +160,20 @@ function M.run(spec, source, r, next_r)
   local out = { i = r.i, host = provenance.host(), started = provenance.now_text() }
   local lopts, vm_seen
   local ok, res = pcall(function()
-    lopts = M.launch_options(spec, r.params, source)
+    lopts = M.launch_options(spec, r.params, source, r)
     local vm <close> = open_vm(r, lopts)
     vm_seen = vm
     if type(next_r) == "function" then next_r = next_r() end
     if next_r then start_warm(spec, source, next_r) end
     out.provenance = provenance.of_run(script_of(spec), lopts, source, vm)
-    return roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
+    local m = roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
+    if lopts.record then
+      -- QEMU ends its log when it exits
+      if not vm:_exited() then vm:quit() end
+      m.recording = lopts.record
+      m.record_bytes = require("qemu.vm.replay").size(lopts.record)
+    end
+    return m
   end)
   out.wall_s = sys.now() - t0
   if not out.provenance then

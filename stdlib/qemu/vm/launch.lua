@@ -359,7 +359,7 @@ local function build_argv(opts, ctx)
   end
   local rr = (opts.record or opts.replay) and replay.plan(fname, opts, ctx, accel)
   if rr then
-    add("-icount", icount_arg(fname, opts.icount or {}, accel) .. replay.icount_suffix(rr))
+    add("-icount", icount_arg(fname, replay.icount(fname, opts), accel) .. replay.icount_suffix(rr))
   elseif opts.icount ~= nil then
     add("-icount", icount_arg(fname, opts.icount, accel))
   end
@@ -444,6 +444,7 @@ function Pending:cancel()
   if self.done then return end
   self.done = true
   self.p:close()
+  replay.abandon(self.ctx)
 end
 Pending.__gc = Pending.cancel
 Pending.__close = Pending.cancel

@@ -231,6 +231,23 @@ function M.plan(fname, opts, ctx, accel)
   return ctx.rr
 end
 
+-- The icount options of a record/replay launch: sleep=on unless told
+-- (QEMU's default; with sleep=off the guest's clock jumps over the time a
+-- recorded disk request takes, and the guest loses the disk's interrupts:
+-- "ata1: lost interrupt"), so sleep=false is refused with disks.
+function M.icount(fname, opts)
+  local ic = opts.icount
+  if type(ic) ~= "table" then ic = { shift = ic } end
+  local out = {}
+  for k, v in pairs(ic) do out[k] = v end
+  if out.sleep == nil then out.sleep = true end
+  if out.sleep == false and opts.disks and #opts.disks > 0 then
+    check.bad(fname, "record/replay with disks needs icount.sleep=true (the default here): with sleep=false the " ..
+                     "guest's clock runs past each recorded disk request and the guest loses its interrupts")
+  end
+  return out
+end
+
 -- The -icount word's record/replay part.
 function M.icount_suffix(rr)
   return string.format(",rr=%s,rrfile=%s", rr.mode, rr.log)
