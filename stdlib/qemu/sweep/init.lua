@@ -45,7 +45,7 @@ local sweep_opts = {
   timeout = check.positive, engine = "string", progress = "boolean", slurm = "table", record = "boolean",
 }
 
----@api qemu.sweep qemu.sweep{from=, run= [, matrix=, repeat=, launch=, out=, resume=, workers=, timeout=, engine=, progress=, slurm=]} -> summary
+---@api qemu.sweep qemu.sweep{from=, run= [, matrix=, repeat=, launch=, out=, resume=, workers=, timeout=, engine=, progress=, record=, slurm=]} -> summary
 --- Run a function on many VMs restored from one saved state, over a matrix of parameters, in parallel, and record each run's metrics.
 ---
 --- Every run starts from the same state with `qemu.launch{restore=...}` in
@@ -175,6 +175,10 @@ local sweep_opts = {
 ---   `--local` sets, else "local"): "local" (forked workers) or "slurm" (a job array);
 ---   `progress=` boolean (default true): the progress line on stderr when it is a
 ---   terminal; false for none;
+---   `record=` boolean (default false; local engine, needs `out=`): record every run
+---   (`qemu.launch{record=}`) into `OUT.rr/run-N` (N the run's number in the matrix; a
+---   resumed sweep records a retried run anew); the row gets `recording` (the directory)
+---   and `record_bytes` (its size); `qshell sweep --rerun OUT ROW --replay` replays it;
 ---   `slurm=` table (default {}): the Slurm engine's options, each checked (an unknown name
 ---   is an error); under Slurm `workers=` and `timeout=` are refused (the array tasks are
 ---   the workers; `slurm.time` is the limit) and `out=` (or `slurm.dir`) is required:

@@ -126,9 +126,11 @@ local rerun_opts = { timeout = check.positive, replay = "boolean" }
 ---   string of digits counts as a number), or the run's name (its `run` column, e.g.
 ---   "plugin=insn;size=2000#1"; of several rows with that name, the last)
 ---@param options? table  `timeout=` number (default: none): seconds the rerun (the whole
----   script) may take
+---   script) may take; `replay=` boolean (default false; `--replay` on the command line): replay
+---   the row's recording (a sweep with `record=true`) instead of running anew: the report's line
+---   `replayed  DIR: every metric the same as recorded`, or the metrics that differ (`replay_differs`)
 ---@return table report  `{run=, index=, path=, row=, status=, error=, metrics=, wall_s=, host=,
----   started=, provenance=, recorded=, differences=, metrics_compared=, text=}`: the run's
+---   started=, provenance=, recorded=, differences=, metrics_compared=, replay=, replay_differs=, text=}`: the run's
 ---   name, the row's number, the file, the row as recorded (`qemu.sweep.read`'s row);
 ---   the new run's status ("ok" or "failed"), error, metrics (name -> value), wall time,
 ---   host and start time; its setup now (`provenance`) and as recorded (`recorded`);
@@ -139,7 +141,7 @@ local rerun_opts = { timeout = check.positive, replay = "boolean" }
 ---@error BadArgument  `path` is not a string or no such file, a bad option, no such row
 ---   number or run name
 ---@error BadResults  the results file cannot be read (the line is named)
----@error RerunMismatch  the row cannot be rerun as recorded: it records no setup (written
+---@error RerunMismatch  the row cannot be rerun as recorded (with `replay`: it has no recording, or it is gone): it records no setup (written
 ---   before provenance existed, or its id is not in the sidecar), it ran from code that is
 ---   not a script file, the script, its directory or the checkpoint is gone (the error names
 ---   it, and the script's or checkpoint's recorded hash), or the script's sweep no longer

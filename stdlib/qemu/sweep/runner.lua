@@ -164,7 +164,9 @@ function M.run(spec, source, r, next_r)
     local vm <close> = open_vm(r, lopts)
     vm_seen = vm
     if type(next_r) == "function" then next_r = next_r() end
-    if next_r then start_warm(spec, source, next_r) end
+    -- (not under record=: a recorded guest restored paused and resumed
+    -- later saw its clock jump by the wait, and lost console input)
+    if next_r and not spec.record then start_warm(spec, source, next_r) end
     out.provenance = provenance.of_run(script_of(spec), lopts, source, vm)
     local m = roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
     if lopts.record then

@@ -201,12 +201,14 @@ end
 -- Under record=, QEMU hands each read of the console socket to the guest
 -- later, as an event of the log: bytes it reads faster than the guest
 -- takes them overflow the UART's FIFO and are lost (in the recording
--- too).  So the bytes go PACE at a time, each once QEMU has read the last.
-local PACE, PACE_GAP = tonumber(os.getenv("QSHELL_RR_PACE") or "4"), tonumber(os.getenv("QSHELL_RR_GAP") or "0.001")
+-- too).  So the bytes go one at a time, each once QEMU has read the last
+-- and PACE_GAP later (4 bytes a ms, and 2 every 2 ms, lost bytes now and
+-- then).
+local PACE_GAP = 0.003
 function Console:_send_paced(text, timeout)
   local deadline = sys.now() + timeout
-  for i = 1, #text, PACE do
-    local ok, msg, code = self._c:send(text:sub(i, i + PACE - 1), math.max(deadline - sys.now(), 0))
+  for i = 1, #text do
+    local ok, msg, code = self._c:send(text:sub(i, i), math.max(deadline - sys.now(), 0))
     if not ok then return ok, msg, code end
     while (self._c:unread() or 0) > 0 do
       if sys.now() > deadline then return nil, "the guest did not take the console input", "timeout" end

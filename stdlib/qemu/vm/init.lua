@@ -490,6 +490,8 @@ local quit_opts = { timeout = check.nonneg }
 --- `vm:close()`, and the events QEMU sent are kept for `vm:events()`. A VM
 --- that had already ended returns its status. For an attached VM, QMP `quit`
 --- is sent and the monitor closed (the VM is then closed); the result is nil.
+--- A replay (`replay=`) first runs on for up to `timeout` seconds to the
+--- recording's end, where the recorded run ended, so its counts are whole.
 ---
 ---     local st = vm:quit()
 ---     print(st.desc)   --> exited with status 0
@@ -509,6 +511,11 @@ function VM:quit(opts)
     return nil
   end
   local st = self:_exit_status()
+  if not st and self.replaying then
+    -- A replay runs to the recording's end, where the recorded run ended
+    -- (its quit or shutdown is in the log): the counts are the recorded ones.
+    st = self._proc:wait(grace)
+  end
   if not st then
     -- Errors are expected here: QEMU may close the socket before replying.
     self._qmp:execute("quit", nil, math.min(grace, 5))

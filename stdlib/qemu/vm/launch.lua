@@ -375,9 +375,10 @@ local function build_argv(opts, ctx)
     -- The guest's ttyS0 on socketpair 2, connected before QEMU starts:
     -- nothing the kernel prints is lost.
     ctx.sockets = 2
-    -- (A replay's console input is the log's: no gate.)
+    -- (A replay's console input is the log's: no gate.  Under record=
+    -- the gate held the guest for good: console input is paced instead.)
     local gate = type(opts.icount) == "table" and opts.icount.console == "exact" and not opts.replay and
-                 require("qemu.vm.gate").plan(fname, ctx, opts)
+                 not opts.record and require("qemu.vm.gate").plan(fname, ctx, opts)
     add("-chardev", "socket,id=con,fd=" .. CONSOLE_FD .. (gate and (",logfile=" .. gate.tx) or ""),
         "-serial", "chardev:con")
     if gate then
@@ -639,6 +640,21 @@ end
 ---   forwarded twice is an error.
 ---   `paused=` (boolean, default false): start with the guest stopped (`-S`, also after `restore=`); it runs at
 ---   `vm:cont()`, so a script can type console input first (exact, repeatable runs).
+---   `record=` (string): record the run into this new directory (refused if it exists): QEMU's record/replay
+---   (`-icount ...,rr=record,rrfile=DIR/replay.bin`), every disk under a `blkreplay` drive with its writes in a
+---   throw-away layer (a replay must start from the same bytes), the NIC through `filter-replay`, and
+---   `DIR/recording.json` naming the QEMU, the machine, the checkpoint and each disk (its `status` is "complete"
+---   once QEMU has ended cleanly: QEMU writes its log's header last). `icount=` defaults to `{shift=2}` and
+---   its `sleep` to true (with `sleep=false` the guest loses recorded disk interrupts; refused with disks).
+---   Console input is typed a byte every 3 ms (QEMU hands recorded input to the UART late: faster typing
+---   overflows its FIFO; `icount.console="exact"` is not taken with `record=`), and `console:run`'s markers are numbered. One vCPU, TCG; `vm.recording` is the
+---   directory. From boot or with `restore=`.
+---   `replay=` (string): replay a recording made with `record=`: the same options (the QEMU version, machine,
+---   `restore=`, `icount` shift and disks are checked against `recording.json` first, and a difference, or a
+---   recording that did not end cleanly, is refused before QEMU starts). The guest runs exactly as recorded:
+---   its console output, ROI events and `insn` counts are the recorded ones, and a script waits on them as it
+---   did; what the script sends to the console is dropped (the recorded input is replayed). `vm.replaying` is
+---   true.
 ---   `plugins=` (list): TCG plugins, each `{name=, args=}` (a plugin of this project, e.g. "insn", "hotblocks")
 ---   or `{path=, args=}` (a .so of your own); `args` the plugin's arguments (table, written with QEMU's escaping:
 ---   see `qemu.plugin.arg`). Each .so is checked first (it exists, is a shared object with QEMU's plugin
@@ -656,7 +672,7 @@ end
 ---   `net=` may change the forwards, `restrict` and `hostname` (the host side of the user network is not in the
 ---   saved state, so runs side by side from one checkpoint can each forward a host port of their own) but not
 ---   the NIC model, nor leave the NIC out (`net=` left out: the recorded one).
----   `plugins`, `icount`, `name`, `timeout`, `reboot`, `extra`, `paused` and `binary` are free. The restore runs
+---   `plugins`, `icount`, `name`, `timeout`, `reboot`, `extra`, `paused`, `binary`, `record` and `replay` are free. The restore runs
 ---   `binary=`, else the default QEMU: the binary the checkpoint was made with is only recorded. The VM gets the
 ---   recorded machine type, so a checkpoint made on QEMU 7.2 restores on 10.0; a QEMU without that type is
 ---   refused, with both versions and the type named.
@@ -670,7 +686,10 @@ end
 ---   `append=` without `kernel=`; a read-only IDE disk; `icount=` or `plugins=` under kvm; a bad `net=`; `verify=`
 ---   without `restore=`; a `loadvm=` tag that is not valid, or no writable qcow2 disk to hold it; with `restore=`:
 ---   `disks=`, `loadvm=`, a machine option that differs from the checkpoint's, another NIC model, a machine type
----   this QEMU lacks
+---   this QEMU lacks; `record=` with `replay=`, or either with `smp` > 1, kvm, a scsi disk, `-snapshot` or
+---   `-rtc base=localtime` in `extra=`; a `replay=` that is no recording, did not end cleanly, or was recorded
+---   with another QEMU, machine, checkpoint or disk
+---@error FileExists  `record=` names a path that exists
 ---@error LaunchFailed  QEMU could not be started, exited before QMP answered, or did not answer within `timeout`:
 ---   the message has its exit status and the end of its log, `e.exit` and `e.argv` are set, and `hint` names the
 ---   fix for a known trap (KVM not usable, a plugin QEMU refused, a QEMU without user networking for `net=`)

@@ -26,6 +26,7 @@ local M = {}
 M.LOG = "replay.bin"
 M.MANIFEST = "recording.json"
 M.FORMAT = 1
+M.DEFAULT_SHIFT = 2
 
 -- The launch options that make the machine: a replay must repeat them.
 local MACHINE = { "memory", "smp", "machine", "cpu", "append", "console", "reboot" }
@@ -110,7 +111,7 @@ local function machine_of(opts)
   if opts.net then m.net = type(opts.net) == "table" and opts.net.model or "virtio-net-pci" end
   local ic = opts.icount
   if type(ic) ~= "table" then ic = { shift = ic } end
-  m.icount_shift = ic.shift or "auto"
+  m.icount_shift = ic.shift or M.DEFAULT_SHIFT
   return m
 end
 
@@ -231,7 +232,7 @@ function M.plan(fname, opts, ctx, accel)
   return ctx.rr
 end
 
--- The icount options of a record/replay launch: sleep=on unless told
+-- The icount options of a record/replay launch: shift 2 and sleep=on unless told
 -- (QEMU's default; with sleep=off the guest's clock jumps over the time a
 -- recorded disk request takes, and the guest loses the disk's interrupts:
 -- "ata1: lost interrupt"), so sleep=false is refused with disks.
@@ -241,6 +242,9 @@ function M.icount(fname, opts)
   local out = {}
   for k, v in pairs(ic) do out[k] = v end
   if out.sleep == nil then out.sleep = true end
+  -- (QEMU's own examples use shift=auto; here a guest restored under it
+  -- stopped answering its console while recording: 2 is the default.)
+  if out.shift == nil then out.shift = M.DEFAULT_SHIFT end
   if out.sleep == false and opts.disks and #opts.disks > 0 then
     check.bad(fname, "record/replay with disks needs icount.sleep=true (the default here): with sleep=false the " ..
                      "guest's clock runs past each recorded disk request and the guest loses its interrupts")
