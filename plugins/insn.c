@@ -364,11 +364,11 @@ static void roi_exec(unsigned int vcpu, void *udata)
 {
     uintptr_t u = (uintptr_t)udata;
     unsigned int id = u & 0xffffu, op = (u >> 16) & 0xfu;
-    uint64_t after = u >> 20;
-    /* exact=on: the count has every instruction before the marker, and the
-     * marker's own add comes after this callback (registered after it) */
-    uint64_t self = st.exact ? 0 : 1;
-    int64_t shift = st.exact ? -1 : (int64_t)after;
+    /* how much of the count is the marker and what follows it: per block,
+     * the marker and the rest of its block (added when the block started);
+     * exact=on, nothing (the marker's own add is registered after this
+     * callback) */
+    uint64_t ahead = st.exact ? 0 : (u >> 20) + 1;
     unsigned int n = vcpus_to_report(), v;
     struct insn_roi *r;
     uint64_t entry = 0, total = 0;
@@ -390,7 +390,7 @@ static void roi_exec(unsigned int vcpu, void *udata)
             r->start[v] = v < n ? count_of(v) : 0;
         }
         if (vcpu < st.n_slots) {
-            r->start[vcpu] -= (uint64_t)shift; /* the count just after the marker */
+            r->start[vcpu] += 1 - ahead; /* the count just after the marker */
         }
         if (st.limit_roi == (int64_t)id) {
             uint64_t done = 0, base;
@@ -399,7 +399,7 @@ static void roi_exec(unsigned int vcpu, void *udata)
                 done += r->sum[v];
             }
             base = st.n_slots == 1 ? r->start[0]
-                                   : __atomic_load_n(&st.progress, __ATOMIC_RELAXED) - after;
+                                   : __atomic_load_n(&st.progress, __ATOMIC_RELAXED) - (ahead - 1);
             __atomic_store_n(&st.limit_at, base + (st.limit > done ? st.limit - done : 1),
                              __ATOMIC_RELAXED);
         }
@@ -412,7 +412,7 @@ static void roi_exec(unsigned int vcpu, void *udata)
         }
         for (v = 0; v < n && v < st.n_slots; v++) {
             /* the count just before the marker */
-            uint64_t now = count_of(v) - (v == vcpu ? after * self + self : 0);
+            uint64_t now = count_of(v) - (v == vcpu ? ahead : 0);
             uint64_t d = now - r->start[v];
 
             r->sum[v] += d;

@@ -46,13 +46,8 @@ end
 local function prepare_recording(lopts)
   if not lopts.record then return end
   local fs = require "qemu.util.fs"
-  local rp = require "qemu.vm.replay"
   fs.mkdir_p(lopts.record:match("^(.*)/[^/]+$"), "qemu.sweep")
-  if fs.exists(lopts.record) then
-    os.remove(lopts.record .. "/" .. rp.LOG)
-    os.remove(lopts.record .. "/" .. rp.MANIFEST)
-    os.remove(lopts.record)
-  end
+  if fs.exists(lopts.record) then require("qemu.vm.replay").remove(lopts.record) end
 end
 
 local function check_metrics(m)

@@ -80,7 +80,8 @@ local function check_machine(fname, what, opts, accel)
   end
   for _, a in ipairs(opts.extra or {}) do
     local why = (a == "-snapshot" and "-snapshot") or (a:find("base=localtime", 1, true) and "-rtc base=localtime")
-                or (a:match("^%-icount") and "a second -icount") or (a:find("rr=", 1, true) and a)
+                or (a:match("^%-icount") and "a second -icount")
+                or ((a:match("^rr=") or a:find(",rr=", 1, true)) and a)
     if why then
       check.bad(fname, "%s: extra= has %s, which QEMU's record/replay refuses or which would fight it", what, why)
     end
@@ -261,11 +262,17 @@ end
 -- removed (a retry may record to the same path).
 function M.abandon(ctx)
   if ctx.rr_made then
-    os.remove(ctx.rr_made .. "/" .. M.LOG)
-    os.remove(ctx.rr_made .. "/" .. M.MANIFEST)
-    os.remove(ctx.rr_made)
+    M.remove(ctx.rr_made)
     ctx.rr_made = nil
   end
+end
+
+-- A recording's directory removed: its two files, then the directory (a
+-- file of someone else's in it keeps it).
+function M.remove(dir)
+  os.remove(dir .. "/" .. M.LOG)
+  os.remove(dir .. "/" .. M.MANIFEST)
+  os.remove(dir)
 end
 
 -- The VM of a record/replay launch: vm.recording is the directory, and a
