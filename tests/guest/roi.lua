@@ -75,6 +75,20 @@ T.test("markers: counts exact to the instruction, events, the helper, hotblocks 
   T.match(h.blocks[1].pc, "^0x40") -- the workload's own code, not the kernel's
 end)
 
+T.test("insn exact=on (an add per instruction): the same exact ROI counts; refused with limit=", function()
+  local vm <close> = qemu.launch { restore = at_prompt, icount = ICOUNT,
+                                   plugins = { { name = "insn", args = { exact = true } } } }
+  local _, st = vm.console:run("/root/roiwork")
+  T.eq(st, 0)
+  local e7 = vm:wait_roi(7, { timeout = 30 })
+  T.ok(e7.insns >= 2000001 and e7.insns < 2000001 + 200000, "ROI 7: " .. e7.insns)
+  T.eq(vm:wait_roi(5).insns, 0, "the empty ROI 5")
+  T.eq(vm:wait_roi(6).insns, 21, "ROI 6's loop")
+  T.raises(function()
+    qemu.launch { restore = at_prompt, plugins = { { name = "insn", args = { exact = true, limit = 1000 } } } }
+  end, "LaunchFailed", "exact=on and limit= cannot be combined")
+end)
+
 T.test("exact counts: 10 runs from one checkpoint under icount, 0-0.5 s before cont, a CPU hog beside: one count", function()
   -- a busy loop on the host competes with QEMU's threads throughout
   local _, hog = T.sh("sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!")
