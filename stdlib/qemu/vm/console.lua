@@ -199,22 +199,22 @@ function Console:_send(text, timeout)
 end
 
 -- Under record=, QEMU hands each read of the console socket to the guest
--- later, as an event of the log: bytes it reads faster than the guest
--- takes them overflow the UART's FIFO and are lost (in the recording
--- too).  So the bytes go one at a time, each once QEMU has read the last
--- and PACE_GAP later (4 bytes a ms, and 2 every 2 ms, lost bytes now and
--- then).
-local PACE_GAP = 0.003
+-- later, as an event of the log, so the UART's "no room" no longer holds
+-- bytes back in the socket: bytes typed while the guest is busy overflow
+-- its FIFO and are lost (in the recording too; measured: one byte every
+-- 3 ms still lost some).  So a byte goes once the guest has printed
+-- something since the last one (its echo: the tty has taken it), or
+-- ECHO_WAIT later (input that is not echoed).
+local ECHO_WAIT = 0.2
 function Console:_send_paced(text, timeout)
   local deadline = sys.now() + timeout
   for i = 1, #text do
+    local before = self._c:stats()
     local ok, msg, code = self._c:send(text:sub(i, i), math.max(deadline - sys.now(), 0))
     if not ok then return ok, msg, code end
-    while (self._c:unread() or 0) > 0 do
-      if sys.now() > deadline then return nil, "the guest did not take the console input", "timeout" end
-      sys.sleep(0.0002)
-    end
-    sys.sleep(PACE_GAP)
+    local until_echo = math.min(deadline, sys.now() + ECHO_WAIT)
+    while self._c:stats() == before and sys.now() < until_echo do sys.sleep(0.0005) end
+    if sys.now() >= deadline then return nil, "the guest did not take the console input", "timeout" end
   end
   return true
 end

@@ -646,8 +646,8 @@ end
 ---   `DIR/recording.json` naming the QEMU, the machine, the checkpoint and each disk (its `status` is "complete"
 ---   once QEMU has ended cleanly: QEMU writes its log's header last). `icount=` defaults to `{shift=2}` and
 ---   its `sleep` to true (with `sleep=false` the guest loses recorded disk interrupts; refused with disks).
----   Console input is typed a byte every 3 ms (QEMU hands recorded input to the UART late: faster typing
----   overflows its FIFO; `icount.console="exact"` is not taken with `record=`), and `console:run`'s markers are numbered. One vCPU, TCG; `vm.recording` is the
+---   Console input is typed a byte at a time, the next once the guest has echoed (QEMU hands recorded input to
+---   the UART late: faster typing overflows its FIFO; `icount.console="exact"` is not taken with `record=`), and `console:run`'s markers are numbered. One vCPU, TCG; `vm.recording` is the
 ---   directory. From boot or with `restore=`.
 ---   `replay=` (string): replay a recording made with `record=`: the same options (the QEMU version, machine,
 ---   `restore=`, `icount` shift and disks are checked against `recording.json` first, and a difference, or a
