@@ -400,8 +400,52 @@ elseif mode == "work" then
   assert(st == 0, "the workload failed")
   vm:quit()
   print(string.format("median_us=%.1f mean_us=%.1f min_us=%.1f n=1", dt, dt, dt))
+elseif mode == "replay" then
+  -- Record and replay: ROUNDS rounds of one run of the workload from a
+  -- checkpoint each way (plain, under the recording's icount, recorded,
+  -- replayed), insn exact=on on all;
+  -- the median times of each, the log's size and the instructions run.
+  local dir, rounds = assert(arg[2], "replay DIR ROUNDS"), math.tointeger(tonumber(arg[3] or "3"))
+  local cmd = "qshell-roi begin 1; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; qshell-roi end 1"
+  local ckpt = dir .. "/ckpt"
+  do
+    local vm <close> = qemu.guest.launch {}
+    vm.console:run(cmd)
+    vm:checkpoint(ckpt)
+  end
+  local function one(opts)
+    opts.restore, opts.plugins = ckpt, { { name = "insn", args = { exact = true } } }
+    local t0 = now()
+    local vm <close> = qemu.launch(opts)
+    local _, st = vm.console:run(cmd, { timeout = 600 })
+    assert(st == 0, "the workload failed")
+    local roi = vm:wait_roi(1, { timeout = 60 }).insns
+    vm:quit()
+    return (now() - t0) * 1e6, roi, vm:plugin_result("insn").total
+  end
+  local times = { plain = {}, icount = {}, record = {}, replay = {} }
+  local bytes, insns
+  for i = 1, rounds do
+    local rr = string.format("%s/run%d.rr", dir, i)
+    times.plain[i] = one({})
+    times.icount[i] = one({ icount = { shift = 2, sleep = true } }) -- what a recording runs under
+    local t, roi, total = one({ record = rr })
+    times.record[i] = t
+    local t2, roi2, total2 = one({ replay = rr })
+    times.replay[i] = t2
+    assert(roi2 == roi and total2 == total, string.format("the replay counted %d/%d, the recording %d/%d",
+                                                         roi2, total2, roi, total))
+    bytes, insns = require("qemu.vm.replay").size(rr), total
+  end
+  local function median(t)
+    table.sort(t)
+    return t[(#t + 1) // 2]
+  end
+  print(string.format("plain_us=%.1f icount_us=%.1f record_us=%.1f replay_us=%.1f log_bytes=%d insns=%d",
+                      median(times.plain), median(times.icount), median(times.record), median(times.replay), bytes,
+                      insns))
 else
   io.stderr:write("usage: qshell guest_bench.lua argv OVERLAY | boot OVERLAY | snapshot ROUNDS K SOCKET SNAPCLIENT\n")
-  io.stderr:write("       | warm IMAGE CKPT | loadvm_argv TAG | sweep CKPT WORKERS N CMD | restore CKPT\n")
+  io.stderr:write("       | warm IMAGE CKPT | loadvm_argv TAG | sweep CKPT WORKERS N CMD | restore CKPT | replay DIR ROUNDS\n")
   os.exit(2)
 end

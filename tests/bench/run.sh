@@ -18,7 +18,7 @@
 # BENCH_SWEEP_ROUNDS (3 rounds of the three sweeps), BENCH_RESTORE_ROUNDS (5
 # rounds of one restore per side), BENCH_MEM_MIB (1216 MiB of data in the
 # 2 GiB guest of the memory benchmark), BENCH_MEM_VMS (8 restored at once),
-# BENCH_CKPT_ROUNDS (3), BENCH_CLUSTER_RUNS (2000 runs in each of the
+# BENCH_CKPT_ROUNDS (3), BENCH_REPLAY_ROUNDS (3), BENCH_CLUSTER_RUNS (2000 runs in each of the
 # cluster benchmark's two sweeps), BENCH_ONLY="startup qmp_rt results" (a subset;
 # "distro" builds the Debian image of the distro tier once, ~2.5 min),
 # BENCH_VERBOSE=1 (rounds).
@@ -637,7 +637,44 @@ cluster_side() {
     if [ "$VERBOSE" = 1 ]; then echo "    $engine: $(tail -n 3 "$d/$engine.log")"; fi
 }
 
-BENCHES=(startup qmp_rt launch results boot snapshot plugin sweep restore memory distro cluster)
+# Record and replay, per QEMU: one run of a shell loop (about 2.5e8
+# instructions) from a checkpoint, plain, recorded and replayed, insn
+# exact=on on each (BENCH_REPLAY_ROUNDS rounds, medians): the log's bytes
+# per million instructions, the replay against the recording, the
+# recording against the plain run and against the same icount unrecorded
+# (its console input is typed a byte per echo).
+bench_replay() {
+    need_guest
+    each_qemu bench_replay_on
+}
+
+bench_replay_on() {
+    local v d out
+    v=$(qemu_version "$1")
+    section "record and replay on QEMU $v: one run from a checkpoint (${BENCH_REPLAY_ROUNDS:-3} rounds, medians)"
+    d=$(mktemp -d "$OUT/replay.XXXXXX")
+    CLEANUP+=("$d")
+    out=$(QSHELL_PATH="$ROOT/tests/lib/?.lua" "$QSHELL" tests/bench/guest_bench.lua replay "$d" \
+        "${BENCH_REPLAY_ROUNDS:-3}" 2>&1) || die "replay bench on QEMU $v: $out"
+    out=$(grep '^plain_us=' <<<"$out")
+    local k
+    declare -A f
+    for k in plain_us icount_us record_us replay_us log_bytes insns; do
+        f[$k]=$(sed -n "s/.*\b$k=\([^ ]*\).*/\1/p" <<<"$out")
+        [ -n "${f[$k]}" ] || die "replay bench printed no $k: $out"
+    done
+    printf 'recording: %s bytes of log for %.1f M instructions: %.0f bytes per million\n' "${f[log_bytes]}" \
+        "$(awk -v v="${f[insns]}" 'BEGIN{print v/1e6}')" \
+        "$(awk -v b="${f[log_bytes]}" -v n="${f[insns]}" 'BEGIN{print b/(n/1e6)}')"
+    printf 'replay %.2f s vs the recorded run %.2f s: ratio %sx; the recorded run vs the same run unrecorded %.2f s: ratio %sx\n' \
+        "$(awk -v v="${f[replay_us]}" 'BEGIN{print v/1e6}')" "$(awk -v v="${f[record_us]}" 'BEGIN{print v/1e6}')" \
+        "$(ratio "${f[replay_us]}" "${f[record_us]}")" "$(awk -v v="${f[plain_us]}" 'BEGIN{print v/1e6}')" \
+        "$(ratio "${f[record_us]}" "${f[plain_us]}")"
+    printf '  (the same run under the recording'"'"'s icount, shift=2,sleep=on, unrecorded: %.2f s; the recorded run vs it: ratio %sx)\n' \
+        "$(awk -v v="${f[icount_us]}" 'BEGIN{print v/1e6}')" "$(ratio "${f[record_us]}" "${f[icount_us]}")"
+}
+
+BENCHES=(startup qmp_rt launch results boot snapshot plugin sweep restore memory replay distro cluster)
 
 build
 start=$SECONDS
