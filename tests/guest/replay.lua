@@ -13,6 +13,12 @@ do
   local vm <close> = qemu.guest.launch { icount = { shift = 2, sleep = false } }
   -- the workload's programs in the page cache
   vm.console:run("qshell-roi begin 9; qshell-roi end 9; i=0; while [ $i -lt 10 ]; do i=$((i+1)); done; true")
+  -- past 2^31 instructions, where QEMU itself cannot start a recording
+  -- (it takes the restored count for an int); qshell restarts the count
+  while vm:qmp("query-replay").icount < (1 << 31) + 10000000 do
+    vm.console:run("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; true")
+  end
+  T.ok(vm:qmp("query-replay").icount < (1 << 32), "the checkpoint's count is in QEMU's failing range")
   vm:checkpoint(ckpt)
 end
 
@@ -28,6 +34,9 @@ local function run(mode, dir)
   local e = vm:wait_roi(1, { timeout = 30 })
   local out2 = vm.console:run("echo $RANDOM $RANDOM; cat /proc/uptime")
   vm:quit()
+  if mode == "record" then
+    T.eq(json.decode(fs.slurp(dir .. "/recording.json")).status, "complete", "complete once vm:quit() returns")
+  end
   local res = vm:plugin_result("insn")
   return { out = out, st = st, roi = e.insns, out2 = out2, total = res.total, rois = res.rois[1].insns }
 end

@@ -529,6 +529,7 @@ function VM:quit(opts)
     self.pid = nil
   end
   self:_close_qmp()
+  self:_ended()
   return st
 end
 
@@ -548,6 +549,7 @@ function VM:kill()
   self._exit = st
   self.pid = nil
   self:_close_qmp()
+  self:_ended()
   return st
 end
 
@@ -582,6 +584,7 @@ function VM:wait(opts)
   end
   self._exit = st
   self.pid = nil
+  self:_ended()
   return st
 end
 
@@ -625,6 +628,7 @@ function VM:close()
   end
   self._closed = true
   self.pid = nil
+  self:_ended()
   for _, hook in ipairs(self._on_close) do pcall(hook, self) end
   return self._exit
 end
@@ -649,6 +653,15 @@ function VM:_kernel_append() return self._append end
 function VM:_ram_fd() return not self._closed and self._ramfd or nil end
 -- fn(vm) runs when the VM is closed.
 function VM:_on_close_do(fn) self._on_close[#self._on_close + 1] = fn end
+-- fn(vm) runs once QEMU has ended, as soon as quit, kill, wait or close
+-- has its exit status.
+function VM:_on_exit_do(fn) self._on_exit[#self._on_exit + 1] = fn end
+function VM:_ended()
+  if not self._exit then return end
+  local hooks = self._on_exit
+  self._on_exit = {}
+  for _, hook in ipairs(hooks) do pcall(hook, self) end
+end
 
 -- The events of a job qshell ran for the script (a snapshot job) are not
 -- the script's: drop those queued, and hide those still to come.
@@ -708,6 +721,7 @@ end
 function VM.new(fields)
   fields._backlog = {}
   fields._on_close = {}
+  fields._on_exit = {}
   fields._hidden_jobs = {}
   fields.qmp_timeout = fields.qmp_timeout or DEFAULT_QMP_TIMEOUT
   return setmetatable(fields, VM)

@@ -472,7 +472,17 @@ function M.start(opts)
     end
     opts, rctx = o, r
     ctx.restore = rctx
-    ok, o = pcall(restore.incoming, rctx, p, opts)
+    ok, o = pcall(function()
+      if opts.record or opts.replay then
+        local shift = replay.icount(fname, opts).shift
+        if math.type(shift) ~= "integer" then
+          check.bad(fname, "record/replay from a checkpoint needs a whole icount shift (the default is " ..
+                           replay.DEFAULT_SHIFT .. "), not " .. tostring(shift))
+        end
+        rctx.state = replay.state_for(rctx, shift, p:tmpdir())
+      end
+      return restore.incoming(rctx, p, opts)
+    end)
     if not ok then
       p:close()
       error(o, 0)

@@ -253,6 +253,98 @@ function M.icount(fname, opts)
   return out
 end
 
+-- The state a recorded or replayed run restores: the checkpoint's, with
+-- QEMU's instruction counter moved into its clock bias (a copy in the
+-- VM's temporary directory; the checkpoint is left as it is).
+--
+-- QEMU counts a recording's instructions from the counter's value when
+-- recording starts, 0, and writes the jump to the restored count as one
+-- run of instructions, at the first clock read after the state is loaded:
+--   * as an int: a checkpoint past 2^31 instructions aborts the recording
+--     ("replay_advance_current_icount: Assertion `diff >= 0' failed");
+--   * behind the clock reads QEMU's main loop made while starting (as many
+--     as host timing gave): a replay that loads the state before it has
+--     read them all takes the jump for instructions to run and aborts
+--     ("replay_next_event_is: Assertion ... failed").
+-- With the counter 0 and the bias grown by its nanoseconds (count << shift)
+-- the guest's clock and time stamp counter read as before; only the raw
+-- counter, which record/replay alone uses, restarts.
+--
+-- The counter is in the "timer" section's "timer/icount" subsection
+-- (QEMU 7.2-10.0): section start, id, "timer", instance, version, three
+-- int64, then subsection, name, version 1, bias, count (big-endian).
+local ICOUNT_SUB = "\5\12timer/icount\0\0\0\1"
+local CHUNK = 1 << 20
+
+local function find_icount(f, path)
+  local found, pos, tail = {}, 0, ""
+  while true do
+    local b = f:read(CHUNK)
+    if not b then break end
+    local buf = tail .. b
+    local base = pos - #tail
+    local i = 1
+    while true do
+      local at = buf:find(ICOUNT_SUB, i, true)
+      if not at then break end
+      if at > 43 and at + #ICOUNT_SUB + 15 <= #buf then
+        if buf:byte(at - 43) == 4 and buf:sub(at - 38, at - 33) == "\5timer" then
+          found[base + at - 1] = true
+        end
+      end
+      i = at + 1
+    end
+    pos = pos + #b
+    tail = buf:sub(-80)
+  end
+  local offs = {}
+  for o in pairs(found) do offs[#offs + 1] = o end
+  if #offs > 1 then
+    errors.raise { class = "CheckpointFailed", command = "qemu.launch",
+                   desc = path .. ": more than one instruction counter in the state; cannot restart it for record/replay" }
+  end
+  return offs[1]
+end
+
+function M.state_for(rctx, shift, dir)
+  local what = "qemu.launch"
+  local path = rctx.state
+  local f, err = io.open(path, "rb")
+  if not f then errors.raise { class = "IOError", command = what, desc = "cannot read " .. tostring(err) } end
+  local at = find_icount(f, path)
+  if not at then
+    -- saved without icount: the counter starts at 0 anyway
+    f:close()
+    return path
+  end
+  f:seek("set", at + #ICOUNT_SUB)
+  local bias, count = string.unpack(">i8>i8", f:read(16))
+  local out = dir .. "/state.rr"
+  local o, oerr = io.open(out, "wb")
+  if not o then
+    f:close()
+    errors.raise { class = "IOError", command = what, desc = "cannot write " .. tostring(oerr) }
+  end
+  f:seek("set", 0)
+  local left = at + #ICOUNT_SUB
+  while left > 0 do
+    local b = f:read(math.min(left, CHUNK))
+    o:write(b)
+    left = left - #b
+  end
+  o:write(string.pack(">i8>i8", bias + (count << shift), 0))
+  f:seek("cur", 16)
+  while true do
+    local b = f:read(CHUNK)
+    if not b then break end
+    o:write(b)
+  end
+  f:close()
+  local ok, werr = o:close()
+  if not ok then errors.raise { class = "IOError", command = what, desc = "cannot write " .. out .. ": " .. tostring(werr) } end
+  return out
+end
+
 -- The -icount word's record/replay part.
 function M.icount_suffix(rr)
   return string.format(",rr=%s,rrfile=%s", rr.mode, rr.log)
@@ -276,7 +368,8 @@ function M.remove(dir)
 end
 
 -- The VM of a record/replay launch: vm.recording is the directory, and a
--- recording's manifest is completed once QEMU has ended.
+-- recording's manifest is completed once QEMU has ended (at vm:quit(), or
+-- whichever call learns it first).
 function M.attach(vm, ctx)
   local rr = ctx.rr
   vm.recording = rr.dir
@@ -286,7 +379,7 @@ function M.attach(vm, ctx)
     vm.console._paced = rr.mode == "record"
   end
   if rr.mode ~= "record" then return end
-  vm:_on_close_do(function(v)
+  vm:_on_exit_do(function(v)
     local path = rr.dir .. "/" .. M.MANIFEST
     local ok, m = pcall(json.decode, fs.read(path) or "")
     if not ok or type(m) ~= "table" then return end
