@@ -11,8 +11,9 @@
  *
  * It owns only declarations: names, signatures, enum values and the
  * qemu_info_t layout must match QEMU's exactly, which is why the names
- * (including the typedefs) are QEMU's and not qshell's style. It does not
- * declare the memory, syscall, register or disassembly parts of the API.
+ * (including the typedefs) are QEMU's and not qshell's style. Of the
+ * memory, disassembly and register parts it declares what the lua plugin
+ * uses; nothing of the syscall part.
  *
  * Two API generations, one .so.  QEMU 7.2 and 8.x take API version 1 (and
  * refuse 2); 9.0 and later take 2 to 4 (and refuse 1), removed the inline
@@ -196,6 +197,58 @@ static inline bool qshell_plugin_api2(void)
             qemu_plugin_version = QSHELL_PLUGIN_VERSION_V2;              \
         }                                                                \
     }
+
+/* An instruction's address, its text (malloc'd, the caller frees), and
+ * the symbol it is in (NULL when unknown); all API generations. */
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
+char *qemu_plugin_insn_disas(const struct qemu_plugin_insn *insn);
+const char *qemu_plugin_insn_symbol(const struct qemu_plugin_insn *insn);
+
+/* Memory accesses: a callback per access of an instruction. */
+typedef uint32_t qemu_plugin_meminfo_t;
+enum qemu_plugin_mem_rw {
+    QEMU_PLUGIN_MEM_R = 1,
+    QEMU_PLUGIN_MEM_W,
+    QEMU_PLUGIN_MEM_RW,
+};
+typedef void (*qemu_plugin_vcpu_mem_cb_t)(unsigned int vcpu_index,
+                                          qemu_plugin_meminfo_t info,
+                                          uint64_t vaddr, void *userdata);
+void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *insn,
+                                      qemu_plugin_vcpu_mem_cb_t cb,
+                                      enum qemu_plugin_cb_flags flags,
+                                      enum qemu_plugin_mem_rw rw,
+                                      void *userdata);
+unsigned int qemu_plugin_mem_size_shift(qemu_plugin_meminfo_t info);
+bool qemu_plugin_mem_is_store(qemu_plugin_meminfo_t info);
+
+/*
+ * API 2 (9.0+): registers, read from a vCPU callback registered with
+ * QEMU_PLUGIN_CB_R_REGS.  The list and the buffer are glib's GArray and
+ * GByteArray (glib is QEMU's, resolved like the rest); only their leading
+ * fields are declared.
+ */
+struct qemu_plugin_register;
+typedef struct {
+    struct qemu_plugin_register *handle;
+    const char *name;
+    const char *feature;
+} qemu_plugin_reg_descriptor;
+typedef struct {
+    char *data;
+    unsigned int len;
+} qshell_GArray;
+typedef struct {
+    uint8_t *data;
+    unsigned int len;
+} qshell_GByteArray;
+QSHELL_WEAK qshell_GArray *qemu_plugin_get_registers(void);
+QSHELL_WEAK int qemu_plugin_read_register(struct qemu_plugin_register *handle,
+                                          qshell_GByteArray *buf);
+QSHELL_WEAK qshell_GByteArray *g_byte_array_new(void);
+QSHELL_WEAK qshell_GByteArray *g_byte_array_set_size(qshell_GByteArray *array,
+                                                     unsigned int length);
+QSHELL_WEAK char *g_array_free(qshell_GArray *array, int free_segment);
 
 /* Text to QEMU's log; shown only with `-d plugin` (stderr or -D FILE). */
 void qemu_plugin_outs(const char *string);

@@ -219,7 +219,19 @@ end
 ---     end
 ---
 ---@param fields table  `{class=, desc=, command=, hint=, ...}`: at least `class` and `desc`
+-- Functions that may replace an error about to be raised with a truer one
+-- (t -> a new table, or nil): the lua plugin's, for "QEMU ended" after its
+-- script failed.
+M.explainers = {}
+
 function M.raise(t)
+  for _, explain in ipairs(M.explainers) do
+    local better = explain(t)
+    if better then
+      t = better
+      break
+    end
+  end
   t.where = t.where or user_frame(3)
   error(setmetatable(t, Error), 0)
 end

@@ -191,7 +191,9 @@ function M._launch_args(fname, plugins, ctx, add)
     -- over-counts a block left early, and where blocks end differs between
     -- a recording and its replay (measured: ~130 instructions in 4.8 M).
     if ctx.rr and spec.name == "insn" and s.args.exact == nil and s.args.limit == nil then s.args.exact = true end
-    ctx.plugins[#ctx.plugins + 1] = { name = spec.name or path:match("([^/]+)$"), path = path, out = s.args.out }
+    local emit = spec.name == "lua" and require("qemu.plugin.lua").plan(s, ctx.tmpdir, i) or nil
+    ctx.plugins[#ctx.plugins + 1] = { name = spec.name or path:match("([^/]+)$"), path = path, out = s.args.out,
+                                      emit = emit }
     specs[i] = s
   end
   -- The guest's ROI markers reach vm:wait_roi through one plugin's events= FIFO.
@@ -200,6 +202,8 @@ function M._launch_args(fname, plugins, ctx, add)
     ctx.after = ctx.after or {}
     ctx.after[#ctx.after + 1] = function(vm) require("qemu.vm.roi").attach(vm, fifo) end
   end
+  ctx.after = ctx.after or {}
+  ctx.after[#ctx.after + 1] = function(vm) require("qemu.plugin.lua").attach(vm) end
   for _, s in ipairs(specs) do add("-plugin", M.arg(s)) end
   if #plugins > 0 then
     -- qemu_plugin_outs() text only appears with -d plugin: send it to a file.
@@ -207,6 +211,36 @@ function M._launch_args(fname, plugins, ctx, add)
     add("-d", "plugin", "-D", ctx.plugin_log)
   end
 end
+
+---@api qemu.plugin.lua qemu.plugin.lua(script [, args]) -> spec
+--- A plugin spec for `plugins = {...}` that runs a Lua script inside QEMU: instrumentation written in Lua.
+--- The project's `lua` plugin embeds Lua 5.4 and runs `script` once when QEMU loads it; the script registers
+--- callbacks on the global `plugin` (README, "Instrumentation in Lua": `plugin.on_translate(fn(tb))`,
+--- `tb:count`, `insn:count`, `tb:on_exec`, `insn:on_exec`, `insn:on_mem`, `plugin.counter`, `plugin.on_roi`,
+--- `plugin.read_register` (QEMU 9.0+), `plugin.emit`, `plugin.on_exit`, `plugin.args`). `script` is a path to
+--- a `.lua` file or the script's source; it is compiled here first, so a script that is not valid Lua is
+--- refused before QEMU starts. `args` (any table of strings, numbers, booleans and tables) is the script's
+--- `plugin.args`. The spec goes wherever plugins do: `qemu.launch`, restores, sweeps. While the VM runs,
+--- `vm:plugin_events()` and `vm:wait_plugin_event()` get what the script emits; after it,
+--- `vm:plugin_result("lua")` what its `plugin.on_exit` function returned. A Lua error in the script stops the
+--- VM, and the call in flight raises `PluginError` naming `script:line`.
+---
+---     local vm <close> = qemu.launch { restore = "prompt.ckpt", plugins = { qemu.plugin.lua([[
+---       plugin.on_translate(function(tb) tb:count("insns", tb.n) end)
+---       plugin.on_exit(function() return { insns = plugin.counter("insns") } end)
+---     ]]) } }
+---     vm.console:run("ls /")
+---     vm:quit()
+---     print(vm:plugin_result("lua").insns)
+---
+---@param script string  a path to a `.lua` file, or Lua source
+---@param args? table  the script's `plugin.args`
+---@return table spec  `{name="lua", args={script=, name=, args=}}`
+---@error BadArgument  script is not a string, a one-line script ending in `.lua` that is no file, args that are
+---   not a table or hold a function, userdata or a key that is neither string nor integer
+---@error PluginError  the script is not valid Lua (the compiler's message, `script:line`)
+---@error IOError  the script cannot be read, or its copy written
+function M.lua(script, args) return require("qemu.plugin.lua").spec(script, args) end
 
 -- Plugins compiled from C against a QEMU source tree (QEMU's contrib
 -- plugins among them) and readers for their text reports live in

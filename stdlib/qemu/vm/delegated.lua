@@ -233,7 +233,10 @@ end
 --- (`insn`, `hotblocks`) write JSON to an `out=` file in the VM's temp dir;
 --- so does any plugin given an `out=` argument. QEMU's contrib plugins
 --- `cache`, `execlog`, `howvec` and `hotpages` print a text report into the
---- plugin log, which is parsed (`qemu.plugin.parse`).
+--- plugin log, which is parsed (`qemu.plugin.parse`). For the `lua` plugin
+--- (`qemu.plugin.lua`) it is what the script's `plugin.on_exit` function
+--- returned (the counters by name when it returned nothing), and a script
+--- that failed raises `PluginError` with its `script:line: message`.
 ---
 ---     local vm <close> = qemu.guest.launch { plugins = { { name = "insn" } } }
 ---     vm.console:send("poweroff -f\r")
@@ -242,7 +245,7 @@ end
 ---
 ---@param name string  the plugin's `name=`, or for a `path=` plugin its file name ("libcache.so") or its contrib name ("cache")
 ---@return table result  the decoded JSON result, or the parsed report
----@error PluginError  the plugin wrote no result (QEMU still running?), its result is not JSON, or its report cannot be read from the log
+---@error PluginError  the plugin wrote no result (QEMU still running?), its result is not JSON, or its report cannot be read from the log; a lua plugin's script failed
 ---@error BadArgument  name is not a string; no plugin of that name with an `out=` file or a report qshell reads; the VM is closed
 function VM:plugin_result(name)
   check.arg("vm:plugin_result", 1, name, "string")
@@ -261,6 +264,7 @@ function VM:plugin_result(name)
         errors.raise { class = "PluginError", command = "vm:plugin_result",
                        desc = string.format("plugin %s's result %s is not JSON: %s", name, p.out, tostring(v)) }
       end
+      if name == "lua" then return require("qemu.plugin.lua").result(v, "vm:plugin_result") end
       return v
     end
   end
@@ -274,6 +278,34 @@ function VM:plugin_result(name)
   end
   check.bad("vm:plugin_result", "no plugin named %s with an out= file or a report this shell reads in this VM", name)
 end
+
+---@api vm:plugin_events vm:plugin_events() -> list
+--- The events the VM's lua plugin script emitted (`plugin.emit(t)`) and no call has taken yet, oldest first.
+--- Reads what the plugin has written without waiting; the events are forgotten. Each is the table the script
+--- emitted, as JSON carries it. Nothing is lost: the plugin appends each event to a file in the VM's temp dir.
+---
+---     for _, ev in ipairs(vm:plugin_events()) do print(ev.pc, ev.syscall) end
+---
+---@return table list  the events
+---@error BadArgument  the VM has no lua plugin, or it is closed
+function VM:plugin_events() return require("qemu.plugin.lua").events(self) end
+
+---@api vm:wait_plugin_event vm:wait_plugin_event([match [, {timeout=600}]]) -> event
+--- Waits until the lua plugin's script emits an event whose fields contain `match`, and returns it.
+--- Events already emitted are looked at first; each is taken once. `match` is a subset match, recursively, as
+--- `vm:wait_event`'s. When QEMU ends first: `PluginError` if the script failed, else `QEMUExited`.
+---
+---     vm.console:send("./workload\r")
+---     local ev = vm:wait_plugin_event({ kind = "syscall", nr = 231 })   -- exit_group
+---
+---@param match? table  fields the event must have (default: any event)
+---@param options? table  `timeout=` (number >= 0): seconds to wait (default 600)
+---@return table event  the event as the script emitted it
+---@error Timeout  no such event within the timeout
+---@error PluginError  the script failed (its `script:line: message`); it stopped QEMU
+---@error QEMUExited  QEMU ended before such an event
+---@error BadArgument  match is not a table, a bad option; the VM has no lua plugin, or it is closed
+function VM:wait_plugin_event(match, opts) return require("qemu.plugin.lua").wait(self, match, opts) end
 
 ---@api vm:attach vm:attach()
 --- Puts the guest's serial console in this terminal, until Ctrl-] returns.

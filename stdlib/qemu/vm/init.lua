@@ -267,6 +267,9 @@ local function event_match(event, match)
   return true
 end
 
+-- (for the other event waits: vm:wait_plugin_event)
+VM._match = event_match
+
 local wait_opts = { timeout = check.nonneg, match = "table" }
 
 ---@api vm:wait_event vm:wait_event([name [, {timeout=60, match=}]]) -> event

@@ -524,6 +524,7 @@ function M.finish(pending)
     p:close()
     replay.abandon(ctx)
     if rctx then restore.launch_failed(rctx, argv[1], log) end
+    require("qemu.plugin.lua").launch_failed(ctx.plugins, fname, log)
     local desc
     if st then
       desc = string.format("QEMU %s during start-up", st.desc)

@@ -17,7 +17,7 @@ local json = require "qshell.json"
 
 local M = {}
 
-local AWARE = { insn = 1, hotblocks = 2 } -- preference: insn's events carry counts
+local AWARE = { insn = 1, hotblocks = 2, lua = 3 } -- preference: insn's events carry counts
 local DEFAULT_TIMEOUT = 600
 
 -- From qemu.plugin's launch_args: give the first ROI-aware project plugin
