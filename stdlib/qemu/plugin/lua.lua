@@ -98,7 +98,7 @@ local function outcome(p)
 end
 
 -- The first error a VM's lua plugins reported, or nil.
-local function failure(plugins)
+function M.failure(plugins)
   for _, p in ipairs(plugins or {}) do
     if p.name == "lua" then
       local v = outcome(p)
@@ -119,7 +119,7 @@ errors.explainers[#errors.explainers + 1] = function(t)
   if t.class ~= "QEMUExited" or t.exit == nil then return nil end
   for vm in pairs(with_lua) do
     if vm._exit == t.exit then
-      local msg = failure(vm.plugins)
+      local msg = M.failure(vm.plugins)
       if msg then return plugin_error(t.command, msg, t.exit) end
     end
   end
@@ -134,9 +134,9 @@ function M.plan(s, tmpdir, i)
   return s.args.emit
 end
 
--- QEMU did not start: a lua plugin whose script failed at load says why.
-function M.launch_failed(plugins, fname, log)
-  local msg = failure(plugins)
+-- QEMU did not start: a lua plugin whose script failed at load (msg, from
+-- M.failure while its file was there) says why.
+function M.launch_failed(msg, fname, log)
   if msg then
     local e = plugin_error(fname, msg)
     e.desc = "the lua plugin's script failed while loading: " .. msg
@@ -217,7 +217,7 @@ function M.wait(vm, match, opts)
           return ev
         end
       end
-      local msg = failure(vm.plugins)
+      local msg = M.failure(vm.plugins)
       if msg then errors.raise(plugin_error(fname, msg, st)) end
       errors.raise { class = "QEMUExited", command = fname, exit = st,
                      desc = "QEMU ended before the plugin emitted such an event" }

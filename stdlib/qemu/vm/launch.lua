@@ -520,11 +520,12 @@ function M.finish(pending)
   if not greeting then
     local st = p:poll() or p:wait(1)
     local log = p:log_tail(2000):gsub("%s+$", "")
+    local lua_failed = require("qemu.plugin.lua").failure(ctx.plugins) -- (its file is in the temp dir)
     q:close()
     p:close()
     replay.abandon(ctx)
     if rctx then restore.launch_failed(rctx, argv[1], log) end
-    require("qemu.plugin.lua").launch_failed(ctx.plugins, fname, log)
+    require("qemu.plugin.lua").launch_failed(lua_failed, fname, log)
     local desc
     if st then
       desc = string.format("QEMU %s during start-up", st.desc)
