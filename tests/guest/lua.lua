@@ -170,6 +170,31 @@ T.test("read_register: rax at each syscall on 9.0+, a clear error before", funct
   end
 end)
 
+T.test("in a sweep from a checkpoint: the script's result per run in the rows", function()
+  local out = tmp .. "/sweep.csv"
+  local spec = qemu.plugin.lua([[
+    plugin.on_translate(function(tb) tb:count("insns", tb.n) end)
+    plugin.on_exit(function() return { insns = plugin.counter("insns"), tag = plugin.args.tag } end)
+  ]], { tag = "t1" })
+  local res = qemu.sweep {
+    from = ckpt, out = out, workers = 1, progress = false, matrix = { n = { 10, 2000 } },
+    launch = { plugins = { spec } },
+    run = function(vm, p)
+      local _, st = vm.console:run(string.format("i=0; while [ $i -lt %d ]; do i=$((i+1)); done", p.n))
+      return { code = st }
+    end,
+  }
+  T.eq(res.ok, 2)
+  local rows = qemu.sweep.read(out)
+  T.eq(#rows, 2)
+  local by = {}
+  for _, row in ipairs(rows) do
+    T.eq(row.lua_tag, "t1")
+    by[row.n] = row.lua_insns
+  end
+  T.ok(by[2000] > by[10] + 1e6, string.format("the longer loop counted more: %s vs %s", by[2000], by[10]))
+end)
+
 T.test("two vCPUs: callbacks never run at once (a Lua count equals the inline one); totals are insn's", function()
   -- restored, so that every block is translated afresh with the callbacks
   local ckpt2 = tmp .. "/smp2.ckpt"

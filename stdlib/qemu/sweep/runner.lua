@@ -63,20 +63,33 @@ local function check_metrics(m)
   return m
 end
 
--- The per-ROI columns of a run whose VM had the insn plugin: roi<ID>_insns
--- for every region of interest the guest marked (QEMU is ended first if
--- the run left it running: the plugin writes its result at exit).
-local function roi_metrics(vm, m)
-  local has
+-- The plugins' columns of a run (QEMU is ended first if the run left it
+-- running: the plugins write their results at exit): with insn,
+-- roi<ID>_insns for every region of interest the guest marked; with a lua
+-- plugin, lua_<KEY> for each number, string or boolean in what its script's
+-- plugin.on_exit returned (or its counters).  What run returned wins.
+local function plugin_metrics(vm, m)
+  local has = {}
   for _, p in ipairs(vm.plugins or {}) do
-    if p.name == "insn" and p.out then has = true end
+    if (p.name == "insn" or p.name == "lua") and p.out then has[p.name] = true end
   end
-  if not has then return m end
+  if not next(has) then return m end
   if not vm:_exited() then vm:quit() end
-  local res = vm:plugin_result("insn")
-  for _, roi in ipairs(res.rois or {}) do
-    local k = string.format("roi%d_insns", roi.id)
-    if m[k] == nil then m[k] = roi.insns end
+  if has.insn then
+    for _, roi in ipairs(vm:plugin_result("insn").rois or {}) do
+      local k = string.format("roi%d_insns", roi.id)
+      if m[k] == nil then m[k] = roi.insns end
+    end
+  end
+  if has.lua then
+    local res = vm:plugin_result("lua")
+    for k, v in pairs(type(res) == "table" and res or {}) do
+      local t = type(v)
+      if type(k) == "string" and k:match("^[%w_]+$") and (t == "number" or t == "string" or t == "boolean") then
+        local col = "lua_" .. k
+        if m[col] == nil then m[col] = v end
+      end
+    end
   end
   return m
 end
@@ -163,7 +176,7 @@ function M.run(spec, source, r, next_r)
     -- later saw its clock jump by the wait, and lost console input)
     if next_r and not spec.record then start_warm(spec, source, next_r) end
     out.provenance = provenance.of_run(script_of(spec), lopts, source, vm)
-    local m = roi_metrics(vm, check_metrics(spec.run(vm, r.params)))
+    local m = plugin_metrics(vm, check_metrics(spec.run(vm, r.params)))
     if lopts.record then
       -- QEMU ends its log when it exits
       if not vm:_exited() then vm:quit() end
