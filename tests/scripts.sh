@@ -30,9 +30,15 @@ check sweep.lua '12 runs: 12 ok, 0 failed' $Q run scripts/sweep.lua "$tmp/warm.c
 check 'sweep.lua --resume' '12 runs: 0 ok, 0 failed, 12 already done' \
     $Q run scripts/sweep.lua "$tmp/warm.ckpt" "$tmp/results.csv" --resume
 check disk-setup.lua 'all files match' $Q run scripts/disk-setup.lua
+# instrumentation in Lua (scripts/plugins/): each from its own boot
+check insn-mix.lua 'the mix adds up to insn' $Q run scripts/insn-mix.lua
+check syscalls.lua '[0-9]+ system calls in ROI 1' $Q run scripts/syscalls.lua
+check roi-pages.lua 'ROI 1 touched [0-9]+ pages' $Q run scripts/roi-pages.lua
+check bbv.lua 'every interval is the same|no comparison: no contrib plugin' $Q run scripts/bbv.lua
 for s in scripts/*.lua; do
     case $s in
     */demo.lua|*/warmup.lua|*/sweep.lua|*/disk-setup.lua) ;;
+    */insn-mix.lua|*/syscalls.lua|*/roi-pages.lua|*/bbv.lua) ;;
     *) check "$s" '' $Q run "$s" ;;
     esac
 done
