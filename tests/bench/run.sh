@@ -324,6 +324,46 @@ bench_plugin_on() {
     loop_overhead "$v" "the loop as an ROI (qshell-roi begin/end)" "CPU-bound loop as an ROI" wroi wplain
 }
 
+# ---- instrumentation in Lua: the lua plugin against insn ----
+
+bench_lua() {
+    need_guest
+    each_qemu bench_lua_on
+}
+
+# bench_lua_on BINARY: a Lua script counting every executed instruction
+# with tb:count (an inline add per block, as insn's) against insn on the
+# CPU-bound loop (target <= 1.1x); then the cost of a Lua callback per
+# executed block, per million blocks, from a shorter loop run with and
+# without one.  Both in QEMU's CPU time over the loop (BENCH_MEASURE=cpu),
+# which other work on the host disturbs less than the wall time.
+bench_lua_on() {
+    local v r
+    v=$(qemu_version "$1")
+    need_warm
+    section "Instrumentation in Lua on QEMU $v: the CPU-bound loop counted by a Lua script (tb:count) vs insn ($BOOT_ROUNDS x 1 run)"
+    local wlua=(env BENCH_MEASURE=cpu "$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" lua)
+    local winsn=(env BENCH_MEASURE=cpu "$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" insn)
+    local ROUNDS=$BOOT_ROUNDS
+    alternate "loop counted in Lua" wlua "loop counted by insn" winsn
+    r=$(ratio "$A_MED" "$B_MED")
+    printf 'lua plugin on QEMU %s, CPU-bound loop: %.2f s of QEMU CPU time counted in Lua, %.2f s by insn, ratio %sx (target <= 1.1x) %s
+' \
+        "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" \
+        "$r" "$(verdict "$r <= 1.1")"
+    section "Instrumentation in Lua on QEMU $v: a Lua callback per executed block (tb:on_exec), a 20000-iteration loop ($BOOT_ROUNDS x 1 run)"
+    local wexec=(env BENCH_MEASURE=cpu "$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" luaexec 20000)
+    local wcount=(env BENCH_MEASURE=cpu "$QSHELL" tests/bench/guest_bench.lua work "$WARM/ckpt" lua 20000)
+    alternate "with on_exec" wexec "without" wcount
+    local blocks
+    blocks=$("${wexec[@]}" | sed -n 's/.*blocks=\([0-9]*\).*/\1/p')
+    [ -n "$blocks" ] || die "the script reported no block count"
+    printf 'lua plugin on QEMU %s, tb:on_exec: %.2f s of QEMU CPU time with, %.2f s without, over %s blocks: %.2f s per million blocks (%.0f ns a callback)\n' \
+        "$v" "$(awk -v v="$A_MED" 'BEGIN { print v / 1e6 }')" "$(awk -v v="$B_MED" 'BEGIN { print v / 1e6 }')" "$blocks" \
+        "$(awk -v a="$A_MED" -v b="$B_MED" -v n="$blocks" 'BEGIN { print (a - b) / n }')" \
+        "$(awk -v a="$A_MED" -v b="$B_MED" -v n="$blocks" 'BEGIN { print (a - b) * 1000 / n }')"
+}
+
 # plugin_target VERSION RATIO: what the ratio is held to on that QEMU.
 plugin_target() {
     case $1 in [0-8].*) echo "(API 1, one vCPU: an inline add per block)" ;;
@@ -674,7 +714,7 @@ bench_replay_on() {
         "$(awk -v v="${f[icount_us]}" 'BEGIN{print v/1e6}')" "$(ratio "${f[record_us]}" "${f[icount_us]}")"
 }
 
-BENCHES=(startup qmp_rt launch results boot snapshot plugin sweep restore memory replay distro cluster)
+BENCHES=(startup qmp_rt launch results boot snapshot plugin lua sweep restore memory replay distro cluster)
 
 build
 start=$SECONDS
