@@ -199,24 +199,21 @@ function M.wait(vm, match, opts)
   local l = need(vm, fname)
   local timeout = opts.timeout or DEFAULT_TIMEOUT
   local deadline = sys.now() + timeout
-  while true do
+  -- the first queued event that matches, taken
+  local function take()
     drain(l)
     for i, ev in ipairs(l.queue) do
-      if match == nil or vm._match(ev, match) then
-        table.remove(l.queue, i)
-        return ev
-      end
+      if match == nil or vm._match(ev, match) then return table.remove(l.queue, i) end
     end
+  end
+  while true do
+    local ev = take()
+    if ev then return ev end
     local _, gone = vm:_pump_events()
     if gone or vm:_exited() then
       local st = vm:_exit_status(1)
-      drain(l)
-      for i, ev in ipairs(l.queue) do
-        if match == nil or vm._match(ev, match) then
-          table.remove(l.queue, i)
-          return ev
-        end
-      end
+      ev = take()
+      if ev then return ev end
       local msg = M.failure(vm.plugins)
       if msg then errors.raise(plugin_error(fname, msg, st)) end
       errors.raise { class = "QEMUExited", command = fname, exit = st,
