@@ -64,6 +64,7 @@ QSHELL_PLUGIN_VERSION_DEFINE
 #define LP_JSON_DEPTH 64
 #define LP_TB_META "qshell.plugin.tb"
 #define LP_INSN_META "qshell.plugin.insn"
+#define LP_FNS "qshell.plugin.fns"
 
 /* A named counter that inline adds (or, API 1 with several vCPUs, atomic
  * adds from a callback) feed. */
@@ -432,7 +433,12 @@ static uint64_t counter_value(const struct lp_counter *c, int vcpu)
     if (lp.api2) {
         qemu_plugin_u64 e = {c->sb, 0};
 
-        return vcpu < 0 ? qemu_plugin_u64_sum(e) : qemu_plugin_u64_get(e, (unsigned int)vcpu);
+        if (vcpu < 0) {
+            return qemu_plugin_u64_sum(e);
+        }
+        /* (a scoreboard holds the vCPUs started so far) */
+        return (unsigned int)vcpu < __atomic_load_n(&lp.n_vcpus, __ATOMIC_RELAXED)
+               ? qemu_plugin_u64_get(e, (unsigned int)vcpu) : 0;
     }
     if (vcpu >= 0) {
         return (unsigned int)vcpu < lp.n_slots ? __atomic_load_n(&c->slots[vcpu], __ATOMIC_RELAXED) : 0;
@@ -519,18 +525,36 @@ static void mem_cb(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr
     pthread_mutex_unlock(&lp.lock);
 }
 
-/* A callback's function: a registry ref, kept for QEMU's lifetime. */
+/*
+ * A callback's function: a registry ref, kept for QEMU's lifetime.  One
+ * function given for many blocks (a function defined once, outside
+ * on_translate) is one ref: the registry's LP_FNS table maps it to its
+ * lp_fn.  A closure made per translation is one per translation.
+ */
 static struct lp_fn *fn_ref(lua_State *L, int idx)
 {
     struct lp_fn *fn;
 
     luaL_checktype(L, idx, LUA_TFUNCTION);
+    idx = lua_absindex(L, idx);
+    lua_getfield(L, LUA_REGISTRYINDEX, LP_FNS);
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TLIGHTUSERDATA) {
+        fn = lua_touserdata(L, -1);
+        lua_pop(L, 2);
+        return fn;
+    }
+    lua_pop(L, 1);
     fn = malloc(sizeof(*fn));
     if (fn == NULL) {
         abort();
     }
     lua_pushvalue(L, idx);
     fn->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, fn);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
     return fn;
 }
 
@@ -744,7 +768,7 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu)
     (void)id;
     pthread_mutex_lock(&lp.lock);
     if (vcpu + 1 > lp.n_vcpus) {
-        lp.n_vcpus = vcpu + 1;
+        __atomic_store_n(&lp.n_vcpus, vcpu + 1, __ATOMIC_RELAXED);
     }
     if (lp.api2 && qemu_plugin_get_registers != NULL && vcpu < lp.n_slots) {
         lp.regs[vcpu] = qemu_plugin_get_registers();
@@ -1014,6 +1038,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     }
     lp.L = L;
     luaL_openlibs(L);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, LP_FNS);
     new_meta(L, LP_TB_META, tb_methods, tb_index);
     new_meta(L, LP_INSN_META, insn_methods, insn_index);
     luaL_newlib(L, plugin_funcs);

@@ -110,6 +110,9 @@ T.test("errors: not Lua refused before QEMU; a load error fails the launch; a ca
   T.match(e.desc, "plugin script:1:")
   T.raises(function() qemu.plugin.lua("nosuch.lua") end, "BadArgument")
   T.raises(function() qemu.plugin.lua("return 1", { f = print }) end, "BadArgument")
+  e = T.raises(function() qemu.launch { restore = ckpt, plugins = { qemu.plugin.lua("return 1"), qemu.plugin.lua("return 2") } } end,
+               "BadArgument")
+  T.match(e.desc, "one lua plugin per VM")
   local script = tmp .. "/bad.lua"
   fs.write(script, "local x = nil\nplugin.on_exit(function() return {} end)\nx.y = 1\n")
   e = T.raises(function() qemu.launch { restore = ckpt, plugins = { qemu.plugin.lua(script) } } end, "PluginError")

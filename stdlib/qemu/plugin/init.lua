@@ -191,6 +191,11 @@ function M._launch_args(fname, plugins, ctx, add)
     -- over-counts a block left early, and where blocks end differs between
     -- a recording and its replay (measured: ~130 instructions in 4.8 M).
     if ctx.rr and spec.name == "insn" and s.args.exact == nil and s.args.limit == nil then s.args.exact = true end
+    if spec.name == "lua" and ctx.has_lua then
+      check.bad(fname, "plugins[%d]: one lua plugin per VM (QEMU would load the same plugin twice): " ..
+                       "do both scripts' work in one", i)
+    end
+    ctx.has_lua = ctx.has_lua or spec.name == "lua"
     local emit = spec.name == "lua" and require("qemu.plugin.lua").plan(s, ctx.tmpdir, i) or nil
     ctx.plugins[#ctx.plugins + 1] = { name = spec.name or path:match("([^/]+)$"), path = path, out = s.args.out,
                                       emit = emit }
