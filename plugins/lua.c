@@ -294,6 +294,8 @@ static int json_encode(lua_State *L, int idx, char **out, size_t *len)
 
 /* ---- the result file and failures ---- */
 
+static uint64_t counter_value(const struct lp_counter *c, int vcpu);
+
 /* Write out= with result (JSON text or NULL). Caller holds lp.lock. */
 static void write_result(const char *result)
 {
@@ -310,22 +312,13 @@ static void write_result(const char *result)
     }
     fprintf(f, "{\"plugin\":\"lua\",\"result\":%s,\"counters\":{", result ? result : "null");
     for (i = 0; i < lp.n_counters; i++) {
-        struct lp_counter *c = &lp.counters[i];
-        uint64_t total = 0;
-        unsigned int v;
+        const struct lp_counter *c = &lp.counters[i];
 
-        if (lp.api2) {
-            total = qemu_plugin_u64_sum((qemu_plugin_u64){c->sb, 0});
-        } else {
-            for (v = 0; v < lp.n_slots; v++) {
-                total += __atomic_load_n(&c->slots[v], __ATOMIC_RELAXED);
-            }
-        }
         if (i > 0) {
             fputc(',', f);
         }
         json_string(f, c->name, strlen(c->name));
-        fprintf(f, ":%" PRIu64, total);
+        fprintf(f, ":%" PRIu64, counter_value(c, -1));
     }
     fputs("},\"error\":", f);
     if (lp.error != NULL) {

@@ -206,6 +206,11 @@ function M.new(t)
   return setmetatable(t, Error)
 end
 
+-- Functions that may replace an error about to be raised with a truer one
+-- (t -> a new table, or nil): the lua plugin's, for "QEMU ended" after its
+-- script failed.
+M.explainers = {}
+
 ---@api qemu.errors.raise qemu.errors.raise(fields)
 --- Raises an error object made of `fields`, as qshell's own calls do.
 --- The table itself becomes the error, with `where` set to the caller's
@@ -219,11 +224,6 @@ end
 ---     end
 ---
 ---@param fields table  `{class=, desc=, command=, hint=, ...}`: at least `class` and `desc`
--- Functions that may replace an error about to be raised with a truer one
--- (t -> a new table, or nil): the lua plugin's, for "QEMU ended" after its
--- script failed.
-M.explainers = {}
-
 function M.raise(t)
   for _, explain in ipairs(M.explainers) do
     local better = explain(t)

@@ -171,7 +171,7 @@ function M._launch_args(fname, plugins, ctx, add)
                    hint = 'use accel="tcg" with plugins' }
   end
   ctx.plugins = {}
-  local specs = {}
+  local specs, has_lua = {}, false
   for i, spec in ipairs(plugins) do
     if type(spec) ~= "table" then check.bad(fname, "plugins[%d] must be a table {name=|path=, args=}", i) end
     check.options(string.format("%s plugins[%d]", fname, i), spec, spec_opts)
@@ -191,11 +191,11 @@ function M._launch_args(fname, plugins, ctx, add)
     -- over-counts a block left early, and where blocks end differs between
     -- a recording and its replay (measured: ~130 instructions in 4.8 M).
     if ctx.rr and spec.name == "insn" and s.args.exact == nil and s.args.limit == nil then s.args.exact = true end
-    if spec.name == "lua" and ctx.has_lua then
+    if spec.name == "lua" and has_lua then
       check.bad(fname, "plugins[%d]: one lua plugin per VM (QEMU would load the same plugin twice): " ..
                        "do both scripts' work in one", i)
     end
-    ctx.has_lua = ctx.has_lua or spec.name == "lua"
+    has_lua = has_lua or spec.name == "lua"
     local emit = spec.name == "lua" and require("qemu.plugin.lua").plan(s, ctx.tmpdir, i) or nil
     ctx.plugins[#ctx.plugins + 1] = { name = spec.name or path:match("([^/]+)$"), path = path, out = s.args.out,
                                       emit = emit }
@@ -207,8 +207,10 @@ function M._launch_args(fname, plugins, ctx, add)
     ctx.after = ctx.after or {}
     ctx.after[#ctx.after + 1] = function(vm) require("qemu.vm.roi").attach(vm, fifo) end
   end
-  ctx.after = ctx.after or {}
-  ctx.after[#ctx.after + 1] = function(vm) require("qemu.plugin.lua").attach(vm) end
+  if has_lua then
+    ctx.after = ctx.after or {}
+    ctx.after[#ctx.after + 1] = function(vm) require("qemu.plugin.lua").attach(vm) end
+  end
   for _, s in ipairs(specs) do add("-plugin", M.arg(s)) end
   if #plugins > 0 then
     -- qemu_plugin_outs() text only appears with -d plugin: send it to a file.

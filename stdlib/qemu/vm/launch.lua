@@ -473,14 +473,7 @@ function M.start(opts)
     opts, rctx = o, r
     ctx.restore = rctx
     ok, o = pcall(function()
-      if opts.record or opts.replay then
-        local shift = replay.icount(fname, opts).shift
-        if math.type(shift) ~= "integer" then
-          check.bad(fname, "record/replay from a checkpoint needs a whole icount shift (the default is " ..
-                           replay.DEFAULT_SHIFT .. "), not " .. tostring(shift))
-        end
-        rctx.state = replay.state_for(rctx, shift, p:tmpdir())
-      end
+      if opts.record or opts.replay then rctx.state = replay.state_for(fname, rctx, opts, p:tmpdir()) end
       return restore.incoming(rctx, p, opts)
     end)
     if not ok then

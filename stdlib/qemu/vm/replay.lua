@@ -306,8 +306,13 @@ local function find_icount(f, path)
   return offs[1]
 end
 
-function M.state_for(rctx, shift, dir)
-  local what = "qemu.launch"
+function M.state_for(fname, rctx, opts, dir)
+  local what = fname
+  local shift = M.icount(fname, opts).shift
+  if math.type(shift) ~= "integer" then
+    check.bad(fname, "record/replay from a checkpoint needs a whole icount shift (the default is " ..
+                     M.DEFAULT_SHIFT .. "), not " .. tostring(shift))
+  end
   local path = rctx.state
   local f, err = io.open(path, "rb")
   if not f then errors.raise { class = "IOError", command = what, desc = "cannot read " .. tostring(err) } end
