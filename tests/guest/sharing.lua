@@ -64,9 +64,11 @@ T.test("VMs restored from one checkpoint share its RAM; what one writes is its o
   -- both read every page of the data
   T.eq(a.console:run(MD5, { timeout = 60 }), blob)
   T.eq(b.console:run(MD5, { timeout = 60 }), blob)
-  -- a writes guest memory (16 MiB of the data) and a file: b sees neither
+  -- a writes guest memory (16 MiB of the data, random bytes: no host page
+  -- merging can share them again) and a file: b sees neither
   local dirty0 = mapping(a.pid, ram_path).private_dirty
-  local _, st = a.console:run("dd if=/dev/zero of=/mnt/fill bs=1M count=16 conv=notrunc 2>/dev/null; echo a > /mnt/mark")
+  local _, st = a.console:run("dd if=/dev/urandom of=/mnt/fill bs=1M count=16 conv=notrunc 2>/dev/null; " ..
+                              "echo a > /mnt/mark", { timeout = 60 })
   T.eq(st, 0)
   T.ok(a.console:run(MD5, { timeout = 60 }) ~= blob, "a's data changed")
   T.eq(b.console:run(MD5, { timeout = 60 }), blob)
@@ -76,9 +78,10 @@ T.test("VMs restored from one checkpoint share its RAM; what one writes is its o
   local sa, sb = mapping(a.pid, ram_path), mapping(b.pid, ram_path)
   T.ok(sb.rss > 64 * MIB, "b maps the data from the file: Rss " .. sb.rss)
   T.ok(sb.pss < 0.75 * sb.rss, string.format("b shares it with a: Pss %d of Rss %d", sb.pss, sb.rss))
-  -- (a few of the pages dd rewrites may have been a's own already, from
-  -- the page cache's earlier use: 15 of the 16 MiB at least)
-  T.ok(sa.private_dirty - dirty0 >= 15 * MIB,
+  -- (some of the pages dd rewrites may have been a's own already, from the
+  -- guest's earlier use: 16-18 MiB more here, once 14.6 on a loaded machine;
+  -- written through to the shared file it would be none)
+  T.ok(sa.private_dirty - dirty0 >= 12 * MIB,
        string.format("a's writes are private pages: %d bytes more", sa.private_dirty - dirty0))
   a:close()
   b:close()

@@ -494,7 +494,9 @@ local quit_opts = { timeout = check.nonneg }
 --- that had already ended returns its status. For an attached VM, QMP `quit`
 --- is sent and the monitor closed (the VM is then closed); the result is nil.
 --- A replay (`replay=`) first runs on for up to `timeout` seconds to the
---- recording's end, where the recorded run ended, so its counts are whole.
+--- recording's end, where the recorded run ended, so its counts are whole;
+--- a recording (`record=`) is stopped (QMP `stop`) before `quit`, so no
+--- instruction runs after the quit its log ends with.
 ---
 ---     local st = vm:quit()
 ---     print(st.desc)   --> exited with status 0
@@ -518,6 +520,13 @@ function VM:quit(opts)
     -- A replay runs to the recording's end, where the recorded run ended
     -- (its quit or shutdown is in the log): the counts are the recorded ones.
     st = self._proc:wait(grace)
+  end
+  if not st and self.recording and not self.replaying then
+    -- QEMU logs a quit when it is asked, and the vCPU runs on until the
+    -- main loop stops it; a replay stops at the logged quit after a
+    -- host-timed part of those instructions.  Stopped first, the recorded
+    -- run's last instruction is the quit's, and a replay's counts are whole.
+    self._qmp:execute("stop", nil, math.min(grace, 5))
   end
   if not st then
     -- Errors are expected here: QEMU may close the socket before replying.
