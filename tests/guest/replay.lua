@@ -1,6 +1,7 @@
 -- Record and replay (qemu.launch{record=}/{replay=}): a run from a
 -- checkpoint, typed with console:run, replayed with the same console
--- output, ROI events and insn counts; the refusals before anything runs;
+-- output, ROI events and insn counts (a replay quit before its end is an
+-- error); the refusals before anything runs;
 -- a sweep's recordings and `qshell sweep --rerun ... --replay`.
 local T = require "t"
 
@@ -64,6 +65,15 @@ T.test("a run from a checkpoint, recorded and replayed twice: the same console o
     io.stderr:write(string.format("# replay %d: %.2f s, recording %.2f s, ROI %d insns, total %d, log %d bytes\n",
                                   i, qemu.now() - t0, t_rec, a.roi, a.total, m.log_bytes))
   end
+  -- a replay quit before it reaches the recording's end (seconds away):
+  -- its counts would fall short, and vm:quit says so with where it was
+  T.ok(math.type(m.icount_end) == "integer" and m.icount_end > a.total // 2,
+       "where the recorded run stopped: " .. tostring(m.icount_end))
+  local vm <close> = qemu.launch { restore = ckpt, replay = dir }
+  local e = T.raises(function() vm:quit { timeout = 0 } end, "Timeout")
+  T.match(e.desc, "did not reach the recording's end in 0 s %(at instruction %d+ of " .. m.icount_end .. "%)")
+  T.match(e.hint, "vm:kill")
+  T.ok(vm:_exited(), "QEMU ended all the same")
 end)
 
 T.test("refused before anything runs: a second record to one path, a changed machine, smp, another QEMU", function()

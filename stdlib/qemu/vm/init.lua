@@ -495,8 +495,9 @@ local quit_opts = { timeout = check.nonneg }
 --- is sent and the monitor closed (the VM is then closed); the result is nil.
 --- A replay (`replay=`) first runs on for up to `timeout` seconds to the
 --- recording's end, where the recorded run ended, so its counts are whole;
---- a recording (`record=`) is stopped (QMP `stop`) before `quit`, so no
---- instruction runs after the quit its log ends with.
+--- one that does not get there is ended and raises `Timeout` (end a replay
+--- early with `vm:kill()`). A recording (`record=`) is stopped (QMP `stop`)
+--- before `quit`, so no instruction runs after the quit its log ends with.
 ---
 ---     local st = vm:quit()
 ---     print(st.desc)   --> exited with status 0
@@ -504,6 +505,7 @@ local quit_opts = { timeout = check.nonneg }
 ---@param options? table  `timeout=` (number >= 0): seconds QEMU is given to exit after each request (default 30)
 ---@return table|nil status  `{code=, signal=, desc=}`: `code` the exit status or `signal` the signal number, `desc` e.g. "exited with status 0"; nil for an attached VM
 ---@error BadArgument  a bad option
+---@error Timeout  a replay that did not reach the recording's end within `timeout` (QEMU is ended)
 function VM:quit(opts)
   opts = check.options("vm:quit", opts, quit_opts)
   if self._closed then return self._exit end
@@ -515,18 +517,10 @@ function VM:quit(opts)
     self:close()
     return nil
   end
-  local st = self:_exit_status()
-  if not st and self.replaying then
-    -- A replay runs to the recording's end, where the recorded run ended
-    -- (its quit or shutdown is in the log): the counts are the recorded ones.
-    st = self._proc:wait(grace)
-  end
-  if not st and self.recording and not self.replaying then
-    -- QEMU logs a quit when it is asked, and the vCPU runs on until the
-    -- main loop stops it; a replay stops at the logged quit after a
-    -- host-timed part of those instructions.  Stopped first, the recorded
-    -- run's last instruction is the quit's, and a replay's counts are whole.
-    self._qmp:execute("stop", nil, math.min(grace, 5))
+  local st, short = self:_exit_status(), nil
+  if not st and self.recording then
+    -- a recording stops its vCPU first; a replay runs on to its end
+    st, short = require("qemu.vm.replay").quitting(self, self._proc, grace)
   end
   if not st then
     -- Errors are expected here: QEMU may close the socket before replying.
@@ -542,6 +536,7 @@ function VM:quit(opts)
   end
   self:_close_qmp()
   self:_ended()
+  if short then errors.raise(short) end
   return st
 end
 

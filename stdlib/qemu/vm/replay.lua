@@ -393,11 +393,47 @@ function M.attach(vm, ctx)
     -- QEMU ended by itself or on quit (code 0): it wrote the log's end and
     -- header.  Killed, it did not.
     m.status = (st and st.code == 0) and "complete" or "incomplete"
+    -- where the recorded run's vCPU stopped, before its quit (query-replay)
+    m.icount_end = v._rr_icount_end
     m.finished = os.time()
     local lst = fs.stat(rr.log)
     m.log_bytes = lst and lst.size or 0
     fs.write(path, json.encode(m, { pretty = true }) .. "\n", "qemu.launch")
   end)
+end
+
+-- At vm:quit() of a record/replay VM, before QMP quit.  A recording: the
+-- vCPU stopped first (QEMU logs a quit when it is asked, and the vCPU runs
+-- on until the main loop stops it; a replay stops at the logged quit after
+-- a host-timed part of those instructions), and the count it stopped at
+-- kept for the manifest.  A replay: up to `grace` seconds to run on to the
+-- recording's end, where the recorded quit is logged and QEMU ends by
+-- itself.  Returns QEMU's exit status if it ended, and for a replay that
+-- did not, the error vm:quit raises once QEMU is gone.
+function M.quitting(vm, proc, grace)
+  -- (through vm:qmp: an exact console's held guest is let go before stop)
+  local function icount()
+    local ok, r = pcall(vm.qmp, vm, "query-replay", nil, { timeout = 5 })
+    return ok and type(r) == "table" and r.icount or nil
+  end
+  if not vm.replaying then
+    pcall(vm.qmp, vm, "stop", nil, { timeout = math.min(grace, 5) })
+    vm._rr_icount_end = icount()
+    return nil
+  end
+  local st = proc:wait(grace)
+  if st then return st end
+  local at = icount()
+  local ok, m = pcall(read_manifest, "vm:quit", vm.recording)
+  local want = ok and m.icount_end
+  return nil, {
+    class = "Timeout", command = "vm:quit",
+    desc = string.format("the replay of %s did not reach the recording's end in %g s (at instruction %s%s): " ..
+                         "what it counted falls short of the recorded run", vm.recording, grace,
+                         tostring(at or "?"),
+                         want and (" of " .. tostring(want)) or ""),
+    hint = "give it longer with vm:quit{timeout=...}; to end a replay early, vm:kill()",
+  }
 end
 
 -- A recording's size on disk (the log and the manifest), for sweep rows.
