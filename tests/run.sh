@@ -153,6 +153,12 @@ per_qemu() {
     LABEL=
 }
 
+# first_qemu CMD...: run CMD (a tier) on the first QEMU only, its runner
+# names prefixed with that QEMU's version.
+first_qemu() {
+    LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} "$@"
+}
+
 # The cluster tier run beside the distro tier: its output and counts, once
 # it has ended.
 beside=
@@ -191,26 +197,26 @@ for tier in "${tiers[@]}"; do
         if [[ " ${tiers[*]} " == *" distro "* && " ${QSHELL_TEST_SKIP:-} " != *" distro "* ]]; then
             (
                 total_pass=0 total_fail=0 total_skip=0 broken=0
-                LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/cluster
+                first_qemu run_lua_dir tests/cluster
                 echo "$total_pass $total_fail $total_skip $broken" > "$work/cluster.counts"
             ) > "$work/cluster.out" 2>&1 &
             beside=$!
             echo "== cluster: runs beside the distro tier; its output follows that tier's"
         else
-            LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/cluster
+            first_qemu run_lua_dir tests/cluster
         fi ;;
     distro)
         # one QEMU: these boots take most of a minute each
-        LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/distro
+        first_qemu run_lua_dir tests/distro
         beside_done ;;
     scale)
         # one QEMU: 2000 runs on the three-node cluster, the submitter killed
         # and resumed (make test-scale; not in all: about 4 minutes)
-        LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/scale ;;
+        first_qemu run_lua_dir tests/scale ;;
     soak)
         # one QEMU: faults under a sweep, and a long-lived shell (2 minutes;
         # QSHELL_SOAK=full, make test-soak: about 8)
-        LABEL="[${qemus[0]%%|*}] " QSHELL_QEMU=${qemus[0]#*|} run_lua_dir tests/soak ;;
+        first_qemu run_lua_dir tests/soak ;;
     source)
         if b=$(tests/qemu/build.sh); then
             QSHELL_TEST_QEMU_SOURCE=$b run_lua_dir tests/source
